@@ -1,0 +1,77 @@
+"""The ``kd`` command. Each subcommand is a thin wrapper over one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+def _corpus_synth(args: argparse.Namespace) -> int:
+    from kd.corpus.synth import build_corpus
+
+    summary = build_corpus(args.out, preset=args.preset, seed=args.seed, jobs=args.jobs, progress=not args.quiet)
+    print(format_corpus_summary(summary))
+    return 0
+
+
+def format_corpus_summary(summary: dict) -> str:
+    lines = [f"corpus: preset={summary['preset']} seed={summary['seed']} {summary['hours']:.3f} h of audio, "
+             f"{summary['num_phones']} phone labels"]
+    if summary.get("skipped"):
+        lines.append("(already built with these settings: nothing to do)")
+    else:
+        lines.append(f"synthesis: {summary['synthesis_seconds']:.1f} s wall for {summary['audio_seconds']:.0f} s of "
+                     f"audio = {summary['realtime_factor']:.0f}x real time on {summary['jobs']} processes")
+    lines.append(f"{'domain':<8} {'split':<6} {'utts':>6} {'spk':>4} {'hours':>8}")
+    for domain, splits in summary["splits"].items():
+        for split, s in splits.items():
+            lines.append(f"{domain:<8} {split:<6} {s['utterances']:>6} {s['speakers']:>4} {s['hours']:>8.3f}")
+    return "\n".join(lines)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from kd.data.check import check_data_dir
+
+    report = check_data_dir(args.data_dir, sample_rate=args.sample_rate, token_list=args.token_list,
+                            check_samples=not args.headers_only)
+    for issue in report.issues:
+        print(issue)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kd", description="Analyse, compress and distil speech Transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    corpus = sub.add_parser("corpus", help="the built-in synthetic multi-domain corpus")
+    corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
+    synth = corpus_sub.add_parser("synth", help="synthesise the corpus with eSpeak NG")
+    synth.add_argument("--preset", default="cpu", choices=["tests", "cpu", "gpu"], help="size preset")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(run=_corpus_synth)
+
+    data = sub.add_parser("data", help="data dirs")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="validate a Kaldi/ESPnet data dir")
+    check.add_argument("data_dir")
+    check.add_argument("--sample-rate", type=int, default=16000)
+    check.add_argument("--token-list", default=None, help="ESPnet-style character token list to check against")
+    check.add_argument("--headers-only", action="store_true", help="do not decode samples (skips the NaN check)")
+    check.set_defaults(run=_data_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"kd: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The built-in synthetic speech corpus: sentence text, eSpeak NG audio, data dirs."""

@@ -1,0 +1,78 @@
+"""Small file helpers shared by every stage: atomic writes and completion markers.
+
+A stage writes its outputs through these helpers, so a file is either absent or
+complete (written to a temporary name in the same folder, flushed, then renamed), and
+marks the stage finished with a marker file that records what produced it. A re-run
+skips a stage whose marker matches its configuration and redoes anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MARKER_NAME = ".done.json"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers never see a partial file.
+
+    ``durable`` also flushes the data to disk before the rename (survives a power cut);
+    bulk files that a stage can regenerate skip it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented, key-sorted JSON (stable bytes for equal objects)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def config_digest(obj: Any) -> str:
+    """A stable hash of a JSON-serialisable configuration."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def is_done(stage_dir: str | os.PathLike, config: Any) -> bool:
+    """True when ``stage_dir`` holds a completion marker written for this exact ``config``."""
+    marker = Path(stage_dir) / MARKER_NAME
+    if not marker.is_file():
+        return False
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return recorded.get("config_digest") == config_digest(config)
+
+
+def mark_done(stage_dir: str | os.PathLike, config: Any, **info: Any) -> None:
+    """Record that the stage in ``stage_dir`` finished for ``config`` (written last, atomically)."""
+    write_json(Path(stage_dir) / MARKER_NAME, {"config_digest": config_digest(config), **info})
+
+
+def clear_done(stage_dir: str | os.PathLike) -> None:
+    marker = Path(stage_dir) / MARKER_NAME
+    if marker.exists():
+        marker.unlink()

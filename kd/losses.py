@@ -1,0 +1,624 @@
+"""Knowledge-distillation losses with uncertainty matching (Kim et al. 2021).
+
+Kim et al. (2021), "Multi-domain Knowledge Distillation via Uncertainty-Matching for
+End-to-End ASR Models", train a student with
+
+    L    = alpha * L_NLL + (1 - alpha) * sum_k r_k L_KD^(k)
+    L_KD = beta * tok-KD + (1 - beta) * unc-KD
+
+tok-KD is KL(teacher || student) of the decoder's token distributions under teacher forcing on
+the ground truth, and unc-KD the squared distance between the L2-normalised variance vectors of
+the teacher's and the student's uncertainty heads, token by token. The frame-level variant
+matches CTC posteriors instead.
+
+Choices this module makes where the paper leaves them open:
+- Temperature: both distributions are softened by T and the KL is multiplied by T^2 (Hinton
+  et al. 2015) so that gradient sizes do not depend on T.
+- Averages: every term is a mean over real (unmasked) positions of the batch.
+- Teacher weights r_k are normalised to sum to 1 (per position for the uncertainty mode), so
+  alpha keeps its meaning whatever the number of teachers. See `TeacherWeighting`.
+- Teacher tensors are detached: gradients reach the student only.
+- Frame level: a teacher with another frame rate is resampled to the student's frames (see
+  `resample_frames`), and the "variance" of a CTC posterior is p * (1 - p) per class (see
+  `posterior_variance`), since CTC branches carry no uncertainty head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor
+
+__all__ = [
+    "FrameOutputs",
+    "KDLevel",
+    "KDLossConfig",
+    "TeacherWeighting",
+    "TokenOutputs",
+    "ctc_kd",
+    "ctc_uncertainty_kd",
+    "fixed_teacher_weights",
+    "kd_loss",
+    "posterior_variance",
+    "resample_frames",
+    "token_kd",
+    "uncertainty_kd",
+    "uncertainty_teacher_weights",
+]
+
+
+class KDLevel(enum.Enum):
+    """What the student matches: decoder tokens or CTC frames."""
+
+    TOKEN = "token"  # decoder logits + uncertainty-head variances, teacher-forced
+    FRAME = "frame"  # CTC log posteriors, frame rates matched by resampling
+
+
+class TeacherWeighting(enum.Enum):
+    """How the teachers' KD terms are weighted (r_k).
+
+    FIXED: r_k = w_k / sum_j w_j from `KDLossConfig.teacher_weights` (uniform when None).
+    DEV_WER: r_k = softmax_k(-WER_k / tau) with WER_k the teacher's dev WER as a fraction and
+        tau = `KDLossConfig.wer_temperature`; tau -> 0 picks the best teacher, tau -> inf is
+        uniform.
+    UNCERTAINTY: per position i, r_{k,i} = (1 / u_{k,i}) / sum_j (1 / u_{j,i}) with
+        u_{k,i} = sum_v sigma^2_{k,i,v} + eps the teacher's total variance: inverse-variance
+        (precision) weighting, so a less uncertain teacher counts more, token by token. It
+        does not change when all variances are scaled by one factor.
+    """
+
+    FIXED = "fixed"
+    DEV_WER = "dev_wer"
+    UNCERTAINTY = "uncertainty"
+
+
+class TokenOutputs(Protocol):
+    """Decoder outputs under teacher forcing (`kd.models.asr.AsrOutput` has these)."""
+
+    logits: Tensor  # [batch, length, vocab]
+    variances: Tensor | None  # [batch, length, vocab]
+    token_mask: Tensor  # [batch, length] bool
+
+
+class FrameOutputs(Protocol):
+    """CTC outputs (`kd.models.asr.AsrOutput` has these)."""
+
+    ctc_log_probs: Tensor | None  # [batch, frames, vocab]
+    encoder_lengths: Tensor  # [batch]
+
+
+_ENUM_FIELDS: dict[str, type[enum.Enum]] = {"level": KDLevel, "weighting": TeacherWeighting}
+
+
+@dataclass(frozen=True)
+class KDLossConfig:
+    """Weights of L = alpha * NLL + (1 - alpha) * sum_k r_k [beta tok-KD + (1 - beta) unc-KD]."""
+
+    alpha: float = 0.5  # weight of the student's own supervised loss
+    beta: float = 0.5  # share of tok-KD within the KD term; the rest is unc-KD
+    temperature: float = 1.0  # T of the softened distributions
+    level: KDLevel = KDLevel.TOKEN
+    weighting: TeacherWeighting = TeacherWeighting.FIXED
+    teacher_weights: tuple[float, ...] | None = None  # FIXED: one per teacher; None = uniform
+    dev_wers: tuple[float, ...] | None = None  # DEV_WER: one per teacher, fractions
+    wer_temperature: float = 0.05  # DEV_WER: tau, in WER units (0.05 = 5 points)
+    variance_eps: float = 1e-8  # UNCERTAINTY: added to each teacher's total variance
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        for name, kind in _ENUM_FIELDS.items():
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(
+                    f"KDLossConfig.{name}: expected {kind.__name__}, found {getattr(self, name)!r}"
+                )
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"KDLossConfig.{name}: expected [0, 1], found {value!r}")
+        for name in ("temperature", "wer_temperature", "variance_eps"):
+            value = getattr(self, name)
+            if not value > 0.0:
+                raise ValueError(f"KDLossConfig.{name}: expected > 0, found {value!r}")
+        if self.teacher_weights is not None:
+            weights = self.teacher_weights
+            if not weights or min(weights) < 0.0 or sum(weights) <= 0.0:
+                raise ValueError(
+                    "KDLossConfig.teacher_weights: expected non-negative values with a positive "
+                    f"sum, found {weights!r}"
+                )
+        if self.weighting is TeacherWeighting.DEV_WER:
+            if not self.dev_wers or min(self.dev_wers) < 0.0:
+                raise ValueError(
+                    "KDLossConfig.dev_wers: expected one non-negative WER per teacher for "
+                    f"weighting=dev_wer, found {self.dev_wers!r}"
+                )
+        if self.version != 1:
+            raise ValueError(f"KDLossConfig.version: expected 1, found {self.version!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for name in _ENUM_FIELDS:
+            out[name] = out[name].value
+        for name in ("teacher_weights", "dev_wers"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "KDLossConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"KDLossConfig: unknown fields {unknown}; expected a subset of {sorted(known)}"
+            )
+        values = dict(data)
+        for name, kind in _ENUM_FIELDS.items():
+            if name in values and not isinstance(values[name], kind):
+                allowed = [m.value for m in kind]
+                if values[name] not in allowed:
+                    raise ValueError(
+                        f"KDLossConfig.{name}: expected one of {allowed}, found {values[name]!r}"
+                    )
+                values[name] = kind(values[name])
+        for name in ("teacher_weights", "dev_wers"):
+            if values.get(name) is not None:
+                values[name] = tuple(float(v) for v in values[name])
+        return cls(**values)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "KDLossConfig":
+        data = yaml.safe_load(text)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"KDLossConfig YAML: expected a mapping, found {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _check_pair(student: Tensor, teacher: Tensor, names: tuple[str, str]) -> None:
+    if student.dim() != 3:
+        raise ValueError(
+            f"{names[0]}: expected [batch, length, vocab], found {tuple(student.shape)}"
+        )
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"{names[1]}: expected the shape of {names[0]} {tuple(student.shape)} "
+            f"(same batch, length and vocabulary), found {tuple(teacher.shape)}"
+        )
+
+
+def _check_mask(mask: Tensor | None, like: Tensor) -> Tensor:
+    if mask is None:
+        return torch.ones(like.shape[:2], dtype=torch.bool, device=like.device)
+    if mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask: expected dtype torch.bool (True at real tokens), found {mask.dtype}"
+        )
+    if mask.shape != like.shape[:2]:
+        raise ValueError(f"mask: expected shape {tuple(like.shape[:2])}, found {tuple(mask.shape)}")
+    return mask
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    count = mask.sum()
+    if int(count) == 0:
+        raise ValueError("mask: expected at least one True position, found none")
+    return values.masked_fill(~mask, 0.0).sum() / count
+
+
+def _lengths_mask(lengths: Tensor, frames: int, name: str) -> Tensor:
+    if lengths.dim() != 1:
+        raise ValueError(f"{name}: expected shape [batch], found {tuple(lengths.shape)}")
+    if int(lengths.min()) < 1 or int(lengths.max()) > frames:
+        raise ValueError(f"{name}: expected values in [1, {frames}], found {lengths.tolist()}")
+    return torch.arange(frames, device=lengths.device) < lengths.unsqueeze(1)
+
+
+# ---------------------------------------------------------------- per-position terms
+
+
+def _kl_per_position(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(softmax(t / T) || softmax(s / T)), `[batch, length]`."""
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+    return kl * temperature**2
+
+
+def _kl_from_probs(student_log_probs: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(p || softmax(s / T)), p as probabilities (zeros allowed), `[batch, frames]`."""
+    log_q = F.log_softmax(student_log_probs / temperature, dim=-1)
+    kl = (torch.xlogy(teacher_probs, teacher_probs) - teacher_probs * log_q).sum(-1)
+    return kl * temperature**2
+
+
+def _normalised_distance(student_var: Tensor, teacher_var: Tensor) -> Tensor:
+    """||s / ||s|| - t / ||t|| ||^2 per position, `[batch, length]`."""
+    s = F.normalize(student_var, p=2.0, dim=-1)
+    t = F.normalize(teacher_var.detach(), p=2.0, dim=-1)
+    return (s - t).pow(2).sum(-1)
+
+
+# ---------------------------------------------------------------- token level
+
+
+def token_kd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Mean over real positions of T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+
+    Args:
+        student_logits: `[batch, length, vocab]`.
+        teacher_logits: `[batch, length, vocab]` (detached here).
+        temperature: T > 0.
+        mask: bool `[batch, length]`, True at real tokens; all positions when None.
+
+    Returns:
+        Scalar tensor (nats).
+    """
+    _check_pair(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
+    if not temperature > 0.0:
+        raise ValueError(f"temperature: expected > 0, found {temperature!r}")
+    mask = _check_mask(mask, student_logits)
+    return _masked_mean(_kl_per_position(student_logits, teacher_logits, temperature), mask)
+
+
+def uncertainty_kd(
+    student_var: Tensor, teacher_var: Tensor, *, mask: Tensor | None = None
+) -> Tensor:
+    """Mean over real positions of the squared L2 distance of the L2-normalised variance vectors.
+
+    Args:
+        student_var: uncertainty-head variances `[batch, length, vocab]`.
+        teacher_var: `[batch, length, vocab]` (detached here).
+        mask: bool `[batch, length]`, True at real tokens; all positions when None.
+
+    Returns:
+        Scalar tensor in [0, 4] (0 to 2 for non-negative variances).
+    """
+    _check_pair(student_var, teacher_var, ("student_var", "teacher_var"))
+    mask = _check_mask(mask, student_var)
+    return _masked_mean(_normalised_distance(student_var, teacher_var), mask)
+
+
+# ---------------------------------------------------------------- frame level
+
+
+def resample_frames(
+    values: Tensor, source_lengths: Tensor, target_lengths: Tensor, target_frames: int
+) -> Tensor:
+    """Linear interpolation along time from each utterance's source length to its target length.
+
+    Target frame j of an utterance with n source and m target frames samples the source at
+    x = (j + 0.5) * n / m - 0.5 (frame centres aligned, as `align_corners=False`), clamped to
+    [0, n - 1], between frames floor(x) and floor(x) + 1. Frames past the target length are
+    filled the same way and are meant to be masked.
+
+    Args:
+        values: `[batch, source_frames, dim]`.
+        source_lengths: valid source frames `[batch]`.
+        target_lengths: valid target frames `[batch]`.
+        target_frames: padded target length (>= max target length).
+
+    Returns:
+        `[batch, target_frames, dim]`.
+    """
+    src = source_lengths.to(torch.float64).unsqueeze(1)  # (B, 1)
+    tgt = target_lengths.to(torch.float64).unsqueeze(1)
+    j = torch.arange(target_frames, device=values.device, dtype=torch.float64).unsqueeze(0)
+    x = ((j + 0.5) * src / tgt - 0.5).clamp(min=0.0)
+    x = torch.minimum(x, src - 1.0)  # (B, T_target)
+    lo = x.floor().long()
+    hi = torch.minimum(lo + 1, source_lengths.unsqueeze(1).long() - 1)
+    w = (x - lo.to(torch.float64)).to(values.dtype).unsqueeze(-1)
+    dim = values.size(-1)
+    v_lo = values.gather(1, lo.unsqueeze(-1).expand(-1, -1, dim))
+    v_hi = values.gather(1, hi.unsqueeze(-1).expand(-1, -1, dim))
+    return (1.0 - w) * v_lo + w * v_hi
+
+
+def posterior_variance(log_probs: Tensor) -> Tensor:
+    """Per-class variance p * (1 - p) of a categorical posterior, `[..., vocab]`.
+
+    The variance of the indicator of class v under p: the frame-level stand-in for an
+    uncertainty head, used to match uncertainty on CTC posteriors.
+    """
+    p = log_probs.exp()
+    return p * (1.0 - p)
+
+
+def _frame_inputs(
+    student: Tensor,
+    teacher: Tensor,
+    student_lengths: Tensor,
+    teacher_lengths: Tensor,
+    names: tuple[str, str],
+) -> Tensor:
+    """Validate a student/teacher frame pair; the student's valid-frame mask `[batch, frames]`."""
+    for name, tensor in zip(names, (student, teacher)):
+        if tensor.dim() != 3:
+            raise ValueError(
+                f"{name}: expected [batch, frames, vocab], found {tuple(tensor.shape)}"
+            )
+    if student.size(0) != teacher.size(0) or student.size(2) != teacher.size(2):
+        raise ValueError(
+            f"{names[1]}: expected batch {student.size(0)} and vocabulary {student.size(2)} "
+            f"as {names[0]}, found {tuple(teacher.shape)}"
+        )
+    batch = student.size(0)
+    pairs = (("student_lengths", student_lengths), ("teacher_lengths", teacher_lengths))
+    for name, lengths in pairs:
+        if lengths.shape != (batch,):
+            raise ValueError(f"{name}: expected shape ({batch},), found {tuple(lengths.shape)}")
+    _lengths_mask(teacher_lengths, teacher.size(1), "teacher_lengths")
+    return _lengths_mask(student_lengths, student.size(1), "student_lengths")
+
+
+def _to_student_frames(
+    values: Tensor, teacher_lengths: Tensor, student_lengths: Tensor, student_frames: int
+) -> Tensor:
+    if values.size(1) == student_frames and torch.equal(teacher_lengths, student_lengths):
+        return values
+    return resample_frames(values, teacher_lengths, student_lengths, student_frames)
+
+
+def ctc_kd(
+    student_log_probs: Tensor,
+    teacher_log_probs: Tensor,
+    *,
+    student_lengths: Tensor,
+    teacher_lengths: Tensor,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Mean over the student's valid frames of T^2 * KL(teacher || student) of CTC posteriors.
+
+    The teacher's posteriors are softened at its own frame rate, then, when its frame count
+    differs from the student's, resampled to the student's frames by linear interpolation of
+    the probabilities (`resample_frames`) and renormalised (a convex combination of two
+    distributions is one; renormalising only removes rounding).
+
+    Args:
+        student_log_probs: `[batch, student_frames, vocab]` log posteriors (or logits).
+        teacher_log_probs: `[batch, teacher_frames, vocab]` (detached here).
+        student_lengths: valid student frames `[batch]`.
+        teacher_lengths: valid teacher frames `[batch]`.
+        temperature: T > 0.
+
+    Returns:
+        Scalar tensor (nats).
+    """
+    mask = _frame_inputs(
+        student_log_probs, teacher_log_probs, student_lengths, teacher_lengths,
+        ("student_log_probs", "teacher_log_probs"),
+    )  # fmt: skip
+    if not temperature > 0.0:
+        raise ValueError(f"temperature: expected > 0, found {temperature!r}")
+    teacher_probs = _teacher_frame_probs(
+        teacher_log_probs, teacher_lengths, student_lengths, student_log_probs.size(1), temperature
+    )
+    return _masked_mean(_kl_from_probs(student_log_probs, teacher_probs, temperature), mask)
+
+
+def _teacher_frame_probs(
+    teacher_log_probs: Tensor,
+    teacher_lengths: Tensor,
+    student_lengths: Tensor,
+    frames: int,
+    temperature: float,
+) -> Tensor:
+    """Softened teacher posteriors on the student's frames `[batch, frames, vocab]`."""
+    probs = F.softmax(teacher_log_probs.detach() / temperature, dim=-1)
+    resampled = _to_student_frames(probs, teacher_lengths, student_lengths, frames)
+    if resampled is probs:
+        return probs
+    return resampled / resampled.sum(-1, keepdim=True)
+
+
+def ctc_uncertainty_kd(
+    student_var: Tensor,
+    teacher_var: Tensor,
+    *,
+    student_lengths: Tensor,
+    teacher_lengths: Tensor,
+) -> Tensor:
+    """Uncertainty matching on frames: `uncertainty_kd` after resampling the teacher in time.
+
+    Args:
+        student_var: per-frame variance vectors `[batch, student_frames, vocab]`, for example
+            `posterior_variance(student_log_probs)`.
+        teacher_var: `[batch, teacher_frames, vocab]` (detached here; linearly resampled to
+            the student's frames when the frame counts differ).
+        student_lengths: valid student frames `[batch]`.
+        teacher_lengths: valid teacher frames `[batch]`.
+
+    Returns:
+        Scalar tensor.
+    """
+    mask = _frame_inputs(
+        student_var, teacher_var, student_lengths, teacher_lengths, ("student_var", "teacher_var")
+    )
+    teacher = _to_student_frames(
+        teacher_var.detach(), teacher_lengths, student_lengths, student_var.size(1)
+    )
+    return _masked_mean(_normalised_distance(student_var, teacher), mask)
+
+
+# ---------------------------------------------------------------- teacher weights
+
+
+def fixed_teacher_weights(config: KDLossConfig, num_teachers: int) -> Tensor:
+    """r_k for the FIXED and DEV_WER modes (see `TeacherWeighting`), float64 `[num_teachers]`."""
+    if config.weighting is TeacherWeighting.UNCERTAINTY:
+        raise ValueError(
+            "config.weighting: uncertainty weights are per token; use uncertainty_teacher_weights"
+        )
+    if config.weighting is TeacherWeighting.DEV_WER:
+        wers = config.dev_wers
+        if wers is None or len(wers) != num_teachers:
+            raise ValueError(f"config.dev_wers: expected {num_teachers} values, found {wers!r}")
+        wers_t = torch.tensor(wers, dtype=torch.float64)
+        return torch.softmax(-wers_t / config.wer_temperature, dim=0)
+    if config.teacher_weights is None:
+        return torch.full((num_teachers,), 1.0 / num_teachers, dtype=torch.float64)
+    if len(config.teacher_weights) != num_teachers:
+        raise ValueError(
+            f"config.teacher_weights: expected {num_teachers} values, "
+            f"found {config.teacher_weights!r}"
+        )
+    weights = torch.tensor(config.teacher_weights, dtype=torch.float64)
+    return weights / weights.sum()
+
+
+def uncertainty_teacher_weights(teacher_vars: Sequence[Tensor], *, eps: float = 1e-8) -> Tensor:
+    """Per-position inverse-total-variance weights normalised over teachers.
+
+    Args:
+        teacher_vars: K tensors `[batch, length, vocab]` of teacher variances.
+        eps: added to each total variance.
+
+    Returns:
+        `[K, batch, length]`, non-negative, summing to 1 over K at every position.
+    """
+    if not teacher_vars:
+        raise ValueError("teacher_vars: expected at least one tensor, found none")
+    totals = torch.stack([v.detach().sum(-1) for v in teacher_vars])  # (K, B, L)
+    precision = 1.0 / (totals + eps)
+    return precision / precision.sum(0, keepdim=True)
+
+
+# ---------------------------------------------------------------- combined loss
+
+
+def kd_loss(
+    student_out: TokenOutputs | FrameOutputs,
+    teacher_outs: Sequence[TokenOutputs | FrameOutputs],
+    nll: Tensor,
+    config: KDLossConfig,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """L = alpha * nll + (1 - alpha) * sum_k r_k [beta * tok-KD_k + (1 - beta) * unc-KD_k].
+
+    Args:
+        student_out: student outputs (`TokenOutputs` for KDLevel.TOKEN, `FrameOutputs` for
+            KDLevel.FRAME); for example a `kd.models.asr.AsrOutput`.
+        teacher_outs: K >= 1 teacher outputs on the same batch.
+        nll: the student's scalar supervised loss (for the hybrid model, `AsrOutput.loss`).
+        config: weights and modes.
+
+    Returns:
+        The scalar loss and detached parts: `nll`, `kd`, `tok_kd`, `unc_kd` (teacher-weighted),
+        and per teacher k `tok_kd/k`, `unc_kd/k` and `weight/k` (mean r_k over positions).
+        `unc_kd` entries are absent when beta = 1.
+    """
+    if len(teacher_outs) == 0:
+        raise ValueError("teacher_outs: expected at least one teacher, found none")
+    if nll.dim() != 0:
+        raise ValueError(f"nll: expected a scalar tensor, found shape {tuple(nll.shape)}")
+    need_unc = config.beta < 1.0
+    if config.level is KDLevel.TOKEN:
+        mask, tok, unc, teacher_vars = _token_terms(student_out, teacher_outs, config, need_unc)
+    else:
+        mask, tok, unc, teacher_vars = _frame_terms(student_out, teacher_outs, config, need_unc)
+
+    if config.weighting is TeacherWeighting.UNCERTAINTY:
+        weights = uncertainty_teacher_weights(teacher_vars, eps=config.variance_eps)
+    else:
+        fixed = fixed_teacher_weights(config, len(teacher_outs))
+        weights = fixed.to(tok[0].dtype).to(tok[0].device)[:, None, None].expand(-1, *mask.shape)
+
+    per_teacher = [
+        config.beta * tok[k] + ((1.0 - config.beta) * unc[k] if need_unc else 0.0)
+        for k in range(len(teacher_outs))
+    ]
+    kd = _masked_mean(sum(w * term for w, term in zip(weights, per_teacher)), mask)
+    loss = config.alpha * nll + (1.0 - config.alpha) * kd
+
+    parts = {"nll": nll.detach(), "kd": kd.detach()}
+    with torch.no_grad():
+        parts["tok_kd"] = _masked_mean(sum(w * t for w, t in zip(weights, tok)), mask)
+        if need_unc:
+            parts["unc_kd"] = _masked_mean(sum(w * u for w, u in zip(weights, unc)), mask)
+        for k in range(len(teacher_outs)):
+            parts[f"tok_kd/{k}"] = _masked_mean(tok[k], mask)
+            if need_unc:
+                parts[f"unc_kd/{k}"] = _masked_mean(unc[k], mask)
+            parts[f"weight/{k}"] = _masked_mean(weights[k], mask)
+    return loss, parts
+
+
+def _token_terms(
+    student: TokenOutputs, teachers: Sequence[TokenOutputs], config: KDLossConfig, need_unc: bool
+) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    mask = _check_mask(student.token_mask, student.logits)
+    need_vars = need_unc or config.weighting is TeacherWeighting.UNCERTAINTY
+    if need_unc and student.variances is None:
+        raise ValueError(
+            "student_out.variances: expected a tensor for beta < 1 (unc-KD), found None"
+        )
+    tok, unc, teacher_vars = [], [], []
+    for k, teacher in enumerate(teachers):
+        names = ("student_out.logits", f"teacher_outs[{k}].logits")
+        _check_pair(student.logits, teacher.logits, names)
+        if not torch.equal(_check_mask(teacher.token_mask, teacher.logits), mask):
+            raise ValueError(
+                f"teacher_outs[{k}].token_mask: expected the student's mask (same batch and "
+                "targets), found a different one"
+            )
+        if need_vars and teacher.variances is None:
+            raise ValueError(
+                f"teacher_outs[{k}].variances: expected a tensor for beta < 1 or uncertainty "
+                "weighting, found None"
+            )
+        tok.append(_kl_per_position(student.logits, teacher.logits, config.temperature))
+        if need_unc:
+            names = ("student_out.variances", f"teacher_outs[{k}].variances")
+            _check_pair(student.variances, teacher.variances, names)
+            unc.append(_normalised_distance(student.variances, teacher.variances))
+        if need_vars:
+            teacher_vars.append(teacher.variances)
+    return mask, tok, unc, teacher_vars
+
+
+def _frame_terms(
+    student: FrameOutputs, teachers: Sequence[FrameOutputs], config: KDLossConfig, need_unc: bool
+) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    if student.ctc_log_probs is None:
+        raise ValueError("student_out.ctc_log_probs: expected a tensor for level=frame, found None")
+    s_lp, s_len = student.ctc_log_probs, student.encoder_lengths
+    s_var = posterior_variance(s_lp) if need_unc else None
+    tok, unc, teacher_vars = [], [], []
+    mask = None
+    for k, teacher in enumerate(teachers):
+        if teacher.ctc_log_probs is None:
+            raise ValueError(
+                f"teacher_outs[{k}].ctc_log_probs: expected a tensor for level=frame, found None"
+            )
+        t_lp, t_len = teacher.ctc_log_probs, teacher.encoder_lengths
+        names = ("student_out.ctc_log_probs", f"teacher_outs[{k}].ctc_log_probs")
+        mask = _frame_inputs(s_lp, t_lp, s_len, t_len, names)
+        probs = _teacher_frame_probs(t_lp, t_len, s_len, s_lp.size(1), config.temperature)
+        tok.append(_kl_from_probs(s_lp, probs, config.temperature))
+        if need_unc or config.weighting is TeacherWeighting.UNCERTAINTY:
+            # variances of the unsoftened (T = 1) posteriors, on the student's frames
+            t_var = posterior_variance(t_lp.detach())
+            t_var = _to_student_frames(t_var, t_len, s_len, s_lp.size(1))
+            teacher_vars.append(t_var)
+            if need_unc:
+                unc.append(_normalised_distance(s_var, t_var))
+    assert mask is not None
+    return mask, tok, unc, teacher_vars

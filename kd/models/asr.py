@@ -1,0 +1,492 @@
+"""Hybrid CTC/attention Transformer ASR built from ESPnet's components, plus an uncertainty head.
+
+Token-id conventions (ESPnet's):
+    0        <blank>  (CTC blank; never a target)
+    1..V-2   real tokens (ESPnet token lists put <unk> at 1)
+    V-1      <sos/eos> (one symbol for both; it starts the decoder input and ends the target)
+    -1       padding of `text` (ESPnet's ignore_id)
+
+Teacher-forcing alignment: for a transcript y_1..y_L the decoder reads <sos> y_1 .. y_L and
+predicts y_1 .. y_L <eos>, so logits, variances, targets and the token mask all have L + 1
+positions per utterance; position i holds the distribution over the token that follows the
+first i transcript tokens, and the last real position predicts <eos>.
+
+ESPnet is imported only when a model is built, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from kd.models.uncertainty import AleatoricMode, UncertaintyHead, aleatoric_nll
+
+__all__ = [
+    "AsrConfig",
+    "AsrModel",
+    "AsrOutput",
+    "FeatureNorm",
+    "InputLayer",
+    "IGNORE_ID",
+    "build_asr_model",
+    "default_token_list",
+]
+
+IGNORE_ID = -1
+BLANK_SYMBOL = "<blank>"
+SOS_EOS_SYMBOL = "<sos/eos>"
+
+
+class InputLayer(enum.Enum):
+    """Convolutional subsampling in front of the encoder (ESPnet `input_layer`)."""
+
+    CONV2D = "conv2d"  # time / 4
+    CONV2D6 = "conv2d6"  # time / 6
+    CONV2D8 = "conv2d8"  # time / 8
+
+
+class FeatureNorm(enum.Enum):
+    """Per-utterance normalisation of the log-mel features (ESPnet's UtteranceMVN)."""
+
+    NONE = "none"
+    UTTERANCE_MEAN = "utterance_mean"
+    UTTERANCE_MEAN_VAR = "utterance_mean_var"
+
+
+_ENUM_FIELDS: dict[str, type[enum.Enum]] = {
+    "input_layer": InputLayer,
+    "feature_norm": FeatureNorm,
+    "aleatoric_mode": AleatoricMode,
+}
+
+# name -> fields that differ from the dataclass defaults (the defaults are the teacher)
+_PRESETS: dict[str, dict[str, Any]] = {
+    "teacher": {},
+    "base": {"encoder_layers": 6, "decoder_layers": 3, "ffn_units": 1024},
+    "small": {
+        "d_model": 144,
+        "attention_heads": 4,
+        "encoder_layers": 4,
+        "decoder_layers": 2,
+        "ffn_units": 576,
+    },
+    "tiny": {
+        "d_model": 64,
+        "attention_heads": 2,
+        "encoder_layers": 2,
+        "decoder_layers": 1,
+        "ffn_units": 128,
+        "num_noise_samples": 4,
+    },
+}
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    """Architecture, features and loss weights of one hybrid CTC/attention model."""
+
+    vocab_size: int  # V, including <blank> (0) and <sos/eos> (V-1)
+    d_model: int = 256  # attention dimension of encoder and decoder
+    attention_heads: int = 4  # d_model must be divisible by it
+    encoder_layers: int = 12
+    decoder_layers: int = 6
+    ffn_units: int = 2048  # position-wise feed-forward width, encoder and decoder
+    dropout_rate: float = 0.1  # residual, feed-forward and positional-encoding dropout
+    attention_dropout_rate: float = 0.0  # on attention probabilities (ESPnet default)
+    input_layer: InputLayer = InputLayer.CONV2D
+    ctc_weight: float = 0.3  # loss = w * CTC + (1 - w) * attention
+    lsm_weight: float = 0.15  # label smoothing of the attention cross-entropy
+    length_normalized_loss: bool = False  # ESPnet default: token sums divided by batch size
+    sample_rate: int = 16000  # Hz of the input waveform
+    n_fft: int = 512
+    win_length: int = 400  # samples: 25 ms at 16 kHz
+    hop_length: int = 160  # samples: 10 ms at 16 kHz
+    n_mels: int = 80  # log-mel FBANK dimension
+    feature_norm: FeatureNorm = FeatureNorm.UTTERANCE_MEAN
+    uncertainty_head: bool = True  # teachers and students both carry one (DESIGN.md §5)
+    num_noise_samples: int = 10  # S in the sampled-softmax aleatoric loss
+    aleatoric_mode: AleatoricMode = AleatoricMode.ADD
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        for name, kind in _ENUM_FIELDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                raise TypeError(f"AsrConfig.{name}: expected {kind.__name__}, found {value!r}")
+        positive = (
+            "d_model", "attention_heads", "encoder_layers", "decoder_layers", "ffn_units",
+            "sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "num_noise_samples",
+        )  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AsrConfig.{name}: expected a positive int, found {value!r}")
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 3:
+            raise ValueError(
+                f"AsrConfig.vocab_size: expected an int >= 3 (<blank>, a token, <sos/eos>), "
+                f"found {self.vocab_size!r}"
+            )
+        if self.d_model % self.attention_heads:
+            raise ValueError(
+                f"AsrConfig.d_model: expected a multiple of attention_heads="
+                f"{self.attention_heads}, found {self.d_model}"
+            )
+        if self.win_length > self.n_fft:
+            raise ValueError(
+                f"AsrConfig.win_length: expected <= n_fft={self.n_fft}, found {self.win_length}"
+            )
+        for name in ("dropout_rate", "attention_dropout_rate", "lsm_weight", "ctc_weight"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"AsrConfig.{name}: expected a value in [0, 1), found {value!r}")
+        if self.version != 1:
+            raise ValueError(f"AsrConfig.version: expected 1, found {self.version!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, vocab_size: int, **overrides: Any) -> "AsrConfig":
+        """A named preset (`teacher`, `base`, `small`, `tiny`) with optional field overrides."""
+        if name not in _PRESETS:
+            raise ValueError(
+                f"AsrConfig preset: expected one of {sorted(_PRESETS)}, found {name!r}"
+            )
+        return cls(vocab_size=vocab_size, **{**_PRESETS[name], **overrides})
+
+    @classmethod
+    def teacher(cls, vocab_size: int, **overrides: Any) -> "AsrConfig":
+        """12 x 256 encoder, 6 x 256 decoder, FFN 2048 (27.5M parameters at V = 500)."""
+        return cls.from_preset("teacher", vocab_size, **overrides)
+
+    @classmethod
+    def base(cls, vocab_size: int, **overrides: Any) -> "AsrConfig":
+        """6 x 256 encoder, 3 x 256 decoder, FFN 1024."""
+        return cls.from_preset("base", vocab_size, **overrides)
+
+    @classmethod
+    def small(cls, vocab_size: int, **overrides: Any) -> "AsrConfig":
+        """4 x 144 encoder, 2 x 144 decoder, FFN 576."""
+        return cls.from_preset("small", vocab_size, **overrides)
+
+    @classmethod
+    def tiny(cls, vocab_size: int, **overrides: Any) -> "AsrConfig":
+        """2 x 64 encoder, 1 x 64 decoder, FFN 128: for tests on a CPU."""
+        return cls.from_preset("tiny", vocab_size, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for name in _ENUM_FIELDS:
+            out[name] = out[name].value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AsrConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"AsrConfig: unknown fields {unknown}; expected a subset of {sorted(known)}"
+            )
+        values = dict(data)
+        for name, kind in _ENUM_FIELDS.items():
+            if name in values and not isinstance(values[name], kind):
+                allowed = [m.value for m in kind]
+                if values[name] not in allowed:
+                    raise ValueError(
+                        f"AsrConfig.{name}: expected one of {allowed}, found {values[name]!r}"
+                    )
+                values[name] = kind(values[name])
+        return cls(**values)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "AsrConfig":
+        data = yaml.safe_load(text)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"AsrConfig YAML: expected a mapping, found {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class AsrOutput:
+    """Everything one teacher-forced forward pass gives to training and to distillation.
+
+    B = batch, L = longest transcript in the batch, V = vocabulary, D = d_model,
+    T' = encoder frames after subsampling.
+    """
+
+    loss: Tensor  # scalar: ctc_weight * loss_ctc + (1 - ctc_weight) * attention branch
+    loss_ctc: Tensor | None  # scalar CTC loss (None when ctc_weight = 0)
+    loss_att: Tensor  # scalar label-smoothed CE on the mean logits (ESPnet's criterion)
+    loss_aleatoric: Tensor | None  # scalar sampled-softmax loss (None without a head)
+    acc: float  # teacher-forced token accuracy of argmax(logits) over real positions
+    logits: Tensor  # [B, L+1, V] mean decoder logits f
+    decoder_hidden: Tensor  # [B, L+1, D] pre-logit states h (normalised last block output)
+    variances: Tensor | None  # [B, L+1, V] sigma^2 from the uncertainty head
+    targets: Tensor  # [B, L+1] transcript + <eos>, -1 at padding
+    token_mask: Tensor  # [B, L+1] bool, True at real target positions
+    ctc_log_probs: Tensor | None  # [B, T', V] CTC log posteriors (None when ctc_weight = 0)
+    encoder_lengths: Tensor  # [B] valid encoder frames
+
+
+def default_token_list(vocab_size: int) -> list[str]:
+    """Placeholder symbols with ESPnet's layout: <blank>, <unk>, tokens, <sos/eos>."""
+    if vocab_size < 3:
+        raise ValueError(f"vocab_size: expected >= 3, found {vocab_size}")
+    middle = ["<unk>"] + [f"<token_{i}>" for i in range(2, vocab_size - 1)]
+    return [BLANK_SYMBOL, *middle, SOS_EOS_SYMBOL]
+
+
+class AsrModel(nn.Module):
+    """ESPnet's ESPnetASRModel plus an optional uncertainty head on the decoder state.
+
+    Args:
+        config: the configuration the components were built from.
+        espnet_model: an `espnet2.asr.espnet_model.ESPnetASRModel` (kept as `self.espnet`,
+            usable as is by ESPnet's decoding code).
+        uncertainty_head: the head, or None.
+    """
+
+    def __init__(
+        self,
+        config: AsrConfig,
+        espnet_model: nn.Module,
+        uncertainty_head: UncertaintyHead | None = None,
+    ):
+        super().__init__()
+        if config.uncertainty_head != (uncertainty_head is not None):
+            raise ValueError(
+                f"uncertainty_head: config.uncertainty_head={config.uncertainty_head} but "
+                f"a head was {'not ' if uncertainty_head is None else ''}given"
+            )
+        self.config = config
+        self.espnet = espnet_model
+        self.uncertainty = uncertainty_head
+
+    @property
+    def sos(self) -> int:
+        return self.espnet.sos
+
+    @property
+    def eos(self) -> int:
+        return self.espnet.eos
+
+    @property
+    def blank_id(self) -> int:
+        return self.espnet.blank_id
+
+    def encode(self, speech: Tensor, speech_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Frontend, normalisation and encoder.
+
+        Args:
+            speech: waveforms `[batch, samples]` at `config.sample_rate`.
+            speech_lengths: valid samples `[batch]`.
+
+        Returns:
+            Encoder states `[batch, frames', d_model]` and their lengths `[batch]`.
+        """
+        return self.espnet.encode(speech, speech_lengths)
+
+    def forward(
+        self,
+        speech: Tensor,
+        speech_lengths: Tensor,
+        text: Tensor,
+        text_lengths: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> AsrOutput:
+        """Teacher-forced forward pass with ESPnet's losses.
+
+        Args:
+            speech: waveforms `[batch, samples]`.
+            speech_lengths: valid samples `[batch]`.
+            text: token ids `[batch, max_tokens]`, ids in 1..V-2, padded with -1.
+            text_lengths: valid tokens `[batch]`.
+            generator: optional random generator for the aleatoric noise samples.
+
+        Returns:
+            An `AsrOutput` (shapes documented there).
+        """
+        from espnet.nets.pytorch_backend.nets_utils import th_accuracy
+        from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
+
+        self._check_batch(speech, speech_lengths, text, text_lengths)
+        espnet = self.espnet
+        text = text[:, : int(text_lengths.max())]
+
+        encoder_out, encoder_lengths = espnet.encode(speech, speech_lengths)
+
+        loss_ctc, ctc_log_probs = None, None
+        if espnet.ctc is not None:
+            loss_ctc = espnet.ctc(encoder_out, encoder_lengths, text, text_lengths)
+            ctc_log_probs = espnet.ctc.log_softmax(encoder_out)
+
+        ys_in, targets = add_sos_eos(text, espnet.sos, espnet.eos, espnet.ignore_id)
+        (logits, hidden), _ = espnet.decoder(
+            encoder_out, encoder_lengths, ys_in, text_lengths + 1, return_hs=True
+        )
+        loss_att = espnet.criterion_att(logits, targets)
+        acc = th_accuracy(logits.reshape(-1, logits.size(-1)), targets, ignore_label=IGNORE_ID)
+        token_mask = targets != IGNORE_ID
+
+        variances, loss_aleatoric = None, None
+        attention_branch = loss_att
+        if self.uncertainty is not None:
+            variances = self.uncertainty(hidden)
+            per_token = aleatoric_nll(
+                logits,
+                variances,
+                targets,
+                num_samples=self.config.num_noise_samples,
+                ignore_id=IGNORE_ID,
+                generator=generator,
+            )
+            # same normalisation as ESPnet's label-smoothing criterion
+            denominator = token_mask.sum() if self.config.length_normalized_loss else logits.size(0)
+            loss_aleatoric = per_token.sum() / denominator
+            if self.config.aleatoric_mode is AleatoricMode.ADD:
+                attention_branch = loss_att + loss_aleatoric
+            else:
+                attention_branch = loss_aleatoric
+
+        if loss_ctc is None:
+            loss = attention_branch
+        else:
+            weight = espnet.ctc_weight
+            loss = weight * loss_ctc + (1.0 - weight) * attention_branch
+
+        return AsrOutput(
+            loss=loss,
+            loss_ctc=loss_ctc,
+            loss_att=loss_att,
+            loss_aleatoric=loss_aleatoric,
+            acc=float(acc),
+            logits=logits,
+            decoder_hidden=hidden,
+            variances=variances,
+            targets=targets,
+            token_mask=token_mask,
+            ctc_log_probs=ctc_log_probs,
+            encoder_lengths=encoder_lengths,
+        )
+
+    def _check_batch(
+        self, speech: Tensor, speech_lengths: Tensor, text: Tensor, text_lengths: Tensor
+    ) -> None:
+        if speech.dim() != 2:
+            raise ValueError(f"speech: expected [batch, samples], found {tuple(speech.shape)}")
+        if text.dim() != 2:
+            raise ValueError(f"text: expected [batch, tokens], found {tuple(text.shape)}")
+        batch = speech.size(0)
+        for name, tensor in (("speech_lengths", speech_lengths), ("text_lengths", text_lengths)):
+            if tensor.shape != (batch,):
+                raise ValueError(f"{name}: expected shape ({batch},), found {tuple(tensor.shape)}")
+        if text.size(0) != batch:
+            raise ValueError(f"text: expected batch size {batch}, found {text.size(0)}")
+        if int(text_lengths.min()) < 1:
+            raise ValueError(f"text_lengths: expected >= 1, found {text_lengths.tolist()}")
+        vocab = self.config.vocab_size
+        real = text[text != IGNORE_ID]
+        if real.numel() and (int(real.min()) < 1 or int(real.max()) > vocab - 2):
+            raise ValueError(
+                f"text: expected token ids in [1, {vocab - 2}] (0 is <blank>, {vocab - 1} is "
+                f"<sos/eos>) or -1 padding, found ids in [{int(real.min())}, {int(real.max())}]"
+            )
+
+
+def build_asr_model(config: AsrConfig, token_list: list[str] | None = None) -> AsrModel:
+    """Build the ESPnet components named by `config` and wrap them in an `AsrModel`.
+
+    Args:
+        config: the model configuration.
+        token_list: V symbols with <blank> first and <sos/eos> last; placeholders when None.
+    """
+    from espnet2.asr.ctc import CTC
+    from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
+    from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+    from espnet2.asr.espnet_model import ESPnetASRModel
+    from espnet2.asr.frontend.default import DefaultFrontend
+    from espnet2.layers.utterance_mvn import UtteranceMVN
+
+    if token_list is None:
+        token_list = default_token_list(config.vocab_size)
+    token_list = list(token_list)  # ESPnetASRModel calls token_list.copy()
+    if len(token_list) != config.vocab_size:
+        raise ValueError(
+            f"token_list: expected {config.vocab_size} symbols (config.vocab_size), "
+            f"found {len(token_list)}"
+        )
+    if token_list[0] != BLANK_SYMBOL or token_list[-1] != SOS_EOS_SYMBOL:
+        raise ValueError(
+            f"token_list: expected {BLANK_SYMBOL!r} first and {SOS_EOS_SYMBOL!r} last, "
+            f"found {token_list[0]!r} and {token_list[-1]!r}"
+        )
+
+    frontend = DefaultFrontend(
+        fs=config.sample_rate,
+        n_fft=config.n_fft,
+        win_length=config.win_length,
+        hop_length=config.hop_length,
+        n_mels=config.n_mels,
+        frontend_conf=None,  # no WPE / beamformer stage
+    )
+    normalize = None
+    if config.feature_norm is not FeatureNorm.NONE:
+        normalize = UtteranceMVN(
+            norm_means=True, norm_vars=config.feature_norm is FeatureNorm.UTTERANCE_MEAN_VAR
+        )
+    encoder = TransformerEncoder(
+        input_size=config.n_mels,
+        output_size=config.d_model,
+        attention_heads=config.attention_heads,
+        linear_units=config.ffn_units,
+        num_blocks=config.encoder_layers,
+        dropout_rate=config.dropout_rate,
+        positional_dropout_rate=config.dropout_rate,
+        attention_dropout_rate=config.attention_dropout_rate,
+        input_layer=config.input_layer.value,
+        use_flash_attn=False,  # flash attention would also drop the attention dropout
+    )
+    decoder = TransformerDecoder(
+        vocab_size=config.vocab_size,
+        encoder_output_size=config.d_model,
+        attention_heads=config.attention_heads,
+        linear_units=config.ffn_units,
+        num_blocks=config.decoder_layers,
+        dropout_rate=config.dropout_rate,
+        positional_dropout_rate=config.dropout_rate,
+        self_attention_dropout_rate=config.attention_dropout_rate,
+        src_attention_dropout_rate=config.attention_dropout_rate,
+        use_flash_attn=False,
+    )
+    ctc = CTC(odim=config.vocab_size, encoder_output_size=config.d_model)
+    espnet_model = ESPnetASRModel(
+        vocab_size=config.vocab_size,
+        token_list=token_list,
+        frontend=frontend,
+        specaug=None,
+        normalize=normalize,
+        preencoder=None,
+        encoder=encoder,
+        postencoder=None,
+        decoder=decoder,
+        ctc=ctc,
+        joint_network=None,
+        ctc_weight=config.ctc_weight,
+        ignore_id=IGNORE_ID,
+        lsm_weight=config.lsm_weight,
+        length_normalized_loss=config.length_normalized_loss,
+        report_cer=False,
+        report_wer=False,
+    )
+    head = None
+    if config.uncertainty_head:
+        head = UncertaintyHead(config.d_model, config.vocab_size)
+    return AsrModel(config, espnet_model, head)
