@@ -39,6 +39,17 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from kd.analyze import AnalyzeConfig, analyze_model_dir
+
+    config = AnalyzeConfig(max_utterances=args.max_utterances, device=args.device, seed=args.seed,
+                           attention=not args.no_attention, frames_per_utterance=args.frames_per_utterance)
+    report = analyze_model_dir(args.model_dir, args.data, args.out, config)
+    print(report.to_markdown())
+    print(f"report: {args.out}/report.json, {args.out}/report.md, figures in {args.out}/figures/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd", description="Analyse, compress and distil speech Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,7 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--token-list", default=None, help="ESPnet-style character token list to check against")
     check.add_argument("--headers-only", action="store_true", help="do not decode samples (skips the NaN check)")
     check.set_defaults(run=_data_check)
+
+    an = sub.add_parser("analyze", help="layer-wise analysis of a model on a data dir")
+    an.add_argument("model_dir", help="Hugging Face checkpoint folder or kd ASR model dir")
+    an.add_argument("--data", required=True, help="data dir (alignments.jsonl enables phone/word analyses)")
+    an.add_argument("--out", required=True, help="output folder for report.json, report.md, figures/")
+    an.add_argument("--max-utterances", type=int, default=200)
+    an.add_argument("--frames-per-utterance", type=int, default=48)
+    an.add_argument("--no-attention", action="store_true", help="skip attention analyses")
+    an.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    an.add_argument("--seed", type=int, default=0)
+    an.set_defaults(run=_analyze)
     return parser
+
+
+def _cuda() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:

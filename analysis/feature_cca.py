@@ -1,0 +1,262 @@
+"""Held-out CCA between a layer's activations and external features.
+
+Following Pasad et al. (2021, "Layer-wise Analysis of a Self-supervised Speech
+Representation Model"; 2023, "Comparative Layer-wise Analysis of Self-supervised Speech
+Models"): fit CCA projections on training data, project held-out data, and report the mean
+correlation of the projected pairs. Features: log-mel FBANK frames, one-hot phone, word or
+speaker labels per frame, and segment-level views (the mean of a layer's frames within each
+phone or word segment against the segment's one-hot label).
+
+Conventions:
+- Folds are groups of whole utterances (never frames of one utterance in two folds),
+  assigned by a seeded shuffle, round-robin.
+- Fitting is ``similarity.cca``'s: centred, 1/(n-1) covariances, ``epsilon`` ridge on both,
+  rank-deficient directions dropped. The top ``max_dims`` canonical pairs (by training
+  correlation) are kept.
+- Held-out score of a fold: the mean over kept pairs of the Pearson correlation of the
+  projected held-out views (computed from the fold's own moments, so nothing is stored per
+  frame); a projection that is constant on the held-out fold counts as 0. Correlations are
+  not clipped: a fit that does not generalise can score below 0.
+- One-hot labels drop the last class's column: after centring, a full one-hot block has
+  rank K-1 (its columns sum to 1), and dropping a column leaves the same span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from analysis.similarity import covariance_whitener
+from analysis.streaming import LayerMoments
+
+__all__ = [
+    "FeatureCCAConfig",
+    "FeatureCCAResult",
+    "heldout_cca",
+    "label_cca",
+    "one_hot",
+    "segment_cca",
+    "segment_means",
+    "speaker_cca",
+    "utterance_folds",
+]
+
+
+@dataclass(frozen=True)
+class FeatureCCAConfig:
+    """Options of the held-out CCA."""
+
+    n_folds: int = 5  # utterance-grouped folds; each is held out once
+    epsilon: float = 0.0  # ridge added to both training covariances (covariance units)
+    max_dims: int | None = None  # keep at most this many canonical pairs; None: all
+    seed: int = 0  # seed of the utterance shuffle that forms the folds
+    version: int = 1  # format version of this config
+
+    def __post_init__(self) -> None:
+        if self.n_folds < 2:
+            raise ValueError(f"Expected n_folds >= 2, found {self.n_folds}")
+        if not self.epsilon >= 0.0:
+            raise ValueError(f"Expected epsilon >= 0, found {self.epsilon}")
+        if self.max_dims is not None and self.max_dims < 1:
+            raise ValueError(f"Expected max_dims >= 1 or None, found {self.max_dims}")
+        if self.version != 1:
+            raise ValueError(f"Expected FeatureCCAConfig version 1, found {self.version}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureCCAConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"Unknown FeatureCCAConfig fields {unknown}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class FeatureCCAResult:
+    """score: mean of fold_scores; n_dims: canonical pairs kept (smallest over folds)."""
+
+    score: float
+    fold_scores: tuple[float, ...]
+    n_dims: int
+
+
+def utterance_folds(num_utterances: int, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index `[num_utterances]` of every utterance (seeded shuffle, then round-robin)."""
+    if num_utterances < n_folds:
+        raise ValueError(f"Expected at least n_folds={n_folds} utterances, found {num_utterances}")
+    folds = np.empty(num_utterances, dtype=np.int64)
+    folds[np.random.default_rng(seed).permutation(num_utterances)] = np.arange(num_utterances) % n_folds
+    return folds
+
+
+def heldout_cca(
+    x_utts: Sequence[Tensor], y_utts: Sequence[Tensor], config: FeatureCCAConfig = FeatureCCAConfig()
+) -> FeatureCCAResult:
+    """Held-out CCA of two views given per utterance.
+
+    Args:
+        x_utts: per-utterance layer activations `[frames_u, dx]`.
+        y_utts: per-utterance features `[frames_u, dy]` on the same frames (e.g. FBANK at the
+            layer's frame rate, or one-hot labels).
+        config: folds, ridge and number of kept pairs.
+    """
+    if len(x_utts) != len(y_utts):
+        raise ValueError(f"Expected as many x as y utterances, found {len(x_utts)} and {len(y_utts)}")
+    dims = None
+    for u, (x, y) in enumerate(zip(x_utts, y_utts)):
+        if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"Expected utterance {u} as [frames, dx] and [frames, dy] with equal frames, "
+                f"found {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if dims is not None and (x.shape[1], y.shape[1]) != dims:
+            raise ValueError(f"Expected utterance {u} with dims {dims}, found {(x.shape[1], y.shape[1])}")
+        dims = (x.shape[1], y.shape[1])
+    folds = utterance_folds(len(x_utts), config.n_folds, config.seed)
+    per_fold = [LayerMoments(dims) for _ in range(config.n_folds)]
+    for x, y, fold in zip(x_utts, y_utts, folds):
+        if x.shape[0]:
+            per_fold[fold].update([x, y])
+    for fold, moments in enumerate(per_fold):
+        if moments.count < 2:
+            raise ValueError(f"Expected at least 2 frames in fold {fold}, found {moments.count}")
+    scores, kept = [], []
+    for fold in range(config.n_folds):
+        train = LayerMoments(dims)
+        for other in range(config.n_folds):
+            if other != fold:
+                train.merge(per_fold[other])
+        a, b = _fit(train, config)
+        scores.append(_heldout_score(per_fold[fold], a, b))
+        kept.append(a.shape[1])
+    return FeatureCCAResult(float(np.mean(scores)), tuple(scores), min(kept))
+
+
+def _fit(train: LayerMoments, config: FeatureCCAConfig) -> tuple[Tensor, Tensor]:
+    """Canonical directions `[dx, k]`, `[dy, k]` fitted on the training moments."""
+    wx = covariance_whitener(train.covariance(0, 0), config.epsilon)
+    wy = covariance_whitener(train.covariance(1, 1), config.epsilon)
+    if wx.shape[1] == 0 or wy.shape[1] == 0:
+        raise ValueError("Held-out CCA is undefined: a view is constant over the training frames")
+    u, _, vh = torch.linalg.svd(wx.T @ train.covariance(0, 1) @ wy, full_matrices=False)
+    k = u.shape[1] if config.max_dims is None else min(config.max_dims, u.shape[1])
+    return wx @ u[:, :k], wy @ vh[:k].T
+
+
+def _heldout_score(test: LayerMoments, a: Tensor, b: Tensor) -> float:
+    """Mean Pearson correlation of the projected held-out views, from the fold's moments."""
+    cross = (a * (test.covariance(0, 1) @ b)).sum(dim=0)  # [k] cov(x a_i, y b_i)
+    var_x = (a * (test.covariance(0, 0) @ a)).sum(dim=0)
+    var_y = (b * (test.covariance(1, 1) @ b)).sum(dim=0)
+    denom = (var_x * var_y).sqrt()
+    corr = torch.where(denom > 0, cross / denom.clamp_min(torch.finfo(denom.dtype).tiny), 0.0)
+    return float(corr.mean())
+
+
+def one_hot(labels: Tensor, num_classes: int, *, drop_last: bool = True) -> Tensor:
+    """One-hot float64 rows `[n, num_classes - 1]` (or `[n, num_classes]` with drop_last=False).
+
+    Args:
+        labels: integer class ids `[n]` in [0, num_classes).
+    """
+    if num_classes < 2:
+        raise ValueError(f"Expected num_classes >= 2, found {num_classes}")
+    if labels.ndim != 1:
+        raise ValueError(f"Expected labels of shape [n], found {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"Expected labels in [0, {num_classes}), found range [{int(labels.min())}, {int(labels.max())}]"
+        )
+    out = torch.nn.functional.one_hot(labels.long(), num_classes).to(torch.float64)
+    return out[:, :-1] if drop_last else out
+
+
+def label_cca(
+    layer_utts: Sequence[Tensor],
+    label_utts: Sequence[Tensor],
+    num_classes: int,
+    config: FeatureCCAConfig = FeatureCCAConfig(),
+) -> FeatureCCAResult:
+    """Frame-level held-out CCA of a layer against one-hot labels (phones or words).
+
+    Args:
+        layer_utts: per-utterance activations `[frames_u, d]`.
+        label_utts: per-utterance frame labels `[frames_u]` in [0, num_classes); frames
+            labelled -1 (no label, e.g. outside any word) are left out.
+    """
+    if len(layer_utts) != len(label_utts):
+        raise ValueError(f"Expected as many label as layer utterances, found {len(label_utts)} and {len(layer_utts)}")
+    xs, ys = [], []
+    for u, (x, labels) in enumerate(zip(layer_utts, label_utts)):
+        if labels.shape != (x.shape[0],):
+            raise ValueError(f"Expected labels of utterance {u} of shape [{x.shape[0]}], found {tuple(labels.shape)}")
+        keep = labels >= 0
+        xs.append(x[keep.to(x.device)])
+        ys.append(one_hot(labels[keep], num_classes))
+    return heldout_cca(xs, ys, config)
+
+
+def speaker_cca(
+    layer_utts: Sequence[Tensor],
+    speakers: Sequence[int],
+    num_speakers: int,
+    config: FeatureCCAConfig = FeatureCCAConfig(),
+) -> FeatureCCAResult:
+    """Frame-level held-out CCA of a layer against one-hot speaker ids (one id per utterance).
+
+    Folds hold out utterances, not speakers: the score measures how well the layer
+    encodes the identity of speakers seen in training.
+    """
+    if len(layer_utts) != len(speakers):
+        raise ValueError(f"Expected one speaker per utterance, found {len(speakers)} for {len(layer_utts)}")
+    labels = [torch.full((x.shape[0],), int(s), dtype=torch.long) for x, s in zip(layer_utts, speakers)]
+    return label_cca(layer_utts, labels, num_speakers, config)
+
+
+def segment_means(
+    layer_utts: Sequence[Tensor], segments: Sequence[tuple[int, int, int, int]]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Mean of a layer's frames within each segment, grouped by utterance.
+
+    Args:
+        layer_utts: per-utterance activations `[frames_u, d]`.
+        segments: (utt_index, start_frame, end_frame, label), end exclusive, start < end.
+
+    Returns:
+        per-utterance segment means `[segments_u, d]` and labels `[segments_u]`.
+    """
+    means: list[list[Tensor]] = [[] for _ in layer_utts]
+    labels: list[list[int]] = [[] for _ in layer_utts]
+    for index, (u, start, end, label) in enumerate(segments):
+        if not 0 <= u < len(layer_utts):
+            raise ValueError(f"Segment {index}: expected utt_index in [0, {len(layer_utts)}), found {u}")
+        frames = layer_utts[u].shape[0]
+        if not 0 <= start < end <= frames:
+            raise ValueError(
+                f"Segment {index} of utterance {u}: expected 0 <= start < end <= {frames}, found ({start}, {end})"
+            )
+        means[u].append(layer_utts[u][start:end].to(torch.float64).mean(dim=0))
+        labels[u].append(int(label))
+    dim = layer_utts[0].shape[1] if layer_utts else 0
+    out_means = [torch.stack(m) if m else torch.zeros(0, dim, dtype=torch.float64) for m in means]
+    return out_means, [torch.tensor(l, dtype=torch.long) for l in labels]
+
+
+def segment_cca(
+    layer_utts: Sequence[Tensor],
+    segments: Sequence[tuple[int, int, int, int]],
+    num_classes: int,
+    config: FeatureCCAConfig = FeatureCCAConfig(),
+) -> FeatureCCAResult:
+    """Segment-level held-out CCA: segment-mean activations against one-hot segment labels.
+
+    Folds are grouped by the segments' utterances.
+    """
+    means, labels = segment_means(layer_utts, segments)
+    return heldout_cca(means, [one_hot(l, num_classes) for l in labels], config)

@@ -1,0 +1,253 @@
+"""Probe-based lower bounds on mutual information, per layer.
+
+Liu, Yeh and Glass (ICASSP 2024): for any classifier q, the held-out cross-entropy
+CE = E[-log q(C | Z)] upper-bounds the conditional entropy H(C | Z), hence
+
+    I(Z; C) = H(C) - H(C | Z) >= H(C) - CE.
+
+Label-free bound: Z_a and Z_b are the mean-pooled representations of two different segments
+of one utterance (here its first and second halves, optionally with ``gap_frames`` dropped
+between them so that frames sharing a receptive field at the boundary are not split across
+the two); C_b is the k-means cluster of Z_b, with k-means fitted per layer on a separate
+split of utterances used for nothing else; a linear probe predicts C_b from Z_a. Labelled
+bound: H(Y) - CE(probe predicting Y), through the same code path.
+
+Conventions: everything in bits. H is the plug-in entropy of the targets on the held-out
+split, and CE is measured on that same split, so a probe that only learned the training
+marginal scores CE >= H (cross-entropy >= entropy): with independent Z the bound is ~0 and
+can be slightly negative (finite-sample noise and the training/held-out mismatch of the
+marginal); it is never above H, as CE >= 0. ``normalized_bound`` is bound / H (NaN where H = 0).
+The plug-in H is biased low when the held-out split is small against the number of clusters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Sequence
+
+import torch
+
+from analysis.kmeans import KMeans, KMeansConfig
+from analysis.probing import ProbeConfig, _check_labels, _segment_sum, fit_probes, grouped_split, stack_layers
+
+MI_CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MIBoundConfig:
+    """Options of ``cluster_mi_bound``."""
+
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)  # clusters C_b (num_clusters = k)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # probe Z_a -> C_b; its heldout_fraction
+    # and seed split the non-fit utterances into probe training and evaluation
+    fit_fraction: float = 0.3  # share of utterances used only to fit k-means
+    seed: int = 0  # seeds the fit / evaluation split
+    version: int = MI_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fit_fraction < 1:
+            raise ValueError(f"Expected fit_fraction in (0, 1), found {self.fit_fraction}")
+        if not isinstance(self.kmeans, KMeansConfig):
+            raise TypeError(f"Expected kmeans to be a KMeansConfig, found {type(self.kmeans).__name__}")
+        if not isinstance(self.probe, ProbeConfig):
+            raise TypeError(f"Expected probe to be a ProbeConfig, found {type(self.probe).__name__}")
+        if self.version != MI_CONFIG_VERSION:
+            raise ValueError(f"Expected version {MI_CONFIG_VERSION}, found {self.version}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kmeans": self.kmeans.to_dict(),
+            "probe": self.probe.to_dict(),
+            "fit_fraction": self.fit_fraction,
+            "seed": self.seed,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MIBoundConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Expected MIBoundConfig fields {sorted(known)}, found unknown {unknown}")
+        data = dict(data)
+        if "kmeans" in data:
+            data["kmeans"] = KMeansConfig.from_dict(data["kmeans"])
+        if "probe" in data:
+            data["probe"] = ProbeConfig.from_dict(data["probe"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class MIBoundResult:
+    """Per-layer bound; tensors are ``[layers]`` float64, in bits."""
+
+    bound_bits: torch.Tensor  # H - CE
+    normalized_bound: torch.Tensor  # (H - CE) / H
+    entropy_bits: torch.Tensor  # H of the held-out targets
+    cross_entropy_bits: torch.Tensor  # held-out CE of the probe
+    accuracy: torch.Tensor  # held-out probe accuracy
+    num_train: int
+    num_heldout: int
+    num_classes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            key: value.tolist() if isinstance(value, torch.Tensor) else value for key, value in asdict(self).items()
+        }
+
+
+def entropy_bits(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Plug-in entropy in bits of each row of ``targets`` (``[layers, n]`` ints) -> ``[layers]`` float64."""
+    out = []
+    for row in targets:
+        p = torch.bincount(row.long().cpu(), minlength=num_classes).to(torch.float64) / row.numel()
+        out.append(-(torch.xlogy(p, p).sum() / math.log(2.0)))
+    return torch.stack(out)
+
+
+def _bound(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    groups: torch.Tensor,
+    config: ProbeConfig,
+    num_classes: int,
+) -> MIBoundResult:
+    """H - CE per layer; ``features`` ``[layers, n, dim]``, ``targets`` ``[n]`` or ``[layers, n]``."""
+    train_index, heldout_index = grouped_split(groups, config.heldout_fraction, config.seed)
+    probe = fit_probes(features, targets, train_index, heldout_index, config, num_classes=num_classes)
+    if targets.dim() == 1:
+        targets = targets.unsqueeze(0).expand(features.shape[0], -1)
+    h = entropy_bits(targets[:, heldout_index], num_classes)
+    bound = h - probe.cross_entropy_bits
+    normalized = torch.where(h > 0, bound / h.clamp_min(1e-300), torch.full_like(h, float("nan")))
+    return MIBoundResult(
+        bound_bits=bound,
+        normalized_bound=normalized,
+        entropy_bits=h,
+        cross_entropy_bits=probe.cross_entropy_bits,
+        accuracy=probe.accuracy,
+        num_train=probe.num_train,
+        num_heldout=probe.num_heldout,
+        num_classes=num_classes,
+    )
+
+
+def split_halves(
+    features: torch.Tensor | Sequence[torch.Tensor],
+    utterance_ids: torch.Tensor,
+    *,
+    gap_frames: int = 0,
+    min_segment_frames: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean-pooled first and second halves of every utterance.
+
+    An utterance of n frames gives segment a = frames [0, h) and segment b = frames
+    [h + gap_frames, n), with h = (n - gap_frames) // 2 (b gets the odd frame).
+
+    Args:
+        features: ``[layers, frames, dim]`` (or one ``[frames, dim]`` per layer); the frames
+            of each utterance in time order (utterances may be interleaved).
+        utterance_ids: ``[frames]`` integer utterance id of each frame.
+
+    Returns:
+        ``(z_a, z_b, ids)``: ``[utts, layers, dim]`` float32 segment means and the ``[utts]`` sorted ids.
+    """
+    if gap_frames < 0:
+        raise ValueError(f"Expected gap_frames >= 0, found {gap_frames}")
+    if min_segment_frames < 1:
+        raise ValueError(f"Expected min_segment_frames >= 1, found {min_segment_frames}")
+    x = stack_layers(features)
+    ids = torch.as_tensor(utterance_ids).cpu()
+    if ids.shape != (x.shape[1],):
+        raise ValueError(f"Expected utterance_ids of shape [{x.shape[1]}], found {tuple(ids.shape)}")
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    counts = torch.bincount(inverse, minlength=unique.numel())
+    needed = 2 * min_segment_frames + gap_frames
+    short = (counts < needed).nonzero().flatten()
+    if short.numel():
+        u = short[0].item()
+        raise ValueError(
+            f"Expected every utterance to have at least {needed} frames (2 x min_segment_frames="
+            f"{min_segment_frames} + gap_frames={gap_frames}) to split in halves, found utterance "
+            f"{unique[u].item()} with {counts[u].item()} frames ({short.numel()} too short in all)"
+        )
+    order = torch.argsort(inverse, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.empty_like(inverse)
+    position[order] = torch.arange(inverse.numel()) - starts[inverse[order]]
+    half = (counts - gap_frames) // 2
+    in_a = position < half[inverse]
+    in_b = position >= (half + gap_frames)[inverse]
+    keep = (in_a | in_b).nonzero().flatten()
+    segment = 2 * inverse[keep] + in_b[keep].long()  # 2u: first half of u, 2u + 1: second half
+    sums = _segment_sum(x[:, keep.to(x.device)], segment, 2 * unique.numel())  # [L, 2U, D]
+    sizes = torch.stack([half, counts - half - gap_frames], dim=1).flatten().to(sums.device, torch.float64)
+    means = (sums / sizes[None, :, None]).to(torch.float32)
+    return means[:, 0::2].transpose(0, 1), means[:, 1::2].transpose(0, 1), unique
+
+
+def cluster_mi_bound(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    config: MIBoundConfig = MIBoundConfig(),
+    *,
+    groups: torch.Tensor | None = None,
+) -> MIBoundResult:
+    """Label-free bound I(Z_a; C_b) >= H(C_b) - CE for every layer.
+
+    Args:
+        z_a: ``[utts, layers, dim]`` pooled representation of each utterance's first segment.
+        z_b: ``[utts, layers, dim]`` pooled representation of its second segment.
+        groups: ``[utts]`` split groups (e.g. speakers, to keep them disjoint across splits);
+            default: each utterance its own group.
+
+    Returns:
+        Per-layer bound; ``num_classes`` is the number of k-means clusters.
+    """
+    if z_a.dim() != 3 or z_a.shape != z_b.shape:
+        raise ValueError(
+            f"Expected z_a and z_b of one shape [utts, layers, dim], found {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
+    utts, layers, _ = z_a.shape
+    groups = torch.arange(utts) if groups is None else torch.as_tensor(groups).cpu()
+    if groups.shape != (utts,):
+        raise ValueError(f"Expected groups of shape [{utts}], found {tuple(groups.shape)}")
+    eval_index, fit_index = grouped_split(groups, config.fit_fraction, config.seed)
+    k = config.kmeans.num_clusters
+    if fit_index.numel() < k:
+        raise ValueError(
+            f"Expected at least num_clusters={k} utterances in the k-means fit split, found {fit_index.numel()} "
+            f"({utts} utterances x fit_fraction={config.fit_fraction}); use more utterances or fewer clusters"
+        )
+    targets = torch.empty(layers, eval_index.numel(), dtype=torch.long)
+    for layer in range(layers):
+        kmeans = KMeans(config.kmeans).fit(z_b[fit_index.to(z_b.device), layer])
+        targets[layer] = kmeans.predict(z_b[eval_index.to(z_b.device), layer]).cpu()
+    features = z_a[eval_index.to(z_a.device)].transpose(0, 1)  # [L, n_eval, D]
+    return _bound(features, targets, groups[eval_index], config.probe, k)
+
+
+def labelled_mi_bound(
+    features: torch.Tensor | Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    groups: torch.Tensor,
+    config: ProbeConfig = ProbeConfig(),
+    *,
+    num_classes: int | None = None,
+) -> MIBoundResult:
+    """Labelled bound I(Z; Y) >= H(Y) - CE for every layer.
+
+    Args:
+        features: ``[layers, n, dim]`` (or one ``[n, dim]`` per layer).
+        labels: ``[n]`` class per example (phone per frame, speaker per utterance, ...).
+        groups: ``[n]`` utterance (or other group) of each example; the held-out split takes
+            whole groups.
+    """
+    x = stack_layers(features)
+    labels = torch.as_tensor(labels).cpu()
+    num_classes = _check_labels(labels, x.shape[1], num_classes)
+    groups = torch.as_tensor(groups).cpu()
+    if groups.shape != (x.shape[1],):
+        raise ValueError(f"Expected groups of shape [{x.shape[1]}], found {tuple(groups.shape)}")
+    return _bound(x, labels.long(), groups, config, num_classes)

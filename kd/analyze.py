@@ -1,0 +1,280 @@
+"""``kd analyze``: run every layer-wise analysis of ``analysis/`` on a model and a data dir.
+
+One pass over the data accumulates, per utterance and without keeping whole activations:
+float64 moments of all layers (CKA / SVCCA / PWCCA), attention redundancy and diagonality,
+a bounded sample of frames per utterance (with their phone and word labels and FBANK
+features) for held-out CCA and probes, phone and word segment means, utterance means
+(speaker probes) and half-utterance means (the label-free MI bound). Then every analysis
+runs on those statistics and the results go into one ``AnalysisReport``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ANALYZE_CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    max_utterances: int | None = 200  # analyse at most this many utterances (None: all)
+    batch_seconds: float = 60.0  # padded audio per forward batch
+    frames_per_utterance: int = 48  # frames sampled per utterance for CCA-with-features and probes
+    svcca_keep: float = 0.99  # SVCCA: variance kept by the SVD step
+    epsilon: float = 1e-6  # ridge on covariances (relative to their scale: see analysis.streaming)
+    attention: bool = True  # attention JSD and diagonality (needs attention maps)
+    diagonality_band: int = 2  # frames either side of the diagonal
+    cca_folds: int = 5  # utterance-grouped folds of the held-out CCA
+    top_words: int = 200  # word labels: the most frequent words; others are left out
+    probe_epochs: int = 20
+    mi_clusters: int = 16  # k of the label-free MI bound
+    seed: int = 0
+    device: str = "cpu"
+    version: int = ANALYZE_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if self.frames_per_utterance < 2:
+            raise ValueError(f"frames_per_utterance: expected >= 2, found {self.frames_per_utterance}")
+        if self.max_utterances is not None and self.max_utterances < self.cca_folds:
+            raise ValueError(f"max_utterances: expected >= cca_folds ({self.cca_folds}), found {self.max_utterances}")
+
+
+@dataclass
+class _Sample:
+    """What the single pass keeps (bounded per utterance)."""
+
+    frames: list[torch.Tensor] = field(default_factory=list)  # per utt [L, k, D]
+    phone: list[torch.Tensor] = field(default_factory=list)  # per utt [k]
+    word: list[torch.Tensor] = field(default_factory=list)  # per utt [k]
+    fbank: list[torch.Tensor] = field(default_factory=list)  # per utt [k, 80]
+    phone_seg: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # ([L, s, D], [s])
+    word_seg: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    mean: list[torch.Tensor] = field(default_factory=list)  # per utt [L, D]
+    half_a: list[torch.Tensor] = field(default_factory=list)
+    half_b: list[torch.Tensor] = field(default_factory=list)
+    speakers: list[str] = field(default_factory=list)
+
+
+def load_layerwise_model(model_dir: str | os.PathLike, device: str = "cpu"):
+    """A ``LayerwiseModel`` for a Hugging Face checkpoint folder or a toolkit ASR model dir."""
+    model_dir = Path(model_dir)
+    if (model_dir / "config.json").is_file():
+        from analysis.capture import load_hf_encoder
+
+        return load_hf_encoder(str(model_dir), device=device)
+    if (model_dir / "config.yaml").is_file():
+        from kd.capture import EspnetEncoderCapture
+        from kd.model_dir import load_model_dir
+
+        model, _ = load_model_dir(model_dir)
+        return EspnetEncoderCapture(model.to(device))
+    raise FileNotFoundError(f"Expected a Hugging Face checkpoint (config.json) or a kd model dir (config.yaml) "
+                            f"in {model_dir}, found neither")
+
+
+def _segment_means(hidden: torch.Tensor, intervals, rate: float, index: dict[str, int]):
+    """Mean of each layer's frames within each labelled interval. hidden: [L, T, D]."""
+    means, labels = [], []
+    for start, end, label in intervals:
+        if label not in index:
+            continue
+        a, b = int(round(start * rate)), int(round(end * rate))
+        b = min(b, hidden.shape[1])
+        if b <= a:
+            continue
+        means.append(hidden[:, a:b].mean(dim=1))
+        labels.append(index[label])
+    if not means:
+        return None
+    return torch.stack(means, dim=1), torch.tensor(labels)
+
+
+def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_index, report_extras):
+    from analysis.attention import AttentionRedundancy
+    from analysis.capture import iter_activations
+    from analysis.streaming import LayerMoments
+    from kd.data.batching import AudioDataset, bucket_batches, collate, fbank, frame_labels
+
+    dataset = AudioDataset(data)
+    batches = bucket_batches(dataset.durations(), max_seconds=config.batch_seconds, shuffle=False)
+    speakers = {u.utt: u.speaker for u in data.utterances}
+    rng = np.random.default_rng(config.seed)
+    moments = None
+    redundancy = None
+    sample = _Sample()
+    frames_total = 0
+
+    pending_fbank: dict[str, torch.Tensor] = {}  # utt -> [frames_10ms, 80], consumed below
+
+    def batch_iter():
+        for b in batches:
+            batch = collate([dataset[i] for i in b])
+            feats, counts = fbank(batch.speech, batch.speech_lengths)
+            for utt, f, c in zip(batch.utts, feats, counts):
+                pending_fbank[utt] = f[: int(c)]
+            yield batch.utts, batch.speech, batch.speech_lengths
+
+    from tqdm import tqdm
+
+    for utt_act in tqdm(iter_activations(model, batch_iter(), attentions=config.attention, device=config.device),
+                        total=len(dataset), desc="analysing", unit="utt"):
+        hidden = torch.stack([h.to(torch.float32) for h in utt_act.hidden])  # [L, T, D]
+        n = hidden.shape[1]
+        if n < 4:
+            report_extras.setdefault("too_short", []).append(utt_act.utt)
+            continue
+        if moments is None:
+            moments = LayerMoments([h.shape[-1] for h in utt_act.hidden], device=hidden.device)
+        moments.update(list(hidden))
+        frames_total += n
+        if config.attention and utt_act.attentions is not None:
+            if redundancy is None:
+                redundancy = AttentionRedundancy(len(utt_act.attentions), utt_act.attentions[0].shape[0],
+                                                 band=config.diagonality_band)
+            redundancy.update_utterance(utt_act.attentions)
+        cpu = hidden.cpu()
+        k = min(config.frames_per_utterance, n)
+        idx = torch.from_numpy(np.sort(rng.choice(n, size=k, replace=False)))
+        sample.frames.append(cpu[:, idx])
+        sample.mean.append(cpu.mean(dim=1))
+        h = n // 2
+        sample.half_a.append(cpu[:, :h].mean(dim=1))
+        sample.half_b.append(cpu[:, h:].mean(dim=1))
+        sample.speakers.append(speakers[utt_act.utt])
+        # FBANK at the model's frame rate: mean of the 10 ms frames inside each model frame
+        feats = pending_fbank.pop(utt_act.utt)
+        step = 100.0 / model.frame_rate  # 10 ms FBANK frames per model frame
+        edges = (np.arange(n + 1) * step).astype(int).clip(0, feats.shape[0] - 1)
+        pooled = torch.stack([feats[a:max(b, a + 1)].mean(0) for a, b in zip(edges[:-1], edges[1:])])
+        sample.fbank.append(pooled[idx].to(torch.float64))
+        align = alignments.get(utt_act.utt) if alignments else None
+        if align is not None:
+            sample.phone.append(torch.from_numpy(frame_labels(align["phones"], n, model.frame_rate, phone_index))[idx])
+            words = [[s, e, w] for s, e, w in align["words"] if w in word_index]
+            sample.word.append(torch.from_numpy(frame_labels(words, n, model.frame_rate, word_index))[idx])
+            seg = _segment_means(cpu, align["phones"], model.frame_rate, phone_index)
+            if seg is not None:
+                sample.phone_seg.append(seg)
+            seg = _segment_means(cpu, words, model.frame_rate, word_index)
+            if seg is not None:
+                sample.word_seg.append(seg)
+    return moments, redundancy, sample, frames_total
+
+
+def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = AnalyzeConfig(), *, model_name: str = "",
+            data_name: str = ""):
+    """Run all analyses. ``model``: an ``analysis.capture.LayerwiseModel``; ``data``: a ``DataDir``."""
+    from analysis import feature_cca as fc
+    from analysis.mutual_info import MIBoundConfig, cluster_mi_bound, labelled_mi_bound
+    from analysis.kmeans import KMeansConfig
+    from analysis.probing import ProbeConfig, probe_frames, probe_utterances, probe_weighted_sum
+    from analysis.report import AnalysisReport
+    from analysis.streaming import pairwise_linear_cka, pairwise_pwcca, pairwise_svcca
+
+    if config.max_utterances is not None and len(data.utterances) > config.max_utterances:
+        order = np.random.default_rng(config.seed).permutation(len(data.utterances))[: config.max_utterances]
+        data = type(data)(data.root, [data.utterances[i] for i in sorted(order)], data.skipped)
+    phones = sorted({p for a in (alignments or {}).values() for _, _, p in a["phones"]})
+    phone_index = {p: i for i, p in enumerate(phones)}
+    counts: dict[str, int] = {}
+    for a in (alignments or {}).values():
+        for _, _, w in a["words"]:
+            counts[w] = counts.get(w, 0) + 1
+    top = sorted(counts, key=lambda w: (-counts[w], w))[: config.top_words]
+    word_index = {w: i for i, w in enumerate(top)}
+    report = AnalysisReport(model=model_name, data=data_name, num_utterances=0, num_frames=0,
+                            frame_rate=float(model.frame_rate), num_layers=int(model.num_layers),
+                            config=asdict(config))
+    moments, redundancy, sample, frames_total = _collect(model, data, alignments, config, phone_index, word_index,
+                                                         report.extras)
+    if moments is None:
+        raise ValueError(f"No utterance of {data_name or data.root} gave at least 4 frames; nothing to analyse")
+    report.num_utterances, report.num_frames = len(sample.frames), frames_total
+    L = model.num_layers
+    report.similarity["linear_cka"] = pairwise_linear_cka(moments).tolist()
+    report.similarity["svcca"] = pairwise_svcca(moments, keep=config.svcca_keep, epsilon=config.epsilon).tolist()
+    report.similarity["pwcca"] = pairwise_pwcca(moments, epsilon=config.epsilon).tolist()
+    if redundancy is not None:
+        r = redundancy.result()
+        report.attention = {"jsd_head_averaged": r.per_head.mean(-1).tolist(),
+                            "jsd_of_head_means": r.head_mean_attention.tolist(),
+                            "diagonality": r.diagonality.tolist(), "band": r.band}
+    elif config.attention:
+        report.skipped["attention"] = "the model returned no attention maps"
+    # ---- held-out CCA with external features (per layer) --------------------------------
+    cca_conf = fc.FeatureCCAConfig(n_folds=config.cca_folds, epsilon=config.epsilon, seed=config.seed)
+    by_layer = lambda per_utt, l: [x[l] for x in per_utt]  # noqa: E731
+    report.per_layer["cca_fbank"] = [fc.heldout_cca(by_layer(sample.frames, l), sample.fbank, cca_conf).score
+                                     for l in range(L)]
+    if alignments and sample.phone:
+        report.per_layer["cca_phone"] = [fc.label_cca(by_layer(sample.frames, l), sample.phone, len(phones),
+                                                      cca_conf).score for l in range(L)]
+        report.per_layer["cca_word"] = [fc.label_cca(by_layer(sample.frames, l), sample.word, len(word_index),
+                                                     cca_conf).score for l in range(L)]
+        for key, segs, k in (("cca_phone_segment", sample.phone_seg, len(phones)),
+                             ("cca_word_segment", sample.word_seg, len(word_index))):
+            if len(segs) >= config.cca_folds:
+                report.per_layer[key] = [fc.label_cca([m[l] for m, _ in segs], [y for _, y in segs], k,
+                                                      cca_conf).score for l in range(L)]
+        # ---- probes and the labelled MI bound (frame-level phones) ------------------------
+        feats = torch.cat(sample.frames, dim=1)  # [L, n, D]
+        labels = torch.cat(sample.phone)
+        groups = torch.cat([torch.full((len(p),), i) for i, p in enumerate(sample.phone)])
+        keep = labels >= 0
+        probe_conf = ProbeConfig(epochs=config.probe_epochs, seed=config.seed, device=config.device)
+        phone_probe = probe_frames(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
+        report.per_layer["probe_phone_accuracy"] = list(map(float, phone_probe.accuracy))
+        report.extras["probe_phone_majority_accuracy"] = float(phone_probe.majority_accuracy.ravel()[0])
+        ws = probe_weighted_sum(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
+        report.extras["superb_phone_layer_weights"] = list(map(float, ws.layer_weights))
+        report.extras["superb_phone_accuracy"] = float(ws.accuracy)
+        mi = labelled_mi_bound(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
+        report.per_layer["mi_phone_bits"] = list(map(float, mi.bound_bits))
+        report.extras["phone_entropy_bits"] = float(np.asarray(mi.entropy_bits).ravel()[0])
+    else:
+        report.skipped["phones_and_words"] = "no alignments.jsonl in the data dir"
+    # ---- speakers (utterance level) and the label-free MI bound -----------------------------
+    spk_ids = sorted(set(sample.speakers))
+    if len(spk_ids) >= 2:
+        pooled = torch.stack(sample.mean)  # [utts, L, D]
+        labels = torch.tensor([spk_ids.index(s) for s in sample.speakers])
+        probe_conf = ProbeConfig(epochs=max(config.probe_epochs, 50), seed=config.seed, device=config.device,
+                                 batch_size=64)
+        spk = probe_utterances(pooled, labels, probe_conf, num_classes=len(spk_ids))
+        report.per_layer["probe_speaker_accuracy"] = list(map(float, spk.accuracy))
+        report.extras["probe_speaker_majority_accuracy"] = float(spk.majority_accuracy.ravel()[0])
+    else:
+        report.skipped["speaker_probe"] = f"needs at least 2 speakers, found {len(spk_ids)}"
+    mi_conf = MIBoundConfig(kmeans=KMeansConfig(num_clusters=config.mi_clusters, seed=config.seed),
+                            probe=ProbeConfig(epochs=max(config.probe_epochs, 50), seed=config.seed, batch_size=64),
+                            seed=config.seed)
+    try:
+        mi = cluster_mi_bound(torch.stack(sample.half_a), torch.stack(sample.half_b), mi_conf)
+        report.per_layer["mi_cluster_bits"] = list(map(float, mi.bound_bits))
+        report.per_layer["mi_cluster_normalized"] = list(map(float, mi.normalized_bound))
+    except ValueError as e:
+        report.skipped["mi_cluster"] = str(e)
+    return report
+
+
+def analyze_model_dir(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                      config: AnalyzeConfig = AnalyzeConfig()) -> "AnalysisReport":  # noqa: F821
+    """``kd analyze``: load, analyse, write ``report.json``, ``report.md`` and PNG figures to ``out_dir``."""
+    from kd.data import load_data_dir, read_alignments
+    from kd.io import atomic_write_text
+
+    model = load_layerwise_model(model_dir, device=config.device)
+    data = load_data_dir(data_dir)
+    align_path = Path(data_dir) / "alignments.jsonl"
+    alignments = read_alignments(align_path) if align_path.is_file() else None
+    report = analyze(model, data, alignments, config, model_name=str(model_dir), data_name=str(data_dir))
+    out = Path(out_dir)
+    report.save(out / "report.json")
+    atomic_write_text(out / "report.md", report.to_markdown())
+    report.save_figures(out / "figures")
+    return report

@@ -1,0 +1,163 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.kmeans import KMeans, KMeansConfig
+from analysis.mutual_info import MIBoundConfig, cluster_mi_bound, labelled_mi_bound, split_halves
+from analysis.probing import ProbeConfig, grouped_split, probe_frames
+
+PROBE = ProbeConfig(epochs=40, batch_size=64, lr=1e-2, heldout_fraction=0.3)
+
+
+def _blobs(seed, per_cluster=100, spread=0.2):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0]])
+    truth = torch.arange(4).repeat_interleave(per_cluster)
+    x = centers[truth] + spread * torch.randn(truth.numel(), 3, generator=g)
+    order = torch.randperm(truth.numel(), generator=g)
+    return x[order], truth[order], centers
+
+
+def test_kmeans_recovers_well_separated_clusters():
+    x, truth, centers = _blobs(0)
+    km = KMeans(KMeansConfig(num_clusters=4, seed=0)).fit(x)
+    labels = km.predict(x)
+    mapping = {}
+    for t in range(4):
+        found = labels[truth == t].unique()
+        assert found.numel() == 1  # each true cluster lands in one predicted cluster
+        mapping[t] = found.item()
+    assert sorted(mapping.values()) == [0, 1, 2, 3]  # ... and no two share one
+    for t, c in mapping.items():
+        assert torch.dist(km.centroids[c], centers[t]) < 0.1
+    xs, cs = x.numpy().astype(np.float64), km.centroids.numpy().astype(np.float64)
+    want = ((xs[:, None, :] - cs[None]) ** 2).sum(-1).min(1).sum()
+    assert km.inertia == pytest.approx(want, rel=1e-5)
+
+
+def test_kmeans_is_deterministic_and_chunking_does_not_change_it():
+    x, _, _ = _blobs(1, spread=3.0)  # overlapping blobs: the result depends on the init
+    config = KMeansConfig(num_clusters=6, seed=3)
+    a, b = KMeans(config).fit(x), KMeans(config).fit(x)
+    assert torch.equal(a.centroids, b.centroids)
+    chunked = KMeans(KMeansConfig(num_clusters=6, seed=3, chunk_size=7)).fit(x)
+    assert torch.equal(a.predict(x), chunked.predict(x))
+    torch.testing.assert_close(a.centroids, chunked.centroids, rtol=0, atol=1e-5)
+
+
+def test_kmeans_with_fewer_distinct_points_than_clusters():
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]]).repeat(5, 1)
+    km = KMeans(KMeansConfig(num_clusters=4)).fit(x)
+    assert km.inertia == pytest.approx(0.0, abs=1e-9)
+
+
+def test_kmeans_validation():
+    with pytest.raises(ValueError, match="call fit first"):
+        KMeans().predict(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="at least num_clusters=5 rows in x, found 3"):
+        KMeans(KMeansConfig(num_clusters=5)).fit(torch.randn(3, 2))
+    with pytest.raises(ValueError, match=r"shape \[frames, dim\]"):
+        KMeans(KMeansConfig(num_clusters=1)).fit(torch.randn(3))
+    with pytest.raises(ValueError, match="num_clusters >= 1"):
+        KMeansConfig(num_clusters=0)
+    assert KMeansConfig.from_dict(KMeansConfig(num_clusters=7).to_dict()) == KMeansConfig(num_clusters=7)
+
+
+def _two_views(seed, utts=1000, dim=6, k=4):
+    """Layer 0: both halves show the same latent class; layer 1: the halves are independent."""
+    g = torch.Generator().manual_seed(seed)
+    shared, unrelated = torch.randint(k, (utts,), generator=g), torch.randint(k, (utts,), generator=g)
+    means_b, means_a = 5 * torch.randn(k, dim, generator=g), 5 * torch.randn(k, dim, generator=g)
+    z_a = 0.3 * torch.randn(utts, 2, dim, generator=g)
+    z_b = 0.3 * torch.randn(utts, 2, dim, generator=g)
+    z_a[:, 0] += means_a[shared]
+    z_b[:, 0] += means_b[shared]
+    z_b[:, 1] += means_b[unrelated]  # clusters exist, but z_a[:, 1] is pure noise
+    return z_a, z_b
+
+
+def test_cluster_bound_is_near_entropy_when_determined_and_near_zero_when_independent():
+    z_a, z_b = _two_views(0)
+    result = cluster_mi_bound(z_a, z_b, MIBoundConfig(kmeans=KMeansConfig(num_clusters=4), probe=PROBE))
+    assert result.num_classes == 4 and result.num_train + result.num_heldout == 700
+    assert (result.entropy_bits - 2.0).abs().max() < 0.05  # 4 balanced clusters: ~2 bits
+    assert result.normalized_bound[0] > 0.95
+    # independent halves: a probe can only learn the marginal; held-out CE >= H up to noise
+    assert -0.15 < result.bound_bits[1] < 0.05
+    assert (result.bound_bits <= result.entropy_bits + 1e-12).all()
+    torch.testing.assert_close(result.bound_bits, result.entropy_bits - result.cross_entropy_bits)
+    torch.testing.assert_close(result.normalized_bound, result.bound_bits / result.entropy_bits)
+
+
+def test_cluster_bound_needs_enough_fit_utterances():
+    z_a, z_b = _two_views(1, utts=20)
+    config = MIBoundConfig(kmeans=KMeansConfig(num_clusters=10), probe=PROBE)
+    with pytest.raises(ValueError, match="num_clusters=10 utterances in the k-means fit split, found 6"):
+        cluster_mi_bound(z_a, z_b, config)
+
+
+def _labelled_frames(seed, utts=200, dim=4):
+    """Every utterance holds labels 0,0,0,0,1,1,2,2 in random order: H(Y) = 1.5 bits exactly."""
+    g = torch.Generator().manual_seed(seed)
+    pattern = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    labels = torch.cat([pattern[torch.randperm(8, generator=g)] for _ in range(utts)])
+    groups = torch.arange(utts).repeat_interleave(8)
+    features = torch.randn(2, labels.numel(), dim, generator=g)
+    features[0] += 6.0 * torch.randn(3, dim, generator=g)[labels]
+    return features, labels, groups
+
+
+def test_labelled_bound_on_a_toy_with_known_entropy():
+    features, labels, groups = _labelled_frames(0)
+    result = labelled_mi_bound(features, labels, groups, PROBE)
+    torch.testing.assert_close(result.entropy_bits, torch.full((2,), 1.5, dtype=torch.float64))
+    assert result.bound_bits[0] > 1.4
+    assert abs(result.bound_bits[1]) < 0.1
+    # same split and probe as probe_frames: the CE is the probe's held-out CE
+    probe = probe_frames(features, labels, groups, PROBE)
+    assert torch.equal(result.cross_entropy_bits, probe.cross_entropy_bits)
+    _, heldout = grouped_split(groups, PROBE.heldout_fraction, PROBE.seed)
+    assert result.num_heldout == heldout.numel()
+
+
+def test_labelled_bound_entropy_matches_numpy_plug_in():
+    features, labels, groups = _labelled_frames(1)
+    labels[:40] = 2  # unbalance the first 5 utterances
+    result = labelled_mi_bound(features, labels, groups, PROBE)
+    _, heldout = grouped_split(groups, PROBE.heldout_fraction, PROBE.seed)
+    counts = np.bincount(labels[heldout].numpy(), minlength=3).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    assert result.entropy_bits[0].item() == pytest.approx(-(p * np.log2(p)).sum(), abs=1e-12)
+
+
+def test_split_halves_matches_direct_means():
+    g = torch.Generator().manual_seed(2)
+    ids = torch.tensor([3, 8, 3, 3, 8, 3, 8, 3, 8, 3, 3])  # utt 3: 7 frames, utt 8: 4 frames, interleaved
+    features = torch.randn(2, ids.numel(), 5, generator=g)
+    z_a, z_b, unique = split_halves(features, ids, gap_frames=1)
+    assert unique.tolist() == [3, 8] and z_a.shape == (2, 2, 5)
+    x = features.numpy().astype(np.float64)
+    # gap 1: 7 frames -> a = 0..2, b = 4..6; 4 frames -> a = 0, b = 2..3
+    for i, (u, a, b) in enumerate([(3, [0, 1, 2], [4, 5, 6]), (8, [0], [2, 3])]):
+        frames = x[:, ids.numpy() == u]  # [layers, n, dim] in time order
+        np.testing.assert_allclose(z_a[i].numpy(), frames[:, a].mean(1), atol=1e-6)
+        np.testing.assert_allclose(z_b[i].numpy(), frames[:, b].mean(1), atol=1e-6)
+
+
+def test_split_halves_rejects_short_utterances():
+    ids = torch.tensor([0, 0, 0, 0, 5, 5])
+    features = torch.randn(1, 6, 3)
+    with pytest.raises(ValueError, match="at least 3 frames .* utterance 5 with 2 frames"):
+        split_halves(features, ids, gap_frames=1)
+    with pytest.raises(ValueError, match="at least 6 frames"):
+        split_halves(features, ids, min_segment_frames=3)
+
+
+def test_mi_config_round_trip():
+    config = MIBoundConfig(kmeans=KMeansConfig(num_clusters=8), probe=ProbeConfig(kind="mlp1"), fit_fraction=0.4)
+    assert MIBoundConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="fit_fraction in"):
+        MIBoundConfig(fit_fraction=0.0)
+    assert math.isclose(MIBoundConfig().fit_fraction, 0.3)

@@ -1,0 +1,120 @@
+"""``kd analyze`` end to end on a tiny model and the tests corpus; capture adapters; the report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from analysis.capture import HFSpeechEncoder, iter_activations
+from analysis.report import AnalysisReport
+from kd.analyze import AnalyzeConfig, analyze_model_dir
+from kd.cli import main
+
+
+def _tiny_w2v2(path=None, *, stable: bool = True):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16, 16), conv_stride=(5, 4, 16), conv_kernel=(10, 8, 16),
+                         num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+                         feat_extract_norm="layer" if stable else "group", do_stable_layer_norm=stable)
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(cfg)
+    model.set_attn_implementation("eager")
+    if path is not None:
+        model.save_pretrained(path)
+    return model.eval()
+
+
+def test_hf_capture_padded_batch_equals_one_by_one():
+    enc = HFSpeechEncoder(_tiny_w2v2())
+    assert enc.batch_consistent and enc.frame_rate == 50.0 and enc.num_layers == 4
+    torch.manual_seed(1)
+    a, b = torch.randn(8000) * 0.1, torch.randn(5000) * 0.1
+    speech = torch.zeros(2, 8000)
+    speech[0], speech[1, :5000] = a, b
+    both = list(iter_activations(enc, [(["a", "b"], speech, torch.tensor([8000, 5000]))], attentions=True))
+    alone = list(iter_activations(enc, [(["b"], b[None], torch.tensor([5000]))], attentions=True))
+    assert both[1].hidden[0].shape == alone[0].hidden[0].shape
+    for x, y in zip(both[1].hidden, alone[0].hidden):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+    for x, y in zip(both[1].attentions, alone[0].attentions):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_group_norm_models_run_one_by_one():
+    enc = HFSpeechEncoder(_tiny_w2v2(stable=False))
+    assert not enc.batch_consistent
+    speech = torch.randn(2, 8000) * 0.1
+    speech[1, 5000:] = 0
+    out = list(iter_activations(enc, [(["a", "b"], speech, torch.tensor([8000, 5000]))]))
+    alone = list(iter_activations(enc, [(["b"], speech[1:, :5000], torch.tensor([5000]))]))
+    torch.testing.assert_close(out[1].hidden[-1], alone[0].hidden[-1])
+
+
+def test_espnet_capture_shapes():
+    from kd.capture import EspnetEncoderCapture
+    from kd.models.asr import AsrConfig, build_asr_model
+
+    cap = EspnetEncoderCapture(build_asr_model(AsrConfig.tiny(vocab_size=30)))
+    acts = list(iter_activations(cap, [(["a", "b"], torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000]))],
+                                 attentions=True))
+    assert cap.frame_rate == 25.0 and cap.num_layers == 3
+    assert [h.shape[0] for h in acts[0].hidden] == [24] * 3 and acts[1].hidden[0].shape[0] == 18
+    assert acts[1].attentions[0].shape[-1] == 18
+    torch.testing.assert_close(acts[1].attentions[0].sum(-1), torch.ones(acts[1].attentions[0].shape[:2]))
+
+
+def test_kd_analyze_end_to_end(tests_corpus, tmp_path, capsys):
+    root, _ = tests_corpus
+    _tiny_w2v2(tmp_path / "model")
+    out = tmp_path / "analysis"
+    code = main(["analyze", str(tmp_path / "model"), "--data", str(root / "us" / "train"), "--out", str(out),
+                 "--device", "cpu"])
+    assert code == 0
+    report = AnalysisReport.load(out / "report.json")
+    assert report.num_layers == 4 and report.num_utterances == 12
+    for name in ("linear_cka", "svcca", "pwcca"):
+        mat = report.similarity[name]
+        assert len(mat) == 4 and all(len(r) == 4 for r in mat)
+        for i in range(4):
+            # CKA is exactly 1 on the diagonal; the CCA family slightly below (ridge epsilon)
+            assert mat[i][i] == pytest.approx(1.0, abs=1e-9 if name == "linear_cka" else 1e-3)
+            for j in range(4):
+                assert 0.0 <= mat[i][j] <= 1.0 + 1e-9 and mat[i][j] == pytest.approx(mat[j][i], abs=1e-6)
+    jsd = report.attention["jsd_head_averaged"]
+    assert len(jsd) == 3 and all(jsd[i][i] == pytest.approx(0.0, abs=1e-9) for i in range(3))
+    for key in ("cca_fbank", "cca_phone", "cca_word", "probe_phone_accuracy", "mi_phone_bits"):
+        assert len(report.per_layer[key]) == 4
+    assert "mi_cluster" in report.skipped  # too few utterances for 16 clusters: reported, not silent
+    assert sorted(p.name for p in (out / "figures").iterdir()) >= ["attention_jsd.png", "linear_cka.png"]
+    text = (out / "report.md").read_text()
+    assert "Layer-wise analysis" in text and "Skipped analyses" in text
+    assert "report:" in capsys.readouterr().out
+
+
+def test_report_never_carries_silent_nan(tmp_path):
+    report = AnalysisReport(model="m", data="d", num_utterances=1, num_frames=10, frame_rate=50.0, num_layers=2,
+                            per_layer={"mi_cluster_normalized": [0.5, math.nan]})
+    report.save(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["per_layer"]["mi_cluster_normalized"] == [0.5, None]
+    assert "report.per_layer.mi_cluster_normalized[1]" in data["undefined"]
+    assert AnalysisReport.load(tmp_path / "r.json").per_layer["mi_cluster_normalized"][1] is None
+
+
+def test_malformed_report_errors(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: not a JSON analysis report"):
+        AnalysisReport.load(tmp_path / "bad.json")
+    (tmp_path / "v.json").write_text(json.dumps({"version": 99}))
+    with pytest.raises(ValueError, match="v.json: Expected analysis report version 1, found 99"):
+        AnalysisReport.load(tmp_path / "v.json")
+
+
+def test_analyze_config_validation():
+    with pytest.raises(ValueError, match="frames_per_utterance: expected >= 2, found 1"):
+        AnalyzeConfig(frames_per_utterance=1)
