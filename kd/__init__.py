@@ -14,7 +14,22 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first access)
 _LAZY = {
     "CompressionPlan": "kd.plan",
-    "compress": "kd.compress",
+    "first_k": "kd.planners",
+    "every_k": "kd.planners",
+    "linspace": "kd.planners",
+    "plan_from_similarity": "kd.planners",
+    "compress": "kd.compression",
+    "apply_structure": "kd.compression",
+    "count_parameters": "kd.compression",
+    "save_student": "kd.compression",
+    "load_student": "kd.compression",
+    "AsrConfig": "kd.models.asr",
+    "build_asr_model": "kd.models.asr",
+    "KDLossConfig": "kd.losses",
+    "kd_loss": "kd.losses",
+    "load_data_dir": "kd.data",
+    "normalize_text": "kd.data",
+    "build_corpus": "kd.corpus.synth",
 }
 
 

@@ -50,6 +50,24 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from kd.plan_cli import PlanMethod, plan_from_report
+
+    plan = plan_from_report(args.report, budget_layers=args.budget, method=PlanMethod(args.method),
+                            share_blocks=args.share, reuse_threshold=args.reuse_threshold)
+    plan.save(args.out)
+    print(plan.to_json())
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from kd.plan_cli import compress_model_dir
+
+    out = compress_model_dir(args.model_dir, args.plan, args.out)
+    print(f"student saved to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd", description="Analyse, compress and distil speech Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--device", default="cuda" if _cuda() else "cpu")
     an.add_argument("--seed", type=int, default=0)
     an.set_defaults(run=_analyze)
+
+    pl = sub.add_parser("plan", help="compression plan from an analysis report")
+    pl.add_argument("report", help="report.json written by kd analyze")
+    pl.add_argument("--budget", type=int, required=True, help="number of Transformer layers (weight sets with --share)")
+    pl.add_argument("--method", default="analysis", choices=["analysis", "first-k", "every-k", "linspace"])
+    pl.add_argument("--share", action="store_true", help="keep depth, share weights within similar blocks")
+    pl.add_argument("--reuse-threshold", type=float, default=None, help="attention JSD (bits) below which to reuse")
+    pl.add_argument("--out", required=True, help="plan.json")
+    pl.set_defaults(run=_plan)
+
+    co = sub.add_parser("compress", help="apply a plan to a Hugging Face checkpoint")
+    co.add_argument("model_dir")
+    co.add_argument("plan")
+    co.add_argument("--out", required=True)
+    co.set_defaults(run=_compress)
     return parser
 
 

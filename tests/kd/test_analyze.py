@@ -118,3 +118,34 @@ def test_malformed_report_errors(tmp_path):
 def test_analyze_config_validation():
     with pytest.raises(ValueError, match="frames_per_utterance: expected >= 2, found 1"):
         AnalyzeConfig(frames_per_utterance=1)
+
+
+def test_plan_and_compress_from_report(tests_corpus, tmp_path):
+    """analyze -> plan (each method) -> compress -> plain transformers loads the student."""
+    from transformers import Wav2Vec2Model
+
+    from kd.plan import CompressionPlan
+
+    root, _ = tests_corpus
+    teacher = _tiny_w2v2(tmp_path / "model")
+    assert main(["analyze", str(tmp_path / "model"), "--data", str(root / "uk" / "train"), "--out",
+                 str(tmp_path / "an"), "--device", "cpu", "--no-attention"]) == 0
+    plans = {}
+    for method in ("analysis", "first-k", "every-k", "linspace"):
+        out = tmp_path / f"{method}.json"
+        assert main(["plan", str(tmp_path / "an" / "report.json"), "--budget", "2", "--method", method,
+                     "--out", str(out)]) == 0
+        plans[method] = CompressionPlan.load(out)
+        assert plans[method].num_student_layers == 2
+    assert plans["first-k"].keep_layers == (0, 1) or list(plans["first-k"].keep_layers) == [0, 1]
+    assert list(plans["linspace"].keep_layers) == [0, 2]
+    assert main(["compress", str(tmp_path / "model"), str(tmp_path / "linspace.json"), "--out",
+                 str(tmp_path / "student")]) == 0
+    student = Wav2Vec2Model.from_pretrained(tmp_path / "student").eval()
+    assert student.config.num_hidden_layers == 2
+    x = torch.randn(1, 8000) * 0.1
+    with torch.no_grad():
+        ref = teacher(x, output_hidden_states=True).hidden_states
+        out = student(x, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(out[1], ref[1])  # kept teacher layer 0 -> student layer 0
+    assert main(["plan", str(tmp_path / "an" / "report.json"), "--budget", "9", "--out", str(tmp_path / "x.json")]) == 2
