@@ -30,6 +30,12 @@ _LAZY = {
     "load_data_dir": "kd.data",
     "normalize_text": "kd.data",
     "build_corpus": "kd.corpus.synth",
+    "DecodeConfig": "kd.decode",
+    "decode": "kd.decode",
+    "evaluate": "kd.evaluate",
+    "save_model_dir": "kd.model_dir",
+    "load_model_dir": "kd.model_dir",
+    "export_espnet": "kd.export_espnet",
 }
 
 

@@ -68,6 +68,25 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from kd.decode import DecodeConfig, DecodeMethod
+    from kd.evaluate import evaluate
+
+    config = DecodeConfig(method=DecodeMethod[args.method.upper().replace("-", "_")], beam_size=args.beam_size,
+                          ctc_weight=args.ctc_weight, penalty=args.penalty, maxlenratio=args.maxlenratio)
+    report = evaluate(args.model_dir, args.data, config, device=args.device, out_dir=args.out, progress=True)
+    print(report.to_markdown())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from kd.export_espnet import export_espnet
+
+    out = export_espnet(args.model_dir, args.out)
+    print(f"ESPnet model folder written to {out} (config.yaml + model.pth; decode with Speech2Text)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd", description="Analyse, compress and distil speech Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("plan")
     co.add_argument("--out", required=True)
     co.set_defaults(run=_compress)
+
+    ev = sub.add_parser("eval", help="WER/CER per domain, parameters and real-time factor of an ASR model dir")
+    ev.add_argument("model_dir")
+    ev.add_argument("--data", nargs="+", required=True, help="one or more data dirs")
+    ev.add_argument("--out", default=None, help="folder for report.json, report.md, hyp.txt, utterances.jsonl")
+    ev.add_argument("--method", default="beam", choices=["beam", "ctc-greedy"])
+    ev.add_argument("--beam-size", type=int, default=10)
+    ev.add_argument("--ctc-weight", type=float, default=0.3)
+    ev.add_argument("--penalty", type=float, default=0.0)
+    ev.add_argument("--maxlenratio", type=float, default=0.0)
+    ev.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ev.set_defaults(run=_eval)
+
+    ex = sub.add_parser("export", help="export a model dir to another toolkit's format")
+    ex_sub = ex.add_subparsers(dest="export_format", required=True)
+    es = ex_sub.add_parser("espnet", help="ESPnet model folder that espnet2's Speech2Text decodes")
+    es.add_argument("model_dir")
+    es.add_argument("--out", required=True)
+    es.set_defaults(run=_export)
     return parser
 
 
