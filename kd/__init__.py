@@ -36,6 +36,10 @@ _LAZY = {
     "save_model_dir": "kd.model_dir",
     "load_model_dir": "kd.model_dir",
     "export_espnet": "kd.export_espnet",
+    "train_from_yaml": "kd.train",  # the module kd.train holds train() and distill()
+    "distill_from_yaml": "kd.train",
+    "TrainResult": "kd.train",
+    "TrainConfig": "kd.training.config",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 def _corpus_synth(args: argparse.Namespace) -> int:
@@ -87,6 +88,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from kd.train import distill_from_yaml, train_from_yaml
+
+    fn = distill_from_yaml if args.command == "distill" else train_from_yaml
+    result = fn(args.config, args.out, resume=not args.no_resume)
+    print(json.dumps(result.to_dict(), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd", description="Analyse, compress and distil speech Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("plan")
     co.add_argument("--out", required=True)
     co.set_defaults(run=_compress)
+
+    for name, text in (("train", "train an ASR model (teacher, or student without KD) from a YAML config"),
+                       ("distill", "train a student with knowledge distillation from a YAML config")):
+        tr = sub.add_parser(name, help=text)
+        tr.add_argument("config", help="YAML config (see recipes/ and kd/training/config.py)")
+        tr.add_argument("out", help="run dir (resumed from its newest finished checkpoint if present)")
+        tr.add_argument("--no-resume", action="store_true", help="refuse a run dir that already has checkpoints")
+        tr.set_defaults(run=_train)
 
     ev = sub.add_parser("eval", help="WER/CER per domain, parameters and real-time factor of an ASR model dir")
     ev.add_argument("model_dir")

@@ -1,0 +1,34 @@
+"""Training and distillation machinery behind :mod:`kd.train`: config, data order, checkpoints, teachers.
+
+Names are imported on first use so that importing `kd.training` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_LAZY = {
+    "CheckpointInfo": "kd.training.checkpoint",
+    "KDConfig": "kd.training.config",
+    "TeacherCache": "kd.training.teachers",
+    "TeacherSpec": "kd.training.config",
+    "TrainConfig": "kd.training.config",
+    "average_checkpoints": "kd.training.checkpoint",
+    "latest_checkpoint": "kd.training.checkpoint",
+    "learning_rate": "kd.training.schedule",
+    "list_checkpoints": "kd.training.checkpoint",
+    "load_run_model": "kd.training.teachers",
+    "load_run_tokenizer": "kd.training.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kd.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = sorted(_LAZY)

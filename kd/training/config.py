@@ -1,0 +1,381 @@
+"""`TrainConfig`: everything one training or distillation run reads, as a frozen, versioned dataclass.
+
+A run is configured by one YAML file (``TrainConfig.from_yaml``). Every section is a frozen
+dataclass with typed fields; reading a mapping checks, field by field, that nothing is unknown,
+missing or of the wrong type, and errors name the full field path (``optim.lr``), the value
+found and what was expected.
+
+YAML 1.1 reads an unquoted ``no`` as ``false``; ``optim.mixed_precision: no`` is therefore also
+accepted as ``false``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from kd.losses import KDLossConfig
+
+__all__ = [
+    "CheckpointConfig",
+    "DataConfig",
+    "KDConfig",
+    "LogConfig",
+    "MixedPrecision",
+    "ModelConfig",
+    "OptimConfig",
+    "Schedule",
+    "TeacherOutputs",
+    "TeacherSpec",
+    "TokenKind",
+    "TokenConfig",
+    "TrainConfig",
+]
+
+CONFIG_VERSION = 1
+
+
+class TokenKind(enum.Enum):
+    """Where the token inventory comes from."""
+
+    CHAR = "char"  # characters of the normalised training transcripts
+    LIST = "list"  # a token list file (one symbol a line, ESPnet layout), e.g. a teacher's tokens.txt
+    SENTENCEPIECE = "sentencepiece"  # a trained SentencePiece model file
+
+
+class Schedule(enum.Enum):
+    """Learning-rate schedule; t = 1, 2, ... counts optimizer steps, w = warmup_steps."""
+
+    NOAM = "noam"  # lr * d_model^-0.5 * min(t^-0.5, t * w^-1.5) (Vaswani et al. 2017)
+    WARMUP_INVERSE_SQRT = "warmup_inverse_sqrt"  # lr * min(t / w, sqrt(w / t)): peak lr at t = w
+    WARMUP_COSINE = "warmup_cosine"  # linear to lr at w, cosine to min_lr_ratio * lr at the last step
+    CONSTANT = "constant"  # lr * min(1, t / w)
+
+
+class MixedPrecision(enum.Enum):
+    """`accelerate`'s mixed-precision modes."""
+
+    NO = "no"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class TeacherOutputs(enum.Enum):
+    """How teacher outputs reach the KD loss."""
+
+    ONLINE = "online"  # teacher forward pass on every batch, under torch.no_grad
+    CACHED = "cached"  # computed once per utterance, stored in safetensors shards, re-read
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: tuple[str, ...]  # data dirs (wav.scp, text, ...) whose utterances are pooled
+    dev: str | None = None  # data dir for the dev loss; None: checkpoints ranked by recency
+    max_seconds: float = 120.0  # padded seconds of audio per micro-batch (len * longest)
+    max_utterances: int = 64  # utterances per micro-batch at most
+    num_workers: int = 0  # DataLoader worker processes reading audio
+    skip_bad: bool = False  # drop broken utterances (counted) instead of raising
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    kind: TokenKind = TokenKind.CHAR
+    path: str | None = None  # token list (LIST) or SentencePiece .model (SENTENCEPIECE)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str | None = "small"  # an AsrConfig preset: teacher, base, small, tiny
+    overrides: dict[str, Any] = field(default_factory=dict)  # AsrConfig fields on top of the preset
+    init_from: str | None = None  # a run dir: architecture and weights from it (preset must be null)
+    init_weights: str = "model_avg.safetensors"  # weights file inside init_from
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate (the Noam factor for schedule=noam)
+    schedule: Schedule = Schedule.WARMUP_INVERSE_SQRT
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.0  # warmup_cosine: final lr / peak lr
+    betas: tuple[float, ...] = (0.9, 0.98)  # Adam (ESPnet Transformer recipes)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    max_epochs: int | None = None  # stop after this many passes over the training data
+    max_steps: int | None = None  # stop after this many optimizer steps (whichever comes first)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    clip_norm: float | None = 5.0  # max global gradient L2 norm; None: no clipping
+    mixed_precision: MixedPrecision = MixedPrecision.NO
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 0  # periodic checkpoints every N optimizer steps (0: only at epoch ends)
+    at_epoch_end: bool = True
+    keep_last: int = 3  # the most recent K checkpoints are kept ...
+    average_best: int = 5  # ... and the N best by dev loss, which model_avg.safetensors averages
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every_steps: int = 10  # CSV / TensorBoard row every N optimizer steps
+    tensorboard: bool = True  # used when the tensorboard package is installed
+    progress: bool = True  # tqdm progress bar on the main process
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    run_dir: str  # a finished training run: config.yaml, model_config.yaml, tokens.txt, weights
+    weights: str = "model_avg.safetensors"  # weights file inside run_dir
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    teachers: tuple[TeacherSpec, ...]
+    loss: KDLossConfig = field(default_factory=KDLossConfig)
+    teacher_outputs: TeacherOutputs = TeacherOutputs.ONLINE
+    cache_dir: str | None = None  # CACHED: where shards go; None: <out_dir>/teacher_cache
+    cache_dtype: str = "float32"  # CACHED: float32 (exact) or bfloat16 (half the disk)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training (or, with a `kd` section, distillation) run of a hybrid CTC/attention model."""
+
+    data: DataConfig
+    tokens: TokenConfig = field(default_factory=TokenConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LogConfig = field(default_factory=LogConfig)
+    kd: KDConfig | None = None
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ------------------------------------------------------------ conversion
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        return _parse(cls, data, "TrainConfig")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a YAML file; errors are prefixed with the file name."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Expected a YAML config at {path}, found no such file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: expected a mapping of sections, found {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------- validation of values
+
+
+def _validate(c: TrainConfig) -> None:
+    def fail(name: str, value: Any, expected: str) -> None:
+        raise ValueError(f"TrainConfig.{name}: expected {expected}, found {value!r}")
+
+    if c.version != CONFIG_VERSION:
+        fail("version", c.version, str(CONFIG_VERSION))
+    if not c.data.train:
+        fail("data.train", list(c.data.train), "at least one data dir")
+    if not c.data.max_seconds > 0:
+        fail("data.max_seconds", c.data.max_seconds, "> 0")
+    for name in ("max_utterances",):
+        if getattr(c.data, name) < 1:
+            fail(f"data.{name}", getattr(c.data, name), ">= 1")
+    if c.data.num_workers < 0:
+        fail("data.num_workers", c.data.num_workers, ">= 0")
+    if c.tokens.kind is not TokenKind.CHAR and not c.tokens.path:
+        fail("tokens.path", c.tokens.path, f"a file for tokens.kind={c.tokens.kind.value}")
+    m = c.model
+    if (m.preset is None) == (m.init_from is None):
+        fail("model.preset", m.preset, "a preset name or model.init_from (a run dir), exactly one of them")
+    if m.init_from is not None and m.overrides:
+        fail("model.overrides", m.overrides, "none with model.init_from (the run fixes the architecture)")
+    if "vocab_size" in m.overrides:
+        fail("model.overrides.vocab_size", m.overrides["vocab_size"], "no value: it comes from the token list")
+    o = c.optim
+    if not o.lr > 0:
+        fail("optim.lr", o.lr, "> 0")
+    if o.warmup_steps < 0 or (o.warmup_steps == 0 and o.schedule in (Schedule.NOAM, Schedule.WARMUP_INVERSE_SQRT)):
+        fail("optim.warmup_steps", o.warmup_steps, f">= 1 for schedule={o.schedule.value} (>= 0 otherwise)")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        fail("optim.min_lr_ratio", o.min_lr_ratio, "a value in [0, 1]")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        fail("optim.betas", list(o.betas), "two values in [0, 1)")
+    if o.max_epochs is None and o.max_steps is None:
+        fail("optim.max_steps", None, "a number of steps, or optim.max_epochs, or both")
+    for name in ("max_epochs", "max_steps"):
+        value = getattr(o, name)
+        if value is not None and value < 1:
+            fail(f"optim.{name}", value, ">= 1 or null")
+    if o.grad_accum < 1:
+        fail("optim.grad_accum", o.grad_accum, ">= 1")
+    if o.clip_norm is not None and not o.clip_norm > 0:
+        fail("optim.clip_norm", o.clip_norm, "> 0 or null")
+    k = c.checkpoint
+    if k.every_steps < 0:
+        fail("checkpoint.every_steps", k.every_steps, ">= 0")
+    if k.keep_last < 1:
+        fail("checkpoint.keep_last", k.keep_last, ">= 1 (the newest checkpoint is what a resume needs)")
+    if k.average_best < 1:
+        fail("checkpoint.average_best", k.average_best, ">= 1")
+    if c.logging.every_steps < 1:
+        fail("logging.every_steps", c.logging.every_steps, ">= 1")
+    if c.kd is not None:
+        if not c.kd.teachers:
+            fail("kd.teachers", [], "at least one teacher")
+        if c.kd.cache_dtype not in ("float32", "bfloat16"):
+            fail("kd.cache_dtype", c.kd.cache_dtype, "'float32' or 'bfloat16'")
+        n = len(c.kd.teachers)
+        for name in ("teacher_weights", "dev_wers"):
+            value = getattr(c.kd.loss, name)
+            if value is not None and len(value) != n:
+                fail(f"kd.loss.{name}", list(value), f"{n} values (one per teacher)")
+
+
+# ---------------------------------------------------------------- typed mapping -> dataclass
+
+
+def _describe(tp: Any) -> str:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + str([m.value for m in tp])
+    if dataclasses.is_dataclass(tp) or tp is KDLossConfig:
+        return "a mapping"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list (each item {_describe(typing.get_args(tp)[0])})"
+    if origin is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    def wrong() -> TypeError:
+        return TypeError(f"{where}: expected {_describe(tp)}, found {value!r} ({type(value).__name__})")
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise wrong()
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, where)
+            except (TypeError, ValueError):
+                if dataclasses.is_dataclass(option) or option is KDLossConfig:
+                    raise  # the nested error names the inner field
+        raise wrong()
+    if tp is KDLossConfig:
+        if not isinstance(value, Mapping):
+            raise wrong()
+        try:
+            return KDLossConfig.from_dict(value)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise wrong()
+        return _parse(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        if tp is MixedPrecision and value is False:
+            return MixedPrecision.NO
+        try:
+            return tp(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected {_describe(tp)}, found {value!r}") from None
+    if origin is tuple:
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+            raise wrong()
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise wrong()
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong()
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"{where}: unsupported field type {tp!r}")  # a bug in this module, not user input
+
+
+def _parse(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r}; expected one of {sorted(fields)}")
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{where}.{name}: required field missing (expected {_describe(hints[name])})")
+            continue
+        values[name] = _convert(hints[name], data[name], f"{where}.{name}")
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, KDLossConfig):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value

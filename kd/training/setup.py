@@ -1,0 +1,134 @@
+"""Setting a run up: the run dir (and what may change on resume), data, model config, teachers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from kd.io import atomic_write_text, clear_done
+from kd.training.checkpoint import CHECKPOINTS_DIR, list_checkpoints, load_weights, remove_partial_checkpoints
+from kd.training.config import TeacherOutputs, TrainConfig
+
+__all__ = ["RESUMABLE_FIELDS", "LenientTokenizer", "load_train_data", "model_config_for", "prepare_run_dir",
+           "setup_teachers"]
+
+# config fields a resumed run may change: when to stop, when to save, what to log
+RESUMABLE_FIELDS = ("optim.max_steps", "optim.max_epochs", "checkpoint.", "logging.", "data.num_workers")
+# files of an earlier attempt without checkpoints, removed before a fresh start (the teacher cache
+# stays: its marker says which inputs it holds)
+FRESH_START_REMOVES = ("tokens.txt", "bpe.model", "model_config.yaml", "log.csv", "dev.csv", "model.safetensors",
+                       "model_avg.safetensors", "result.json")
+
+
+class LenientTokenizer:
+    """Dev transcripts may hold characters the training text lacks: they become <unk>."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def encode(self, text: str, *, utt: str | None = None, allow_unk: bool = False) -> list[int]:
+        return self.inner.encode(text, utt=utt, allow_unk=True)
+
+
+def load_data_dir(path: str, config: TrainConfig):
+    from kd.data import load_data_dir as load
+
+    return load(path, skip_bad=config.data.skip_bad)
+
+
+def load_train_data(config: TrainConfig) -> list:
+    """The training data dirs, loaded and checked."""
+    return [load_data_dir(p, config) for p in config.data.train]
+
+
+def pool(dirs: list):
+    """One DataDir with the utterances of several (ids must be unique across them)."""
+    from kd.data import DataDir
+    from kd.data.datadir import SkipReport
+
+    seen: dict[str, Path] = {}
+    utterances = []
+    for d in dirs:
+        for u in d.utterances:
+            if u.utt in seen:
+                raise ValueError(f"data.train: utterance id {u.utt!r} appears in {seen[u.utt]} and in {d.root}")
+            seen[u.utt] = d.root
+            utterances.append(u)
+    return DataDir(dirs[0].root, utterances, SkipReport([i for d in dirs for i in d.skipped.issues]))
+
+
+def model_config_for(config: TrainConfig, tokenizer):
+    """The AsrConfig to build and, for ``model.init_from``, the weights to start from (else None)."""
+    from kd.models.asr import AsrConfig
+    from kd.training.data import load_run_tokenizer
+    from kd.training.teachers import MODEL_CONFIG_FILE, check_same_tokens
+
+    m = config.model
+    if m.init_from is None:
+        preset = AsrConfig.from_preset(m.preset, vocab_size=tokenizer.vocab_size).to_dict()
+        try:
+            return AsrConfig.from_dict({**preset, **m.overrides}), None
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"TrainConfig.model.overrides: {e}") from None
+    run = Path(m.init_from)
+    if not (run / MODEL_CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"TrainConfig.model.init_from: expected a run dir with {MODEL_CONFIG_FILE}, "
+                                f"found {run}")
+    check_same_tokens(tokenizer.tokens, load_run_tokenizer(run).tokens, f"model.init_from ({run})")
+    model_config = AsrConfig.from_yaml((run / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
+    return model_config, load_weights(run / m.init_weights)
+
+
+def setup_teachers(config: TrainConfig, tokenizer, train_set, buckets, accelerator, out: Path):
+    """``(teachers, None)`` for online outputs, ``(None, cache)`` for cached ones, ``(None, None)`` without kd."""
+    from kd.training.teachers import TeacherCache, load_teachers
+
+    kd = config.kd
+    if kd is None:
+        return None, None
+    teachers = load_teachers(kd.teachers, tokenizer.tokens, accelerator.device)
+    if kd.teacher_outputs is TeacherOutputs.ONLINE:
+        return teachers, None
+    cache = TeacherCache.build(kd.cache_dir or out / "teacher_cache", specs=kd.teachers, teachers=teachers,
+                               dataset=train_set, buckets=buckets, level=kd.loss.level, dtype=kd.cache_dtype,
+                               accelerator=accelerator, progress=config.logging.progress)
+    return None, cache
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping) and k != "overrides":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
+    """Check that ``out`` may hold this run, remove unfinished checkpoints, write config.yaml.
+
+    Main process only. A run dir with checkpoints is refused without ``resume``, and with it
+    when the saved config differs outside RESUMABLE_FIELDS.
+    """
+    saved = out / "config.yaml"
+    ckpt_root = out / CHECKPOINTS_DIR
+    if not resume and list_checkpoints(ckpt_root):
+        raise ValueError(f"{out}: holds checkpoints of an earlier run; resume it or choose another out_dir")
+    if resume and saved.is_file() and list_checkpoints(ckpt_root):
+        old = _flatten(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
+        new = _flatten(config.to_dict())
+        changed = sorted(k for k in old.keys() | new.keys()
+                         if old.get(k) != new.get(k) and not any(k.startswith(f) for f in RESUMABLE_FIELDS))
+        if changed:
+            raise ValueError(f"{out}: holds a run with another configuration (differs in {changed}); only "
+                             f"{list(RESUMABLE_FIELDS)} may change on resume. Choose another out_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(ckpt_root)
+    if not list_checkpoints(ckpt_root):  # a fresh start: nothing of an earlier attempt may leak in
+        for name in FRESH_START_REMOVES:
+            (out / name).unlink(missing_ok=True)
+    clear_done(out)
+    atomic_write_text(saved, config.to_yaml())

@@ -1,0 +1,74 @@
+"""What the loop does per micro-batch, per logging window and per dev evaluation."""
+
+from __future__ import annotations
+
+import torch
+
+from kd.training.config import TrainConfig
+
+__all__ = ["LOG_ORDER", "evaluate", "micro_batch_loss", "reduce_window"]
+
+# first columns of log.csv, when present; per-teacher terms follow
+LOG_ORDER = ("loss", "nll", "kd", "tok_kd", "unc_kd", "loss_ctc", "loss_att", "loss_aleatoric", "acc", "grad_norm")
+
+
+def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: torch.Generator, device):
+    """The scalar training loss of one micro-batch and its detached parts.
+
+    Without kd: the model's hybrid loss. With kd: ``kd.losses.kd_loss`` with that loss as the
+    NLL term and the teachers' outputs, online (``teachers``) or from the ``cache``.
+    """
+    from kd.losses import kd_loss
+    from kd.training.teachers import teacher_forward
+
+    out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise)
+    parts = {"loss_att": out.loss_att.detach(), "acc": out.acc}
+    if out.loss_ctc is not None:
+        parts["loss_ctc"] = out.loss_ctc.detach()
+    if out.loss_aleatoric is not None:
+        parts["loss_aleatoric"] = out.loss_aleatoric.detach()
+    if config.kd is None:
+        return out.loss, {"loss": out.loss.detach(), **parts}
+    if cache is not None:
+        targets = [cache.outputs(k, batch.utts, out.token_mask, device) for k in range(len(config.kd.teachers))]
+    else:
+        targets = [teacher_forward(t, batch) for t in teachers]
+    loss, kd_parts = kd_loss(out, targets, out.loss, config.kd.loss)
+    return loss, {"loss": loss.detach(), **parts, **kd_parts}
+
+
+def reduce_window(window: dict[str, float], steps: int, audio: float, accelerator) -> tuple[dict[str, float], float]:
+    """Per-step means of the window's sums, averaged over processes; audio seconds summed over processes."""
+    keys = sorted(window)
+    values = torch.tensor([window[k] / max(steps, 1) for k in keys] + [audio], dtype=torch.float64,
+                          device=accelerator.device)
+    total = accelerator.reduce(values, reduction="sum")
+    n = accelerator.num_processes
+    means = {k: float(total[i]) / n for i, k in enumerate(keys)}
+    row = {k: means[k] for k in LOG_ORDER if k in means}
+    row.update({k: v for k, v in means.items() if k not in row})
+    return row, float(total[-1])
+
+
+def evaluate(model, dataset, buckets, accelerator) -> float:
+    """Utterance-weighted mean of the model's loss over the dev set (each process its own buckets).
+
+    Eval mode, no gradients, aleatoric noise from a generator reset per batch: the value does
+    not depend on the training RNG, so checkpoints are compared on equal terms.
+    """
+    from kd.training.data import make_loader
+
+    model.eval()
+    noise = torch.Generator(device=accelerator.device)
+    sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (loss * utterances, utterances)
+    with torch.no_grad():
+        for batch in make_loader(dataset, buckets, num_workers=0):
+            batch = batch.to(accelerator.device)
+            noise.manual_seed(0)
+            with accelerator.autocast():
+                out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise)
+            sums += torch.tensor([float(out.loss) * len(batch.utts), len(batch.utts)], dtype=torch.float64,
+                                 device=sums.device)
+    model.train()
+    total = accelerator.gather_for_metrics(sums.unsqueeze(0)).reshape(-1, 2).sum(0)
+    return float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")

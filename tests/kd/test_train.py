@@ -1,0 +1,412 @@
+"""The training / distillation loop on accelerate: overfitting, exact resume, KD, configs, DDP on CPU."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kd.training.checkpoint import list_checkpoints, load_weights
+from kd.training.config import OptimConfig, Schedule, TrainConfig
+from kd.training.schedule import learning_rate
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models: intra-op threads only add contention when other test runs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- helpers (also used by test_checkpoint.py)
+
+
+def make_config(train_dirs, *, steps: int, dev=None, seed: int = 0, overrides=None, optim=None, checkpoint=None,
+                **sections) -> TrainConfig:
+    """A tiny-model config for tests: deterministic, no progress bar, logging every step."""
+    return TrainConfig.from_dict({
+        "data": {"train": [str(d) for d in train_dirs], "dev": None if dev is None else str(dev),
+                 "max_seconds": sections.pop("max_seconds", 10.0)},
+        "model": sections.pop("model", {"preset": "tiny", "overrides": overrides or {}}),
+        "optim": {"lr": 2e-3, "schedule": "warmup_inverse_sqrt", "warmup_steps": 3, "max_steps": steps,
+                  **(optim or {})},
+        "checkpoint": {"every_steps": 0, "keep_last": 2, "average_best": 2, **(checkpoint or {})},
+        "logging": {"every_steps": 1, "progress": False, "tensorboard": False},
+        "seed": seed,
+        "deterministic": True,
+        **sections,
+    })
+
+
+def subset_dir(src: Path, dst: Path, n: int) -> Path:
+    """A data dir with the first ``n`` utterances of ``src`` (absolute audio paths)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    wav = [line.split(maxsplit=1) for line in (src / "wav.scp").read_text().splitlines()[:n]]
+    ids = {u for u, _ in wav}
+    (dst / "wav.scp").write_text("".join(f"{u} {(src / p).resolve()}\n" for u, p in wav))
+    for name in ("text", "utt2spk"):
+        lines = [line for line in (src / name).read_text().splitlines() if line.split()[0] in ids]
+        (dst / name).write_text("\n".join(lines) + "\n")
+    return dst
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def all_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def greedy_ctc(log_probs: torch.Tensor, length: int) -> list[int]:
+    """Argmax per frame, repeats collapsed, blanks (id 0) dropped. ``log_probs``: [frames, vocab]."""
+    best = log_probs[:length].argmax(-1).tolist()
+    return [t for i, t in enumerate(best) if t != 0 and (i == 0 or t != best[i - 1])]
+
+
+@pytest.fixture(scope="module")
+def corpus(tests_corpus):
+    return tests_corpus[0]
+
+
+@pytest.fixture(scope="module")
+def teachers(corpus, tmp_path_factory):
+    """Two tiny teachers (different seeds and data) that share one character inventory."""
+    from kd.train import train
+
+    root = tmp_path_factory.mktemp("teachers")
+    first = train(make_config([corpus / "us/train", corpus / "uk/train"], steps=3, seed=1), root / "t1")
+    tokens = {"kind": "list", "path": str(root / "t1/tokens.txt")}
+    train(make_config([corpus / "uk/train"], steps=3, seed=2, tokens=tokens), root / "t2")
+    assert first.steps == 3
+    return root / "t1", root / "t2"
+
+
+# ---------------------------------------------------------------- learning
+
+def test_tiny_teacher_overfits_four_utterances_to_zero_wer(corpus, tmp_path):
+    from kd.data import load_data_dir
+    from kd.data.batching import AudioDataset, collate
+    from kd.train import train
+    from kd.training.teachers import load_run_model
+
+    data = subset_dir(corpus / "us/train", tmp_path / "four", 4)
+    config = make_config([data], steps=60, max_seconds=20.0, overrides={"dropout_rate": 0.0},
+                         optim={"lr": 3e-3, "warmup_steps": 15})
+    result = train(config, tmp_path / "run")
+    rows = read_csv(tmp_path / "run/log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 61))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) / 3  # label smoothing keeps the attention loss up
+    assert float(rows[-1]["loss_ctc"]) < float(rows[0]["loss_ctc"]) / 20
+    assert result.final_loss == pytest.approx(float(rows[-1]["loss"]), rel=1e-5)
+
+    model, tokenizer = load_run_model(tmp_path / "run", "model.safetensors")
+    dataset = AudioDataset(load_data_dir(data), tokenizer)
+    batch = collate([dataset[i] for i in range(4)])
+    with torch.no_grad():
+        out = model.eval()(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
+    for i, utt in enumerate(batch.utts):
+        hyp = tokenizer.decode(greedy_ctc(out.ctc_log_probs[i], int(out.encoder_lengths[i])))
+        assert hyp.split() == batch.texts[i].split(), utt  # WER 0 on the training utterances
+
+
+def test_schedules_follow_their_formulas():
+    def lr(schedule, t, **kw):
+        config = OptimConfig(lr=1.0, schedule=schedule, warmup_steps=10, max_steps=100, **kw)
+        return learning_rate(config, t, d_model=64, total_steps=100)
+
+    assert lr(Schedule.WARMUP_INVERSE_SQRT, 5) == pytest.approx(0.5)
+    assert lr(Schedule.WARMUP_INVERSE_SQRT, 10) == pytest.approx(1.0)
+    assert lr(Schedule.WARMUP_INVERSE_SQRT, 40) == pytest.approx(0.5)
+    assert lr(Schedule.NOAM, 10) == pytest.approx(64**-0.5 * 10**-0.5)
+    assert lr(Schedule.NOAM, 3) == pytest.approx(64**-0.5 * 3 * 10**-1.5)
+    assert lr(Schedule.CONSTANT, 2) == pytest.approx(0.2) and lr(Schedule.CONSTANT, 50) == 1.0
+    assert lr(Schedule.WARMUP_COSINE, 10, min_lr_ratio=0.1) == pytest.approx(1.0)
+    assert lr(Schedule.WARMUP_COSINE, 55, min_lr_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr(Schedule.WARMUP_COSINE, 100, min_lr_ratio=0.1) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="step: expected >= 1"):
+        lr(Schedule.CONSTANT, 0)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_resumed_run_ends_with_exactly_the_uninterrupted_weights(corpus, tmp_path):
+    """Dropout, aleatoric noise, accumulation (with a short last group) and a mid-epoch stop."""
+    from kd.train import train
+
+    def config(steps):
+        return make_config([corpus / "us/train"], dev=corpus / "us/dev", steps=steps, max_seconds=7.0,
+                           optim={"grad_accum": 2}, checkpoint={"every_steps": 3})
+
+    full = train(config(9), tmp_path / "full")
+    first = train(config(4), tmp_path / "parts")  # stops mid-epoch (3 steps per epoch)
+    assert first.steps == 4 and 0 < first.epochs % 1
+    second = train(config(9), tmp_path / "parts")  # max_steps may change on resume
+    assert second.resumed_from == 4 and second.steps == full.steps == 9
+    a, b = load_weights(tmp_path / "full/model.safetensors"), load_weights(tmp_path / "parts/model.safetensors")
+    assert all_equal(a, b)
+    # the resumed log holds every step once, with the uninterrupted run's losses
+    full_rows, part_rows = read_csv(tmp_path / "full/log.csv"), read_csv(tmp_path / "parts/log.csv")
+    assert [r["step"] for r in part_rows] == [r["step"] for r in full_rows] == [str(s) for s in range(1, 10)]
+    assert [r["loss"] for r in part_rows] == [r["loss"] for r in full_rows]
+    # a finished run is skipped; a changed run-defining field is refused
+    again = train(config(9), tmp_path / "parts")
+    assert again.skipped and again.steps == 9
+    changed = dataclasses.replace(config(12), seed=5)
+    with pytest.raises(ValueError, match=r"another configuration \(differs in \['seed'\]\)"):
+        train(changed, tmp_path / "parts")
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        train(config(12), tmp_path / "parts", resume=False)
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def _kd_section(teacher_dirs, mode: str, **loss):
+    return {"teachers": [{"run_dir": str(d), "weights": "model.safetensors"} for d in teacher_dirs],
+            "teacher_outputs": mode, "loss": {"alpha": 0.4, "beta": 0.6, "temperature": 2.0, **loss}}
+
+
+def test_kd_with_one_teacher_matches_a_direct_float64_computation(corpus, teachers, tmp_path):
+    """Step 1's logged tok-KD / unc-KD against NumPy on the initial student and the teacher."""
+    from accelerate.utils import set_seed
+
+    from kd.data import load_data_dir
+    from kd.data.batching import AudioDataset, collate
+    from kd.models.asr import AsrConfig, build_asr_model
+    from kd.train import distill
+    from kd.training.teachers import load_run_model
+
+    t1, _ = teachers
+    tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
+    # max_seconds: all 8 target utterances in one micro-batch, so step 1 sees all of them
+    config = make_config([corpus / "target/train"], steps=2, max_seconds=40.0, tokens=tokens,
+                         overrides={"dropout_rate": 0.0}, kd=_kd_section([t1], "online"))
+    result = distill(config, tmp_path / "student")
+    rows = read_csv(tmp_path / "student/log.csv")
+    assert result.steps == 2 and len(rows) == 2
+
+    teacher, tokenizer = load_run_model(t1, "model.safetensors")
+    set_seed(0)
+    student = build_asr_model(AsrConfig.tiny(tokenizer.vocab_size, dropout_rate=0.0), list(tokenizer.tokens))
+    dataset = AudioDataset(load_data_dir(corpus / "target/train"), tokenizer)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        args = (batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
+        s, t = student.eval()(*args), teacher.eval()(*args)
+    mask = s.token_mask.numpy()
+    T = 2.0
+
+    def log_softmax(x):
+        x = x.astype(np.float64) / T
+        return x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+
+    lp_t, lp_s = log_softmax(t.logits.numpy()), log_softmax(s.logits.numpy())
+    tok = (T**2 * (np.exp(lp_t) * (lp_t - lp_s)).sum(-1))[mask].mean()
+    vs, vt = s.variances.numpy().astype(np.float64), t.variances.numpy().astype(np.float64)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    unc = ((unit(vs) - unit(vt)) ** 2).sum(-1)[mask].mean()
+    first = {k: float(v) for k, v in rows[0].items() if v}
+    assert first["tok_kd"] == pytest.approx(tok, rel=1e-4) and first["unc_kd"] == pytest.approx(unc, rel=1e-4)
+    assert first["kd"] == pytest.approx(0.6 * tok + 0.4 * unc, rel=1e-4)
+    assert first["loss"] == pytest.approx(0.4 * first["nll"] + 0.6 * first["kd"], rel=1e-4)
+    assert first["weight/0"] == 1.0
+
+
+def test_kd_with_two_teachers_and_the_cache_equal_to_online(corpus, teachers, tmp_path):
+    from kd.train import distill
+
+    t1, t2 = teachers
+    tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
+    runs = {}
+    for mode in ("online", "cached"):
+        config = make_config([corpus / "target/train"], steps=3, max_seconds=8.0, tokens=tokens,
+                             kd=_kd_section([t1, t2], mode))
+        runs[mode] = distill(config, tmp_path / mode)
+    online, cached = read_csv(tmp_path / "online/log.csv"), read_csv(tmp_path / "cached/log.csv")
+    keys = set(online[0])
+    assert {"nll", "kd", "tok_kd", "unc_kd", "tok_kd/0", "tok_kd/1", "unc_kd/0", "unc_kd/1"} <= keys
+    assert all(math.isfinite(float(r[k])) for r in online for k in keys if r[k])
+    assert online[0]["weight/0"] == online[0]["weight/1"] == "0.5"  # uniform fixed weights
+    speed = {"audio_s_per_s", "steps_per_s"}
+    assert [{k: v for k, v in r.items() if k not in speed} for r in cached] == \
+        [{k: v for k, v in r.items() if k not in speed} for r in online]
+    assert all_equal(load_weights(tmp_path / "online/model.safetensors"),
+                     load_weights(tmp_path / "cached/model.safetensors"))
+    cache = tmp_path / "cached/teacher_cache"
+    assert (cache / ".done.json").is_file()
+    assert sorted(p.name for p in (cache / "teacher-1").iterdir()) == ["index-r0.json", "shard-r0-00000.safetensors"]
+    # a second run reuses the finished cache: the shard is not rewritten
+    stamp = (cache / "teacher-0/shard-r0-00000.safetensors").stat().st_mtime_ns
+    distill(make_config([corpus / "target/train"], steps=1, max_seconds=8.0, tokens=tokens,
+                        kd={**_kd_section([t1, t2], "cached"), "cache_dir": str(cache)}), tmp_path / "again")
+    assert (cache / "teacher-0/shard-r0-00000.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_frame_level_kd_from_yaml_cached_equals_online(corpus, teachers, tmp_path):
+    """CTC-posterior KD with per-frame uncertainty weighting, configured through YAML files."""
+    from kd.train import distill_from_yaml
+
+    t1, t2 = teachers
+    tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
+    logs = {}
+    for mode in ("online", "cached"):
+        kd = _kd_section([t1, t2], mode, level="frame", weighting="uncertainty")
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(make_config([corpus / "target/train"], steps=2, tokens=tokens, kd=kd).to_yaml())
+        result = distill_from_yaml(path, tmp_path / mode)
+        assert result.steps == 2 and not result.skipped
+        logs[mode] = read_csv(tmp_path / mode / "log.csv")
+    assert logs["online"][0]["tok_kd"] == logs["cached"][0]["tok_kd"]
+    assert logs["online"][0]["loss"] == logs["cached"][0]["loss"]
+    weights = [float(logs["online"][0][f"weight/{k}"]) for k in (0, 1)]
+    assert sum(weights) == pytest.approx(1.0) and weights[0] != weights[1]  # per-frame, not uniform
+
+
+def test_teacher_with_another_token_inventory_is_refused(corpus, teachers, tmp_path):
+    from kd.train import distill
+
+    t1, _ = teachers
+    symbols = (t1 / "tokens.txt").read_text().splitlines()
+    (tmp_path / "tokens.txt").write_text("\n".join([*symbols[:-1], "#", symbols[-1]]) + "\n")
+    tokens = {"kind": "list", "path": str(tmp_path / "tokens.txt")}
+    config = make_config([corpus / "target/train"], steps=1, tokens=tokens, kd=_kd_section([t1], "online"))
+    with pytest.raises(ValueError, match=rf"kd.teachers\[0\].*share one token inventory; {len(symbols)} tokens, "
+                                         rf"expected {len(symbols) + 1}"):
+        distill(config, tmp_path / "student")
+    with pytest.raises(ValueError, match="expected a kd section"):
+        distill(make_config([corpus / "target/train"], steps=1), tmp_path / "plain")
+
+
+def test_init_from_a_run_starts_from_its_weights(corpus, teachers, tmp_path):
+    from kd.train import train
+
+    t1, _ = teachers
+    tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
+    config = make_config([corpus / "target/train"], steps=1, tokens=tokens, optim={"lr": 1e-12},
+                         model={"preset": None, "init_from": str(t1), "init_weights": "model.safetensors"})
+    train(config, tmp_path / "student")
+    start, after = load_weights(t1 / "model.safetensors"), load_weights(tmp_path / "student/model.safetensors")
+    assert start.keys() == after.keys()
+    for k in start:  # one Adam step moves each weight by about lr
+        torch.testing.assert_close(after[k], start[k], rtol=0, atol=1e-9)
+    assert (tmp_path / "student/model_config.yaml").read_text() == (t1 / "model_config.yaml").read_text()
+    with pytest.raises(ValueError, match="TrainConfig.model.preset: expected a preset name or model.init_from"):
+        make_config([corpus / "target/train"], steps=1, model={"preset": "tiny", "init_from": str(t1)})
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: {preset: tiny}\n", r"TrainConfig.data: required field missing"),
+    ("data: {train: [a]}\noptim: {max_steps: 2, learning_rate: 1}\n",
+     r"TrainConfig.optim: unknown field 'learning_rate'"),
+    ("data: {train: [a]}\noptim: {max_steps: 2, lr: fast}\n",
+     r"TrainConfig.optim.lr: expected a number, found 'fast' \(str\)"),
+    ("data: {train: a}\noptim: {max_steps: 2}\n",
+     r"TrainConfig.data.train: expected a list \(each item a string\), found 'a'"),
+    ("data: {train: [a]}\noptim: {max_steps: 2, schedule: linear}\n",
+     r"TrainConfig.optim.schedule: expected one of \['noam', 'warmup_inverse_sqrt'"),
+    ("data: {train: [a]}\noptim: {max_steps: 2.5}\n", r"TrainConfig.optim.max_steps: expected an integer or null"),
+    ("data: {train: [a]}\n", r"TrainConfig.optim.max_steps: expected a number of steps, or optim.max_epochs"),
+    ("data: {train: [a]}\noptim: {max_steps: 2}\nkd: {teachers: [{run: x}]}\n",
+     r"TrainConfig.kd.teachers\[0\]: unknown field 'run'"),
+    ("data: {train: [a]}\noptim: {max_steps: 2}\nkd: {teachers: [{run_dir: x}], loss: {alpha: 2}}\n",
+     r"TrainConfig.kd.loss: KDLossConfig.alpha: expected \[0, 1\], found 2"),
+    ("data: {train: [a]\n", r"not valid YAML"),
+])
+def test_malformed_yaml_names_the_field(tmp_path, text, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises((ValueError, TypeError), match=message) as info:
+        TrainConfig.from_yaml(path)
+    assert str(path) in str(info.value)
+
+
+def test_config_yaml_round_trip_and_unquoted_no(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("data: {train: [a, b], dev: d}\noptim: {max_epochs: 3, mixed_precision: no, betas: [0.9, 0.99]}\n"
+                    "kd: {teachers: [{run_dir: t}], teacher_outputs: cached, loss: {level: frame}}\n")
+    config = TrainConfig.from_yaml(path)
+    assert config.optim.mixed_precision.value == "no" and config.optim.betas == (0.9, 0.99)
+    assert config.kd.loss.level.value == "frame" and config.data.train == ("a", "b")
+    path.write_text(config.to_yaml())
+    assert TrainConfig.from_yaml(path) == config
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def test_two_cpu_processes_train_like_one_process_with_accumulation(corpus, tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` on a machine without CUDA runs DDP on CPU (gloo).
+
+    Process r takes micro-batches r, r + 2, ...; averaging the two gradients is what one process
+    does with grad_accum=2 over the same pairs, so the weights agree up to float rounding.
+    (Dropout and the aleatoric noise are off: their random draws differ between processes.)
+    """
+    from kd.train import train
+
+    overrides = {"dropout_rate": 0.0, "uncertainty_head": False}
+    ddp = make_config([corpus / "us/train"], dev=corpus / "us/dev", steps=2, max_seconds=5.0, overrides=overrides,
+                      checkpoint={"every_steps": 1})
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(ddp.to_yaml())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "kd.train", str(config_path), str(tmp_path / "ddp")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    latest = list_checkpoints(tmp_path / "ddp/checkpoints")[-1]
+    assert latest.step == 2 and latest.world_size == 2
+    assert (latest.path / "rng-0.pt").is_file() and (latest.path / "rng-1.pt").is_file()
+    assert [r["step"] for r in read_csv(tmp_path / "ddp/log.csv")] == ["1", "2"]
+
+    single = dataclasses.replace(ddp, optim=dataclasses.replace(ddp.optim, grad_accum=2))
+    train(single, tmp_path / "single")
+    a, b = load_weights(tmp_path / "ddp/model.safetensors"), load_weights(tmp_path / "single/model.safetensors")
+    before = load_weights(tmp_path / "ddp/checkpoints/step-00000001/model.safetensors")
+    assert not all_equal(a, before)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    print(f"2-process DDP launch: {elapsed:.1f} s")
+
+
+def test_two_cpu_processes_resume_exactly(corpus, tmp_path):
+    """DDP on CPU: 4 steps in one go == 2 steps, stop, resume to 4 (three launches, about 20 s)."""
+    def launch(steps, out):
+        config = make_config([corpus / "us/train"], dev=corpus / "us/dev", steps=steps, max_seconds=5.0,
+                             checkpoint={"every_steps": 2})
+        path = tmp_path / f"ddp-{steps}.yaml"
+        path.write_text(config.to_yaml())
+        proc = subprocess.run(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+             "-m", "kd.train", str(path), str(out)],
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    launch(4, tmp_path / "full")
+    launch(2, tmp_path / "parts")
+    launch(4, tmp_path / "parts")
+    assert all_equal(load_weights(tmp_path / "full/model.safetensors"),
+                     load_weights(tmp_path / "parts/model.safetensors"))
