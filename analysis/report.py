@@ -150,6 +150,7 @@ class AnalysisReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import numpy as np
+        from matplotlib.ticker import MaxNLocator
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +166,14 @@ class AnalysisReport:
                            vmin=0.0, vmax=1.0, extent=(offset - 0.5, offset + len(arr) - 0.5,) * 2)
             ax.set_xlabel("layer")
             ax.set_ylabel("layer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            if len(arr) <= 13:  # small enough to print the values
+                for i in range(len(arr)):
+                    for j in range(len(arr)):
+                        if np.isfinite(arr[i, j]):
+                            ax.text(j + offset, i + offset, f"{arr[i, j]:.2f}", ha="center", va="center",
+                                    fontsize=6, color="white" if arr[i, j] < 0.6 else "black")
             ax.set_title(name.replace("_", " ") + (" (bits)" if name == "attention_jsd" else ""))
             fig.colorbar(im, ax=ax)
             fig.tight_layout()
@@ -182,6 +191,7 @@ class AnalysisReport:
                 ys = [np.nan if v is None else v for v in self.per_layer[key]]
                 ax.plot(range(len(ys)), ys, marker="o", label=PER_LAYER_LABELS[key][1])
             ax.set_xlabel("layer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
             fig.tight_layout()

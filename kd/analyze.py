@@ -32,7 +32,7 @@ class AnalyzeConfig:
     cca_folds: int = 5  # utterance-grouped folds of the held-out CCA
     top_words: int = 200  # word labels: the most frequent words; others are left out
     probe_epochs: int = 20
-    mi_clusters: int = 16  # k of the label-free MI bound
+    mi_clusters: int = 8  # k of the label-free MI bound
     seed: int = 0
     device: str = "cpu"
     version: int = ANALYZE_CONFIG_VERSION
@@ -67,13 +67,20 @@ def load_layerwise_model(model_dir: str | os.PathLike, device: str = "cpu"):
         from analysis.capture import load_hf_encoder
 
         return load_hf_encoder(str(model_dir), device=device)
+    if (model_dir / "model_config.yaml").is_file():  # a kd train run dir: its averaged model
+        from kd.capture import EspnetEncoderCapture
+        from kd.training.teachers import load_run_model
+
+        model, _ = load_run_model(model_dir)
+        return EspnetEncoderCapture(model.to(device))
     if (model_dir / "config.yaml").is_file():
         from kd.capture import EspnetEncoderCapture
         from kd.model_dir import load_model_dir
 
         model, _ = load_model_dir(model_dir)
         return EspnetEncoderCapture(model.to(device))
-    raise FileNotFoundError(f"Expected a Hugging Face checkpoint (config.json) or a kd model dir (config.yaml) "
+    raise FileNotFoundError(f"Expected a Hugging Face checkpoint (config.json), a kd model dir (config.yaml) or a "
+                            f"kd train run dir (model_config.yaml) "
                             f"in {model_dir}, found neither")
 
 
@@ -251,12 +258,18 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
     else:
         report.skipped["speaker_probe"] = f"needs at least 2 speakers, found {len(spk_ids)}"
     mi_conf = MIBoundConfig(kmeans=KMeansConfig(num_clusters=config.mi_clusters, seed=config.seed),
-                            probe=ProbeConfig(epochs=max(config.probe_epochs, 50), seed=config.seed, batch_size=64),
+                            probe=ProbeConfig(epochs=max(config.probe_epochs, 50), seed=config.seed, batch_size=64,
+                                              weight_decay=1e-2),
                             seed=config.seed)
     try:
         mi = cluster_mi_bound(torch.stack(sample.half_a), torch.stack(sample.half_b), mi_conf)
         report.per_layer["mi_cluster_bits"] = list(map(float, mi.bound_bits))
         report.per_layer["mi_cluster_normalized"] = list(map(float, mi.normalized_bound))
+        report.extras["mi_cluster_heldout_utterances"] = int(mi.num_heldout)
+        if max(report.per_layer["mi_cluster_bits"]) < 0:
+            report.extras["mi_cluster_note"] = (
+                f"every layer's bound is negative (vacuous): the probe's held-out cross-entropy exceeds H(C_b) "
+                f"with {mi.num_heldout} held-out utterances; analyse more utterances")
     except ValueError as e:
         report.skipped["mi_cluster"] = str(e)
     return report

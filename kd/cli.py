@@ -97,6 +97,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_analysis(args: argparse.Namespace) -> int:
+    from kd.bench import analysis_table, bench_analysis
+
+    result = bench_analysis(args.out, args.table, layers=args.layers, dim=args.dim, frames=args.frames,
+                            device=args.device, gpu_scale=args.gpu_scale)
+    print(analysis_table(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd", description="Analyse, compress and distil speech Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
         tr.add_argument("out", help="run dir (resumed from its newest finished checkpoint if present)")
         tr.add_argument("--no-resume", action="store_true", help="refuse a run dir that already has checkpoints")
         tr.set_defaults(run=_train)
+
+    bench = sub.add_parser("bench", help="benchmarks (results to JSON + a markdown table)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    ba = bench_sub.add_parser("analysis", help="streamed all-pairs similarity vs a per-pair NumPy baseline")
+    ba.add_argument("--layers", type=int, default=13)
+    ba.add_argument("--dim", type=int, default=256)
+    ba.add_argument("--frames", type=int, default=50_000)
+    ba.add_argument("--device", default="cpu")
+    ba.add_argument("--gpu-scale", action="store_true", help="also 25 x 768 x 1M frames on CUDA")
+    ba.add_argument("--out", default="docs/bench/analysis.json")
+    ba.add_argument("--table", default="docs/bench/analysis.md")
+    ba.set_defaults(run=_bench_analysis)
 
     ev = sub.add_parser("eval", help="WER/CER per domain, parameters and real-time factor of an ASR model dir")
     ev.add_argument("model_dir")

@@ -19,6 +19,7 @@ Run dir (``out_dir``)::
     teacher_cache/          cached teacher outputs (kd.teacher_outputs = cached)
     model.safetensors       weights after the last step
     model_avg.safetensors   mean of the checkpoint.average_best checkpoints with the lowest dev loss
+    model/                  model_avg as a model dir (kd.model_dir) for kd eval / analyze / export
     result.json, .done.json the TrainResult and the completion marker (a re-run is skipped)
 
 Conventions:
@@ -330,6 +331,12 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
         atomic_write_bytes(out / "model_avg.safetensors", save({k: v.contiguous() for k, v in averaged.items()}))
         last = {k: v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()}
         atomic_write_bytes(out / "model.safetensors", save(last))
+        # the averaged model as a model dir that kd eval / kd analyze / kd export read
+        from kd.model_dir import save_model_dir
+
+        final = build_asr_model(model_config, list(tokenizer.tokens))
+        final.load_state_dict(averaged)
+        save_model_dir(final, tokenizer, out / "model")
         write_json(out / RESULT_FILE, result.to_dict())
         mark_done(out, config.to_dict(), steps=step)
         if tb is not None:
