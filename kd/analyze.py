@@ -135,6 +135,10 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
         if n < 4:
             report_extras.setdefault("too_short", []).append(utt_act.utt)
             continue
+        bad = ~torch.isfinite(hidden)
+        if bad.any():
+            layers = sorted({int(i) for i in bad.any(dim=-1).any(dim=-1).nonzero().flatten()})
+            raise ValueError(f"utterance {utt_act.utt!r}: the model produced NaN or inf activations at layers {layers}")
         if moments is None:
             moments = LayerMoments([h.shape[-1] for h in utt_act.hidden], device=hidden.device)
         moments.update(list(hidden))

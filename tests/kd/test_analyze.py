@@ -149,3 +149,47 @@ def test_plan_and_compress_from_report(tests_corpus, tmp_path):
         out = student(x, output_hidden_states=True).hidden_states
     torch.testing.assert_close(out[1], ref[1])  # kept teacher layer 0 -> student layer 0
     assert main(["plan", str(tmp_path / "an" / "report.json"), "--budget", "9", "--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_nan_activations_are_an_error_naming_the_utterance(tests_corpus):
+    from analysis.capture import LayerOutputs
+    from kd.analyze import analyze
+    from kd.data import load_data_dir, read_alignments
+
+    class Broken:
+        frame_rate, num_layers, batch_consistent = 50.0, 2, True
+
+        def extract(self, speech, lengths, *, attentions=False):
+            frames = (lengths // 320).long()
+            h = torch.randn(speech.shape[0], int(frames.max()), 8)
+            h[:, 3, 2] = float("nan")
+            return LayerOutputs(hidden=[h, h.clone()], lengths=frames)
+
+    root, _ = tests_corpus
+    data = load_data_dir(root / "us" / "train")
+    with pytest.raises(ValueError, match=r"utterance 'us-train-s\d+-\d+': the model produced NaN or inf activations at "
+                                         r"layers \[0, 1\]"):
+        analyze(Broken(), data, read_alignments(root / "us" / "train"), AnalyzeConfig(attention=False))
+
+
+def test_protocol_model_without_attention_is_reported_as_skipped(tests_corpus):
+    from analysis.capture import LayerOutputs
+    from kd.analyze import analyze
+    from kd.data import load_data_dir
+
+    class Plain:
+        frame_rate, num_layers, batch_consistent = 50.0, 3, True
+
+        def extract(self, speech, lengths, *, attentions=False):
+            frames = (lengths // 320).long()
+            g = torch.Generator().manual_seed(int(lengths.sum()))
+            base = torch.randn(speech.shape[0], int(frames.max()), 6, generator=g)
+            return LayerOutputs(hidden=[base, base * 2 + 1, base @ torch.randn(6, 6, generator=g)], lengths=frames)
+
+    root, _ = tests_corpus
+    report = analyze(Plain(), load_data_dir(root / "us" / "train"), None, AnalyzeConfig())
+    assert report.skipped["attention"] == "the model returned no attention maps"
+    assert "phones_and_words" in report.skipped
+    cka = report.similarity["linear_cka"]
+    assert cka[0][1] == pytest.approx(1.0, abs=1e-9)  # CKA is invariant to isotropic scaling and offsets
+    assert cka[0][2] < 1.0
