@@ -100,15 +100,50 @@ def load_hf_encoder(model_dir: str, *, device: str | torch.device = "cpu") -> HF
     return HFSpeechEncoder(model.to(device))
 
 
+def _windowed(model: LayerwiseModel, utt: str, speech: torch.Tensor, window: int,
+              min_tail: int = 8000) -> UtteranceActivations:
+    """Run one long utterance ``[samples]`` in consecutive windows of ``window`` samples.
+
+    Each window is run on its own (no context across window edges) and the frames are
+    concatenated; attention maps are not kept (they would be block-diagonal). Memory then
+    grows with the window, not with the utterance. A model's frame count per window can be
+    one less than window / hop, so frame times drift by up to one frame per window; a tail
+    shorter than ``min_tail`` samples is dropped.
+    """
+    pieces: list[list[torch.Tensor]] = []
+    for start in range(0, speech.shape[0], window):
+        chunk = speech[start: start + window]
+        if chunk.shape[0] < min_tail and pieces:  # too short for the model's convolutions
+            break
+        out = model.extract(chunk[None], torch.tensor([chunk.shape[0]], device=chunk.device), attentions=False)
+        n = int(out.lengths[0])
+        pieces.append([h[0, :n].float() for h in out.hidden])
+    hidden = [torch.cat([p[layer] for p in pieces]) for layer in range(len(pieces[0]))]
+    return UtteranceActivations(utt, hidden, None)
+
+
 def iter_activations(model: LayerwiseModel, batches: Iterable[tuple[list[str], torch.Tensor, torch.Tensor]], *,
-                     attentions: bool = False, device: str | torch.device | None = None) -> Iterator[UtteranceActivations]:
+                     attentions: bool = False, device: str | torch.device | None = None,
+                     max_seconds: float | None = None, sample_rate: int = 16000) -> Iterator[UtteranceActivations]:
     """Run ``model`` over ``(utts, speech [B, S], lengths [B])`` batches; yield utterances with padding removed.
 
     Batches are split into single utterances for models that are not batch-consistent.
-    Activations stay on ``device`` (the model's device by default) so that streaming
-    statistics can be accumulated there.
+    Utterances longer than ``max_seconds`` are run in windows of that length (see
+    :func:`_windowed`; their ``attentions`` are None). Activations stay on ``device`` (the
+    model's device by default) so that streaming statistics can be accumulated there.
     """
+    window = int(max_seconds * sample_rate) if max_seconds else None
     for utts, speech, lengths in batches:
+        if window is not None and int(lengths.max()) > window:
+            long = [i for i in range(len(utts)) if int(lengths[i]) > window]
+            for i in long:
+                wave = speech[i, : int(lengths[i])]
+                yield _windowed(model, utts[i], wave.to(device) if device is not None else wave, window)
+            keep = [i for i in range(len(utts)) if i not in long]
+            if not keep:
+                continue
+            utts = [utts[i] for i in keep]
+            speech, lengths = speech[keep][:, : int(lengths[keep].max())], lengths[keep]
         groups = [(utts, speech, lengths)]
         if not model.batch_consistent and len(utts) > 1:
             groups = [([u], speech[i: i + 1, : int(lengths[i])], lengths[i: i + 1]) for i, u in enumerate(utts)]

@@ -24,6 +24,7 @@ ANALYZE_CONFIG_VERSION = 1
 class AnalyzeConfig:
     max_utterances: int | None = 200  # analyse at most this many utterances (None: all)
     batch_seconds: float = 60.0  # padded audio per forward batch
+    max_seconds: float = 30.0  # longer utterances run in windows of this length (bounded memory)
     frames_per_utterance: int = 48  # frames sampled per utterance for CCA-with-features and probes
     svcca_keep: float = 0.99  # SVCCA: variance kept by the SVD step
     epsilon: float = 1e-6  # ridge on covariances (relative to their scale: see analysis.streaming)
@@ -128,7 +129,8 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
 
     from tqdm import tqdm
 
-    for utt_act in tqdm(iter_activations(model, batch_iter(), attentions=config.attention, device=config.device),
+    for utt_act in tqdm(iter_activations(model, batch_iter(), attentions=config.attention, device=config.device,
+                                         max_seconds=config.max_seconds),
                         total=len(dataset), desc="analysing", unit="utt"):
         hidden = torch.stack([h.to(torch.float32) for h in utt_act.hidden])  # [L, T, D]
         n = hidden.shape[1]
@@ -143,6 +145,9 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
             moments = LayerMoments([h.shape[-1] for h in utt_act.hidden], device=hidden.device)
         moments.update(list(hidden))
         frames_total += n
+        if config.attention and utt_act.attentions is None:
+            report_extras["attention_skipped_windowed_utterances"] = \
+                report_extras.get("attention_skipped_windowed_utterances", 0) + 1
         if config.attention and utt_act.attentions is not None:
             if redundancy is None:
                 redundancy = AttentionRedundancy(len(utt_act.attentions), utt_act.attentions[0].shape[0],
