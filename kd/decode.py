@@ -21,6 +21,8 @@ one-by-one encoding differ (``DecodeConfig.batched_encoder`` trades this for spe
 
 from __future__ import annotations
 
+from kd.config_fields import fields_from_dict  # noqa: E402
+
 import dataclasses
 import enum
 from dataclasses import dataclass
@@ -85,16 +87,7 @@ class DecodeConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DecodeConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"DecodeConfig: unknown fields {unknown}; expected a subset of {sorted(known)}")
-        values = dict(data)
-        if "method" in values and not isinstance(values["method"], DecodeMethod):
-            allowed = [m.value for m in DecodeMethod]
-            if values["method"] not in allowed:
-                raise ValueError(f"DecodeConfig.method: expected one of {allowed}, found {values['method']!r}")
-            values["method"] = DecodeMethod(values["method"])
+        values = fields_from_dict(cls, data, {"method": DecodeMethod})
         return cls(**values)
 
 

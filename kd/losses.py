@@ -25,6 +25,8 @@ Choices this module makes where the paper leaves them open:
 
 from __future__ import annotations
 
+from kd.config_fields import fields_from_dict  # noqa: E402
+
 import dataclasses
 import enum
 import math
@@ -153,21 +155,7 @@ class KDLossConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "KDLossConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"KDLossConfig: unknown fields {unknown}; expected a subset of {sorted(known)}"
-            )
-        values = dict(data)
-        for name, kind in _ENUM_FIELDS.items():
-            if name in values and not isinstance(values[name], kind):
-                allowed = [m.value for m in kind]
-                if values[name] not in allowed:
-                    raise ValueError(
-                        f"KDLossConfig.{name}: expected one of {allowed}, found {values[name]!r}"
-                    )
-                values[name] = kind(values[name])
+        values = fields_from_dict(cls, data, _ENUM_FIELDS)
         for name in ("teacher_weights", "dev_wers"):
             if values.get(name) is not None:
                 values[name] = tuple(float(v) for v in values[name])

@@ -16,6 +16,8 @@ ESPnet is imported only when a model is built, so importing this module stays ch
 
 from __future__ import annotations
 
+from kd.config_fields import fields_from_dict  # noqa: E402
+
 import dataclasses
 import enum
 from dataclasses import dataclass
@@ -185,21 +187,7 @@ class AsrConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AsrConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"AsrConfig: unknown fields {unknown}; expected a subset of {sorted(known)}"
-            )
-        values = dict(data)
-        for name, kind in _ENUM_FIELDS.items():
-            if name in values and not isinstance(values[name], kind):
-                allowed = [m.value for m in kind]
-                if values[name] not in allowed:
-                    raise ValueError(
-                        f"AsrConfig.{name}: expected one of {allowed}, found {values[name]!r}"
-                    )
-                values[name] = kind(values[name])
+        values = fields_from_dict(cls, data, _ENUM_FIELDS)
         return cls(**values)
 
     def to_yaml(self) -> str:
