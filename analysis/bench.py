@@ -99,7 +99,8 @@ def _baseline(arrays: list[np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str
     count = len(arrays)
     matrices = {name: np.empty((count, count)) for name in ("cka", "svcca", "pwcca")}
     seconds = {}
-    for name, fn, symmetric in (("cka", np_linear_cka, True), ("svcca", np_svcca, True), ("pwcca", np_pwcca, False)):
+    metrics = (("cka", np_linear_cka, True), ("svcca", np_svcca, True), ("pwcca", np_pwcca, False))
+    for name, fn, symmetric in metrics:
         start = time.perf_counter()
         for i in range(count):
             for j in range(i if symmetric else 0, count):
@@ -174,8 +175,10 @@ def bench_streaming_scale(
 ) -> dict:
     """Accumulate LayerMoments over `frames` synthetic frames made chunk by chunk on `device`.
 
-    Reports accumulation seconds, float64 TFLOP/s of the main GEMM (2 * frames * D^2 with
+    Reports accumulation seconds (including making the synthetic chunks, a small float32
+    cost next to the float64 GEMM), float64 TFLOP/s of the main GEMM (2 * frames * D^2 with
     D = layers * dim), seconds for the all-pairs matrices, and peak device memory (CUDA).
+    On a CPU, use small sizes: the [D, D] moments alone take 8 D^2 bytes.
     """
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)

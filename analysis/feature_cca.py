@@ -191,11 +191,15 @@ def label_cca(
             labelled -1 (no label, e.g. outside any word) are left out.
     """
     if len(layer_utts) != len(label_utts):
-        raise ValueError(f"Expected as many label as layer utterances, found {len(label_utts)} and {len(layer_utts)}")
+        raise ValueError(
+            f"Expected as many label as layer utterances, found {len(label_utts)} and {len(layer_utts)}"
+        )
     xs, ys = [], []
     for u, (x, labels) in enumerate(zip(layer_utts, label_utts)):
         if labels.shape != (x.shape[0],):
-            raise ValueError(f"Expected labels of utterance {u} of shape [{x.shape[0]}], found {tuple(labels.shape)}")
+            raise ValueError(
+                f"Expected labels of utterance {u} of shape [{x.shape[0]}], found {tuple(labels.shape)}"
+            )
         keep = labels >= 0
         xs.append(x[keep.to(x.device)])
         ys.append(one_hot(labels[keep], num_classes))
@@ -239,7 +243,8 @@ def segment_means(
         frames = layer_utts[u].shape[0]
         if not 0 <= start < end <= frames:
             raise ValueError(
-                f"Segment {index} of utterance {u}: expected 0 <= start < end <= {frames}, found ({start}, {end})"
+                f"Segment {index} of utterance {u}: expected 0 <= start < end <= {frames}, "
+                f"found ({start}, {end})"
             )
         means[u].append(layer_utts[u][start:end].to(torch.float64).mean(dim=0))
         labels[u].append(int(label))

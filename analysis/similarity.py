@@ -21,7 +21,8 @@ Conventions (docs: DESIGN.md section 3):
 - CCA: centre; Sxx, Syy, Sxy with 1/(n-1); add ``epsilon`` * I to Sxx and Syy; canonical
   correlations are the singular values of Sxx^-1/2 Sxy Syy^-1/2, descending. Rank-deficient
   covariances (constant neurons, collinear neurons, fewer frames than neurons) are handled
-  by whitening only the retained eigendirections (eigenvalue above 1e-10 of the largest):
+  by whitening only the retained eigendirections (eigenvalue above 1e-10 of the largest;
+  a neuron exactly constant over frames is centred to exact zeros):
   the result is the CCA of the subspaces the data actually span, with min(rank_x, rank_y)
   correlations. A view that is constant over frames raises ``ValueError``. With fewer
   frames than rank_x + rank_y + 1 the correlations are trivially 1: pass ``epsilon`` > 0
@@ -101,7 +102,9 @@ def _pair(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> tuple[Tensor, Tenso
 
 
 def _centre(x: Tensor) -> Tensor:
-    return x - x.mean(dim=0, keepdim=True)
+    """Subtract column means; columns constant over frames become exactly 0 (not rounding noise)."""
+    constant = (x == x[:1]).all(dim=0)
+    return torch.where(constant, 0.0, x - x.mean(dim=0, keepdim=True))
 
 
 def _ratio(numerator: Tensor | float, hxx: Tensor | float, hyy: Tensor | float, what: str) -> float:

@@ -135,7 +135,8 @@ def permutation_null(
     x_items, y_items = list(x_items), list(y_items)
     if len(x_items) != len(y_items):
         raise ValueError(
-            f"Expected x_items and y_items with the same number of utterances, found {len(x_items)} and {len(y_items)}"
+            "Expected x_items and y_items with the same number of utterances, "
+            f"found {len(x_items)} and {len(y_items)}"
         )
     _check_common(len(x_items), n_perm, "n_perm")
     rng = np.random.default_rng(seed)
@@ -193,7 +194,7 @@ def bootstrap_moments(
         raise ValueError(f"Expected every block to hold frames, found empty blocks {empty}")
     reference = blocks[0].shift
     # one common reference point, so that merging a replicate is plain addition
-    blocks = [blocks[0]] + [b if torch.equal(b.shift.to(reference), reference) else b.rebased(reference) for b in blocks[1:]]
+    blocks = [b if torch.equal(b.shift.to(reference), reference) else b.rebased(reference) for b in blocks]
 
     def merged(counts: np.ndarray) -> LayerMoments:
         out = LayerMoments(blocks[0].dims, device=blocks[0].device)

@@ -4,6 +4,8 @@
 z = [z_1, ..., z_L] of the layers' activations (D = sum of the layer dims):
 
     count  n
+    low, high           [D]     per-dim minimum and maximum, to tell exactly constant neurons
+                                (zeroed in every covariance) from rounding noise
     shift  c            [D]     a reference point (the first chunk's mean), so that the sums
                                 below are of w = z - c and stay well conditioned in float64
     total  sum w        [D]
@@ -11,7 +13,7 @@ z = [z_1, ..., z_L] of the layers' activations (D = sum of the layer dims):
     sq_cross sum q w^T  [L, D]  q_l = |w_l|^2, the squared norm of layer l's part of w
     sq_gram  sum q q^T  [L, L]
 
-The first three give every covariance, hence linear CKA, CCA, SVCCA and PWCCA of any layer
+Count, shift, total and gram give every covariance, hence linear CKA, CCA, SVCCA and PWCCA of any layer
 pair. The last two are the fourth-order terms that the debiased (HSIC_1) linear CKA needs
 (see ``similarity.linear_hsic1``); they cost an extra L/D of the main GEMM. Re-expressing
 the moments about another reference point is exact algebra (``rebased``), which is how
@@ -48,7 +50,8 @@ __all__ = [
 ]
 
 _FORMAT_VERSION = 1
-_STATS = ("shift", "total", "gram", "sq_cross", "sq_gram")
+_STATS = ("shift", "total", "gram", "sq_cross", "sq_gram")  # shift first; the rest add on merge
+_RANGE = ("low", "high")
 
 
 class LayerMoments:
@@ -87,6 +90,8 @@ class LayerMoments:
         self.gram: Tensor | None = None
         self.sq_cross: Tensor | None = None
         self.sq_gram: Tensor | None = None
+        self.low: Tensor | None = None
+        self.high: Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -104,6 +109,8 @@ class LayerMoments:
         self.gram = shift.new_zeros(d, d)
         self.sq_cross = shift.new_zeros(layers, d)
         self.sq_gram = shift.new_zeros(layers, layers)
+        self.low = shift.new_full((d,), float("inf"))
+        self.high = shift.new_full((d,), float("-inf"))
 
     def update(self, layers: Sequence[Tensor]) -> None:
         """Add frames.
@@ -116,9 +123,9 @@ class LayerMoments:
         for index, layer in enumerate(layers):
             if not isinstance(layer, Tensor):
                 raise TypeError(f"Expected layer {index} to be a torch.Tensor, found {type(layer).__name__}")
-        frames = layers[0].shape[0] if layers[0].ndim == 2 else -1
+        frames = layers[0].shape[0] if layers[0].ndim == 2 else "frames"
         for index, (layer, dim) in enumerate(zip(layers, self.dims)):
-            if layer.ndim != 2 or layer.shape != (frames, dim):
+            if layer.ndim != 2 or tuple(layer.shape) != (frames, dim):
                 raise ValueError(
                     f"Expected layer {index} of shape [{frames}, {dim}] (same frames as layer 0), "
                     f"found {tuple(layer.shape)}"
@@ -136,6 +143,8 @@ class LayerMoments:
             raise ValueError(f"Non-finite (NaN/inf) activations: counts per layer {counts}")
         if self.shift is None:
             self._allocate(w.mean(dim=0))
+        torch.minimum(self.low, w.amin(dim=0), out=self.low)
+        torch.maximum(self.high, w.amax(dim=0), out=self.high)
         w -= self.shift  # [frames, D]
         sq = torch.stack([w[:, part].square().sum(dim=1) for part in self.slices], dim=1)  # [frames, L]
         self.total += w.sum(dim=0)
@@ -143,9 +152,6 @@ class LayerMoments:
         self.sq_cross.addmm_(sq.T, w)
         self.sq_gram.addmm_(sq.T, sq)
         self.count += w.shape[0]
-
-    def _stats(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name) for name in _STATS}
 
     def rebased(self, shift: Tensor) -> LayerMoments:
         """The same moments expressed about another reference point `shift` `[D]` (exact algebra).
@@ -166,6 +172,7 @@ class LayerMoments:
         gm = g @ m  # [L, D]
         out = LayerMoments(self.dims, device=self.device, chunk_frames=self.chunk_frames)
         out.count = n
+        out.low, out.high = self.low.clone(), self.high.clone()
         out.shift = shift.to(self.shift).clone()
         out.total = s - n * delta
         out.gram = m - torch.outer(s, delta) - torch.outer(delta, s) + n * torch.outer(delta, delta)
@@ -196,6 +203,8 @@ class LayerMoments:
             other = other.rebased(self.shift)
         for name in _STATS[1:]:
             getattr(self, name).add_(getattr(other, name).to(self.shift), alpha=times)
+        torch.minimum(self.low, other.low.to(self.low), out=self.low)
+        torch.maximum(self.high, other.high.to(self.high), out=self.high)
         self.count += times * other.count
         return self
 
@@ -203,20 +212,20 @@ class LayerMoments:
         """Tensors of the state (CPU), loadable with ``from_dict``."""
         if self.shift is None:
             raise ValueError("Cannot serialise empty LayerMoments (no frames seen)")
-        state = {name: tensor.detach().cpu() for name, tensor in self._stats().items()}
+        state = {name: getattr(self, name).detach().cpu() for name in _STATS + _RANGE}
         state["dims"] = torch.tensor(self.dims, dtype=torch.int64)
         state["count"] = torch.tensor(self.count, dtype=torch.int64)
         return state
 
     @classmethod
     def from_dict(cls, state: dict[str, Tensor], *, device: torch.device | str | None = None) -> LayerMoments:
-        missing = sorted({"dims", "count", *_STATS} - set(state))
+        missing = sorted({"dims", "count", *_STATS, *_RANGE} - set(state))
         if missing:
             raise ValueError(f"LayerMoments state is missing {missing}")
         out = cls([int(d) for d in state["dims"].tolist()], device=device)
         target = out.device if out.device is not None else state["shift"].device
         out._allocate(state["shift"].to(target, torch.float64))
-        for name in _STATS[1:]:
+        for name in _STATS[1:] + _RANGE:
             getattr(out, name).copy_(state[name])
         out.count = int(state["count"])
         return out
@@ -229,7 +238,11 @@ class LayerMoments:
         save_file(
             {k: v.contiguous() for k, v in self.to_dict().items()},
             tmp,
-            metadata={"format": "LayerMoments", "version": str(_FORMAT_VERSION), "dims": json.dumps(self.dims)},
+            metadata={
+                "format": "LayerMoments",
+                "version": str(_FORMAT_VERSION),
+                "dims": json.dumps(self.dims),
+            },
         )
         os.replace(tmp, path)
 
@@ -249,6 +262,7 @@ class LayerMoments:
     def mean(self, layer: int) -> Tensor:
         """Mean activation of `layer`, `[dims[layer]]`."""
         self._check_layer(layer)
+        self._check_frames(1)
         part = self.slices[layer]
         return self.shift[part] + self.total[part] / self.count
 
@@ -259,7 +273,14 @@ class LayerMoments:
         self._check_frames(2)
         pi, pj = self.slices[i], self.slices[j]
         s = self.total
-        return (self.gram[pi, pj] - torch.outer(s[pi], s[pj]) / self.count) / (self.count - 1)
+        cov = (self.gram[pi, pj] - torch.outer(s[pi], s[pj]) / self.count) / (self.count - 1)
+        varying = self.high > self.low  # [D]; constant neurons get exact zeros
+        return cov * (varying[pi, None] & varying[None, pj])
+
+    def constant_layers(self) -> list[int]:
+        """Layers whose every neuron is exactly constant over the frames seen."""
+        varying = self.high > self.low
+        return [l for l, part in enumerate(self.slices) if not bool(varying[part].any())]
 
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
@@ -270,11 +291,18 @@ class LayerMoments:
             raise ValueError(f"Expected LayerMoments over at least {minimum} frames, found {self.count}")
 
 
-def _indices(m: LayerMoments, rows: Sequence[int] | None, cols: Sequence[int] | None) -> tuple[list[int], list[int]]:
+def _indices(
+    m: LayerMoments, rows: Sequence[int] | None, cols: Sequence[int] | None, what: str
+) -> tuple[list[int], list[int]]:
+    """Validated row and column layer indices (all layers by default); constant layers raise."""
     rows = list(range(m.num_layers)) if rows is None else [int(r) for r in rows]
     cols = list(range(m.num_layers)) if cols is None else [int(c) for c in cols]
     for layer in rows + cols:
         m._check_layer(layer)
+    m._check_frames(2)
+    constant = sorted(set(m.constant_layers()) & set(rows + cols))
+    if constant:
+        raise ValueError(f"{what} is undefined for layers {constant}: constant over all frames")
     return rows, cols
 
 
@@ -293,7 +321,7 @@ def pairwise_linear_cka(
     Returns:
         float64 tensor `[len(rows), len(cols)]`.
     """
-    rows, cols = _indices(m, rows, cols)
+    rows, cols = _indices(m, rows, cols, "CKA")
     m._check_frames(4 if debiased else 2)
     layers = sorted(set(rows + cols))
     if debiased:
@@ -313,7 +341,7 @@ def pairwise_linear_cka(
     selves = {l: hsic(l, l) for l in layers}
     for l, value in selves.items():
         if not float(value) > 0.0:
-            raise ValueError(f"CKA is undefined for layer {l}: its self term is {float(value):.3g} (constant layer?)")
+            raise ValueError(f"CKA is undefined for layer {l}: self term {float(value):.3g}, expected > 0")
     out = torch.empty(len(rows), len(cols), dtype=torch.float64, device=m.device)
     for a, i in enumerate(rows):
         for b, j in enumerate(cols):
@@ -345,7 +373,7 @@ def pairwise_svcca(
         raise ValueError(f"Expected keep in (0, 1], found {keep}")
     if not epsilon >= 0.0:
         raise ValueError(f"Expected epsilon >= 0, found {epsilon}")
-    rows, cols = _indices(m, rows, cols)
+    rows, cols = _indices(m, rows, cols, "SVCCA")
     projections = {}  # layer -> [d, r]: top-k eigenvectors, then whitening of the reduced view
     for l in sorted(set(rows + cols)):
         cov = m.covariance(l, l)
@@ -377,7 +405,7 @@ def pairwise_pwcca(
     """
     if not epsilon >= 0.0:
         raise ValueError(f"Expected epsilon >= 0, found {epsilon}")
-    rows, cols = _indices(m, rows, cols)
+    rows, cols = _indices(m, rows, cols, "PWCCA")
     covs, whiteners = {}, {}
     for l in sorted(set(rows + cols)):
         covs[l] = m.covariance(l, l)

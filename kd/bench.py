@@ -22,14 +22,19 @@ def _machine() -> dict:
 
 
 def bench_analysis(out_json: str | os.PathLike, out_md: str | os.PathLike | None = None, *, layers: int = 13,
-                   dim: int = 256, frames: int = 50_000, device: str = "cpu", gpu_scale: bool = False) -> dict:
+                   dim: int = 256, frames: int = 50_000, device: str = "cpu", gpu_scale: bool = False,
+                   threads: int | None = None) -> dict:
     """All-pairs linear CKA + SVCCA + PWCCA, streamed vs a per-pair NumPy float64 baseline (same run).
 
     With ``gpu_scale`` also the GPU-size case: 25 layers x 768 dims x 1M frames streamed on CUDA,
     with peak memory.
     """
+    import torch
+
     from analysis.bench import bench_similarity, bench_streaming_scale
 
+    if threads is not None:  # on a shared 2-core VM one thread is much faster than two (BLAS contention)
+        torch.set_num_threads(threads)
     result = {"machine": _machine(), "similarity": bench_similarity(layers=layers, dim=dim, frames=frames,
                                                                      device=device)}
     if gpu_scale:
@@ -47,7 +52,7 @@ def analysis_table(result: dict) -> str:
         "# Analysis benchmark",
         "",
         f"All-pairs linear CKA + SVCCA + PWCCA for {s['layers']} layers x {s['dim']} dims x {s['frames']} frames "
-        f"on {s['device']} ({m['cpu_count']} cores, torch {m['torch']}, {m['date']}), streamed float64 moments "
+        f"on {s['device']} ({m['cpu_count']} cores, {s['threads']} thread(s), torch {m['torch']}, {m['date']}), streamed float64 moments "
         "against a straightforward per-pair NumPy float64 implementation of the same formulas, in the same run.",
         "",
         "| part | streamed (s) | per-pair NumPy (s) | max abs difference |",

@@ -101,7 +101,7 @@ def _bench_analysis(args: argparse.Namespace) -> int:
     from kd.bench import analysis_table, bench_analysis
 
     result = bench_analysis(args.out, args.table, layers=args.layers, dim=args.dim, frames=args.frames,
-                            device=args.device, gpu_scale=args.gpu_scale)
+                            device=args.device, gpu_scale=args.gpu_scale, threads=args.threads)
     print(analysis_table(result))
     return 0
 
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--frames", type=int, default=50_000)
     ba.add_argument("--device", default="cpu")
     ba.add_argument("--gpu-scale", action="store_true", help="also 25 x 768 x 1M frames on CUDA")
+    ba.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a shared 2-core VM)")
     ba.add_argument("--out", default="docs/bench/analysis.json")
     ba.add_argument("--table", default="docs/bench/analysis.md")
     ba.set_defaults(run=_bench_analysis)
