@@ -106,6 +106,44 @@ def _bench_analysis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_speed(args: argparse.Namespace) -> int:
+    from kd.bench_speed import bench_speed, speed_table, write_speed_results
+
+    results = bench_speed(args.model_dirs, batch_sizes=args.batch_sizes, seconds=args.seconds, device=args.device,
+                          warmup=args.warmup, repeats=args.repeats)
+    write_speed_results(results, args.out, args.table)
+    print(speed_table(results))
+    return 0
+
+
+def _ssl_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from kd.ssl.config import SSLConfig
+    from kd.ssl.pretrain import pretrain
+
+    config = SSLConfig.from_preset(args.preset)
+    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, seed=args.seed))
+    result = pretrain(config, args.data, args.out)
+    print(result)
+    return 0
+
+
+def _ssl_finetune(args: argparse.Namespace) -> int:
+    from kd.ssl.config import CTCConfig
+    from kd.ssl.finetune import finetune_ctc
+
+    from pathlib import Path
+
+    pretrained = Path(args.pretrained)
+    if (pretrained / "model" / "config.json").is_file():  # a pretrain stage folder: its final model
+        pretrained = pretrained / "model"
+    result = finetune_ctc(pretrained, args.data, args.out, CTCConfig.from_preset(args.preset),
+                          eval_dirs=args.eval)
+    print(result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd", description="Analyse, compress and distil speech Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +213,33 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--out", default="docs/bench/analysis.json")
     ba.add_argument("--table", default="docs/bench/analysis.md")
     ba.set_defaults(run=_bench_analysis)
+
+    bs = bench_sub.add_parser("speed", help="parameters, latency and real-time factor of model folders")
+    bs.add_argument("model_dirs", nargs="+", help="Hugging Face checkpoint folders or kd students")
+    bs.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    bs.add_argument("--seconds", type=float, default=8.0, help="audio per utterance")
+    bs.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    bs.add_argument("--warmup", type=int, default=3)
+    bs.add_argument("--repeats", type=int, default=10)
+    bs.add_argument("--out", default="docs/bench/speed.json")
+    bs.add_argument("--table", default="docs/bench/speed.md")
+    bs.set_defaults(run=_bench_speed)
+
+    ssl = sub.add_parser("ssl", help="a self-supervised wav2vec 2.0 teacher")
+    ssl_sub = ssl.add_subparsers(dest="ssl_command", required=True)
+    sp = ssl_sub.add_parser("pretrain", help="wav2vec 2.0 pre-training (keeps checkpoints for learning dynamics)")
+    sp.add_argument("--data", nargs="+", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(run=_ssl_pretrain)
+    sf = ssl_sub.add_parser("finetune", help="CTC fine-tuning of a pre-trained encoder")
+    sf.add_argument("pretrained", help="the pretrain stage folder (or its model/ folder)")
+    sf.add_argument("--data", nargs="+", required=True)
+    sf.add_argument("--eval", nargs="*", default=[], help="data dirs scored (WER/CER) after training")
+    sf.add_argument("--out", required=True)
+    sf.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
+    sf.set_defaults(run=_ssl_finetune)
 
     ev = sub.add_parser("eval", help="WER/CER per domain, parameters and real-time factor of an ASR model dir")
     ev.add_argument("model_dir")

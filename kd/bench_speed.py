@@ -1,0 +1,127 @@
+"""Inference speed of speech encoders under one fixed protocol (``kd bench speed``).
+
+Protocol, per model folder and batch size:
+
+1. load the model (a Hugging Face checkpoint folder, or a compressed-student folder through
+   :func:`kd.compression.load_student`), eval mode, on ``device``;
+2. input: a fixed random waveform batch ``[batch, seconds * 16000]`` (seed 0, amplitude 0.1, no
+   padding, no attention mask), the same for every model;
+3. ``warmup`` untimed forward passes, then ``repeats`` timed ones under ``torch.inference_mode``;
+   on CUDA every timed pass is bracketed by ``torch.cuda.synchronize``;
+4. latency = the median wall time of one forward pass over the batch (milliseconds);
+   real-time factor = latency / (batch * seconds of audio) (below 1: faster than real time).
+
+What runs: the whole model for ``*ForCTC`` and plain encoders; for ``*ForPreTraining`` only its
+encoder (the quantiser and projection heads are training-only). ``parameters`` counts that part,
+each shared tensor once.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from kd.io import atomic_write_text, write_json
+
+__all__ = ["bench_speed", "speed_table", "write_speed_results"]
+
+SAMPLE_RATE = 16000
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _inference_module(model: torch.nn.Module) -> torch.nn.Module:
+    return model.base_model if type(model).__name__.endswith("ForPreTraining") else model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, found {value!r}")
+
+
+def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequence[int] = (1, 16),
+                seconds: float = 8.0, device: str | torch.device | None = None, warmup: int = 3,
+                repeats: int = 10, dtype: torch.dtype = torch.float32) -> list[dict[str, Any]]:
+    """Latency and real-time factor of each model at each batch size (see the module docstring).
+
+    ``device``: ``None`` picks CUDA when available, else the CPU. ``dtype``: the weights and input
+    type (e.g. ``torch.bfloat16`` on a GPU). Returns one row per (model, batch size) with
+    ``model``, ``path``, ``parameters``, ``batch_size``, ``seconds``, ``latency_ms`` (median),
+    ``latency_min_ms``, ``latency_max_ms``, ``rtf``, ``device``, ``dtype``, ``repeats``, ``torch``.
+    """
+    from kd.compression import count_parameters
+    from kd.ssl.common import load_speech_model
+
+    if isinstance(model_dirs, (str, os.PathLike)) or not model_dirs:
+        raise ValueError(f"model_dirs: expected a non-empty list of model folders, found {model_dirs!r}")
+    if isinstance(batch_sizes, int) or not batch_sizes:
+        raise ValueError(f"batch_sizes: expected a non-empty list of integers, found {batch_sizes!r}")
+    for b in batch_sizes:
+        _check_positive_int("batch_sizes", b)
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
+        raise ValueError(f"seconds: expected a number > 0, found {seconds!r}")
+    _check_positive_int("warmup", warmup, 0)
+    _check_positive_int("repeats", repeats)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    samples = int(round(seconds * SAMPLE_RATE))
+    generator = torch.Generator().manual_seed(0)
+    waveform = 0.1 * torch.randn(max(batch_sizes), samples, generator=generator)  # [B_max, S]
+
+    rows = []
+    for model_dir in model_dirs:
+        model = load_speech_model(model_dir)
+        module = _inference_module(model).to(device=device, dtype=dtype).eval()
+        params = count_parameters(module)
+        for batch in batch_sizes:
+            x = waveform[:batch].to(device=device, dtype=dtype)
+            times = []
+            with torch.inference_mode():
+                for i in range(warmup + repeats):
+                    _sync(device)
+                    start = time.perf_counter()
+                    module(x)
+                    _sync(device)
+                    if i >= warmup:
+                        times.append(time.perf_counter() - start)
+            latency = statistics.median(times)
+            rows.append({"model": Path(model_dir).name, "path": str(model_dir), "parameters": params,
+                         "batch_size": batch, "seconds": float(seconds), "latency_ms": 1000.0 * latency,
+                         "latency_min_ms": 1000.0 * min(times), "latency_max_ms": 1000.0 * max(times),
+                         "rtf": latency / (batch * seconds), "device": _device_name(device),
+                         "dtype": str(dtype).removeprefix("torch."), "repeats": repeats, "torch": torch.__version__})
+        del model, module
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def speed_table(results: Sequence[dict[str, Any]]) -> str:
+    """A markdown table, one row per (model, batch size)."""
+    lines = ["| model | parameters (M) | batch | audio (s) | latency (ms, median) | RTF | device |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.3f} | {r['batch_size']} | {r['seconds']:g} | "
+                     f"{r['latency_ms']:.1f} | {r['rtf']:.4f} | {r['device']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_speed_results(results: Sequence[dict[str, Any]], json_path: str | os.PathLike,
+                        md_path: str | os.PathLike) -> None:
+    """Write the rows as JSON (``{"results": [...]}``) and as a markdown table, atomically."""
+    write_json(json_path, {"results": list(results)})
+    atomic_write_text(md_path, speed_table(results))

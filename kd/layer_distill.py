@@ -1,0 +1,279 @@
+"""Layer-to-layer distillation of a speech encoder (DistilHuBERT, Chang et al. 2022).
+
+A student (typically ``compress(teacher, plan)``, initialised from teacher layers, or a smaller
+randomly initialised model) gets one linear prediction head per entry of the plan's layer map
+(``plan.teacher_to_student()``: teacher layer t -> student layer s); head t maps the output of
+student layer s to a prediction of the output of teacher layer t. Per mapped teacher layer,
+over the valid (unpadded) frames f of the batch:
+
+    L_t = mean_f [ (1/D) * ||h_f - p_f||_1  -  lambda * log sigmoid(cos(h_f, p_f)) ]
+
+with h the teacher's hidden state, p the head's prediction, D the teacher width and
+lambda = ``cos_weight`` (1 in the paper). The loss is the sum over mapped layers, as in the
+paper (``average_layers=True`` divides by their number). Frames are pooled over the batch
+(every valid frame weighs the same).
+
+Layer indices count Transformer layers from 0: "layer t" is ``hidden_states[t + 1]`` of Hugging
+Face's output (``hidden_states[0]`` is the input to the first layer). In pre-LN
+(stable-layer-norm) models the last entry includes the encoder's final layer norm.
+
+The teacher is frozen: run in eval mode under ``torch.no_grad`` (its mode is restored afterwards;
+its parameters are left as they are). The student is trained
+without time masking and without layerdrop (its config is restored before saving). Outputs::
+
+    student/            the student (kd.compression.save_student; load_student reads it;
+                        finetune_ctc accepts it)
+    heads.safetensors   prediction heads ("<teacher layer>.weight", "<teacher layer>.bias")
+    heads.json          layer map and widths of the heads
+    log.csv             per update: loss, l1_<t>, cos_<t> (mean cosine similarity), lr, grad_norm
+    .done.json          completion marker
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd.io import atomic_write_text, clear_done, is_done, mark_done
+from kd.plan import CompressionPlan
+from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, load_pooled, make_accelerator,
+                           make_optimizer, speech_loader, train_loop, write_folder_atomic)
+from kd.ssl.config import CONFIG_VERSION, OptimSettings, config_from_dict
+
+__all__ = ["LayerDistillConfig", "LayerDistillLoss", "PredictionHeads", "distill_layers", "layer_distill_loss"]
+
+STUDENT_DIR = "student"
+HEADS_FILE = "heads.safetensors"
+LOG_FILE = "log.csv"
+
+
+@dataclass(frozen=True)
+class LayerDistillConfig:
+    """Options of :func:`distill_layers`."""
+
+    name: str = "custom"
+    cos_weight: float = 1.0  # lambda of the -log sigmoid(cos) term
+    average_layers: bool = False  # False: sum over mapped layers (the paper); True: mean
+    identity_init: bool = True  # heads start as the identity when widths match (a copied layer starts exact)
+    freeze_feature_encoder: bool = False  # keep the student's conv stack fixed
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(steps=2000, lr=2e-4, warmup_steps=200))
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.cos_weight >= 0:
+            raise ValueError(f"LayerDistillConfig.cos_weight: expected a value >= 0, found {self.cos_weight!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LayerDistillConfig":
+        return config_from_dict(cls, data)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "LayerDistillConfig":
+        if name not in LAYER_DISTILL_PRESETS:
+            raise ValueError(f"preset: expected one of {sorted(LAYER_DISTILL_PRESETS)}, found {name!r}")
+        return dataclasses.replace(LAYER_DISTILL_PRESETS[name], **overrides)
+
+
+LAYER_DISTILL_PRESETS = {
+    "tiny": LayerDistillConfig(name="tiny", optim=OptimSettings(steps=6, lr=2e-3, warmup_steps=1, weight_decay=0.0,
+                                                                max_batch_seconds=20.0)),
+    "cpu": LayerDistillConfig(name="cpu", optim=OptimSettings(steps=300, lr=5e-4, warmup_steps=30,
+                                                              max_batch_seconds=40.0)),
+    "gpu": LayerDistillConfig(name="gpu", optim=OptimSettings(steps=3000, lr=2e-4, warmup_steps=300,
+                                                              max_batch_seconds=160.0, max_utterances=96,
+                                                              mixed_precision="bf16", num_workers=8,
+                                                              time_limit_s=480.0)),
+}
+
+
+@dataclass
+class LayerDistillLoss:
+    total: torch.Tensor  # scalar
+    per_layer: dict[int, torch.Tensor]  # teacher layer -> L_t
+    l1: dict[int, torch.Tensor]  # teacher layer -> mean per-frame (1/D) L1 distance
+    cos: dict[int, torch.Tensor]  # teacher layer -> mean cosine similarity
+
+
+def layer_distill_loss(predictions: Mapping[int, torch.Tensor], targets: Mapping[int, torch.Tensor],
+                       frame_mask: torch.Tensor, *, cos_weight: float = 1.0,
+                       average_layers: bool = False) -> LayerDistillLoss:
+    """DistilHuBERT's loss (see the module docstring), computed in float32.
+
+    predictions, targets: teacher layer -> ``[B, T, D]`` (same keys); frame_mask: ``[B, T]`` bool,
+    True at valid frames. Padded frames do not contribute, whatever they hold (even NaN).
+    """
+    if set(predictions) != set(targets) or not predictions:
+        raise ValueError(f"expected predictions and targets for the same (non-empty) teacher layers, found "
+                         f"{sorted(predictions)} and {sorted(targets)}")
+    mask = frame_mask.bool()
+    frames = mask.sum()
+    if frames == 0:
+        raise ValueError("frame_mask: expected at least one valid frame, found none")
+    per_layer, l1s, coss = {}, {}, {}
+    for t in sorted(predictions):
+        p, h = predictions[t].float(), targets[t].float()
+        if p.shape != h.shape or p.shape[:2] != mask.shape:
+            raise ValueError(f"layer {t}: expected prediction and target [B, T, D] matching frame_mask "
+                             f"{tuple(mask.shape)}, found {tuple(p.shape)} and {tuple(h.shape)}")
+        l1 = (p - h).abs().mean(-1)  # [B, T]
+        cos = F.cosine_similarity(p, h, dim=-1)  # [B, T]
+        zero = torch.zeros((), device=l1.device)
+        per_frame = torch.where(mask, l1 - cos_weight * F.logsigmoid(cos), zero)
+        per_layer[t] = per_frame.sum() / frames
+        l1s[t] = torch.where(mask, l1, zero).sum().detach() / frames
+        coss[t] = torch.where(mask, cos, zero).sum().detach() / frames
+    total = torch.stack(list(per_layer.values())).sum()
+    if average_layers:
+        total = total / len(per_layer)
+    return LayerDistillLoss(total, per_layer, l1s, coss)
+
+
+class PredictionHeads(nn.Module):
+    """One linear head per mapped teacher layer: student layer output -> teacher layer output."""
+
+    def __init__(self, layer_map: Mapping[int, int], student_dim: int, teacher_dim: int, *,
+                 identity_init: bool = True):
+        super().__init__()
+        self.layer_map = dict(sorted(layer_map.items()))  # teacher layer -> student layer
+        self.heads = nn.ModuleDict({str(t): nn.Linear(student_dim, teacher_dim) for t in self.layer_map})
+        if identity_init and student_dim == teacher_dim:
+            with torch.no_grad():
+                for head in self.heads.values():
+                    head.weight.copy_(torch.eye(teacher_dim))
+                    head.bias.zero_()
+
+    def forward(self, student_layers: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
+        """student_layers: per student layer ``[B, T, D_s]``; returns teacher layer -> ``[B, T, D_t]``."""
+        return {t: self.heads[str(t)](student_layers[s]) for t, s in self.layer_map.items()}
+
+
+class _StudentWithHeads(nn.Module):
+    """The trained part: the student's encoder and the heads (one module for accelerate/DDP)."""
+
+    def __init__(self, encoder: nn.Module, heads: PredictionHeads):
+        super().__init__()
+        self.encoder, self.heads = encoder, heads
+
+    def forward(self, speech: torch.Tensor, mask: torch.Tensor) -> dict[int, torch.Tensor]:
+        """speech: [B, S]; mask: [B, S] (1 = sample)."""
+        out = self.encoder(speech, attention_mask=mask, output_hidden_states=True)
+        return self.heads(out.hidden_states[1:])
+
+
+def _depth(model: nn.Module) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def _model_digest(model: nn.Module) -> list:
+    with torch.no_grad():
+        total = sum(float(p.double().sum()) for p in model.parameters())
+    return [type(model).__name__, sum(p.numel() for p in model.parameters()), round(total, 6)]
+
+
+def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan,
+                   data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                   config: LayerDistillConfig, *, progress: bool = True) -> StageResult:
+    """Train ``student`` (in place) to predict ``teacher``'s layers as ``plan.teacher_to_student()`` maps them.
+
+    teacher, student: Hugging Face wav2vec 2.0 / HuBERT / WavLM models (any head; their encoders
+    are used) with the same feature encoder frame rate; the student has
+    ``plan.num_student_layers`` Transformer layers. A finished stage (same config, plan, data
+    and initial weights) is skipped, leaving ``student`` untouched: load the result from
+    ``StageResult.model_dir`` with :func:`kd.compression.load_student`.
+    """
+    from kd.compression import save_student
+
+    if not isinstance(config, LayerDistillConfig):
+        raise TypeError(f"config: expected a LayerDistillConfig, found {type(config).__name__}")
+    if not isinstance(plan, CompressionPlan):
+        raise TypeError(f"plan: expected a CompressionPlan, found {type(plan).__name__}")
+    plan.validate(_depth(teacher))
+    if _depth(student) != plan.num_student_layers:
+        raise ValueError(f"student: expected {plan.num_student_layers} Transformer layers (the plan keeps "
+                         f"{list(plan.keep_layers)}), found {_depth(student)}")
+    out_dir = Path(out_dir)
+    key = {"stage": "layer-distill", "config": config.to_dict(), "plan": plan.to_dict(),
+           "data_dirs": [str(Path(d).resolve()) for d in data_dirs], "teacher": _model_digest(teacher),
+           "student": _model_digest(student)}
+    if is_done(out_dir, key):
+        info = json.loads((out_dir / ".done.json").read_text(encoding="utf-8"))
+        return StageResult(out_dir, out_dir / STUDENT_DIR, info["steps"], 0.0, skipped=True,
+                           stopped_early=info["stopped_early"])
+    accelerator = make_accelerator(config.optim)
+    main = accelerator.is_main_process
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clear_done(out_dir)
+        clean_stage_dir(out_dir, [STUDENT_DIR, HEADS_FILE, "heads.json", LOG_FILE])
+    accelerator.wait_for_everyone()
+
+    dataset = load_pooled(data_dirs)
+    loader = speech_loader(dataset, dataset.durations(), max_seconds=config.optim.max_batch_seconds,
+                           max_utterances=config.optim.max_utterances, num_workers=config.optim.num_workers,
+                           seed=config.optim.seed)
+    t_base, s_base = teacher.base_model, student.base_model
+    saved = {k: getattr(s_base.config, k) for k in ("apply_spec_augment", "layerdrop")}
+    s_base.config.update({"apply_spec_augment": False, "layerdrop": 0.0})
+    teacher_was_training = t_base.training
+    t_base.eval().to(accelerator.device)
+    student.to(accelerator.device)
+    if config.freeze_feature_encoder:
+        s_base.feature_extractor._freeze_parameters()
+    heads = PredictionHeads(plan.teacher_to_student(), s_base.config.hidden_size, t_base.config.hidden_size,
+                            identity_init=config.identity_init)
+    module = _StudentWithHeads(s_base, heads)
+    optimizer = make_optimizer(module.parameters(), config.optim)
+    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+
+    def compute(batch):
+        mask = attention_mask(batch.speech_lengths, batch.speech.shape[1])
+        with torch.no_grad(), accelerator.autocast():
+            hidden = t_base(batch.speech, attention_mask=mask, output_hidden_states=True).hidden_states
+        predictions = module(batch.speech, mask)
+        frames = next(iter(predictions.values())).shape[1]
+        if hidden[0].shape[1] != frames:
+            raise ValueError(f"teacher and student make different numbers of frames ({hidden[0].shape[1]} and "
+                             f"{frames}); their feature encoders must have the same strides")
+        frame_mask = s_base._get_feature_vector_attention_mask(frames, mask)  # [B, T]
+        loss = layer_distill_loss(predictions, {t: hidden[t + 1] for t in predictions}, frame_mask,
+                                  cos_weight=config.cos_weight, average_layers=config.average_layers)
+        numbers: dict[str, Any] = {"loss": loss.total.detach()}
+        numbers.update({f"l1_{t}": v for t, v in loss.l1.items()})
+        numbers.update({f"cos_{t}": v for t, v in loss.cos.items()})
+        return loss.total, numbers
+
+    try:
+        result = train_loop(accelerator, module, optimizer, loader, config.optim, compute,
+                            log=CsvLog(out_dir / LOG_FILE, enabled=main), desc="layer distill", progress=progress)
+    finally:
+        s_base.config.update(saved)
+        t_base.train(teacher_was_training)
+    accelerator.wait_for_everyone()
+    if main:
+        from safetensors.torch import save_file
+
+        student.eval()
+        write_folder_atomic(out_dir / STUDENT_DIR, lambda f: save_student(student, plan, f))
+        head_tensors = {k.removeprefix("heads."): v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+        tmp = out_dir / f".tmp-{HEADS_FILE}"
+        save_file(head_tensors, str(tmp))
+        os.replace(tmp, out_dir / HEADS_FILE)
+        atomic_write_text(out_dir / "heads.json", json.dumps(
+            {"layer_map": {str(t): s for t, s in heads.layer_map.items()}, "student_dim": s_base.config.hidden_size,
+             "teacher_dim": t_base.config.hidden_size}, indent=1) + "\n")
+        mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
+                  seconds=round(result.seconds, 3), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    accelerator.wait_for_everyone()
+    return StageResult(out_dir, out_dir / STUDENT_DIR, result.steps, result.seconds, stopped_early=result.stopped_early)

@@ -1,0 +1,36 @@
+"""A self-supervised wav2vec 2.0 teacher: pre-training on unlabelled audio, then CTC fine-tuning.
+
+``pretrain(config, data_dirs, out_dir)`` and ``finetune_ctc(pretrained_dir, data_dirs, out_dir,
+config)`` are stages that hand over Hugging Face folders and skip themselves when finished.
+Importing this package is cheap; transformers and accelerate load when a stage runs.
+The pre-training stage is ``kd.ssl.pretrain.pretrain`` (the module shares the function's name,
+so the package does not re-export it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "SSLConfig": "kd.ssl.config",
+    "CTCConfig": "kd.ssl.config",
+    "OptimSettings": "kd.ssl.config",
+    "sample_masks": "kd.ssl.pretrain",
+    "finetune_ctc": "kd.ssl.finetune",
+    "evaluate_ctc": "kd.ssl.finetune",
+    "greedy_ctc_decode": "kd.ssl.finetune",
+    "StageResult": "kd.ssl.common",
+    "list_checkpoints": "kd.ssl.common",
+    "load_speech_model": "kd.ssl.common",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kd.ssl' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,240 @@
+"""CTC fine-tuning of a pre-trained (or layer-distilled) encoder, greedy decoding and WER/CER.
+
+Vocabulary: characters of the normalised training transcripts in the toolkit's layout
+(:class:`kd.data.CharTokenizer`): ``0 <blank>, 1 <unk>, 2 <space>, letters..., last <sos/eos>``.
+Hugging Face's CTC head uses ``config.pad_token_id`` as the CTC blank, so ``pad_token_id = 0``
+(= ``<blank>``); label padding is -100; ``<sos/eos>`` is never a target (its logit is unused).
+The model folder holds ``tokens.txt`` (one token a line, id = line number, readable by
+``CharTokenizer.load``), ``vocab.json`` (token -> id) and ``preprocessor_config.json``
+(raw 16 kHz waveforms, no normalisation, attention mask on).
+
+Greedy decoding: argmax per frame over the valid frames, repeats merged, blanks (and ``<unk>``)
+dropped. Scoring: jiwer WER and CER after :func:`kd.data.normalize_text` on both sides.
+
+A student folder (``speechkd_student.json``) is fine-tuned with its structure (sharing, attention
+reuse) and saved again as a student folder; a plain checkpoint folder gives a plain one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from kd.io import atomic_write_text, clear_done, is_done, mark_done, write_json
+from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, folder_fingerprint, load_pooled,
+                           load_speech_model, make_accelerator, make_optimizer, pool_data_dirs,
+                           save_pretrained_atomic, speech_loader, train_loop, write_folder_atomic)
+from kd.ssl.config import CTCConfig
+
+__all__ = ["build_ctc_model", "evaluate_ctc", "finetune_ctc", "greedy_ctc_decode", "score", "transcribe"]
+
+MODEL_DIR = "model"
+LOG_FILE = "log.csv"
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "ctc_config.json"
+TOKENS_FILE = "tokens.txt"
+VOCAB_FILE = "vocab.json"
+BLANK_ID = 0
+
+
+def _ctc_class(base: torch.nn.Module) -> type:
+    from transformers import HubertForCTC, HubertModel, Wav2Vec2ForCTC, Wav2Vec2Model, WavLMForCTC, WavLMModel
+
+    for base_cls, ctc_cls in ((Wav2Vec2Model, Wav2Vec2ForCTC), (HubertModel, HubertForCTC), (WavLMModel, WavLMForCTC)):
+        if isinstance(base, base_cls):
+            return ctc_cls
+    raise TypeError(f"expected a wav2vec 2.0, HuBERT or WavLM encoder, found {type(base).__name__}")
+
+
+def build_ctc_model(source: torch.nn.Module, vocab_size: int, config: CTCConfig) -> torch.nn.Module:
+    """A ``*ForCTC`` model whose encoder is ``source``'s (a base model or any model wrapping one).
+
+    ``source`` is consumed: its encoder, with any sharing or attention reuse, becomes the new
+    model's, and its config object is updated for CTC (vocabulary, blank id, masking, layerdrop).
+    The output layer is newly initialised.
+    """
+    base = source.base_model
+    ctc_cls = _ctc_class(base)
+    base.config.update({"vocab_size": vocab_size, "pad_token_id": BLANK_ID, "bos_token_id": vocab_size - 1,
+                        "eos_token_id": vocab_size - 1, "ctc_loss_reduction": "mean", "ctc_zero_infinity": True,
+                        "mask_time_prob": config.mask_prob, "mask_time_length": config.mask_length,
+                        "apply_spec_augment": config.mask_prob > 0 or base.config.mask_feature_prob > 0,
+                        "layerdrop": config.layerdrop, "final_dropout": config.dropout, "architectures": None})
+    model = ctc_cls(base.config)
+    setattr(model, model.base_model_prefix, base)
+    if config.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    # Hugging Face builds the mask embedding only when masking is on: keep the trained model's structure
+    # equal to the one its saved config rebuilds (and leave no unused parameter for DDP)
+    masking = config.mask_prob > 0 or base.config.mask_feature_prob > 0
+    if not masking and hasattr(base, "masked_spec_embed"):
+        del base.masked_spec_embed
+    elif masking and not hasattr(base, "masked_spec_embed"):
+        base.masked_spec_embed = torch.nn.Parameter(torch.empty(base.config.hidden_size).uniform_())
+    return model
+
+
+def greedy_ctc_decode(logits: torch.Tensor, frames: torch.Tensor, *, blank: int = BLANK_ID,
+                      drop: Sequence[int] = ()) -> list[list[int]]:
+    """Best-path CTC decoding.
+
+    logits: [B, T, V]; frames: [B] valid frames per utterance. Returns per utterance the ids of
+    the argmax path with repeats merged and ``blank`` (and any id in ``drop``) removed.
+    """
+    best = logits.argmax(-1).cpu()  # [B, T]
+    out = []
+    for path, n in zip(best, frames.tolist()):
+        merged = torch.unique_consecutive(path[: int(n)]).tolist()
+        out.append([i for i in merged if i != blank and i not in drop])
+    return out
+
+
+def score(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """WER and CER (jiwer) after ``normalize_text`` on both sides."""
+    import jiwer
+
+    from kd.data import normalize_text
+
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"expected as many hypotheses as references (at least one), found {len(hypotheses)} "
+                         f"and {len(references)}")
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps)), "utterances": len(refs)}
+
+
+@torch.no_grad()
+def transcribe(model: torch.nn.Module, tokenizer, dataset, *, max_batch_seconds: float = 120.0,
+               device: str | torch.device | None = None) -> list[tuple[str, str, str]]:
+    """Greedy transcripts of every utterance of ``dataset``: ``(utt, reference, hypothesis)`` in data order."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = speech_loader(dataset, dataset.durations(), max_seconds=max_batch_seconds, shuffle=False)
+    results = {}
+    unk = [i for i, t in enumerate(tokenizer.tokens) if t == "<unk>"]
+    for batch in loader:
+        speech = batch.speech.to(device)
+        mask = attention_mask(batch.speech_lengths, speech.shape[1]).to(device)
+        logits = model(speech, attention_mask=mask).logits  # [B, T, V]
+        frames = model._get_feat_extract_output_lengths(batch.speech_lengths)
+        for utt, ref, ids in zip(batch.utts, batch.texts, greedy_ctc_decode(logits.float(), frames, drop=unk)):
+            results[utt] = (utt, ref, tokenizer.decode(ids))
+    model.train(was_training)
+    return [results[u.utt] for u in dataset.data.utterances]
+
+
+def _write_vocab(folder: Path, tokenizer) -> None:
+    from transformers import Wav2Vec2FeatureExtractor
+
+    tokenizer.save(folder / TOKENS_FILE)
+    atomic_write_text(folder / VOCAB_FILE, json.dumps({t: i for i, t in enumerate(tokenizer.tokens)}, indent=1) + "\n")
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
+                             return_attention_mask=True).save_pretrained(folder)
+
+
+def _eval_name(path: str | os.PathLike) -> str:
+    p = Path(path).resolve()
+    return f"{p.parent.name}/{p.name}"
+
+
+def evaluate_ctc(model_dir: str | os.PathLike, data_dir: str | os.PathLike, *, device: str = "cpu",
+                 max_batch_seconds: float = 120.0) -> dict[str, Any]:
+    """WER/CER of a fine-tuned CTC model folder (with ``tokens.txt``) on one data dir."""
+    from kd.data import CharTokenizer
+
+    tokenizer = CharTokenizer.load(Path(model_dir) / TOKENS_FILE)
+    model = load_speech_model(model_dir).to(device)
+    rows = transcribe(model, tokenizer, load_pooled([data_dir], argument="data_dir"),
+                      max_batch_seconds=max_batch_seconds, device=device)
+    return score([r for _, r, _ in rows], [h for _, _, h in rows])
+
+
+def finetune_ctc(pretrained_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike],
+                 out_dir: str | os.PathLike, config: CTCConfig, *, eval_dirs: Sequence[str | os.PathLike] = (),
+                 progress: bool = True) -> StageResult:
+    """Fine-tune the encoder in ``pretrained_dir`` with a character CTC head on ``data_dirs``.
+
+    ``pretrained_dir``: a Hugging Face folder (e.g. ``pretrain(...).model_dir`` or one of its
+    ``ckpt-<step>`` folders) or a compressed-student folder. After training, every data dir in
+    ``eval_dirs`` is decoded greedily and scored; ``results.json`` holds WER/CER per dir and
+    ``decode/<domain>_<split>.txt`` the hypotheses. A finished stage is skipped on re-run.
+    """
+    from kd.compression.io import PLAN_FILE, STUDENT_FILE
+    from kd.data import CharTokenizer
+    from kd.data.batching import AudioDataset
+    from kd.plan import CompressionPlan
+
+    if not isinstance(config, CTCConfig):
+        raise TypeError(f"config: expected a CTCConfig, found {type(config).__name__}")
+    pretrained_dir, out_dir = Path(pretrained_dir), Path(out_dir)
+    if not pretrained_dir.is_dir():
+        raise FileNotFoundError(f"pretrained_dir: expected a model folder, found no directory at {pretrained_dir}")
+    key = {"stage": "ctc-finetune", "config": config.to_dict(), "pretrained": str(pretrained_dir.resolve()),
+           "pretrained_files": folder_fingerprint(pretrained_dir),
+           "data_dirs": [str(Path(d).resolve()) for d in data_dirs],
+           "eval_dirs": [str(Path(d).resolve()) for d in eval_dirs]}
+    if is_done(out_dir, key):
+        results = json.loads((out_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+        return StageResult(out_dir, out_dir / MODEL_DIR, results["steps"], 0.0, skipped=True,
+                           stopped_early=results["stopped_early"], metrics=results["eval"])
+    accelerator = make_accelerator(config.optim, find_unused_parameters=config.layerdrop > 0)
+    main = accelerator.is_main_process
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clear_done(out_dir)
+        clean_stage_dir(out_dir, [MODEL_DIR, LOG_FILE, RESULTS_FILE, CONFIG_FILE, "decode"])
+        write_json(out_dir / CONFIG_FILE, config.to_dict())
+    accelerator.wait_for_everyone()
+
+    train = pool_data_dirs(data_dirs)
+    tokenizer = CharTokenizer.from_texts(u.text for u in train.utterances)
+    dataset = AudioDataset(train, tokenizer=tokenizer)
+    loader = speech_loader(dataset, dataset.durations(), max_seconds=config.optim.max_batch_seconds,
+                           max_utterances=config.optim.max_utterances, num_workers=config.optim.num_workers,
+                           seed=config.optim.seed)
+    is_student = (pretrained_dir / STUDENT_FILE).is_file()
+    plan = CompressionPlan.load(pretrained_dir / PLAN_FILE) if is_student else None
+    model = build_ctc_model(load_speech_model(pretrained_dir), tokenizer.vocab_size, config)
+    optimizer = make_optimizer(model.parameters(), config.optim)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    def compute(batch):
+        labels = batch.tokens.masked_fill(batch.tokens < 0, -100)  # [B, L]
+        out = model(batch.speech, attention_mask=attention_mask(batch.speech_lengths, batch.speech.shape[1]),
+                    labels=labels)
+        return out.loss, {"loss": out.loss.detach(), "utterances": float(len(batch.utts))}
+
+    result = train_loop(accelerator, model, optimizer, loader, config.optim, compute,
+                        log=CsvLog(out_dir / LOG_FILE, enabled=main), desc="ctc finetune", progress=progress)
+    accelerator.wait_for_everyone()
+    metrics: dict[str, Any] = {}
+    if main:
+        inner = accelerator.unwrap_model(model)
+        if plan is not None:
+            from kd.compression import save_student
+
+            write_folder_atomic(out_dir / MODEL_DIR,
+                                lambda f: (save_student(inner, plan, f), _write_vocab(f, tokenizer)))
+        else:
+            save_pretrained_atomic(inner, out_dir / MODEL_DIR, extra=lambda f: _write_vocab(f, tokenizer))
+        for path in eval_dirs:
+            name = _eval_name(path)
+            with accelerator.autocast():
+                rows = transcribe(inner, tokenizer, load_pooled([path], argument="eval_dirs"),
+                                  max_batch_seconds=config.eval_batch_seconds, device=accelerator.device)
+            metrics[name] = score([r for _, r, _ in rows], [h for _, _, h in rows])
+            atomic_write_text(out_dir / "decode" / f"{name.replace('/', '_')}.txt",
+                              "".join(f"{u} {h}\n" for u, _, h in rows))
+        write_json(out_dir / RESULTS_FILE, {"steps": result.steps, "stopped_early": result.stopped_early,
+                                            "seconds": round(result.seconds, 3), "eval": metrics,
+                                            "vocab_size": tokenizer.vocab_size})
+        mark_done(out_dir, key, steps=result.steps, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    accelerator.wait_for_everyone()
+    return StageResult(out_dir, out_dir / MODEL_DIR, result.steps, result.seconds,
+                       stopped_early=result.stopped_early, metrics=metrics)

@@ -1,0 +1,220 @@
+"""Self-supervised wav2vec 2.0 pre-training of a teacher on unlabelled audio (Baevski et al. 2020).
+
+The model is Hugging Face's ``Wav2Vec2ForPreTraining`` built from an :class:`SSLConfig` (random
+initialisation). Per micro-batch:
+
+1. spans of ``mask_length`` frames of the feature-encoder output are masked (``mask_prob`` is an
+   upper bound on the masked fraction; at least ``min_masks`` spans per utterance, padding never
+   masked) with transformers' ``_compute_mask_indices``;
+2. ``num_negatives`` distractors per masked frame are drawn uniformly from the other masked frames
+   of the same utterance (``_sample_negative_indices``);
+3. the model returns the contrastive loss L_m (summed over masked frames) and the diversity loss
+   L_d = (G V - perplexity) / (G V), times the number of masked frames; we divide both by the
+   number of masked frames and add the paper's L2 penalty on the feature-encoder output
+   L_f = mean over valid frames and channels of its squared activations, so the optimised loss
+   is L_m (per masked frame) + alpha * L_d + beta * L_f;
+4. the gradient into the feature encoder is scaled by ``feature_grad_mult`` (0.1 in the paper);
+5. the Gumbel-softmax temperature of update s is max(gumbel_min, gumbel_max * gumbel_decay^(s-1)).
+
+Output folder::
+
+    ssl_config.json     the SSLConfig
+    log.csv             per update: loss, contrastive, diversity, feature_penalty, perplexity, temperature,
+                        lr, grad_norm, masked_frames, utterances, seconds
+    ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
+    model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
+    .done.json          completion marker: a re-run with the same config and data skips the stage
+
+Codebook collapse (perplexity near G, contrastive loss near 0 because every negative equals its
+positive and is masked out) shows in the log; it is the usual failure of small-batch runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from kd.io import clear_done, is_done, mark_done, write_json
+from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
+                           make_accelerator, make_optimizer, save_pretrained_atomic, speech_loader, train_loop)
+from kd.ssl.config import SSLConfig
+
+__all__ = ["FeatureTap", "build_pretraining_model", "conv_output_frames", "feature_penalty", "pretrain",
+           "sample_masks"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+LOG_FILE = "log.csv"
+CONFIG_FILE = "ssl_config.json"
+
+
+def conv_output_frames(samples: torch.Tensor | int, kernels: Sequence[int], strides: Sequence[int]):
+    """Frames the feature encoder makes from ``samples`` (no padding in its convolutions)."""
+    for k, s in zip(kernels, strides):
+        samples = (samples - k) // s + 1
+    return samples
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward, gradient times ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+class FeatureTap:
+    """Forward hook on the conv feature encoder: scales the gradient flowing into it by ``scale``
+    and keeps its (scaled) output ``[B, C, T]`` for the L2 feature penalty."""
+
+    def __init__(self, scale: float):
+        self.scale, self.output = scale, None
+
+    def __call__(self, _module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        self.output = _GradScale.apply(output, self.scale) if self.scale < 1.0 else output
+        return self.output
+
+
+def build_pretraining_model(config: SSLConfig):
+    """A randomly initialised ``Wav2Vec2ForPreTraining`` with a :class:`FeatureTap` on its feature encoder
+    (``model.feature_tap``; a hook, not saved with the model)."""
+    from transformers import Wav2Vec2ForPreTraining
+
+    model = Wav2Vec2ForPreTraining(config.to_wav2vec2_config())
+    model.feature_tap = FeatureTap(config.feature_grad_mult)
+    model.wav2vec2.feature_extractor.register_forward_hook(model.feature_tap)
+    return model
+
+
+def feature_penalty(features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Mean squared activation of the feature encoder over valid frames.
+
+    features: [B, C, T]; frames: [B] valid frames per utterance.
+    """
+    valid = torch.arange(features.shape[-1], device=features.device)[None, :] < frames.to(features.device)[:, None]
+    per_frame = features.float().pow(2).mean(1)  # [B, T]
+    return torch.where(valid, per_frame, torch.zeros((), device=features.device)).sum() / valid.sum()
+
+
+def sample_masks(speech_lengths: torch.Tensor, num_samples: int,
+                 config: SSLConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked frames and negative indices for one padded batch.
+
+    speech_lengths: [B] samples per utterance; num_samples: padded length S.
+    Returns ``mask_time_indices`` [B, T] bool and ``sampled_negative_indices`` [B, T, K] int64
+    (indices into the flattened [B * T] frames; rows of unmasked frames are 0 and unused).
+    """
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+    frames = conv_output_frames(speech_lengths.cpu(), config.conv_kernel, config.conv_stride)  # [B]
+    total = int(conv_output_frames(num_samples, config.conv_kernel, config.conv_stride))
+    short = (frames < config.mask_length + 1).nonzero().flatten().tolist()
+    if short:
+        raise ValueError(f"speech_lengths: utterance(s) {short} give fewer than mask_length + 1 = "
+                         f"{config.mask_length + 1} frames ({frames.tolist()}); drop such utterances first")
+    frame_mask = (torch.arange(total)[None, :] < frames[:, None]).long()  # [B, T]
+    mask = _compute_mask_indices((len(frames), total), config.mask_prob, config.mask_length,
+                                 attention_mask=frame_mask, min_masks=config.min_masks)
+    negatives = _sample_negative_indices((len(frames), total), config.num_negatives, mask_time_indices=mask)
+    return torch.from_numpy(mask), torch.from_numpy(negatives).long()
+
+
+def _stage_key(config: SSLConfig, data_dirs: Sequence[str | os.PathLike]) -> dict:
+    return {"stage": "ssl-pretrain", "config": config.to_dict(),
+            "data_dirs": [str(Path(d).resolve()) for d in data_dirs]}
+
+
+def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+             progress: bool = True) -> StageResult:
+    """Pre-train a wav2vec 2.0 model on the audio of ``data_dirs`` (transcripts unused).
+
+    A finished stage (same config and data dirs) is skipped. Otherwise what an earlier attempt
+    left in ``out_dir`` (checkpoints, temporary folders, log, model) is removed first, and the
+    run starts from scratch (there is no mid-run resume). Returns a :class:`StageResult` whose
+    ``model_dir`` is ``out_dir/model``.
+    """
+    if not isinstance(config, SSLConfig):
+        raise TypeError(f"config: expected an SSLConfig, found {type(config).__name__}")
+    out_dir = Path(out_dir)
+    key = _stage_key(config, data_dirs)
+    if is_done(out_dir, key):
+        info = json.loads((out_dir / ".done.json").read_text(encoding="utf-8"))
+        return StageResult(out_dir, out_dir / MODEL_DIR, info.get("steps", 0), 0.0, skipped=True,
+                           stopped_early=info.get("stopped_early", False))
+    accelerator = make_accelerator(config.optim, find_unused_parameters=config.layerdrop > 0)
+    main = accelerator.is_main_process
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clear_done(out_dir)
+        clean_stage_dir(out_dir, [MODEL_DIR, LOG_FILE, CONFIG_FILE])
+        write_json(out_dir / CONFIG_FILE, config.to_dict())
+    accelerator.wait_for_everyone()
+
+    dataset = load_pooled(data_dirs)
+    durations = dataset.durations()
+    samples = torch.tensor([round(d * 16000) for d in durations])
+    keep = (conv_output_frames(samples, config.conv_kernel, config.conv_stride) > config.mask_length).nonzero()
+    keep = keep.flatten().tolist()
+    if not keep:
+        raise ValueError(f"data_dirs: no utterance is long enough to mask ({config.mask_length + 1} frames needed)")
+    if len(keep) < len(durations) and main:
+        logger.warning("pretrain: %d of %d utterances are too short to mask (fewer than %d frames) and are left out",
+                       len(durations) - len(keep), len(durations), config.mask_length + 1)
+    loader = speech_loader(torch.utils.data.Subset(dataset, keep), [durations[i] for i in keep],
+                           max_seconds=config.optim.max_batch_seconds, max_utterances=config.optim.max_utterances,
+                           num_workers=config.optim.num_workers, seed=config.optim.seed)
+
+    model = build_pretraining_model(config)
+    optimizer = make_optimizer(model.parameters(), config.optim)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    inner = accelerator.unwrap_model(model)
+
+    def compute(batch):
+        mask, negatives = sample_masks(batch.speech_lengths, batch.speech.shape[1], config)
+        device = batch.speech.device
+        out = model(batch.speech, attention_mask=attention_mask(batch.speech_lengths, batch.speech.shape[1]),
+                    mask_time_indices=mask.to(device), sampled_negative_indices=negatives.to(device))
+        n = mask.sum().item()
+        frames = conv_output_frames(batch.speech_lengths, config.conv_kernel, config.conv_stride)
+        penalty = feature_penalty(inner.feature_tap.output, frames)
+        inner.feature_tap.output = None  # do not keep this batch's graph alive
+        loss = out.loss / n + config.feature_penalty_weight * penalty  # L_m + alpha * L_d + beta * L_f per frame
+        return loss, {"loss": loss.detach(), "contrastive": out.contrastive_loss.detach() / n,
+                      "diversity": out.diversity_loss.detach() / n, "feature_penalty": penalty.detach(),
+                      "perplexity": out.codevector_perplexity.detach(), "masked_frames": float(n),
+                      "utterances": float(len(batch.utts))}
+
+    def before_update(step: int) -> dict[str, float]:
+        temperature = config.gumbel_temperature(step - 1)
+        inner.set_gumbel_temperature(temperature)
+        return {"temperature": temperature}
+
+    def after_update(step: int) -> None:
+        if step in config.checkpoint_steps:
+            accelerator.wait_for_everyone()
+            if main:
+                save_pretrained_atomic(inner, out_dir / f"ckpt-{step}")
+
+    result = train_loop(accelerator, model, optimizer, loader, config.optim, compute,
+                        log=CsvLog(out_dir / LOG_FILE, enabled=main), before_update=before_update,
+                        after_update=after_update, desc="ssl pretrain", progress=progress)
+    accelerator.wait_for_everyone()
+    if main:
+        save_pretrained_atomic(inner, out_dir / MODEL_DIR)
+        mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
+                  seconds=round(result.seconds, 3), checkpoints=[s for s, _ in list_checkpoints(out_dir)],
+                  finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    accelerator.wait_for_everyone()
+    return StageResult(out_dir, out_dir / MODEL_DIR, result.steps, result.seconds, stopped_early=result.stopped_early)

@@ -1,0 +1,302 @@
+"""The self-supervised teacher stages: pre-training, checkpoints, re-runs, CTC fine-tuning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kd.ssl.common import list_checkpoints, read_csv_log, write_folder_atomic
+from kd.ssl.config import CTCConfig, OptimSettings, SSLConfig
+
+
+def subset_data_dir(src: Path, dst: Path, count: int) -> Path:
+    """The ``count`` utterances with the shortest transcripts of data dir ``src``, as data dir ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    wav = dict(line.split(maxsplit=1) for line in (src / "wav.scp").read_text().splitlines())
+    text = dict(line.split(maxsplit=1) for line in (src / "text").read_text().splitlines())
+    utts = sorted(text, key=lambda u: (len(text[u]), u))[:count]
+    (dst / "wav.scp").write_text("".join(f"{u} {(src / wav[u].strip()).resolve()}\n" for u in utts))
+    (dst / "text").write_text("".join(f"{u} {text[u]}\n" for u in utts))
+    return dst
+
+
+TINY = SSLConfig.from_preset("tiny", optim=dataclasses.replace(SSLConfig.from_preset("tiny").optim,
+                                                                max_batch_seconds=8.0))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tests_corpus, tmp_path_factory):
+    from kd.ssl.pretrain import pretrain
+
+    root, _ = tests_corpus
+    out = tmp_path_factory.mktemp("ssl") / "pretrain"
+    data = [root / "us" / "train"]
+    return pretrain(TINY, data, out, progress=False), data
+
+
+# ---- configuration --------------------------------------------------------------------------
+def test_config_round_trip_and_presets():
+    for name in ("tiny", "cpu", "gpu"):
+        config = SSLConfig.from_preset(name)
+        assert SSLConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+        ctc = CTCConfig.from_preset(name)
+        assert CTCConfig.from_dict(json.loads(json.dumps(ctc.to_dict()))) == ctc
+    gpu = SSLConfig.from_preset("gpu")
+    assert (gpu.hidden_size, gpu.num_layers, gpu.samples_per_frame) == (768, 12, 320)
+    w2v = gpu.to_wav2vec2_config()
+    assert (w2v.num_hidden_layers, w2v.num_codevectors_per_group, w2v.do_stable_layer_norm) == (12, 320, True)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_heads", 5, "hidden_size: expected a multiple of num_heads"),
+    ("mask_prob", 1.0, r"mask_prob: expected a value in \[0, 1\)"),
+    ("gumbel_min", 3.0, "gumbel_min: expected a value <= gumbel_max"),
+    ("checkpoint_steps", (4, 2), "checkpoint_steps: expected strictly increasing steps"),
+    ("checkpoint_steps", (2, 9), r"in 1..optim.steps \(4\)"),
+    ("conv_kernel", (10, 3), "as many entries as conv_dim"),
+])
+def test_config_errors_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SSLConfig.from_preset("tiny", **{field: value})
+
+
+def test_from_dict_checks_names_and_types():
+    data = SSLConfig.from_preset("tiny").to_dict()
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['hidden'\]"):
+        SSLConfig.from_dict({**data, "hidden": 3})
+    with pytest.raises(ValueError, match="SSLConfig.num_layers: expected an integer, found '4'"):
+        SSLConfig.from_dict({**data, "num_layers": "4"})
+    expected = r"SSLConfig.optim: OptimSettings.mixed_precision: expected one of \['no', 'bf16', 'fp16'\], found 'fp8'"
+    with pytest.raises(ValueError, match=expected):
+        SSLConfig.from_dict({**data, "optim": {**data["optim"], "mixed_precision": "fp8"}})
+    with pytest.raises(ValueError, match="version: this code reads version 1, found 2"):
+        CTCConfig.from_dict({**CTCConfig().to_dict(), "version": 2})
+
+
+def test_learning_rate_schedule():
+    optim = OptimSettings(steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert optim.learning_rate(5) == pytest.approx(0.5)
+    assert optim.learning_rate(10) == pytest.approx(1.0)
+    assert optim.learning_rate(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert optim.learning_rate(110) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="step: expected >= 1, found 0"):
+        optim.learning_rate(0)
+
+
+def _toy_loop(tmp_path, optim: OptimSettings):
+    from kd.ssl.common import CsvLog, make_accelerator, make_optimizer, train_loop
+
+    accelerator = make_accelerator(optim)
+    model = torch.nn.Linear(1, 1, bias=False)
+    loader = torch.utils.data.DataLoader(torch.arange(1.0, 7.0)[:, None], batch_size=1)  # 6 micro-batches an epoch
+    optimizer = make_optimizer(model.parameters(), optim)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    def compute(x):
+        return model(x).pow(2).mean(), {"loss": model(x).pow(2).mean().detach(), "x": float(x)}
+
+    result = train_loop(accelerator, model, optimizer, loader, optim, compute, log=CsvLog(tmp_path / "log.csv"),
+                        progress=False)
+    return result, read_csv_log(tmp_path / "log.csv")
+
+
+def test_train_loop_accumulates_logs_and_follows_the_schedule(tmp_path):
+    optim = OptimSettings(steps=4, lr=0.1, warmup_steps=2, grad_accum=2, clip_norm=None)
+    result, rows = _toy_loop(tmp_path, optim)
+    assert result.steps == 4 and not result.stopped_early
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["lr"] for r in rows] == pytest.approx([optim.learning_rate(s) for s in (1, 2, 3, 4)])
+    # two micro-batches per update, epochs wrap around: x = (1, 2), (3, 4), (5, 6), (1, 2)
+    assert [r["x"] for r in rows] == [1.5, 3.5, 5.5, 1.5]
+
+
+def test_train_loop_stops_at_the_time_limit(tmp_path):
+    result, rows = _toy_loop(tmp_path, OptimSettings(steps=50, warmup_steps=0, time_limit_s=1e-9))
+    assert result.stopped_early and result.steps == 1 and len(rows) == 1
+
+
+# ---- masking --------------------------------------------------------------------------------
+def test_masks_and_negatives_stay_within_each_utterance():
+    from kd.ssl.pretrain import conv_output_frames, sample_masks
+
+    np.random.seed(0)
+    config = SSLConfig.from_preset("tiny")
+    lengths = torch.tensor([32000, 9000, 20000])
+    mask, negatives = sample_masks(lengths, 32000, config)
+    frames = conv_output_frames(lengths, config.conv_kernel, config.conv_stride)
+    total = mask.shape[1]
+    assert total == conv_output_frames(32000, config.conv_kernel, config.conv_stride)
+    for b in range(3):
+        masked = set(mask[b].nonzero().flatten().tolist())
+        assert len(masked) >= 2 and max(masked) < frames[b]  # never in the padding
+        for t in masked:
+            picks = negatives[b, t].tolist()
+            assert all(b * total <= p < (b + 1) * total for p in picks)  # same utterance
+            assert all(p - b * total in masked and p - b * total != t for p in picks)  # other masked frames
+    with pytest.raises(ValueError, match="fewer than mask_length"):
+        sample_masks(torch.tensor([32000, 1000]), 32000, config)
+
+
+def test_feature_penalty_is_a_masked_mean_square():
+    from kd.ssl.pretrain import feature_penalty
+
+    features = torch.randn(2, 3, 5, dtype=torch.float64)
+    expected = np.mean([features[0, :, t].pow(2).mean().item() for t in range(5)]
+                       + [features[1, :, t].pow(2).mean().item() for t in range(2)])
+    features[1, :, 2:] = 1e9  # padding
+    assert feature_penalty(features, torch.tensor([5, 2])).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_feature_grad_mult_scales_only_the_feature_encoder_gradient():
+    from kd.ssl.pretrain import build_pretraining_model
+
+    grads = {}
+    x = 0.1 * torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    for mult in (1.0, 0.1):
+        torch.manual_seed(0)
+        model = build_pretraining_model(SSLConfig.from_preset("tiny", feature_grad_mult=mult)).eval()  # no masking
+        model(x).projected_states.pow(2).sum().backward()
+        grads[mult] = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    conv = "wav2vec2.feature_extractor.conv_layers.1.conv.weight"
+    torch.testing.assert_close(grads[0.1][conv], 0.1 * grads[1.0][conv])
+    q = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
+    torch.testing.assert_close(grads[0.1][q], grads[1.0][q])
+
+
+# ---- pre-training ---------------------------------------------------------------------------
+def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
+    from transformers import Wav2Vec2ForPreTraining
+
+    result, _ = pretrained
+    assert result.steps == 4 and not result.skipped and not result.stopped_early
+    rows = read_csv_log(result.out_dir / "log.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        for column in ("loss", "contrastive", "diversity", "feature_penalty", "perplexity", "temperature", "lr",
+                       "grad_norm"):
+            assert math.isfinite(r[column]), column
+        # the optimised loss is the per-frame contrastive loss + alpha * diversity + beta * feature penalty
+        expected = (r["contrastive"] + TINY.diversity_weight * r["diversity"]
+                    + TINY.feature_penalty_weight * r["feature_penalty"])
+        assert r["loss"] == pytest.approx(expected, rel=1e-4)
+        assert 0.0 <= r["diversity"] <= 1.0
+        assert 1.0 <= r["perplexity"] <= TINY.num_codevector_groups * TINY.num_codevectors_per_group
+        temperature = max(TINY.gumbel_min, TINY.gumbel_max * TINY.gumbel_decay ** (r["step"] - 1))
+        assert r["temperature"] == pytest.approx(temperature, rel=1e-5)
+    assert [s for s, _ in list_checkpoints(result.out_dir)] == [2, 4]
+    models = {s: Wav2Vec2ForPreTraining.from_pretrained(p) for s, p in list_checkpoints(result.out_dir)}
+    final = Wav2Vec2ForPreTraining.from_pretrained(result.model_dir)
+    assert final.config.num_hidden_layers == TINY.num_layers
+    w = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
+    assert torch.equal(models[4].state_dict()[w], final.state_dict()[w])  # the last update is step 4
+    assert not torch.equal(models[2].state_dict()[w], final.state_dict()[w])  # training moved the weights
+
+
+def test_rerun_skips_a_finished_stage(pretrained):
+    from kd.ssl.pretrain import pretrain
+
+    result, data = pretrained
+    weights = result.model_dir / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = pretrain(TINY, data, result.out_dir, progress=False)
+    assert again.skipped and again.steps == 4 and again.model_dir == result.model_dir
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_unfinished_checkpoint_is_never_listed(tmp_path):
+    def crash(folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+        raise KeyboardInterrupt  # killed half way through the save
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomic(tmp_path / "ckpt-7", crash)
+    assert (tmp_path / ".tmp-ckpt-7" / "config.json").is_file()
+    assert not (tmp_path / "ckpt-7").exists()
+    assert list_checkpoints(tmp_path) == []
+    write_folder_atomic(tmp_path / "ckpt-7", lambda f: (f / "config.json").write_text("{}"))
+    assert list_checkpoints(tmp_path) == [(7, tmp_path / "ckpt-7")]
+    assert not (tmp_path / ".tmp-ckpt-7").exists()
+
+
+def test_changed_config_is_not_skipped(pretrained, monkeypatch):
+    from kd.io import is_done
+    from kd.ssl import pretrain as module
+
+    result, data = pretrained
+    assert is_done(result.out_dir, module._stage_key(TINY, data))
+    assert not is_done(result.out_dir, module._stage_key(dataclasses.replace(TINY, mask_prob=0.5), data))
+
+
+# ---- CTC ------------------------------------------------------------------------------------
+def test_greedy_ctc_decode_merges_repeats_and_drops_blanks():
+    from kd.ssl.finetune import greedy_ctc_decode
+
+    path = [[0, 3, 3, 0, 3, 4, 4, 1, 5, 5], [4, 4, 0, 0, 2, 2, 2, 2, 2, 2]]
+    logits = torch.nn.functional.one_hot(torch.tensor(path), 6).float()  # [2, 10, 6]
+    assert greedy_ctc_decode(logits, torch.tensor([10, 4])) == [[3, 3, 4, 1, 5], [4]]
+    assert greedy_ctc_decode(logits, torch.tensor([10, 10]), drop=[1]) == [[3, 3, 4, 5], [4, 2]]
+
+
+def test_score_normalises_both_sides():
+    from kd.ssl.finetune import score
+
+    result = score(["Hello, World!", "a b"], ["hello world", "a c"])
+    assert result["wer"] == pytest.approx(1 / 4) and result["cer"] == pytest.approx(1 / 14)
+    with pytest.raises(ValueError, match="as many hypotheses as references"):
+        score(["a"], [])
+
+
+def test_ctc_finetuning_overfits_a_few_utterances(tests_corpus, tmp_path):
+    from transformers import Wav2Vec2ForCTC
+
+    from kd.data import CharTokenizer
+    from kd.ssl.finetune import evaluate_ctc, finetune_ctc
+    from kd.ssl.pretrain import build_pretraining_model
+
+    root, _ = tests_corpus
+    data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)
+    torch.manual_seed(0)
+    build_pretraining_model(SSLConfig.from_preset("tiny")).save_pretrained(tmp_path / "pretrained")
+    config = CTCConfig.from_preset("tiny")
+    result = finetune_ctc(tmp_path / "pretrained", [data], tmp_path / "ctc", config, eval_dirs=[data], progress=False)
+    losses = [r["loss"] for r in read_csv_log(tmp_path / "ctc" / "log.csv")]
+    assert len(losses) == config.optim.steps
+    # blank-only output sits near 2.7 nats per character; memorising the transcripts goes far below
+    assert np.mean(losses[-5:]) < 1.0 and np.mean(losses[-5:]) < 0.25 * losses[0]
+    model = Wav2Vec2ForCTC.from_pretrained(result.model_dir)
+    tokens = CharTokenizer.load(result.model_dir / "tokens.txt")
+    vocab = json.loads((result.model_dir / "vocab.json").read_text())
+    assert vocab["<blank>"] == model.config.pad_token_id == 0 and model.config.vocab_size == tokens.vocab_size
+    (metrics,) = result.metrics.values()
+    assert metrics["utterances"] == 2 and metrics["cer"] < 0.5  # greedy decoding of the memorised utterances
+    assert evaluate_ctc(result.model_dir, data) == metrics
+    again = finetune_ctc(tmp_path / "pretrained", [data], tmp_path / "ctc", config, eval_dirs=[data], progress=False)
+    assert again.skipped and again.metrics == result.metrics
+
+
+def test_ctc_finetuning_of_a_student_keeps_its_structure(tests_corpus, tmp_path):
+    from kd.compression import compress, count_parameters, load_student, save_student
+    from kd.plan import CompressionPlan
+    from kd.ssl.finetune import finetune_ctc
+    from kd.ssl.pretrain import build_pretraining_model
+
+    root, _ = tests_corpus
+    data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)
+    torch.manual_seed(0)
+    teacher = build_pretraining_model(SSLConfig.from_preset("tiny", num_layers=4))
+    plan = CompressionPlan(keep_layers=(0, 1, 3), share_groups=((0, 1),))
+    save_student(compress(teacher, plan), plan, tmp_path / "student")
+    config = CTCConfig.from_preset("tiny", optim=dataclasses.replace(CTCConfig.from_preset("tiny").optim, steps=2))
+    result = finetune_ctc(tmp_path / "student", [data], tmp_path / "ctc", config, progress=False)
+    model = load_student(result.model_dir)
+    assert type(model).__name__ == "Wav2Vec2ForCTC" and model.config.num_hidden_layers == 3
+    layers = model.wav2vec2.encoder.layers
+    assert layers[0].attention.q_proj.weight is layers[1].attention.q_proj.weight  # sharing survived
+    assert (result.model_dir / "tokens.txt").is_file()
+    assert count_parameters(model) < count_parameters(compress(teacher, CompressionPlan(keep_layers=(0, 1, 3))))
