@@ -54,13 +54,22 @@ def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{name}: expected an integer >= {minimum}, found {value!r}")
 
 
+def _default_names(model_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """Folder names; where two folders share a name, ``<parent>/<name>``."""
+    paths = [Path(p) for p in model_dirs]
+    names = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+
+
 def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequence[int] = (1, 16),
                 seconds: float = 8.0, device: str | torch.device | None = None, warmup: int = 3,
-                repeats: int = 10, dtype: torch.dtype = torch.float32) -> list[dict[str, Any]]:
+                repeats: int = 10, dtype: torch.dtype = torch.float32,
+                names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Latency and real-time factor of each model at each batch size (see the module docstring).
 
     ``device``: ``None`` picks CUDA when available, else the CPU. ``dtype``: the weights and input
-    type (e.g. ``torch.bfloat16`` on a GPU). Returns one row per (model, batch size) with
+    type (e.g. ``torch.bfloat16`` on a GPU). ``names``: one display name per model (default: the
+    folder names). Returns one row per (model, batch size) with
     ``model``, ``path``, ``parameters``, ``batch_size``, ``seconds``, ``latency_ms`` (median),
     ``latency_min_ms``, ``latency_max_ms``, ``rtf``, ``device``, ``dtype``, ``repeats``, ``torch``.
     """
@@ -75,6 +84,10 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
         _check_positive_int("batch_sizes", b)
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
         raise ValueError(f"seconds: expected a number > 0, found {seconds!r}")
+    if names is None:
+        names = _default_names(model_dirs)
+    elif isinstance(names, str) or len(names) != len(model_dirs):
+        raise ValueError(f"names: expected one name per model folder ({len(model_dirs)}), found {names!r}")
     _check_positive_int("warmup", warmup, 0)
     _check_positive_int("repeats", repeats)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -83,7 +96,7 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
     waveform = 0.1 * torch.randn(max(batch_sizes), samples, generator=generator)  # [B_max, S]
 
     rows = []
-    for model_dir in model_dirs:
+    for name, model_dir in zip(names, model_dirs):
         model = load_speech_model(model_dir)
         module = _inference_module(model).to(device=device, dtype=dtype).eval()
         params = count_parameters(module)
@@ -99,7 +112,7 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
                     if i >= warmup:
                         times.append(time.perf_counter() - start)
             latency = statistics.median(times)
-            rows.append({"model": Path(model_dir).name, "path": str(model_dir), "parameters": params,
+            rows.append({"model": name, "path": str(model_dir), "parameters": params,
                          "batch_size": batch, "seconds": float(seconds), "latency_ms": 1000.0 * latency,
                          "latency_min_ms": 1000.0 * min(times), "latency_max_ms": 1000.0 * max(times),
                          "rtf": latency / (batch * seconds), "device": _device_name(device),

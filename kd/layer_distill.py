@@ -89,8 +89,8 @@ class LayerDistillConfig:
 LAYER_DISTILL_PRESETS = {
     "tiny": LayerDistillConfig(name="tiny", optim=OptimSettings(steps=6, lr=2e-3, warmup_steps=1, weight_decay=0.0,
                                                                 max_batch_seconds=20.0)),
-    "cpu": LayerDistillConfig(name="cpu", optim=OptimSettings(steps=300, lr=5e-4, warmup_steps=30,
-                                                              max_batch_seconds=40.0)),
+    "cpu": LayerDistillConfig(name="cpu", optim=OptimSettings(steps=150, lr=5e-4, warmup_steps=15,
+                                                              max_batch_seconds=30.0)),
     "gpu": LayerDistillConfig(name="gpu", optim=OptimSettings(steps=3000, lr=2e-4, warmup_steps=300,
                                                               max_batch_seconds=160.0, max_utterances=96,
                                                               mixed_precision="bf16", num_workers=8,

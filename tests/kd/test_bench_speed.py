@@ -80,6 +80,15 @@ def test_model_dirs_must_be_a_list(model_dirs):
     root, _ = model_dirs
     with pytest.raises(ValueError, match="model_dirs: expected a non-empty list"):
         bench_speed(str(root / "teacher"))
+    with pytest.raises(ValueError, match=r"names: expected one name per model folder \(1\)"):
+        bench_speed([root / "teacher"], names=["a", "b"])
+
+
+def test_names_default_to_folder_names_made_unique(tmp_path):
+    from kd.bench_speed import _default_names
+
+    assert _default_names([tmp_path / "a" / "model", tmp_path / "b" / "model", tmp_path / "c"]) == [
+        "a/model", "b/model", "c"]
 
 
 def test_ssl_and_bench_speed_cli(tests_corpus, tmp_path, capsys):
