@@ -19,6 +19,7 @@ _LAZY = {
     "linspace": "kd.planners",
     "plan_from_similarity": "kd.planners",
     "compress": "kd.compression",
+    "asr_student": "kd.compression.asr",
     "apply_structure": "kd.compression",
     "count_parameters": "kd.compression",
     "save_student": "kd.compression",

@@ -65,7 +65,7 @@ def save_model_dir(model: Any, tokenizer: AnyTokenizer, directory: str | os.Path
     Returns:
         The path of the written ``config.yaml``.
     """
-    from safetensors.torch import save as save_safetensors
+    from kd.training.checkpoint import weights_bytes
 
     directory = Path(directory)
     tokens = list(tokenizer.tokens)
@@ -86,9 +86,8 @@ def save_model_dir(model: Any, tokenizer: AnyTokenizer, directory: str | os.Path
     config_path = directory / CONFIG_NAME
     if config_path.exists():  # the folder is "not a model" until the new config lands
         config_path.unlink()
-    # safetensors refuses views into shared storage: store detached, contiguous copies
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / WEIGHTS_NAME, save_safetensors(tensors, metadata={"format": FORMAT}))
+    # tied (shared) weights are stored once and come back tied (kd.training.checkpoint.load_weights)
+    atomic_write_bytes(directory / WEIGHTS_NAME, weights_bytes(model.state_dict(), metadata={"format": FORMAT}))
     atomic_write_text(directory / TOKENS_NAME, "".join(t + "\n" for t in tokens))
     if bpemodel is not None:
         atomic_write_bytes(directory / BPE_NAME, Path(tokenizer.model_path).read_bytes())
@@ -157,9 +156,8 @@ def load_model_dir(directory: str | os.PathLike, *, device: str = "cpu") -> tupl
     token list whose size differs from the model's vocabulary, or weights whose names or
     shapes differ from the model's.
     """
-    from safetensors.torch import load_file
-
     from kd.models.asr import AsrConfig, build_asr_model
+    from kd.training.checkpoint import load_weights
 
     directory = Path(directory)
     meta = read_model_dir_config(directory)
@@ -170,7 +168,7 @@ def load_model_dir(directory: str | os.PathLike, *, device: str = "cpu") -> tupl
     tokenizer = _load_tokenizer(directory, meta, config.vocab_size)
     model = build_asr_model(config, list(tokenizer.tokens))
     weights_path = directory / WEIGHTS_NAME
-    state = load_file(str(weights_path))
+    state = load_weights(weights_path)
     expected = model.state_dict()
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:

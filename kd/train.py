@@ -325,12 +325,11 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
         audio_seconds_per_second=run_audio / wall if wall > 0 else 0.0,
     )
     if is_main:
-        from safetensors.torch import save
+        from kd.training.checkpoint import weights_bytes
 
         averaged = average_checkpoints([c.path / WEIGHTS for c in best])
-        atomic_write_bytes(out / "model_avg.safetensors", save({k: v.contiguous() for k, v in averaged.items()}))
-        last = {k: v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()}
-        atomic_write_bytes(out / "model.safetensors", save(last))
+        atomic_write_bytes(out / "model_avg.safetensors", weights_bytes(averaged))
+        atomic_write_bytes(out / "model.safetensors", weights_bytes(raw_model.state_dict()))
         # the averaged model as a model dir that kd eval / kd analyze / kd export read
         from kd.model_dir import save_model_dir
 

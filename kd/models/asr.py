@@ -89,6 +89,25 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _share_groups(name: str, groups: Any, depth: int) -> tuple[tuple[int, ...], ...]:
+    """Validate share groups (lists of layer indices) against ``depth`` layers; returns tuples."""
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, (list, tuple)):
+        raise ValueError(f"AsrConfig.{name}: expected a list of groups of layer indices, found {groups!r}")
+    out, seen = [], {}
+    for g, group in enumerate(groups):
+        if isinstance(group, (str, bytes)) or not isinstance(group, (list, tuple)) or len(group) < 2:
+            raise ValueError(f"AsrConfig.{name}[{g}]: expected a list of at least 2 layer indices, found {group!r}")
+        for i in group:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth:
+                raise ValueError(f"AsrConfig.{name}[{g}]: expected layer indices in 0..{depth - 1}, found {i!r}")
+            if i in seen:
+                raise ValueError(f"AsrConfig.{name}[{g}]: layer {i} is already in group {seen[i]}; "
+                                 "a layer belongs to at most one group")
+            seen[i] = g
+        out.append(tuple(group))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class AsrConfig:
     """Architecture, features and loss weights of one hybrid CTC/attention model."""
@@ -114,6 +133,10 @@ class AsrConfig:
     uncertainty_head: bool = True  # teachers and students both carry one (DESIGN.md §5)
     num_noise_samples: int = 10  # S in the sampled-softmax aleatoric loss
     aleatoric_mode: AleatoricMode = AleatoricMode.ADD
+    # ALBERT-style cross-layer sharing: groups of layer indices (from 0) whose layers use one set
+    # of weights, the first index's; a layer belongs to at most one group
+    encoder_share_groups: tuple[tuple[int, ...], ...] = ()
+    decoder_share_groups: tuple[tuple[int, ...], ...] = ()
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -147,6 +170,9 @@ class AsrConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"AsrConfig.{name}: expected a value in [0, 1), found {value!r}")
+        for name, depth in (("encoder_share_groups", self.encoder_layers),
+                            ("decoder_share_groups", self.decoder_layers)):
+            object.__setattr__(self, name, _share_groups(name, getattr(self, name), depth))
         if self.version != 1:
             raise ValueError(f"AsrConfig.version: expected 1, found {self.version!r}")
 
@@ -183,6 +209,8 @@ class AsrConfig:
         out = dataclasses.asdict(self)
         for name in _ENUM_FIELDS:
             out[name] = out[name].value
+        for name in ("encoder_share_groups", "decoder_share_groups"):
+            out[name] = [list(g) for g in out[name]]
         return out
 
     @classmethod
@@ -474,7 +502,18 @@ def build_asr_model(config: AsrConfig, token_list: list[str] | None = None) -> A
         report_cer=False,
         report_wer=False,
     )
+    _tie_layers(encoder.encoders, config.encoder_share_groups)
+    _tie_layers(decoder.decoders, config.decoder_share_groups)
     head = None
     if config.uncertainty_head:
         head = UncertaintyHead(config.d_model, config.vocab_size)
     return AsrModel(config, espnet_model, head)
+
+
+def _tie_layers(layers: nn.Module, groups: tuple[tuple[int, ...], ...]) -> None:
+    """Make every layer of each group use its first layer's parameters (one set of weights)."""
+    from kd.compression.reuse import tie_parameters
+
+    for group in groups:
+        for follower in group[1:]:
+            tie_parameters(layers[group[0]], layers[follower], leader_index=group[0], follower_index=follower)

@@ -95,7 +95,7 @@ class TokenConfig:
 class ModelConfig:
     preset: str | None = "small"  # an AsrConfig preset: teacher, base, small, tiny
     overrides: dict[str, Any] = field(default_factory=dict)  # AsrConfig fields on top of the preset
-    init_from: str | None = None  # a run dir: architecture and weights from it (preset must be null)
+    init_from: str | None = None  # a run dir or a model dir (kd.model_dir): architecture and weights from it
     init_weights: str = "model_avg.safetensors"  # weights file inside init_from
 
 

@@ -61,6 +61,9 @@ def pool(dirs: list):
 
 def model_config_for(config: TrainConfig, tokenizer):
     """The AsrConfig to build and, for ``model.init_from``, the weights to start from (else None)."""
+    from kd.model_dir import CONFIG_NAME as MODEL_DIR_CONFIG
+    from kd.model_dir import WEIGHTS_NAME as MODEL_DIR_WEIGHTS
+    from kd.model_dir import read_model_dir_config
     from kd.models.asr import AsrConfig
     from kd.training.data import load_run_tokenizer
     from kd.training.teachers import MODEL_CONFIG_FILE, check_same_tokens
@@ -73,9 +76,14 @@ def model_config_for(config: TrainConfig, tokenizer):
         except (TypeError, ValueError) as e:
             raise type(e)(f"TrainConfig.model.overrides: {e}") from None
     run = Path(m.init_from)
+    if (run / MODEL_DIR_CONFIG).is_file() and not (run / MODEL_CONFIG_FILE).is_file():
+        # a model dir (kd.model_dir), e.g. a student built from a teacher's layers
+        meta = read_model_dir_config(run)
+        check_same_tokens(tokenizer.tokens, load_run_tokenizer(run).tokens, f"model.init_from ({run})")
+        return AsrConfig.from_dict(meta["asr"]), load_weights(run / MODEL_DIR_WEIGHTS)
     if not (run / MODEL_CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"TrainConfig.model.init_from: expected a run dir with {MODEL_CONFIG_FILE}, "
-                                f"found {run}")
+        raise FileNotFoundError(f"TrainConfig.model.init_from: expected a run dir with {MODEL_CONFIG_FILE} "
+                                f"or a model dir with {MODEL_DIR_CONFIG}, found {run}")
     check_same_tokens(tokenizer.tokens, load_run_tokenizer(run).tokens, f"model.init_from ({run})")
     model_config = AsrConfig.from_yaml((run / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
     return model_config, load_weights(run / m.init_weights)

@@ -1,0 +1,253 @@
+"""Building blocks of the multi-domain KD recipe: shared tokens, student runs, result tables.
+
+The recipe (``recipes/multidomain_ukd``) trains two domain teachers, builds students from a
+teacher's layers by an analysis-driven plan (or randomly initialised students of the same
+size), distils them on the target domain under several conditions and seeds, and reports
+mean and standard deviation over seeds. The functions here turn the recipe's YAML sections
+into :class:`~kd.training.config.TrainConfig` objects and the evaluations into a table; the
+recipe script only strings them together.
+
+Conditions (``Condition``): ``init`` is ``random`` (the teacher architecture with the student's
+depth, fresh weights) or ``plan`` (the teacher's layers chosen by the plan); ``teachers`` names
+the domain teachers to distil from (none: no KD); ``beta`` is the share of tok-KD in the KD
+term (1: tok-KD only, 0.5: tok-KD + unc-KD); ``weighting`` combines several teachers
+(``fixed`` uniform, ``dev_wer`` from their dev WER on the target domain, ``uncertainty`` per
+token).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from kd.training.config import TrainConfig
+
+__all__ = ["Condition", "StudentSize", "mean_std", "results_table", "student_train_config", "write_token_list"]
+
+_INITS = ("random", "plan")
+_WEIGHTINGS = ("fixed", "dev_wer", "uncertainty")
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str  # row label in the table, e.g. "tok+unc-KD (us)"
+    init: str = "plan"  # "random" or "plan"
+    teachers: tuple[str, ...] = ()  # domain teachers to distil from; () = no KD
+    beta: float = 1.0  # tok-KD share of the KD term (1 - beta: unc-KD)
+    alpha: float = 0.5  # weight of the student's own loss
+    temperature: float = 1.0
+    weighting: str = "fixed"  # several teachers: fixed (uniform), dev_wer or uncertainty
+
+    def __post_init__(self) -> None:
+        if self.init not in _INITS:
+            raise ValueError(f"Condition {self.name!r}: init: expected one of {list(_INITS)}, found {self.init!r}")
+        if self.weighting not in _WEIGHTINGS:
+            raise ValueError(f"Condition {self.name!r}: weighting: expected one of {list(_WEIGHTINGS)}, "
+                             f"found {self.weighting!r}")
+        object.__setattr__(self, "teachers", tuple(self.teachers))
+
+    @property
+    def slug(self) -> str:
+        """The name as a folder name: lower case, runs of other characters as one '-'."""
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Condition":
+        if not isinstance(data, Mapping) or "name" not in data:
+            raise ValueError(f"condition: expected a mapping with a name, found {data!r}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"condition {data['name']!r}: unknown field {unknown[0]!r}; expected one of {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class StudentSize:
+    name: str  # e.g. "S"
+    encoder_layers: int  # kept teacher encoder layers (the plan's budget)
+    decoder_keep: tuple[int, ...]  # teacher decoder layers kept, in order
+    share_encoder: bool = False  # share weights within the plan's blocks of similar layers
+
+    @classmethod
+    def from_dict(cls, name: str, data: Mapping[str, Any]) -> "StudentSize":
+        if not isinstance(data, Mapping) or "encoder_layers" not in data or "decoder_keep" not in data:
+            raise ValueError(f"student size {name!r}: expected a mapping with encoder_layers and decoder_keep, "
+                             f"found {data!r}")
+        unknown = sorted(set(data) - {"encoder_layers", "decoder_keep", "share_encoder"})
+        if unknown:
+            raise ValueError(f"student size {name!r}: unknown field {unknown[0]!r}")
+        return cls(name, int(data["encoder_layers"]), tuple(int(i) for i in data["decoder_keep"]),
+                   bool(data.get("share_encoder", False)))
+
+
+def write_token_list(data_dirs: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:
+    """The character inventory of all transcripts of ``data_dirs``, shared by teachers and students."""
+    from kd.data import load_data_dir
+    from kd.data.text import CharTokenizer
+
+    texts = [u.text for d in data_dirs for u in load_data_dir(d).utterances]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    CharTokenizer.from_texts(texts).save(path)
+    return path
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
+
+
+def student_train_config(base: Mapping[str, Any], condition: Condition, *, train: Sequence[str | os.PathLike],
+                         dev: str | os.PathLike, tokens: str | os.PathLike, seed: int,
+                         teacher_model: Mapping[str, Any], size: StudentSize, plan_student: str | os.PathLike | None,
+                         teacher_runs: Mapping[str, str | os.PathLike], dev_wers: Mapping[str, float],
+                         cache_root: str | os.PathLike) -> TrainConfig:
+    """The run config of one (size, condition, seed) cell.
+
+    Args:
+        base: the recipe's ``student`` training section (optim, data limits, checkpoint, logging).
+        condition: what to distil and how to initialise.
+        train, dev: target-domain data dirs.
+        tokens: the shared token list.
+        teacher_model: the teachers' ``model`` section (preset + overrides); a random student
+            takes it with the student's depth.
+        plan_student: the model dir of the student built from the teacher's layers (``plan`` init).
+        teacher_runs: domain name -> teacher run dir.
+        dev_wers: domain name -> the teacher's WER on the target dev set (for ``dev_wer``).
+        cache_root: folder for cached teacher outputs, shared by every run with the same teachers.
+    """
+    section = _merge(base, {
+        "data": {"train": [str(d) for d in train], "dev": str(dev)},
+        "tokens": {"kind": "list", "path": str(tokens)},
+        "seed": seed,
+    })
+    if condition.init == "plan":
+        if plan_student is None:
+            raise ValueError(f"condition {condition.name!r}: init 'plan' needs the student built from the plan")
+        section["model"] = {"preset": None, "init_from": str(plan_student)}
+    else:
+        model = _merge(teacher_model, {"overrides": {"encoder_layers": size.encoder_layers,
+                                                     "decoder_layers": len(size.decoder_keep)}})
+        section["model"] = model
+    if condition.teachers:
+        missing = [t for t in condition.teachers if t not in teacher_runs]
+        if missing:
+            raise ValueError(f"condition {condition.name!r}: unknown teacher(s) {missing}; "
+                             f"expected some of {sorted(teacher_runs)}")
+        loss: dict[str, Any] = {"alpha": condition.alpha, "beta": condition.beta,
+                                "temperature": condition.temperature, "weighting": condition.weighting}
+        if condition.weighting == "dev_wer":
+            loss["dev_wers"] = [float(dev_wers[t]) for t in condition.teachers]
+        section["kd"] = {
+            "teachers": [{"run_dir": str(teacher_runs[t])} for t in condition.teachers],
+            "loss": loss,
+            "teacher_outputs": "cached",
+            "cache_dir": str(Path(cache_root) / "+".join(condition.teachers)),
+        }
+    return TrainConfig.from_dict(section)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std: expected at least one value, found none")
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0, 1
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var), len(values)
+
+
+def _fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std, n = mean_std(values)
+    if n == 1:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def results_table(rows: Sequence[Mapping[str, Any]], *, group: Sequence[str], metrics: Sequence[str],
+                  relative_to: str | None = None) -> tuple[list[dict], str]:
+    """Aggregate rows over seeds: mean ± std (sample) per group, as dicts and a markdown table.
+
+    Args:
+        rows: one mapping per run, holding the ``group`` keys, the ``metrics`` (fractions, shown
+            in percent) and ``params`` / ``rtf``.
+        group: keys that identify a table row (e.g. ``("size", "condition")``), in row order of
+            first appearance.
+        metrics: error rates to aggregate (e.g. ``("target_wer", "target_cer")``).
+        relative_to: a condition name; adds the relative change of the first metric's mean against
+            that condition's row of the same size (negative = fewer errors).
+    """
+    order: list[tuple] = []
+    cells: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        key = tuple(row[g] for g in group)
+        if key not in cells:
+            order.append(key)
+            cells[key] = []
+        cells[key].append(row)
+    summary = []
+    for key in order:
+        runs = cells[key]
+        out: dict[str, Any] = dict(zip(group, key))
+        out["seeds"] = len(runs)
+        for m in metrics:
+            mean, std, _ = mean_std(r[m] for r in runs)
+            out[m] = {"mean": mean, "std": std, "values": [r[m] for r in runs]}
+        out["params"] = runs[0].get("params")
+        rtfs = [r["rtf"] for r in runs if r.get("rtf") is not None]
+        out["rtf"] = sum(rtfs) / len(rtfs) if rtfs else None
+        summary.append(out)
+    if relative_to is not None:
+        first = metrics[0]
+        base = {tuple(s[g] for g in group if g != "condition"): s[first]["mean"]
+                for s in summary if s.get("condition") == relative_to}
+        for s in summary:
+            b = base.get(tuple(s[g] for g in group if g != "condition"))
+            s["relative"] = None if b in (None, 0) else (s[first]["mean"] - b) / b
+    header = [*group, *[f"{m} (%)" for m in metrics], "params", "RTF", "seeds"]
+    if relative_to is not None:
+        header.insert(len(group) + 1, f"rel. to {relative_to}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summary:
+        cols = [str(s[g]) for g in group] + [_fmt(s[m]["values"]) for m in metrics]
+        if relative_to is not None:
+            rel = s.get("relative")
+            cols.insert(len(group) + 1, "" if rel is None else f"{rel * 100:+.1f}%")
+        params = s["params"]
+        cols += ["" if params is None else f"{params / 1e6:.2f}M", "" if s["rtf"] is None else f"{s['rtf']:.3f}",
+                 str(s["seeds"])]
+        lines.append("| " + " | ".join(cols) + " |")
+    return summary, "\n".join(lines) + "\n"
+
+
+def evaluate_once(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike], decode: Mapping[str, Any],
+                  out_dir: str | os.PathLike, *, device: str = "cpu") -> dict[str, Any]:
+    """``kd.evaluate.evaluate`` with a completion marker: a re-run with the same inputs reads the report.
+
+    Returns ``{"params", "rtf", "overall": {"wer", "cer"}, "domains": {name: {"wer", "cer"}}}``.
+    """
+    import json
+
+    from kd.decode import DecodeConfig
+    from kd.evaluate import evaluate
+    from kd.io import is_done, mark_done
+
+    out = Path(out_dir)
+    key = {"model": str(model_dir), "data": [str(d) for d in data_dirs], "decode": dict(decode)}
+    if not is_done(out, key):
+        evaluate(model_dir, list(data_dirs), DecodeConfig.from_dict(dict(decode)), device=device, out_dir=out)
+        mark_done(out, key)
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    pick = lambda s: {"wer": s["wer"], "cer": s["cer"], "utterances": s["utterances"]}  # noqa: E731
+    return {"params": report["num_parameters"], "rtf": report["rtf"], "overall": pick(report["overall"]),
+            "domains": {d: pick(s) for d, s in report["domains"].items()}}

@@ -1,0 +1,134 @@
+"""Numbered recipe stages with completion markers: a re-run skips what finished and redoes the rest.
+
+A recipe is a list of :class:`Stage` objects, each a function with the configuration it depends
+on. :func:`run_stages` runs the stages numbered ``start..stop`` in order. A stage's marker
+(``WORK_DIR/stages/NN-name/.done.json``, written last and atomically, see :mod:`kd.io`) records a
+digest of that configuration, so:
+
+- a finished stage whose configuration is unchanged is skipped (``--stage`` / ``--stop-stage``
+  as in ESPnet recipes pick a range; ``force`` redoes the range);
+- a stage that was interrupted (no marker) or whose configuration changed is run again. Each
+  stage writes its own outputs atomically and the library functions it calls resume or skip
+  finished work (training runs resume from their newest checkpoint), so re-running a
+  half-finished stage never mistakes a partial file for a finished one;
+- when a stage is redone, the markers of every later stage are cleared, since their inputs may
+  change.
+
+The stage function is called with a dict of the earlier stages' results (by stage name); its
+return value (JSON-serialisable, or None) is stored in the marker and read back on a skip, so
+later stages can use earlier results without recomputing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from kd.io import MARKER_NAME, clear_done, is_done, mark_done
+
+__all__ = ["Stage", "StageOutcome", "add_stage_arguments", "run_stages", "stage_dir"]
+
+STAGES_DIR = "stages"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: int  # 1, 2, ...: the order, and what --stage / --stop-stage refer to
+    name: str  # lower-case identifier, used in the marker folder name
+    run: Callable[[dict[str, Any]], Any]  # gets earlier stages' results by name; returns a JSON-able summary
+    config: Any = field(default_factory=dict)  # JSON-serialisable inputs; a change redoes the stage
+    description: str = ""  # one line for the log
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.number, int) or isinstance(self.number, bool) or self.number < 1:
+            raise ValueError(f"Stage.number: expected an integer >= 1, found {self.number!r}")
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(f"Stage.name: expected lower-case letters, digits, '_' or '-', found {self.name!r}")
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    number: int
+    name: str
+    status: str  # "ran", "skipped" (finished earlier, same config) or "outside" (not in start..stop)
+    seconds: float  # wall time of this invocation (0 for a skip)
+    result: Any = None  # the stage's return value (also on a skip, read from its marker)
+
+
+def stage_dir(work_dir: str | os.PathLike, stage: Stage) -> Path:
+    return Path(work_dir) / STAGES_DIR / f"{stage.number:02d}-{stage.name}"
+
+
+def _stored_result(directory: Path) -> Any:
+    return json.loads((directory / MARKER_NAME).read_text(encoding="utf-8")).get("result")
+
+
+def run_stages(stages: Sequence[Stage], work_dir: str | os.PathLike, *, start: int = 1, stop: int | None = None,
+               force: bool = False, log: Callable[[str], None] | None = None) -> list[StageOutcome]:
+    """Run the stages numbered ``start..stop`` (inclusive; ``stop=None``: to the last) in order.
+
+    Args:
+        stages: the recipe's stages; numbers must be unique.
+        work_dir: the recipe's output folder; markers go to ``work_dir/stages/``.
+        start, stop: the range to run, as ESPnet's ``--stage`` / ``--stop-stage``.
+        force: redo stages in the range even when their markers say they finished.
+        log: where progress lines go (default: stderr).
+
+    Returns:
+        One :class:`StageOutcome` per stage, in order (stages outside the range: ``outside``).
+    """
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    numbers = [s.number for s in stages]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"stages: expected unique stage numbers, found {numbers}")
+    if stop is not None and stop < start:
+        raise ValueError(f"stop stage: expected >= start stage {start}, found {stop}")
+    known = sorted(numbers)
+    if known and (start > known[-1] or (stop is not None and stop < known[0])):
+        raise ValueError(f"stage range {start}..{stop}: expected an overlap with the recipe's stages {known}")
+    outcomes: list[StageOutcome] = []
+    results: dict[str, Any] = {}
+    redone = False
+    for stage in sorted(stages, key=lambda s: s.number):
+        directory = stage_dir(work_dir, stage)
+        inside = stage.number >= start and (stop is None or stage.number <= stop)
+        if not inside:
+            result = _stored_result(directory) if is_done(directory, stage.config) else None
+            outcomes.append(StageOutcome(stage.number, stage.name, "outside", 0.0, result))
+            results[stage.name] = result
+            continue
+        if not force and not redone and is_done(directory, stage.config):
+            log(f"stage {stage.number} ({stage.name}): finished earlier, skipped")
+            results[stage.name] = _stored_result(directory)
+            outcomes.append(StageOutcome(stage.number, stage.name, "skipped", 0.0, results[stage.name]))
+            continue
+        redone = True  # everything after a redone stage reads new inputs
+        for later in stages:
+            if later.number > stage.number:
+                clear_done(stage_dir(work_dir, later))
+        clear_done(directory)
+        log(f"stage {stage.number} ({stage.name}): {stage.description or 'running'}")
+        began = time.perf_counter()
+        result = stage.run(dict(results))
+        results[stage.name] = result
+        seconds = time.perf_counter() - began
+        directory.mkdir(parents=True, exist_ok=True)
+        mark_done(directory, stage.config, result=result, seconds=round(seconds, 3))
+        log(f"stage {stage.number} ({stage.name}): done in {seconds:.1f} s")
+        outcomes.append(StageOutcome(stage.number, stage.name, "ran", seconds, result))
+    return outcomes
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--stage``, ``--stop-stage`` and ``--force`` for a recipe's ``run.py``."""
+    parser.add_argument("--stage", type=int, default=1, help="first stage to run (default 1)")
+    parser.add_argument("--stop-stage", type=int, default=None, help="last stage to run (default: the last)")
+    parser.add_argument("--force", action="store_true", help="redo the stages in range even if finished")

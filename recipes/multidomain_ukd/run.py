@@ -1,0 +1,189 @@
+"""Multi-domain uncertainty-matching KD (Kim et al. 2021) on the built-in corpus.
+
+    python recipes/multidomain_ukd/run.py --preset cpu [--stage N] [--stop-stage M] [--seeds 0 1 2]
+
+Stages (each skipped when finished with the same settings; see kd.stages):
+  1 corpus     synthesise the built-in corpus (us, uk: teacher domains; target: little data, shifted)
+  2 tokens     one character inventory for teachers and students
+  3 teachers   train a teacher per teacher domain
+  4 teacher-eval  teachers' WER on the target dev/test sets and on their own domain
+  5 analysis   layer-wise analysis of each teacher (kd analyze)
+  6 students   plans from the analysis; students built from the best teacher's layers
+  7 distill    every (size, condition, seed) run on the target domain
+  8 eval       students' WER on the target test set (and the teacher domains)
+  9 table      mean ± std over seeds: results.json, results.md, printed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from kd.analyze import AnalyzeConfig, analyze_model_dir
+from kd.compression.asr import asr_student
+from kd.corpus.synth import build_corpus
+from kd.experiment import (Condition, StudentSize, evaluate_once, results_table, student_train_config,
+                           write_token_list)
+from kd.io import atomic_write_text, write_json
+from kd.model_dir import load_model_dir, save_model_dir
+from kd.plan import CompressionPlan
+from kd.plan_cli import plan_from_report
+from kd.stages import Stage, add_stage_arguments, run_stages
+from kd.train import train
+from kd.training.config import TrainConfig
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", help="section of config.yaml (cpu, gpu, ...)")
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
+    parser.add_argument("--out", type=Path, default=None, help="default: exp/multidomain_ukd/PRESET")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    add_stage_arguments(parser)
+    args = parser.parse_args(argv)
+
+    presets = {k: v for k, v in yaml.safe_load(args.config.read_text(encoding="utf-8")).items()
+               if not k.startswith("x-")}  # x-...: YAML anchors shared by presets
+    if args.preset not in presets:
+        parser.error(f"--preset: expected one of {sorted(presets)}, found {args.preset!r}")
+    cfg = presets[args.preset]
+    if args.seeds:
+        cfg["seeds"] = args.seeds
+    out = (args.out or Path("exp/multidomain_ukd") / args.preset).resolve()
+    corpus = out / "corpus"
+    domains, target = cfg["teacher_domains"], cfg["target_domain"]
+    tokens = out / "tokens.txt"
+    teacher_runs = {d: out / "teachers" / d for d in domains}
+    sizes = [StudentSize.from_dict(name, spec) for name, spec in cfg["student_sizes"].items()]
+    conditions = [Condition.from_dict(c) for c in cfg["conditions"]]
+    seeds = list(cfg["seeds"])
+    device = cfg.get("device", "cpu")
+
+    def data(domain: str, split: str) -> Path:
+        return corpus / domain / split
+
+    def stage_corpus(done):
+        summary = build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))
+        return {"hours": {k: v for k, v in summary.items() if k == "hours"}}
+
+    def stage_tokens(done):
+        write_token_list([data(d, "train") for d in [*domains, target]], tokens)
+        return {"tokens": len(tokens.read_text().splitlines())}
+
+    def stage_teachers(done):
+        results = {}
+        for d in domains:
+            section = {**cfg["teacher"], "data": {**cfg["teacher"].get("data", {}), "train": [str(data(d, "train"))],
+                                                  "dev": str(data(d, "dev"))},
+                       "tokens": {"kind": "list", "path": str(tokens)}}
+            r = train(TrainConfig.from_dict(section), teacher_runs[d])
+            results[d] = {"steps": r.steps, "best_dev_loss": r.best_dev_loss, "wall_seconds": r.wall_seconds}
+        return results
+
+    def stage_teacher_eval(done):
+        results = {}
+        for d in domains:
+            model = teacher_runs[d] / "model"
+            dev = evaluate_once(model, [data(target, "dev")], cfg["decode"], out / "eval/teachers" / d / "target-dev",
+                                device=device)
+            test = evaluate_once(model, [data(x, "test") for x in [*domains, target]], cfg["decode"],
+                                 out / "eval/teachers" / d / "test", device=device)
+            results[d] = {"target_dev_wer": dev["overall"]["wer"], "params": test["params"], "rtf": test["rtf"],
+                          **{f"{x}_{m}": test["domains"][x][m] for x in [*domains, target] for m in ("wer", "cer")}}
+        return results
+
+    def stage_analysis(done):
+        analyze = AnalyzeConfig(**cfg.get("analysis", {}), device=device)
+        for d in domains:
+            analyze_model_dir(teacher_runs[d] / "model", data(d, "dev"), out / "analysis" / d, analyze)
+        return {d: str(out / "analysis" / d / "report.md") for d in domains}
+
+    def stage_students(done):
+        teacher_eval = done["teacher-eval"]
+        best = min(domains, key=lambda d: teacher_eval[d]["target_dev_wer"])
+        teacher, tokenizer = load_model_dir(teacher_runs[best] / "model")
+        built = {"init_teacher": best}
+        for size in sizes:
+            plan = plan_from_report(out / "analysis" / best / "report.json", budget_layers=size.encoder_layers,
+                                    share_blocks=size.share_encoder)
+            plan.save(out / "students" / size.name / "encoder_plan.json")
+            student = asr_student(teacher, plan, CompressionPlan(keep_layers=list(size.decoder_keep)))
+            save_model_dir(student, tokenizer, out / "students" / size.name / "init")
+            built[size.name] = {"encoder_layers": list(plan.keep_layers), "share_groups": plan.share_groups,
+                                "decoder_layers": list(size.decoder_keep)}
+        return built
+
+    def run_dir(size: StudentSize, condition: Condition, seed: int) -> Path:
+        return out / "runs" / size.name / condition.slug / f"seed{seed}"
+
+    def stage_distill(done):
+        dev_wers = {d: done["teacher-eval"][d]["target_dev_wer"] for d in domains}
+        for size in sizes:
+            for condition in conditions:
+                for seed in seeds:
+                    config = student_train_config(
+                        cfg["student"], condition, train=[data(target, "train")], dev=data(target, "dev"),
+                        tokens=tokens, seed=seed, teacher_model=cfg["teacher"]["model"], size=size,
+                        plan_student=out / "students" / size.name / "init", teacher_runs=teacher_runs,
+                        dev_wers=dev_wers, cache_root=out / "teacher_cache")
+                    train(config, run_dir(size, condition, seed))
+        return {"runs": len(sizes) * len(conditions) * len(seeds)}
+
+    def stage_eval(done):
+        rows = []
+        test_dirs = [data(x, "test") for x in [target, *domains]]
+        for size in sizes:
+            for condition in conditions:
+                for seed in seeds:
+                    run = run_dir(size, condition, seed)
+                    r = evaluate_once(run / "model", test_dirs, cfg["decode"], run / "eval", device=device)
+                    rows.append({"size": size.name, "condition": condition.name, "seed": seed, "params": r["params"],
+                                 "rtf": r["rtf"], **{f"{x}_{m}": r["domains"][x][m] for x in [target, *domains]
+                                                     for m in ("wer", "cer")}})
+        write_json(out / "runs.json", rows)
+        return {"rows": len(rows)}
+
+    def stage_table(done):
+        rows = json.loads((out / "runs.json").read_text(encoding="utf-8"))
+        metrics = [f"{target}_wer", f"{target}_cer", *[f"{d}_wer" for d in domains]]
+        summary, table = results_table(rows, group=("size", "condition"), metrics=metrics,
+                                       relative_to=conditions[0].name if cfg.get("relative_to_first", True) else None)
+        teacher_eval = done["teacher-eval"]
+        lines = ["| teacher | " + " | ".join(f"{m} (%)" for m in metrics) + " | params |",
+                 "|---|" + "---|" * (len(metrics) + 1)]
+        for d in domains:
+            t = teacher_eval[d]
+            lines.append(f"| {d} | " + " | ".join(f"{t[m] * 100:.1f}" for m in metrics) + f" | {t['params'] / 1e6:.2f}M |")
+        text = (f"Teachers (decode: {cfg['decode']})\n\n" + "\n".join(lines) + "\n\n"
+                f"Students on the {target} domain, mean ± std over seeds {seeds}\n\n{table}")
+        write_json(out / "results.json", {"teachers": teacher_eval, "students": summary, "seeds": seeds})
+        atomic_write_text(out / "results.md", text)
+        print(text)
+        return {"results": str(out / "results.md")}
+
+    stages = [
+        Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),
+        Stage(2, "tokens", stage_tokens, {"domains": [*domains, target]}, "shared character inventory"),
+        Stage(3, "teachers", stage_teachers, cfg["teacher"], f"train teachers on {domains}"),
+        Stage(4, "teacher-eval", stage_teacher_eval, cfg["decode"], "teacher WER"),
+        Stage(5, "analysis", stage_analysis, cfg.get("analysis", {}), "layer-wise analysis of each teacher"),
+        Stage(6, "students", stage_students, {k: cfg["student_sizes"][k] for k in cfg["student_sizes"]},
+              "plans and students from the best teacher's layers"),
+        Stage(7, "distill", stage_distill, {"student": cfg["student"], "conditions": cfg["conditions"], "seeds": seeds},
+              f"{len(sizes) * len(conditions) * len(seeds)} student runs on {target}"),
+        Stage(8, "eval", stage_eval, {"decode": cfg["decode"], "seeds": seeds}, "student WER"),
+        Stage(9, "table", stage_table, {"seeds": seeds}, "results table"),
+    ]
+    outcomes = run_stages(stages, out, start=args.stage, stop=args.stop_stage, force=args.force)
+    print(f"stages: " + ", ".join(f"{o.number} {o.name} {o.status}" for o in outcomes), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The multi-domain KD recipe end to end on its `smoke` preset (tiny models, the tests corpus)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "multidomain_ukd" / "run.py"
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("multidomain_ukd_run", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys):
+    recipe = load_recipe()
+    out = tmp_path / "exp"
+    assert recipe.main(["--preset", "smoke", "--out", str(out), "--seeds", "0"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    conditions = [c["name"] for c in __import__("yaml").safe_load(RECIPE.with_name("config.yaml").read_text())
+                  ["x-conditions"]]
+    rows = [(s["size"], s["condition"]) for s in results["students"]]
+    assert rows == [(size, c) for size in ("S", "XS") for c in conditions]
+    for s in results["students"]:
+        assert 0.0 <= s["target_wer"]["mean"] and s["seeds"] == 1
+    assert "| S | tok+unc-KD (us+uk) |" in printed
+    assert (out / "results.md").read_text() in printed
+    # students were built from the best teacher's layers by the plan
+    built = json.loads((out / "stages/06-students/.done.json").read_text())["result"]
+    assert built["init_teacher"] in ("us", "uk")
+    assert len(built["S"]["encoder_layers"]) == 2 and built["XS"]["decoder_layers"] == [0]
+    plan_student = json.loads((out / "runs/S/no-kd/seed0/result.json").read_text())
+    assert plan_student["steps"] == 1
+    # the two-teacher condition weights teachers by their target dev WER and caches their outputs
+    both = (out / "runs/S/tok-unc-kd-us-uk/seed0/config.yaml").read_text()
+    assert "dev_wer" in both and "teacher_cache/us+uk" in both
+    # a re-run skips every stage, and a stage whose marker is gone is redone
+    marker = out / "stages/09-table/.done.json"
+    marker.unlink()
+    capsys.readouterr()
+    assert recipe.main(["--preset", "smoke", "--out", str(out), "--seeds", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "stages: 1 corpus skipped, 2 tokens skipped" in err and "8 eval skipped, 9 table ran" in err
+
+
+def test_unknown_preset_is_refused(capsys):
+    recipe = load_recipe()
+    with pytest.raises(SystemExit):
+        recipe.main(["--preset", "nope"])
+    assert "--preset: expected one of" in capsys.readouterr().err
