@@ -64,8 +64,20 @@ def _plan(args: argparse.Namespace) -> int:
 def _compress(args: argparse.Namespace) -> int:
     from kd.plan_cli import compress_model_dir
 
-    out = compress_model_dir(args.model_dir, args.plan, args.out)
+    out = compress_model_dir(args.model_dir, args.plan, args.out, decoder_plan_path=args.decoder_plan)
     print(f"student saved to {out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from kd.compare import compare_models, save_comparison
+
+    result = compare_models(args.models, args.reference, args.data, max_utterances=args.max_utterances,
+                            device=args.device, seed=args.seed, progress=True)
+    paths = save_comparison(result, args.out)
+    for model, curve in zip(result.models, (result.same_layer(i) for i in range(len(result.models)))):
+        print(f"{model}: same-layer CKA " + " ".join(f"{v:.3f}" for v in curve))
+    print(f"written: {', '.join(map(str, paths))}")
     return 0
 
 
@@ -187,11 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="plan.json")
     pl.set_defaults(run=_plan)
 
-    co = sub.add_parser("compress", help="apply a plan to a Hugging Face checkpoint")
+    co = sub.add_parser("compress", help="apply a plan to a Hugging Face checkpoint or a kd ASR model dir")
     co.add_argument("model_dir")
-    co.add_argument("plan")
+    co.add_argument("plan", help="plan.json (for a kd ASR model dir: over its encoder layers)")
+    co.add_argument("--decoder-plan", default=None, help="kd ASR model dirs: plan.json over the decoder layers")
     co.add_argument("--out", required=True)
     co.set_defaults(run=_compress)
+
+    cm = sub.add_parser("compare", help="linear CKA between the layers of models (checkpoints, teacher vs student)")
+    cm.add_argument("models", nargs="+", help="model folders to compare with the reference")
+    cm.add_argument("--reference", required=True, help="the model each one is compared with")
+    cm.add_argument("--data", required=True, help="data dir whose utterances all models run")
+    cm.add_argument("--out", required=True, help="folder for comparison.json and same_layer_cka.png")
+    cm.add_argument("--max-utterances", type=int, default=100)
+    cm.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    cm.add_argument("--seed", type=int, default=0)
+    cm.set_defaults(run=_compare)
 
     for name, text in (("train", "train an ASR model (teacher, or student without KD) from a YAML config"),
                        ("distill", "train a student with knowledge distillation from a YAML config")):

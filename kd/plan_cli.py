@@ -50,12 +50,31 @@ def plan_from_report(report_path: str | os.PathLike, *, budget_layers: int, meth
     return CompressionPlan(keep_layers=list(keep), num_teacher_layers=num_layers)
 
 
-def compress_model_dir(model_dir: str | os.PathLike, plan_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """``kd compress``: apply a saved plan to a Hugging Face checkpoint folder and save the student.
+def compress_model_dir(model_dir: str | os.PathLike, plan_path: str | os.PathLike, out_dir: str | os.PathLike,
+                       *, decoder_plan_path: str | os.PathLike | None = None) -> Path:
+    """``kd compress``: apply a saved plan to a model folder and save the student.
 
-    A pruned-only student is a standard checkpoint (plain ``from_pretrained`` loads it); one
-    with sharing or attention reuse is saved in the toolkit's format (``kd.load_student``).
+    - A Hugging Face checkpoint folder (``config.json``): a pruned-only student is a standard
+      checkpoint (plain ``from_pretrained`` loads it); one with sharing or attention reuse is
+      saved in the toolkit's format (``kd.load_student``).
+    - A toolkit ASR model dir (``config.yaml``, see :mod:`kd.model_dir`): the plan applies to the
+      encoder, ``decoder_plan_path`` (optional) to the decoder (:func:`kd.compression.asr.asr_student`);
+      the student is a model dir that ``kd eval`` reads and training starts from
+      (``model.init_from``).
     """
+    from kd.model_dir import CONFIG_NAME
+
+    if (Path(model_dir) / CONFIG_NAME).is_file() and not (Path(model_dir) / "config.json").is_file():
+        from kd.compression.asr import asr_student
+        from kd.model_dir import load_model_dir, save_model_dir
+
+        teacher, tokenizer = load_model_dir(model_dir)
+        decoder = CompressionPlan.load(decoder_plan_path) if decoder_plan_path is not None else None
+        student = asr_student(teacher, CompressionPlan.load(plan_path), decoder)
+        save_model_dir(student, tokenizer, out_dir)
+        return Path(out_dir)
+    if decoder_plan_path is not None:
+        raise ValueError(f"--decoder-plan: only for kd ASR model dirs; {model_dir} is a Hugging Face checkpoint")
     from transformers import AutoConfig
 
     import transformers

@@ -167,3 +167,41 @@ def test_training_starts_from_a_student_model_dir(tests_corpus, tmp_path):
     for k in start:
         torch.testing.assert_close(after[k], start[k], rtol=0, atol=1e-9)
     assert AsrConfig.from_yaml((tmp_path / "run/model_config.yaml").read_text()).encoder_share_groups == ((0, 1),)
+
+
+def test_kd_compress_and_kd_compare_on_asr_model_dirs(tests_corpus, tmp_path, capsys):
+    from kd.cli import main
+    from kd.data.text import CharTokenizer
+    from kd.model_dir import load_model_dir, save_model_dir
+
+    corpus = tests_corpus[0]
+    tokenizer = CharTokenizer.from_texts(["abcdefghijklmnopqrstuvwxyz '"])
+    t = build_asr_model(AsrConfig.from_preset("tiny", vocab_size=tokenizer.vocab_size, encoder_layers=4,
+                                              decoder_layers=2), list(tokenizer.tokens))
+    save_model_dir(t, tokenizer, tmp_path / "teacher")
+    CompressionPlan(keep_layers=[0, 1, 3], share_groups=[[1, 2]]).save(tmp_path / "enc.json")
+    CompressionPlan(keep_layers=[1]).save(tmp_path / "dec.json")
+    assert main(["compress", str(tmp_path / "teacher"), str(tmp_path / "enc.json"), "--decoder-plan",
+                 str(tmp_path / "dec.json"), "--out", str(tmp_path / "student")]) == 0
+    student, _ = load_model_dir(tmp_path / "student")
+    assert (student.config.encoder_layers, student.config.decoder_layers) == (3, 1)
+    assert student.config.encoder_share_groups == ((1, 2),)
+    layers = student.espnet.encoder.encoders
+    assert layers[1].feed_forward.w_2.weight is layers[2].feed_forward.w_2.weight  # tied again after loading
+    # the shared layer is stored once: the file is one layer smaller than the unshared student's
+    save_model_dir(asr_student(t, CompressionPlan(keep_layers=[0, 1, 3]), CompressionPlan(keep_layers=[1])),
+                   tokenizer, tmp_path / "unshared")
+    per_layer = sum(p.numel() for p in t.espnet.encoder.encoders[0].parameters()) * 4  # float32 bytes
+    saved = ((tmp_path / "unshared/model.safetensors").stat().st_size
+             - (tmp_path / "student/model.safetensors").stat().st_size)
+    assert per_layer <= saved < per_layer + 4096  # + the alias metadata and header differences
+    assert main(["compare", str(tmp_path / "student"), "--reference", str(tmp_path / "teacher"), "--data",
+                 str(corpus / "us/dev"), "--out", str(tmp_path / "cmp"), "--max-utterances", "3",
+                 "--device", "cpu"]) == 0
+    assert "same-layer CKA 1.000 1.000" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--decoder-plan: only for kd ASR model dirs"):
+        from kd.plan_cli import compress_model_dir
+
+        (tmp_path / "hf").mkdir()
+        (tmp_path / "hf/config.json").write_text("{}")
+        compress_model_dir(tmp_path / "hf", tmp_path / "enc.json", tmp_path / "x", decoder_plan_path=tmp_path / "dec.json")
