@@ -1,0 +1,128 @@
+"""Layer-wise analysis of speech Transformers on the built-in corpus: the figures of the papers.
+
+    python recipes/layerwise_analysis/run.py --preset cpu [--stage N] [--stop-stage M]
+
+Stages (each skipped when finished with the same settings; see kd.stages):
+  1 corpus        synthesise the built-in corpus
+  2 asr-teacher   train an ESPnet hybrid CTC/attention teacher
+  3 asr-analysis  kd analyze: CKA/SVCCA/PWCCA, CCA with FBANK/phones/words, attention JSD, probes, MI
+  4 ssl-pretrain  wav2vec 2.0 pre-training, keeping checkpoints
+  5 ssl-analysis  kd analyze of every pre-training checkpoint
+  6 dynamics      per-layer curves across checkpoints and same-layer CKA against the final model
+  7 summary       summary.md: where each property peaks, per model
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from kd.analyze import AnalyzeConfig, analyze_model_dir
+from kd.compare import compare_models, save_comparison
+from kd.corpus.synth import build_corpus
+from kd.figures import plot_layer_curves, report_curves
+from kd.io import atomic_write_text
+from kd.ssl.common import list_checkpoints
+from kd.ssl.config import SSLConfig
+from kd.ssl.pretrain import pretrain
+from kd.stages import Stage, add_stage_arguments, run_stages
+from kd.summary import peak_layers_markdown
+from kd.train import train
+from kd.training.config import TrainConfig
+
+HERE = Path(__file__).resolve().parent
+CURVES = {  # report key -> y label
+    "cca_phone": "CCA with phones (frame level)",
+    "cca_word": "CCA with words (frame level)",
+    "cca_fbank": "CCA with FBANK",
+    "probe_phone_accuracy": "phone probe accuracy",
+    "mi_phone_bits": "MI bound with phones (bits)",
+    "mi_cluster_normalized": "label-free MI bound / H(C)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", help="section of config.yaml")
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
+    parser.add_argument("--out", type=Path, default=None, help="default: exp/layerwise_analysis/PRESET")
+    add_stage_arguments(parser)
+    args = parser.parse_args(argv)
+    presets = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    if args.preset not in presets:
+        parser.error(f"--preset: expected one of {sorted(presets)}, found {args.preset!r}")
+    cfg = presets[args.preset]
+    out = (args.out or Path("exp/layerwise_analysis") / args.preset).resolve()
+    corpus, domain = out / "corpus", cfg["asr_domain"]
+    analysis = AnalyzeConfig(**cfg["analysis"])
+    dev = corpus / domain / "dev"
+
+    def stage_corpus(done):
+        build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))
+
+    def stage_asr_teacher(done):
+        section = {**cfg["asr_teacher"], "data": {**cfg["asr_teacher"].get("data", {}),
+                                                  "train": [str(corpus / domain / "train")], "dev": str(dev)}}
+        r = train(TrainConfig.from_dict(section), out / "asr_teacher")
+        return {"steps": r.steps, "wall_seconds": r.wall_seconds}
+
+    def stage_asr_analysis(done):
+        analyze_model_dir(out / "asr_teacher/model", dev, out / "analysis/asr_teacher", analysis)
+
+    def stage_ssl_pretrain(done):
+        r = pretrain(SSLConfig.from_preset(cfg["ssl_preset"]), [corpus / d / "train" for d in cfg["ssl_domains"]],
+                     out / "ssl", progress=False)
+        return {"steps": r.steps, "checkpoints": [step for step, _ in list_checkpoints(out / "ssl")]}
+
+    def checkpoints() -> dict[str, Path]:
+        found = {f"step {step}": path for step, path in list_checkpoints(out / "ssl")}
+        found["final"] = out / "ssl/model"
+        return found
+
+    def stage_ssl_analysis(done):
+        for label, path in checkpoints().items():
+            analyze_model_dir(path, dev, out / "analysis/ssl" / label.replace(" ", "-"), analysis)
+
+    def stage_dynamics(done):
+        reports = {label: out / "analysis/ssl" / label.replace(" ", "-") / "report.json" for label in checkpoints()}
+        figures = []
+        for key, ylabel in CURVES.items():
+            curves = report_curves(reports, key)
+            if curves:
+                figures.append(str(plot_layer_curves(curves, out / f"figures/dynamics_{key}.png", ylabel=ylabel,
+                                                     title=f"wav2vec 2.0 pre-training: {ylabel}")))
+        models = [p for label, p in checkpoints().items() if label != "final"]
+        comparison = compare_models(models, out / "ssl/model", dev, max_utterances=cfg["compare_utterances"])
+        figures += [str(p) for p in save_comparison(comparison, out / "figures/dynamics_cka",
+                                                    labels=[l for l in checkpoints() if l != "final"],
+                                                    title="same-layer CKA with the final checkpoint")]
+        return {"figures": figures}
+
+    def stage_summary(done):
+        text = peak_layers_markdown({"ESPnet ASR teacher": out / "analysis/asr_teacher/report.json",
+                                     **{f"wav2vec 2.0, {label}": out / "analysis/ssl" / label.replace(" ", "-") /
+                                        "report.json" for label in checkpoints()}})
+        atomic_write_text(out / "summary.md", text)
+        print(text)
+
+    stages = [
+        Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),
+        Stage(2, "asr-teacher", stage_asr_teacher, cfg["asr_teacher"], "train the ESPnet teacher"),
+        Stage(3, "asr-analysis", stage_asr_analysis, cfg["analysis"], "analyse the ESPnet teacher"),
+        Stage(4, "ssl-pretrain", stage_ssl_pretrain, {"preset": cfg["ssl_preset"], "domains": cfg["ssl_domains"]},
+              "wav2vec 2.0 pre-training"),
+        Stage(5, "ssl-analysis", stage_ssl_analysis, cfg["analysis"], "analyse every pre-training checkpoint"),
+        Stage(6, "dynamics", stage_dynamics, {"compare_utterances": cfg["compare_utterances"]},
+              "learning-dynamics figures"),
+        Stage(7, "summary", stage_summary, {}, "summary.md"),
+    ]
+    outcomes = run_stages(stages, out, start=args.stage, stop=args.stop_stage, force=args.force)
+    print("stages: " + ", ".join(f"{o.number} {o.name} {o.status}" for o in outcomes), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The layer-wise analysis recipe end to end on its `smoke` preset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "layerwise_analysis" / "run.py"
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("layerwise_analysis_run", RECIPE)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    out = tmp_path / "exp"
+    assert recipe.main(["--preset", "smoke", "--out", str(out)]) == 0
+    for name in ("linear_cka", "pwcca", "attention_jsd", "per_layer_cca", "per_layer_probes", "per_layer_mi"):
+        assert (out / f"analysis/asr_teacher/figures/{name}.png").stat().st_size > 1000
+    ssl_reports = sorted(p.parent.name for p in (out / "analysis/ssl").glob("*/report.json"))
+    assert ssl_reports == ["final", "step-2", "step-4"]
+    dynamics = json.loads((out / "stages/06-dynamics/.done.json").read_text())["result"]["figures"]
+    assert any(f.endswith("dynamics_cca_phone.png") for f in dynamics)
+    cka = json.loads((out / "figures/dynamics_cka/comparison.json").read_text())
+    assert len(cka["same_layer_cka"]) == 2 and all(len(c) == 3 for c in cka["same_layer_cka"])
+    summary = (out / "summary.md").read_text()
+    assert "| ESPnet ASR teacher | 3 |" in summary and "| wav2vec 2.0, final | 2 |" in summary
+    assert summary in capsys.readouterr().out
