@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures.append(str(plot_layer_curves(curves, out / f"figures/dynamics_{key}.png", ylabel=ylabel,
                                                      title=f"wav2vec 2.0 pre-training: {ylabel}")))
         models = [p for label, p in checkpoints().items() if label != "final"]
-        comparison = compare_models(models, out / "ssl/model", dev, max_utterances=cfg["compare_utterances"])
+        comparison = compare_models(models, out / "ssl/model", dev, max_utterances=cfg["compare_utterances"],
+                                    device=analysis.device)
         figures += [str(p) for p in save_comparison(comparison, out / "figures/dynamics_cka",
                                                     labels=[l for l in checkpoints() if l != "final"],
                                                     title="same-layer CKA with the final checkpoint")]

@@ -134,3 +134,27 @@ def test_export_refuses_weights_the_espnet_model_does_not_take(exported):
     state.pop("decoder.output_layer.bias")
     with pytest.raises(RuntimeError, match=r"missing \['decoder.output_layer.bias'\]"):
         _verify(espnet_config(model.config, list(tokenizer.tokens)), state, config_path)
+
+
+def test_a_student_with_shared_layers_exports_with_every_layer_filled(exported, utterances, tmp_path):
+    """ESPnet knows nothing of weight sharing: the export writes the shared weights into every layer."""
+    from espnet2.bin.asr_inference import Speech2Text
+
+    from kd.compression.asr import asr_student
+    from kd.model_dir import save_model_dir
+    from kd.plan import CompressionPlan
+
+    model_dir, _ = exported
+    teacher, tokenizer = load_model_dir(model_dir)
+    depth = teacher.config.encoder_layers
+    student = asr_student(teacher, CompressionPlan(keep_layers=list(range(depth)), share_groups=[[0, depth - 1]]))
+    save_model_dir(student, tokenizer, tmp_path / "student")
+    config_path = export_espnet(tmp_path / "student", tmp_path / "espnet")
+    s2t = Speech2Text(asr_train_config=str(config_path), asr_model_file=str(config_path.parent / "model.pth"),
+                      device="cpu", nbest=1, ctc_weight=0.3, beam_size=2)
+    theirs = s2t.asr_model.state_dict()
+    ours = student.espnet.state_dict()
+    assert theirs.keys() == ours.keys()
+    assert all(torch.equal(theirs[k], v) for k, v in ours.items())
+    assert torch.equal(theirs[f"encoder.encoders.{depth - 1}.feed_forward.w_1.weight"],
+                       theirs["encoder.encoders.0.feed_forward.w_1.weight"])
