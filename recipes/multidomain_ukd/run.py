@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     conditions = [Condition.from_dict(c) for c in cfg["conditions"]]
     seeds = list(cfg["seeds"])
     device = cfg.get("device", "cpu")
+    # how teachers are ranked (init teacher) and weighted (dev_wer weighting): "wer", or "cer"
+    # where word error rates are saturated (the cpu preset's small teachers are near 100% WER)
+    metric = cfg.get("teacher_metric", "wer")
+    if metric not in ("wer", "cer"):
+        parser.error(f"teacher_metric: expected 'wer' or 'cer', found {metric!r}")
 
     def data(domain: str, split: str) -> Path:
         return corpus / domain / split
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                                 device=device)
             test = evaluate_once(model, [data(x, "test") for x in [*domains, target]], cfg["decode"],
                                  out / "eval/teachers" / d / "test", device=device)
-            results[d] = {"target_dev_wer": dev["overall"]["wer"], "params": test["params"], "rtf": test["rtf"],
+            results[d] = {"target_dev_wer": dev["overall"]["wer"], "target_dev_cer": dev["overall"]["cer"],
+                          "params": test["params"], "rtf": test["rtf"],
                           **{f"{x}_{m}": test["domains"][x][m] for x in [*domains, target] for m in ("wer", "cer")}}
         return results
 
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_students(done):
         teacher_eval = done["teacher-eval"]
-        best = min(domains, key=lambda d: teacher_eval[d]["target_dev_wer"])
+        best = min(domains, key=lambda d: teacher_eval[d][f"target_dev_{metric}"])
         teacher, tokenizer = load_model_dir(teacher_runs[best] / "model")
         built = {"init_teacher": best}
         for size in sizes:
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return out / "runs" / size.name / condition.slug / f"seed{seed}"
 
     def stage_distill(done):
-        dev_wers = {d: done["teacher-eval"][d]["target_dev_wer"] for d in domains}
+        dev_wers = {d: done["teacher-eval"][d][f"target_dev_{metric}"] for d in domains}
         for size in sizes:
             for condition in conditions:
                 for seed in seeds:
@@ -151,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_table(done):
         rows = json.loads((out / "runs.json").read_text(encoding="utf-8"))
-        metrics = [f"{target}_wer", f"{target}_cer", *[f"{d}_wer" for d in domains]]
+        other = "cer" if metric == "wer" else "wer"
+        metrics = [f"{target}_{metric}", f"{target}_{other}", *[f"{d}_{metric}" for d in domains]]
         summary, table = results_table(rows, group=("size", "condition"), metrics=metrics,
                                        relative_to=conditions[0].name if cfg.get("relative_to_first", True) else None)
         teacher_eval = done["teacher-eval"]
@@ -171,14 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),
         Stage(2, "tokens", stage_tokens, {"domains": [*domains, target]}, "shared character inventory"),
         Stage(3, "teachers", stage_teachers, cfg["teacher"], f"train teachers on {domains}"),
-        Stage(4, "teacher-eval", stage_teacher_eval, cfg["decode"], "teacher WER"),
+        Stage(4, "teacher-eval", stage_teacher_eval, {"decode": cfg["decode"], "version": 2}, "teacher WER"),
         Stage(5, "analysis", stage_analysis, cfg.get("analysis", {}), "layer-wise analysis of each teacher"),
-        Stage(6, "students", stage_students, {k: cfg["student_sizes"][k] for k in cfg["student_sizes"]},
+        Stage(6, "students", stage_students, {"sizes": cfg["student_sizes"], "teacher_metric": metric},
               "plans and students from the best teacher's layers"),
-        Stage(7, "distill", stage_distill, {"student": cfg["student"], "conditions": cfg["conditions"], "seeds": seeds},
+        Stage(7, "distill", stage_distill, {"student": cfg["student"], "conditions": cfg["conditions"], "seeds": seeds,
+                                            "teacher_metric": metric},
               f"{len(sizes) * len(conditions) * len(seeds)} student runs on {target}"),
         Stage(8, "eval", stage_eval, {"decode": cfg["decode"], "seeds": seeds}, "student WER"),
-        Stage(9, "table", stage_table, {"seeds": seeds}, "results table"),
+        Stage(9, "table", stage_table, {"seeds": seeds, "teacher_metric": metric}, "results table"),
     ]
     outcomes = run_stages(stages, out, start=args.stage, stop=args.stop_stage, force=args.force)
     print(f"stages: " + ", ".join(f"{o.number} {o.name} {o.status}" for o in outcomes), file=sys.stderr)
