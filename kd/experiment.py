@@ -27,7 +27,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from kd.training.config import TrainConfig
 
-__all__ = ["Condition", "StudentSize", "mean_std", "results_table", "student_train_config", "write_token_list"]
+__all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "results_table", "student_train_config", "train_run",
+           "write_token_list"]
 
 _INITS = ("random", "plan")
 _WEIGHTINGS = ("fixed", "dev_wer", "uncertainty")
@@ -242,8 +243,12 @@ def evaluate_once(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.Pat
     from kd.evaluate import evaluate
     from kd.io import is_done, mark_done
 
+    import hashlib
+
     out = Path(out_dir)
-    key = {"model": str(model_dir), "data": [str(d) for d in data_dirs], "decode": dict(decode)}
+    weights = Path(model_dir) / "model.safetensors"  # the model's identity: a retrained model is re-evaluated
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else None
+    key = {"model": str(model_dir), "weights": digest, "data": [str(d) for d in data_dirs], "decode": dict(decode)}
     if not is_done(out, key):
         evaluate(model_dir, list(data_dirs), DecodeConfig.from_dict(dict(decode)), device=device, out_dir=out)
         mark_done(out, key)
@@ -251,3 +256,31 @@ def evaluate_once(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.Pat
     pick = lambda s: {"wer": s["wer"], "cer": s["cer"], "utterances": s["utterances"]}  # noqa: E731
     return {"params": report["num_parameters"], "rtf": report["rtf"], "overall": pick(report["overall"]),
             "domains": {d: pick(s) for d, s in report["domains"].items()}}
+
+
+def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
+    """``kd.train.train`` for a recipe: a run dir left by other settings is moved aside, not reused.
+
+    A recipe re-run with changed settings (for example teacher weights from new dev error rates)
+    would otherwise meet a run dir that ``train`` refuses to resume. The old run is renamed to
+    ``<name>.replaced-<digest of its config>`` (nothing is deleted) and the run starts afresh;
+    a run dir with the same settings resumes or is skipped as usual.
+    """
+    import yaml
+
+    from kd.io import config_digest
+    from kd.train import train
+
+    out = Path(out_dir)
+    old_config = out / "config.yaml"
+    if old_config.is_file():
+        old = yaml.safe_load(old_config.read_text(encoding="utf-8"))
+        if old != config.to_dict():
+            target = out.with_name(f"{out.name}.replaced-{config_digest(old)}")
+            if target.exists():
+                import shutil
+
+                shutil.rmtree(target)  # an older copy of the very same settings
+            out.rename(target)
+            log(f"{out}: held a run with other settings; moved to {target.name}")
+    return train(config, out)

@@ -27,7 +27,7 @@ from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.compression.asr import asr_student
 from kd.corpus.synth import build_corpus
 from kd.experiment import (Condition, StudentSize, evaluate_once, results_table, student_train_config,
-                           write_token_list)
+                           train_run, write_token_list)
 from kd.io import atomic_write_text, write_json
 from kd.model_dir import load_model_dir, save_model_dir
 from kd.plan import CompressionPlan
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                         tokens=tokens, seed=seed, teacher_model=cfg["teacher"]["model"], size=size,
                         plan_student=out / "students" / size.name / "init", teacher_runs=teacher_runs,
                         dev_wers=dev_wers, cache_root=out / "teacher_cache")
-                    train(config, run_dir(size, condition, seed))
+                    train_run(config, run_dir(size, condition, seed))
         return {"runs": len(sizes) * len(conditions) * len(seeds)}
 
     def stage_eval(done):

@@ -1,0 +1,83 @@
+"""Recipe building blocks: conditions, run configs, seed statistics and tables, stale runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from kd.experiment import Condition, StudentSize, mean_std, results_table, student_train_config, train_run
+
+
+def test_mean_std_is_the_sample_statistic():
+    mean, std, n = mean_std([0.2, 0.4, 0.6])
+    assert (mean, n) == (pytest.approx(0.4), 3)
+    assert std == pytest.approx(math.sqrt(((0.2) ** 2 + 0 + 0.2 ** 2) / 2))
+    assert mean_std([0.5]) == (0.5, 0.0, 1)
+    with pytest.raises(ValueError, match="expected at least one value"):
+        mean_std([])
+
+
+def test_results_table_groups_seeds_and_gives_relative_change():
+    rows = [{"size": "S", "condition": c, "seed": s, "cer": v, "params": 1_500_000, "rtf": 0.01}
+            for c, values in (("no KD", [0.50, 0.54]), ("KD", [0.40, 0.44])) for s, v in enumerate(values)]
+    summary, table = results_table(rows, group=("size", "condition"), metrics=("cer",), relative_to="no KD")
+    assert [s["condition"] for s in summary] == ["no KD", "KD"]
+    assert summary[1]["cer"]["mean"] == pytest.approx(0.42) and summary[1]["seeds"] == 2
+    assert summary[1]["relative"] == pytest.approx((0.42 - 0.52) / 0.52)
+    assert "| S | KD | 42.0 ± 2.8 | -19.2% | 1.50M | 0.010 | 2 |" in table
+
+
+def test_condition_validation_and_slug():
+    assert Condition("tok+unc-KD (us+uk)").slug == "tok-unc-kd-us-uk"
+    with pytest.raises(ValueError, match="init: expected one of"):
+        Condition("x", init="copy")
+    with pytest.raises(ValueError, match="unknown field 'teacher'"):
+        Condition.from_dict({"name": "x", "teacher": ["us"]})
+    with pytest.raises(ValueError, match="expected a mapping with encoder_layers and decoder_keep"):
+        StudentSize.from_dict("S", {"encoder_layers": 2})
+
+
+def test_student_config_for_each_kind_of_condition(tmp_path):
+    base = {"optim": {"lr": 1e-3, "max_epochs": 2, "warmup_steps": 10}}
+    teacher_model = {"preset": "small", "overrides": {"d_model": 96, "ffn_units": 384}}
+    size = StudentSize("S", 3, (1,))
+    common = dict(train=[tmp_path / "t"], dev=tmp_path / "d", tokens=tmp_path / "tokens.txt", seed=4,
+                  teacher_model=teacher_model, size=size, plan_student=tmp_path / "init",
+                  teacher_runs={"us": tmp_path / "us", "uk": tmp_path / "uk"}, dev_wers={"us": 0.3, "uk": 0.5},
+                  cache_root=tmp_path / "cache")
+    random_init = student_train_config(base, Condition("scratch", init="random"), **common)
+    assert random_init.model.overrides == {"d_model": 96, "ffn_units": 384, "encoder_layers": 3, "decoder_layers": 1}
+    assert random_init.kd is None and random_init.seed == 4
+    both = student_train_config(base, Condition("both", teachers=("us", "uk"), beta=0.5, weighting="dev_wer"),
+                                **common)
+    assert both.model.init_from == str(tmp_path / "init")
+    assert [t.run_dir for t in both.kd.teachers] == [str(tmp_path / "us"), str(tmp_path / "uk")]
+    assert both.kd.loss.dev_wers == (0.3, 0.5) and both.kd.loss.beta == 0.5
+    assert both.kd.cache_dir == str(tmp_path / "cache" / "us+uk")
+    with pytest.raises(ValueError, match=r"unknown teacher\(s\) \['fr'\]"):
+        student_train_config(base, Condition("x", teachers=("fr",)), **common)
+
+
+def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, tmp_path):
+    from kd.training.config import TrainConfig
+
+    corpus = tests_corpus[0]
+
+    def config(lr):
+        return TrainConfig.from_dict({
+            "data": {"train": [str(corpus / "target/train")], "max_seconds": 10.0},
+            "model": {"preset": "tiny"}, "optim": {"lr": lr, "warmup_steps": 1, "max_steps": 1},
+            "logging": {"progress": False, "tensorboard": False}})
+
+    messages = []
+    train_run(config(1e-3), tmp_path / "run", log=messages.append)
+    assert messages == []
+    again = train_run(config(1e-3), tmp_path / "run", log=messages.append)
+    assert again.skipped and messages == []
+    train_run(config(2e-3), tmp_path / "run", log=messages.append)
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(moved) == 1 and "moved to run.replaced-" in messages[0]
+    assert yaml.safe_load((moved[0] / "config.yaml").read_text())["optim"]["lr"] == 1e-3
+    assert yaml.safe_load((tmp_path / "run/config.yaml").read_text())["optim"]["lr"] == 2e-3
