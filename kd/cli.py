@@ -54,7 +54,24 @@ def _analyze(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from kd.plan_cli import PlanMethod, plan_from_report
 
-    plan = plan_from_report(args.report, budget_layers=args.budget, method=PlanMethod(args.method),
+    budget = args.budget
+    if (budget is None) == (args.budget_ms is None):
+        raise SystemExit("kd plan: give exactly one of --budget (layers) and --budget-ms (with --latency)")
+    if args.budget_ms is not None:
+        from analysis.report import AnalysisReport
+        from kd.planners import layers_for_latency_budget
+
+        measured = []
+        for item in args.latency or []:
+            depth, sep, ms = item.partition(":")
+            try:
+                measured.append((int(depth), float(ms)))
+            except ValueError:
+                raise SystemExit(f"kd plan: --latency expects LAYERS:MS (e.g. 12:85.0), found {item!r}") from None
+        depth = AnalysisReport.load(args.report).num_layers - 1
+        budget = layers_for_latency_budget(measured, args.budget_ms, depth)
+        print(f"latency budget {args.budget_ms} ms -> {budget} layers")
+    plan = plan_from_report(args.report, budget_layers=budget, method=PlanMethod(args.method),
                             share_blocks=args.share, reuse_threshold=args.reuse_threshold)
     plan.save(args.out)
     print(plan.to_json())
@@ -192,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="compression plan from an analysis report")
     pl.add_argument("report", help="report.json written by kd analyze")
-    pl.add_argument("--budget", type=int, required=True, help="number of Transformer layers (weight sets with --share)")
+    pl.add_argument("--budget", type=int, default=None, help="number of Transformer layers (weight sets with --share)")
+    pl.add_argument("--budget-ms", type=float, default=None,
+                    help="latency budget: the most layers whose predicted latency fits (needs --latency)")
+    pl.add_argument("--latency", action="append", metavar="LAYERS:MS",
+                    help="a measured latency of a model of that depth (kd bench speed); two or more depths")
     pl.add_argument("--method", default="analysis", choices=["analysis", "first-k", "every-k", "linspace"])
     pl.add_argument("--share", action="store_true", help="keep depth, share weights within similar blocks")
     pl.add_argument("--reuse-threshold", type=float, default=None, help="attention JSD (bits) below which to reuse")

@@ -152,6 +152,35 @@ def layers_for_param_budget(layer_params: Sequence[int], budget_params: int) -> 
     return k
 
 
+def layers_for_latency_budget(measured: Sequence[tuple[int, float]], budget_ms: float, max_layers: int) -> int:
+    """How many Transformer layers fit in a latency budget, from measured latencies.
+
+    ``measured``: ``(layers, latency_ms)`` of at least two models of different depth that share
+    everything but the number of layers (e.g. the teacher and one pruned student, timed with
+    ``kd bench speed`` at the batch size and input length that matter). Latency is modelled as
+    ``fixed + layers * per_layer`` (least squares over the points); the answer is the largest
+    ``k <= max_layers`` with a predicted latency within ``budget_ms``.
+    """
+    points = [(int(n), float(ms)) for n, ms in measured]
+    if len({n for n, _ in points}) < 2:
+        raise ValueError(f"measured: expected latencies of at least two different depths, found {list(measured)}")
+    if any(ms <= 0 or n < 1 for n, ms in points):
+        raise ValueError(f"measured: expected depths >= 1 and positive latencies, found {list(measured)}")
+    n_mean = sum(n for n, _ in points) / len(points)
+    ms_mean = sum(ms for _, ms in points) / len(points)
+    per_layer = (sum((n - n_mean) * (ms - ms_mean) for n, ms in points)
+                 / sum((n - n_mean) ** 2 for n, _ in points))
+    if not per_layer > 0:
+        raise ValueError(f"measured: latency does not grow with depth ({per_layer:.3g} ms per layer); "
+                         "time the models again with more repeats")
+    fixed = ms_mean - per_layer * n_mean
+    k = min(int((budget_ms - fixed) // per_layer), max_layers)
+    if k < 1:
+        raise ValueError(f"budget_ms: {budget_ms} ms does not fit one layer (fixed part {fixed:.1f} ms, "
+                         f"{per_layer:.2f} ms per layer)")
+    return k
+
+
 def reuse_groups_from_jsd(teacher_layers: Sequence[int], jsd: Any, threshold: float) -> list[list[int]]:
     """Attention-reuse groups (student indices) from an attention Jensen-Shannon divergence matrix.
 

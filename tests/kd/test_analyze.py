@@ -139,6 +139,12 @@ def test_plan_and_compress_from_report(tests_corpus, tmp_path):
         assert plans[method].num_student_layers == 2
     assert plans["first-k"].keep_layers == (0, 1) or list(plans["first-k"].keep_layers) == [0, 1]
     assert list(plans["linspace"].keep_layers) == [0, 2]
+    # a latency budget: 10 ms fixed + 5 ms per layer, 21 ms -> 2 layers
+    assert main(["plan", str(tmp_path / "an" / "report.json"), "--budget-ms", "21", "--latency", "3:25",
+                 "--latency", "1:15", "--method", "first-k", "--out", str(tmp_path / "ms.json")]) == 0
+    assert CompressionPlan.load(tmp_path / "ms.json").keep_layers == (0, 1)
+    with pytest.raises(SystemExit, match="exactly one of --budget"):
+        main(["plan", str(tmp_path / "an" / "report.json"), "--out", str(tmp_path / "x.json")])
     assert main(["compress", str(tmp_path / "model"), str(tmp_path / "linspace.json"), "--out",
                  str(tmp_path / "student")]) == 0
     student = Wav2Vec2Model.from_pretrained(tmp_path / "student").eval()

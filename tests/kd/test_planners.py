@@ -148,3 +148,20 @@ def test_planners_are_deterministic_and_accept_tensors():
     a = planners.plan_from_similarity(sim, budget_layers=3)
     b = planners.plan_from_similarity(torch.tensor(sim, dtype=torch.float32), budget_layers=3)
     assert a == b and isinstance(a, CompressionPlan)
+
+
+def test_latency_budget_fits_a_line_through_measured_depths():
+    from kd.planners import layers_for_latency_budget
+
+    # fixed 10 ms + 5 ms per layer
+    measured = [(12, 70.0), (6, 40.0), (3, 25.0)]
+    assert layers_for_latency_budget(measured, 40.0, 12) == 6
+    assert layers_for_latency_budget(measured, 44.9, 12) == 6
+    assert layers_for_latency_budget(measured, 45.0, 12) == 7
+    assert layers_for_latency_budget(measured, 1000.0, 12) == 12
+    with pytest.raises(ValueError, match="does not fit one layer"):
+        layers_for_latency_budget(measured, 12.0, 12)
+    with pytest.raises(ValueError, match="at least two different depths"):
+        layers_for_latency_budget([(12, 70.0), (12, 71.0)], 40.0, 12)
+    with pytest.raises(ValueError, match="latency does not grow with depth"):
+        layers_for_latency_budget([(12, 30.0), (6, 40.0)], 40.0, 12)
