@@ -64,57 +64,66 @@ def main(argv: list[str] | None = None) -> int:
         build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))
 
     def stage_asr_teacher(done):
+        existing = cfg.get("asr_teacher_run")
+        if existing and (Path(existing) / "model/config.yaml").is_file():  # a finished run with these settings
+            return {"run": str(Path(existing).resolve()), "reused": True}
         section = {**cfg["asr_teacher"], "data": {**cfg["asr_teacher"].get("data", {}),
                                                   "train": [str(corpus / domain / "train")], "dev": str(dev)}}
         r = train(TrainConfig.from_dict(section), out / "asr_teacher")
-        return {"steps": r.steps, "wall_seconds": r.wall_seconds}
+        return {"run": str(out / "asr_teacher"), "steps": r.steps, "wall_seconds": r.wall_seconds}
 
     def stage_asr_analysis(done):
-        analyze_model_dir(out / "asr_teacher/model", dev, out / "analysis/asr_teacher", analysis)
+        analyze_model_dir(Path(done["asr-teacher"]["run"]) / "model", dev, out / "analysis/asr_teacher", analysis)
 
     def stage_ssl_pretrain(done):
+        existing = cfg.get("ssl_run")
+        if existing and (Path(existing) / ".done.json").is_file():  # finished pre-training with these settings
+            return {"run": str(Path(existing).resolve()), "reused": True}
         r = pretrain(SSLConfig.from_preset(cfg["ssl_preset"]), [corpus / d / "train" for d in cfg["ssl_domains"]],
                      out / "ssl", progress=False)
-        return {"steps": r.steps, "checkpoints": [step for step, _ in list_checkpoints(out / "ssl")]}
+        return {"run": str(out / "ssl"), "steps": r.steps}
 
-    def checkpoints() -> dict[str, Path]:
-        found = {f"step {step}": path for step, path in list_checkpoints(out / "ssl")}
-        found["final"] = out / "ssl/model"
+    def checkpoints(done) -> dict[str, Path]:
+        ssl = Path(done["ssl-pretrain"]["run"])
+        found = {f"step {step}": path for step, path in list_checkpoints(ssl)}
+        found["final"] = ssl / "model"
         return found
 
     def stage_ssl_analysis(done):
-        for label, path in checkpoints().items():
+        for label, path in checkpoints(done).items():
             analyze_model_dir(path, dev, out / "analysis/ssl" / label.replace(" ", "-"), analysis)
 
     def stage_dynamics(done):
-        reports = {label: out / "analysis/ssl" / label.replace(" ", "-") / "report.json" for label in checkpoints()}
+        reports = {label: out / "analysis/ssl" / label.replace(" ", "-") / "report.json" for label in checkpoints(done)}
         figures = []
         for key, ylabel in CURVES.items():
             curves = report_curves(reports, key)
             if curves:
                 figures.append(str(plot_layer_curves(curves, out / f"figures/dynamics_{key}.png", ylabel=ylabel,
                                                      title=f"wav2vec 2.0 pre-training: {ylabel}")))
-        models = [p for label, p in checkpoints().items() if label != "final"]
-        comparison = compare_models(models, out / "ssl/model", dev, max_utterances=cfg["compare_utterances"],
+        models = [p for label, p in checkpoints(done).items() if label != "final"]
+        comparison = compare_models(models, Path(done["ssl-pretrain"]["run"]) / "model", dev, max_utterances=cfg["compare_utterances"],
                                     device=analysis.device)
         figures += [str(p) for p in save_comparison(comparison, out / "figures/dynamics_cka",
-                                                    labels=[l for l in checkpoints() if l != "final"],
+                                                    labels=[l for l in checkpoints(done) if l != "final"],
                                                     title="same-layer CKA with the final checkpoint")]
         return {"figures": figures}
 
     def stage_summary(done):
         text = peak_layers_markdown({"ESPnet ASR teacher": out / "analysis/asr_teacher/report.json",
                                      **{f"wav2vec 2.0, {label}": out / "analysis/ssl" / label.replace(" ", "-") /
-                                        "report.json" for label in checkpoints()}})
+                                        "report.json" for label in checkpoints(done)}})
         atomic_write_text(out / "summary.md", text)
         print(text)
 
     stages = [
         Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),
-        Stage(2, "asr-teacher", stage_asr_teacher, cfg["asr_teacher"], "train the ESPnet teacher"),
+        Stage(2, "asr-teacher", stage_asr_teacher, {"train": cfg["asr_teacher"], "reuse": cfg.get("asr_teacher_run")},
+              "train the ESPnet teacher (or reuse a finished run)"),
         Stage(3, "asr-analysis", stage_asr_analysis, cfg["analysis"], "analyse the ESPnet teacher"),
-        Stage(4, "ssl-pretrain", stage_ssl_pretrain, {"preset": cfg["ssl_preset"], "domains": cfg["ssl_domains"]},
-              "wav2vec 2.0 pre-training"),
+        Stage(4, "ssl-pretrain", stage_ssl_pretrain, {"preset": cfg["ssl_preset"], "domains": cfg["ssl_domains"],
+                                                      "reuse": cfg.get("ssl_run")},
+              "wav2vec 2.0 pre-training (or reuse a finished one)"),
         Stage(5, "ssl-analysis", stage_ssl_analysis, cfg["analysis"], "analyse every pre-training checkpoint"),
         Stage(6, "dynamics", stage_dynamics, {"compare_utterances": cfg["compare_utterances"]},
               "learning-dynamics figures"),

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return {name: plan.to_dict() for name, plan in plans.items()}
 
     def stage_distill(done):
-        config = LayerDistillConfig.from_preset(cfg["distill_preset"])
+        config = LayerDistillConfig.from_dict({**LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(),
+                                               **cfg.get("distill_overrides", {})})
         results = {}
         for name in plan_names:
             plan = CompressionPlan.load(out / "plans" / f"{name}.json")
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         Stage(3, "teacher-ctc", stage_teacher_ctc, ctc_config.to_dict(), "CTC fine-tuning of the teacher"),
         Stage(4, "analysis", stage_analysis, cfg["analysis"], "analyse the pre-trained teacher"),
         Stage(5, "plans", stage_plans, {"budget": k, "reuse": cfg["reuse_threshold"]}, "equal-budget plans"),
-        Stage(6, "distill", stage_distill, {"preset": cfg["distill_preset"]}, "layer-to-layer distillation"),
+        Stage(6, "distill", stage_distill, {"preset": cfg["distill_preset"], "overrides": cfg.get("distill_overrides", {})},
+              "layer-to-layer distillation"),
         Stage(7, "student-ctc", stage_student_ctc, ctc_config.to_dict(), "CTC fine-tuning of every student"),
         Stage(8, "speed", stage_speed, cfg["speed"], "latency"),
         Stage(9, "table", stage_table, {}, "results table"),
