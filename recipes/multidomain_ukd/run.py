@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_corpus(done):
         summary = build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))
-        return {"hours": {k: v for k, v in summary.items() if k == "hours"}}
+        return {"hours": summary.get("hours")}
 
     def stage_tokens(done):
         write_token_list([data(d, "train") for d in [*domains, target]], tokens)

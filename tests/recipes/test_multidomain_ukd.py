@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "multidomain_ukd" / "run.py"
 
@@ -45,6 +46,10 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys):
     built = json.loads((out / "stages/06-students/.done.json").read_text())["result"]
     assert built["init_teacher"] in ("us", "uk")
     assert len(built["S"]["encoder_layers"]) == 2 and built["XS"]["decoder_layers"] == [0]
+    # XS shares one set of weights across all 3 teacher layers (share_encoder: true)
+    assert built["XS"]["encoder_layers"] == [0, 1, 2] and len(built["XS"]["share_groups"][0]) == 3
+    xs = yaml.safe_load((out / "runs/XS/no-kd/seed0/model_config.yaml").read_text())
+    assert len(xs["encoder_share_groups"][0]) == 3
     plan_student = json.loads((out / "runs/S/no-kd/seed0/result.json").read_text())
     assert plan_student["steps"] == 1
     # the two-teacher condition weights teachers by their target dev WER and caches their outputs
