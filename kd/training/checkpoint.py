@@ -307,7 +307,11 @@ def prune_checkpoints(root: str | os.PathLike, *, keep_last: int, keep_best: int
     removed = []
     for c in found:
         if c.path not in keep:
-            shutil.rmtree(c.path)
+            # rename first (atomic), so a kill during the deletion leaves a hidden temp folder that
+            # resume removes, never a visible step-N folder with part of its files
+            doomed = c.path.with_name(f".tmp-{c.path.name}.delete")  # ".tmp-step-*": remove_partial_checkpoints
+            os.replace(c.path, doomed)
+            shutil.rmtree(doomed)
             removed.append(c.path)
     return removed
 

@@ -62,6 +62,25 @@ def test_prune_keeps_the_last_k_and_the_best_n(tmp_path):
     assert [c.step for c in list_checkpoints(tmp_path)] == [2, 4, 5, 6]
 
 
+def test_a_prune_killed_midway_leaves_no_visible_partial_checkpoint(tmp_path, monkeypatch):
+    for step, dev in [(1, 5.0), (2, 1.0), (3, 4.0)]:
+        _fake(tmp_path, step, dev)
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):  # deletes one file, then the process dies
+        next(p for p in sorted(path.iterdir()) if p.is_file()).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoints(tmp_path, keep_last=1, keep_best=1)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    visible = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert visible == ["step-00000002", "step-00000003"]
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 3]
+    assert [p.name for p in ckpt.remove_partial_checkpoints(tmp_path)] == [".tmp-step-00000001.delete"]
+
+
 def test_average_is_the_elementwise_mean(tmp_path):
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(3)]
