@@ -61,6 +61,14 @@ class _Sample:
     speakers: list[str] = field(default_factory=list)
 
 
+def sample_utterances(data, max_utterances: int | None, seed: int):
+    """``data`` (a ``DataDir``) limited to ``max_utterances`` utterances drawn with ``seed``, in file order."""
+    if max_utterances is None or len(data.utterances) <= max_utterances:
+        return data
+    order = np.random.default_rng(seed).permutation(len(data.utterances))[:max_utterances]
+    return type(data)(data.root, [data.utterances[i] for i in sorted(order)], data.skipped)
+
+
 def load_layerwise_model(model_dir: str | os.PathLike, device: str = "cpu"):
     """A ``LayerwiseModel`` for a Hugging Face checkpoint folder or a toolkit ASR model dir."""
     model_dir = Path(model_dir)
@@ -192,9 +200,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
     from analysis.report import AnalysisReport
     from analysis.streaming import pairwise_linear_cka, pairwise_pwcca, pairwise_svcca
 
-    if config.max_utterances is not None and len(data.utterances) > config.max_utterances:
-        order = np.random.default_rng(config.seed).permutation(len(data.utterances))[: config.max_utterances]
-        data = type(data)(data.root, [data.utterances[i] for i in sorted(order)], data.skipped)
+    data = sample_utterances(data, config.max_utterances, config.seed)
     phones = sorted({p for a in (alignments or {}).values() for _, _, p in a["phones"]})
     phone_index = {p: i for i, p in enumerate(phones)}
     counts: dict[str, int] = {}

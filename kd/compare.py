@@ -1,9 +1,9 @@
 """Cross-model layer similarity: checkpoints of one training run, or a teacher and its student.
 
 ``compare_models(models, reference, data_dir)`` runs every model and the reference over the
-same utterances and accumulates one :class:`analysis.streaming.LayerMoments` per model over the
-concatenation of its layers and the reference's layers (one streaming pass, float64, memory
-independent of the number of frames). From it come the linear CKA between every layer of the
+same utterances, side by side, and accumulates one :class:`analysis.streaming.LayerMoments` per
+model over the concatenation of its layers and the reference's layers (one streaming pass,
+float64, memory independent of the number of frames). From it come the linear CKA between every layer of the
 model and every layer of the reference, and the same-layer CKA curve (layer l against reference
 layer l) that learning-dynamics plots show.
 
@@ -70,95 +70,83 @@ def compare_models(models: Sequence[str | os.PathLike], reference: str | os.Path
                    seed: int = 0, progress: bool = False) -> ModelComparison:
     """Linear CKA between the layers of each of ``models`` and those of ``reference``.
 
+    All models and the reference run side by side over the same batches (each forward pass once;
+    activations are folded into the moments utterance by utterance, never stored).
+
     Args:
         models: model dirs (Hugging Face checkpoints, kd model or run dirs; see ``kd analyze``).
         reference: the model every other one is compared with (e.g. the final checkpoint).
         data_dir: utterances to run (at most ``max_utterances``, drawn with ``seed``).
     """
-    import numpy as np
     from tqdm.auto import tqdm
 
     from analysis.capture import iter_activations
     from analysis.streaming import LayerMoments, pairwise_linear_cka
-    from kd.analyze import load_layerwise_model
+    from kd.analyze import load_layerwise_model, sample_utterances
     from kd.data import load_data_dir
     from kd.data.batching import AudioDataset, bucket_batches, collate
 
     if not models:
         raise ValueError("models: expected at least one model to compare, found none")
-    data = load_data_dir(data_dir)
-    if max_utterances is not None and len(data.utterances) > max_utterances:
-        order = np.random.default_rng(seed).permutation(len(data.utterances))[:max_utterances]
-        data = type(data)(data.root, [data.utterances[i] for i in sorted(order)], data.skipped)
+    data = sample_utterances(load_data_dir(data_dir), max_utterances, seed)
     dataset = AudioDataset(data)
     batches = bucket_batches(dataset.durations(), max_seconds=batch_seconds, shuffle=False)
 
-    def activations(model) -> dict[str, list[torch.Tensor]]:
-        def batch_iter():
-            for b in batches:
-                batch = collate([dataset[i] for i in b])
-                yield batch.utts, batch.speech, batch.speech_lengths
+    def batch_iter():
+        for b in batches:
+            batch = collate([dataset[i] for i in b])
+            yield batch.utts, batch.speech, batch.speech_lengths
 
-        out = {}
-        for utt in tqdm(iter_activations(model, batch_iter(), device=device), total=len(dataset),
-                        desc="activations", disable=not progress):
-            hidden = [h.to(torch.float32) for h in utt.hidden]
-            if not all(torch.isfinite(h).all() for h in hidden):
-                raise ValueError(f"utterance {utt.utt!r}: the model produced NaN or inf activations")
-            out[utt.utt] = hidden
-        return out
+    def finite(utt) -> list[torch.Tensor]:
+        hidden = [h.to(torch.float32) for h in utt.hidden]
+        if not all(torch.isfinite(h).all() for h in hidden):
+            raise ValueError(f"utterance {utt.utt!r}: the model produced NaN or inf activations")
+        return hidden
 
     ref_model = load_layerwise_model(reference, device=device)
-    ref_acts = activations(ref_model)
-    result = ModelComparison(reference=str(reference), data=str(data_dir), num_utterances=len(ref_acts))
-    for path in models:
-        model = load_layerwise_model(path, device=device)
-        acts = activations(model)
-        moments, frames = None, 0
-        for utt, hidden in acts.items():
-            ref = ref_acts[utt]
+    loaded = [load_layerwise_model(path, device=device) for path in models]
+    moments: list[LayerMoments | None] = [None] * len(loaded)
+    frames = [0] * len(loaded)
+    streams = [iter_activations(m, batch_iter(), device=device) for m in [ref_model, *loaded]]
+    count = 0
+    # every stream yields the same utterances in the same order (same batches, same lengths)
+    for utts in tqdm(zip(*streams), total=len(dataset), desc="activations", disable=not progress):
+        ref = finite(utts[0])
+        for k, (model, utt) in enumerate(zip(loaded, utts[1:])):
+            assert utt.utt == utts[0].utt, (utt.utt, utts[0].utt)
+            hidden = finite(utt)
             ia, ib = pair_frames(hidden[0].shape[0], model.frame_rate, ref[0].shape[0], ref_model.frame_rate)
             layers = [h[ia.to(h.device)] for h in hidden] + [h[ib.to(h.device)] for h in ref]
-            if moments is None:
-                moments = LayerMoments([h.shape[-1] for h in layers], device=layers[0].device)
-            moments.update(layers)
-            frames += len(ia)
-        if moments is None:
-            raise ValueError(f"{data_dir}: no utterance to compare")
-        la, lb = len(hidden), len(ref)
-        block = pairwise_linear_cka(moments, rows=list(range(la)), cols=list(range(la, la + lb)))
+            if moments[k] is None:
+                moments[k] = LayerMoments([h.shape[-1] for h in layers], device=layers[0].device)
+            moments[k].update(layers)
+            frames[k] += len(ia)
+        count += 1
+    if count == 0:
+        raise ValueError(f"{data_dir}: no utterance to compare")
+    result = ModelComparison(reference=str(reference), data=str(data_dir), num_utterances=count)
+    lb = ref_model.num_layers
+    for path, model, m, n in zip(models, loaded, moments, frames):
+        la = model.num_layers
+        block = pairwise_linear_cka(m, rows=list(range(la)), cols=list(range(la, la + lb)))
         result.models.append(str(path))
         result.cka.append(block.tolist())
-        result.frames.append(frames)
-        del model
+        result.frames.append(n)
     return result
 
 
 def save_comparison(comparison: ModelComparison, out_dir: str | os.PathLike, *, labels: Sequence[str] | None = None,
                     title: str = "") -> list[Path]:
     """``comparison.json`` and a PNG of the same-layer CKA curves (one line per model)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from kd.figures import plot_layer_curves
     from kd.io import write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "comparison.json", comparison.to_dict())
     labels = list(labels) if labels is not None else [Path(m).name for m in comparison.models]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, label in enumerate(labels):
-        curve = comparison.same_layer(i)
-        ax.plot(range(len(curve)), curve, marker="o", label=label)
-    ax.set_xlabel("layer (0 = input of the first Transformer layer)")
-    ax.set_ylabel("linear CKA with the same layer of the reference")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title or f"against {Path(comparison.reference).name}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "same_layer_cka.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    curves = {label: comparison.same_layer(i) for i, label in enumerate(labels)}
+    path = plot_layer_curves(curves, out / "same_layer_cka.png", ylim=(0, 1.02),
+                             ylabel="linear CKA with the same layer of the reference",
+                             title=title or f"against {Path(comparison.reference).name}")
     return [out / "comparison.json", path]
