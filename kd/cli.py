@@ -63,13 +63,13 @@ def _plan(args: argparse.Namespace) -> int:
 
         measured = []
         for item in args.latency or []:
-            depth, sep, ms = item.partition(":")
+            layers, _, ms = item.partition(":")
             try:
-                measured.append((int(depth), float(ms)))
+                measured.append((int(layers), float(ms)))
             except ValueError:
                 raise SystemExit(f"kd plan: --latency expects LAYERS:MS (e.g. 12:85.0), found {item!r}") from None
-        depth = AnalysisReport.load(args.report).num_layers - 1
-        budget = layers_for_latency_budget(measured, args.budget_ms, depth)
+        teacher_layers = AnalysisReport.load(args.report).num_layers - 1
+        budget = layers_for_latency_budget(measured, args.budget_ms, teacher_layers)
         print(f"latency budget {args.budget_ms} ms -> {budget} layers")
     plan = plan_from_report(args.report, budget_layers=budget, method=PlanMethod(args.method),
                             share_blocks=args.share, reuse_threshold=args.reuse_threshold)

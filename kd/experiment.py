@@ -27,8 +27,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from kd.training.config import TrainConfig
 
-__all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "results_table", "student_train_config", "train_run",
-           "write_token_list"]
+__all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "merge_sections", "results_table",
+           "student_train_config", "train_run", "write_token_list"]
 
 _INITS = ("random", "plan")
 _WEIGHTINGS = ("fixed", "dev_wer", "uncertainty")
@@ -99,10 +99,11 @@ def write_token_list(data_dirs: Sequence[str | os.PathLike], path: str | os.Path
     return path
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def merge_sections(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``override`` merged in, mapping by mapping (YAML config sections)."""
     out = copy.deepcopy(dict(base))
     for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+        out[k] = merge_sections(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
     return out
 
 
@@ -125,7 +126,7 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
         dev_wers: domain name -> the teacher's WER on the target dev set (for ``dev_wer``).
         cache_root: folder for cached teacher outputs, shared by every run with the same teachers.
     """
-    section = _merge(base, {
+    section = merge_sections(base, {
         "data": {"train": [str(d) for d in train], "dev": str(dev)},
         "tokens": {"kind": "list", "path": str(tokens)},
         "seed": seed,
@@ -135,7 +136,7 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
             raise ValueError(f"condition {condition.name!r}: init 'plan' needs the student built from the plan")
         section["model"] = {"preset": None, "init_from": str(plan_student)}
     else:
-        model = _merge(teacher_model, {"overrides": {"encoder_layers": size.encoder_layers,
+        model = merge_sections(teacher_model, {"overrides": {"encoder_layers": size.encoder_layers,
                                                      "decoder_layers": len(size.decoder_keep)}})
         section["model"] = model
     if condition.teachers:

@@ -33,7 +33,8 @@ from typing import Any, Callable, Sequence
 
 from kd.io import MARKER_NAME, clear_done, is_done, mark_done
 
-__all__ = ["Stage", "StageOutcome", "add_stage_arguments", "run_stages", "stage_dir"]
+__all__ = ["Stage", "StageOutcome", "add_stage_arguments", "load_preset", "recipe_parser", "run_recipe",
+           "run_stages", "stage_dir"]
 
 STAGES_DIR = "stages"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -96,7 +97,6 @@ def run_stages(stages: Sequence[Stage], work_dir: str | os.PathLike, *, start: i
         raise ValueError(f"stage range {start}..{stop}: expected an overlap with the recipe's stages {known}")
     outcomes: list[StageOutcome] = []
     results: dict[str, Any] = {}
-    redone = False
     for stage in sorted(stages, key=lambda s: s.number):
         directory = stage_dir(work_dir, stage)
         inside = stage.number >= start and (stop is None or stage.number <= stop)
@@ -105,12 +105,13 @@ def run_stages(stages: Sequence[Stage], work_dir: str | os.PathLike, *, start: i
             outcomes.append(StageOutcome(stage.number, stage.name, "outside", 0.0, result))
             results[stage.name] = result
             continue
-        if not force and not redone and is_done(directory, stage.config):
+        # a redone stage clears the markers of every later stage (their inputs may change), so
+        # is_done is False for everything after it
+        if not force and is_done(directory, stage.config):
             log(f"stage {stage.number} ({stage.name}): finished earlier, skipped")
             results[stage.name] = _stored_result(directory)
             outcomes.append(StageOutcome(stage.number, stage.name, "skipped", 0.0, results[stage.name]))
             continue
-        redone = True  # everything after a redone stage reads new inputs
         for later in stages:
             if later.number > stage.number:
                 clear_done(stage_dir(work_dir, later))
@@ -132,3 +133,37 @@ def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", type=int, default=1, help="first stage to run (default 1)")
     parser.add_argument("--stop-stage", type=int, default=None, help="last stage to run (default: the last)")
     parser.add_argument("--force", action="store_true", help="redo the stages in range even if finished")
+
+
+def recipe_parser(doc: str, config: Path, name: str) -> argparse.ArgumentParser:
+    """A recipe's command line: ``--preset``, ``--config``, ``--out`` and the stage arguments.
+
+    ``name``: the recipe's folder name; outputs default to ``exp/<name>/<preset>``.
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", help="section of config.yaml (smoke, cpu, gpu)")
+    parser.add_argument("--config", type=Path, default=config)
+    parser.add_argument("--out", type=Path, default=None, help=f"default: exp/{name}/PRESET")
+    parser.set_defaults(recipe=name)
+    add_stage_arguments(parser)
+    return parser
+
+
+def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """The preset section of the recipe's YAML (``x-...`` keys hold shared anchors, not presets) and
+    the output folder."""
+    import yaml
+
+    presets = {k: v for k, v in yaml.safe_load(args.config.read_text(encoding="utf-8")).items()
+               if not k.startswith("x-")}
+    if args.preset not in presets:
+        parser.error(f"--preset: expected one of {sorted(presets)}, found {args.preset!r}")
+    out = (args.out or Path("exp") / args.recipe / args.preset).resolve()
+    return presets[args.preset], out
+
+
+def run_recipe(stages: Sequence[Stage], out: Path, args: argparse.Namespace) -> list[StageOutcome]:
+    """:func:`run_stages` over the range the command line asked for; one summary line on stderr."""
+    outcomes = run_stages(stages, out, start=args.stage, stop=args.stop_stage, force=args.force)
+    print("stages: " + ", ".join(f"{o.number} {o.name} {o.status}" for o in outcomes), file=sys.stderr)
+    return outcomes

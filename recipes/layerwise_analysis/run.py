@@ -14,21 +14,19 @@ Stages (each skipped when finished with the same settings; see kd.stages):
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-
-import yaml
 
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.compare import compare_models, save_comparison
 from kd.corpus.synth import build_corpus
+from kd.experiment import merge_sections
 from kd.figures import plot_layer_curves, report_curves
 from kd.io import atomic_write_text
 from kd.ssl.common import list_checkpoints
 from kd.ssl.config import SSLConfig
 from kd.ssl.pretrain import pretrain
-from kd.stages import Stage, add_stage_arguments, run_stages
+from kd.stages import Stage, load_preset, recipe_parser, run_recipe
 from kd.summary import peak_layers_markdown
 from kd.train import train
 from kd.training.config import TrainConfig
@@ -45,17 +43,9 @@ CURVES = {  # report key -> y label
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu", help="section of config.yaml")
-    parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
-    parser.add_argument("--out", type=Path, default=None, help="default: exp/layerwise_analysis/PRESET")
-    add_stage_arguments(parser)
+    parser = recipe_parser(__doc__, HERE / "config.yaml", "layerwise_analysis")
     args = parser.parse_args(argv)
-    presets = yaml.safe_load(args.config.read_text(encoding="utf-8"))
-    if args.preset not in presets:
-        parser.error(f"--preset: expected one of {sorted(presets)}, found {args.preset!r}")
-    cfg = presets[args.preset]
-    out = (args.out or Path("exp/layerwise_analysis") / args.preset).resolve()
+    cfg, out = load_preset(parser, args)
     corpus, domain = out / "corpus", cfg["asr_domain"]
     analysis = AnalyzeConfig(**cfg["analysis"])
     dev = corpus / domain / "dev"
@@ -67,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         existing = cfg.get("asr_teacher_run")
         if existing and (Path(existing) / "model/config.yaml").is_file():  # a finished run with these settings
             return {"run": str(Path(existing).resolve()), "reused": True}
-        section = {**cfg["asr_teacher"], "data": {**cfg["asr_teacher"].get("data", {}),
-                                                  "train": [str(corpus / domain / "train")], "dev": str(dev)}}
+        section = merge_sections(cfg["asr_teacher"], {"data": {"train": [str(corpus / domain / "train")],
+                                                               "dev": str(dev)}})
         r = train(TrainConfig.from_dict(section), out / "asr_teacher")
         return {"run": str(out / "asr_teacher"), "steps": r.steps, "wall_seconds": r.wall_seconds}
 
@@ -129,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
               "learning-dynamics figures"),
         Stage(7, "summary", stage_summary, {}, "summary.md"),
     ]
-    outcomes = run_stages(stages, out, start=args.stage, stop=args.stop_stage, force=args.force)
-    print("stages: " + ", ".join(f"{o.number} {o.name} {o.status}" for o in outcomes), file=sys.stderr)
+    run_recipe(stages, out, args)
     return 0
 
 

@@ -16,23 +16,20 @@ Stages (each skipped when finished with the same settings; see kd.stages):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.compression.asr import asr_student
 from kd.corpus.synth import build_corpus
-from kd.experiment import (Condition, StudentSize, evaluate_once, results_table, student_train_config,
-                           train_run, write_token_list)
+from kd.experiment import (Condition, StudentSize, evaluate_once, merge_sections, results_table,
+                           student_train_config, train_run, write_token_list)
 from kd.io import atomic_write_text, write_json
 from kd.model_dir import load_model_dir, save_model_dir
 from kd.plan import CompressionPlan
 from kd.plan_cli import plan_from_report
-from kd.stages import Stage, add_stage_arguments, run_stages
+from kd.stages import Stage, load_preset, recipe_parser, run_recipe
 from kd.train import train
 from kd.training.config import TrainConfig
 
@@ -40,22 +37,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu", help="section of config.yaml (cpu, gpu, ...)")
-    parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
-    parser.add_argument("--out", type=Path, default=None, help="default: exp/multidomain_ukd/PRESET")
+    parser = recipe_parser(__doc__, HERE / "config.yaml", "multidomain_ukd")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
-    add_stage_arguments(parser)
     args = parser.parse_args(argv)
-
-    presets = {k: v for k, v in yaml.safe_load(args.config.read_text(encoding="utf-8")).items()
-               if not k.startswith("x-")}  # x-...: YAML anchors shared by presets
-    if args.preset not in presets:
-        parser.error(f"--preset: expected one of {sorted(presets)}, found {args.preset!r}")
-    cfg = presets[args.preset]
+    cfg, out = load_preset(parser, args)
     if args.seeds:
         cfg["seeds"] = args.seeds
-    out = (args.out or Path("exp/multidomain_ukd") / args.preset).resolve()
     corpus = out / "corpus"
     domains, target = cfg["teacher_domains"], cfg["target_domain"]
     tokens = out / "tokens.txt"
@@ -84,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     def stage_teachers(done):
         results = {}
         for d in domains:
-            section = {**cfg["teacher"], "data": {**cfg["teacher"].get("data", {}), "train": [str(data(d, "train"))],
-                                                  "dev": str(data(d, "dev"))},
-                       "tokens": {"kind": "list", "path": str(tokens)}}
+            section = merge_sections(cfg["teacher"], {
+                "data": {"train": [str(data(d, "train"))], "dev": str(data(d, "dev"))},
+                "tokens": {"kind": "list", "path": str(tokens)}})
             r = train(TrainConfig.from_dict(section), teacher_runs[d])
             results[d] = {"steps": r.steps, "best_dev_loss": r.best_dev_loss, "wall_seconds": r.wall_seconds}
         return results
@@ -188,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         Stage(8, "eval", stage_eval, {"decode": cfg["decode"], "seeds": seeds}, "student WER"),
         Stage(9, "table", stage_table, {"seeds": seeds, "teacher_metric": metric}, "results table"),
     ]
-    outcomes = run_stages(stages, out, start=args.stage, stop=args.stop_stage, force=args.force)
-    print(f"stages: " + ", ".join(f"{o.number} {o.name} {o.status}" for o in outcomes), file=sys.stderr)
+    run_recipe(stages, out, args)
     return 0
 
 

@@ -16,13 +16,10 @@ Stages (each skipped when finished with the same settings; see kd.stages):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
-
-import yaml
 
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.bench_speed import bench_speed
@@ -36,23 +33,15 @@ from kd.ssl.common import load_speech_model
 from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
 from kd.ssl.pretrain import pretrain
-from kd.stages import Stage, add_stage_arguments, run_stages
+from kd.stages import Stage, load_preset, recipe_parser, run_recipe
 
 HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu", help="section of config.yaml")
-    parser.add_argument("--config", type=Path, default=HERE / "config.yaml")
-    parser.add_argument("--out", type=Path, default=None, help="default: exp/w2v2_compress/PRESET")
-    add_stage_arguments(parser)
+    parser = recipe_parser(__doc__, HERE / "config.yaml", "w2v2_compress")
     args = parser.parse_args(argv)
-    presets = yaml.safe_load(args.config.read_text(encoding="utf-8"))
-    if args.preset not in presets:
-        parser.error(f"--preset: expected one of {sorted(presets)}, found {args.preset!r}")
-    cfg = presets[args.preset]
-    out = (args.out or Path("exp/w2v2_compress") / args.preset).resolve()
+    cfg, out = load_preset(parser, args)
     corpus, domain = out / "corpus", cfg["asr_domain"]
     ssl_data = [corpus / d / "train" for d in cfg["ssl_domains"]]
     ctc_config = CTCConfig.from_dict({**CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
@@ -160,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         Stage(8, "speed", stage_speed, cfg["speed"], "latency"),
         Stage(9, "table", stage_table, {}, "results table"),
     ]
-    outcomes = run_stages(stages, out, start=args.stage, stop=args.stop_stage, force=args.force)
-    print("stages: " + ", ".join(f"{o.number} {o.name} {o.status}" for o in outcomes), file=sys.stderr)
+    run_recipe(stages, out, args)
     return 0
 
 

@@ -10,14 +10,7 @@ import torch
 pytest.importorskip("espnet2")
 
 from kd.compare import compare_models, pair_frames, save_comparison  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.kd.test_train import single_thread  # noqa: E402,F401  (autouse fixture)
 
 
 def test_pair_frames_same_rate_keeps_the_shorter_count():

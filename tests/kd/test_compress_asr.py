@@ -11,16 +11,9 @@ from kd.compression import count_parameters  # noqa: E402
 from kd.compression.asr import asr_student  # noqa: E402
 from kd.models.asr import AsrConfig, build_asr_model  # noqa: E402
 from kd.plan import CompressionPlan  # noqa: E402
+from tests.kd.test_train import single_thread  # noqa: E402,F401  (autouse fixture)
 
 V = 12
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def teacher(seed=0, **overrides):

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-import pytest
-import torch
-
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "layerwise_analysis" / "run.py"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("layerwise_analysis_run", RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys, load_recipe):
+    recipe = load_recipe("layerwise_analysis")
     out = tmp_path / "exp"
     assert recipe.main(["--preset", "smoke", "--out", str(out)]) == 0
     for name in ("linear_cka", "pwcca", "attention_jsd", "per_layer_cca", "per_layer_probes", "per_layer_mi"):

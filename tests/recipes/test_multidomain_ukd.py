@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "multidomain_ukd" / "run.py"
+from tests.recipes.conftest import RECIPES
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("multidomain_ukd_run", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys):
-    recipe = load_recipe()
+def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_recipe):
+    recipe = load_recipe("multidomain_ukd")
     out = tmp_path / "exp"
     assert recipe.main(["--preset", "smoke", "--out", str(out), "--seeds", "0"]) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    conditions = [c["name"] for c in __import__("yaml").safe_load(RECIPE.with_name("config.yaml").read_text())
-                  ["x-conditions"]]
+    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
+    conditions = [c["name"] for c in config["x-conditions"]]
     rows = [(s["size"], s["condition"]) for s in results["students"]]
     assert rows == [(size, c) for size in ("S", "XS") for c in conditions]
     for s in results["students"]:
@@ -64,8 +46,8 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys):
     assert "stages: 1 corpus skipped, 2 tokens skipped" in err and "8 eval skipped, 9 table ran" in err
 
 
-def test_unknown_preset_is_refused(capsys):
-    recipe = load_recipe()
+def test_unknown_preset_is_refused(capsys, load_recipe):
+    recipe = load_recipe("multidomain_ukd")
     with pytest.raises(SystemExit):
         recipe.main(["--preset", "nope"])
     assert "--preset: expected one of" in capsys.readouterr().err

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-import pytest
-import torch
-
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "w2v2_compress" / "run.py"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_plans_students_and_table(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("w2v2_compress_run", RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+def test_plans_students_and_table(tmp_path, capsys, load_recipe):
+    recipe = load_recipe("w2v2_compress")
     out = tmp_path / "exp"
     assert recipe.main(["--preset", "smoke", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
