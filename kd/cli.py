@@ -145,6 +145,57 @@ def _bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_values(items: list[str], option: str) -> dict:
+    """``["d_model=256", "encoder_layers=12"]`` -> a dict, each value read as YAML (numbers, booleans)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{option}: expected KEY=VALUE, found {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from kd.bench_train import bench_train, train_table
+
+    result = bench_train(args.data, args.out, teacher=args.teacher, preset=args.preset,
+                         overrides=_key_values(args.set, "--set"), window=args.window, windows=args.windows,
+                         max_seconds=args.max_seconds, max_utterances=args.max_utterances,
+                         mixed_precision=args.mixed_precision, peak=args.peak_tflops, seed=args.seed,
+                         out_md=args.table, command="kd " + " ".join(sys.argv[1:]))
+    print(train_table(result))
+    return 0
+
+
+def _distill_layers(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from kd.compression import compress, count_parameters
+    from kd.layer_distill import LayerDistillConfig, distill_layers
+    from kd.plan import CompressionPlan
+    from kd.ssl.common import load_speech_model
+    from kd.ssl.config import OptimSettings
+
+    config = LayerDistillConfig.from_preset(args.preset)
+    optim = _key_values(args.set, "--set")
+    if optim:
+        unknown = sorted(set(optim) - {f.name for f in dataclasses.fields(OptimSettings)})
+        if unknown:
+            raise ValueError(f"--set: unknown OptimSettings field(s) {unknown}; expected some of "
+                             f"{[f.name for f in dataclasses.fields(OptimSettings)]}")
+        config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, **optim))
+    plan = CompressionPlan.load(args.plan)
+    teacher = load_speech_model(args.teacher)
+    student = load_speech_model(args.student) if args.student else compress(teacher, plan)
+    result = distill_layers(teacher, student, plan, args.data, args.out, config, progress=True)
+    print(f"student ({count_parameters(student):,} parameters) after {result.steps} updates"
+          f"{' (finished earlier; skipped)' if result.skipped else ''}: {result.model_dir}")
+    return 0
+
+
 def _ssl_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -245,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
         tr.add_argument("--no-resume", action="store_true", help="refuse a run dir that already has checkpoints")
         tr.set_defaults(run=_train)
 
+    dl = sub.add_parser("distill-layers", help="layer-to-layer distillation (DistilHuBERT) of a wav2vec2-family "
+                                               "student built by a plan")
+    dl.add_argument("teacher", help="Hugging Face checkpoint folder (wav2vec2 / HuBERT / WavLM) or a student folder")
+    dl.add_argument("plan", help="plan JSON (kd plan); its layer map pairs teacher and student layers")
+    dl.add_argument("--data", nargs="+", required=True, help="data dirs (audio only is used)")
+    dl.add_argument("--out", required=True, help="stage folder: student/, heads, log.csv (a finished one is skipped)")
+    dl.add_argument("--student", default=None, help="initial student folder (default: kd.compress(teacher, plan))")
+    dl.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
+    dl.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="optimiser settings over the preset (steps, lr, warmup_steps, max_batch_seconds, ...)")
+    dl.set_defaults(run=_distill_layers)
+
     bench = sub.add_parser("bench", help="benchmarks (results to JSON + a markdown table)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     ba = bench_sub.add_parser("analysis", help="streamed all-pairs similarity vs a per-pair NumPy baseline")
@@ -268,6 +331,24 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--out", default="docs/bench/speed.json")
     bs.add_argument("--table", default="docs/bench/speed.md")
     bs.set_defaults(run=_bench_speed)
+
+    bt = bench_sub.add_parser("train", help="training throughput and MFU vs an ESPnet-default-style loop; "
+                                            "cached vs online teacher outputs")
+    bt.add_argument("--data", required=True, help="training data dir")
+    bt.add_argument("--teacher", default=None, help="a teacher run dir: also measure distillation, online and cached")
+    bt.add_argument("--preset", default="small", help="the student's AsrConfig preset")
+    bt.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="AsrConfig fields over the preset")
+    bt.add_argument("--window", type=int, default=10, help="steps per timed window (and of the warm-up)")
+    bt.add_argument("--windows", type=int, default=3, help="timed windows")
+    bt.add_argument("--max-seconds", type=float, default=60.0, help="padded audio seconds per micro-batch")
+    bt.add_argument("--max-utterances", type=int, default=64)
+    bt.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=None,
+                    help="of the kd loop (default: bf16 on CUDA, no on CPU); the baseline is always fp32")
+    bt.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: datasheet)")
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--out", default="exp/bench_train", help="folder for train.json and the runs")
+    bt.add_argument("--table", default="docs/bench/train.md")
+    bt.set_defaults(run=_bench_train)
 
     ssl = sub.add_parser("ssl", help="a self-supervised wav2vec 2.0 teacher")
     ssl_sub = ssl.add_subparsers(dest="ssl_command", required=True)

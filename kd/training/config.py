@@ -113,6 +113,8 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     clip_norm: float | None = 5.0  # max global gradient L2 norm; None: no clipping
     mixed_precision: MixedPrecision = MixedPrecision.NO
+    fused: bool = True  # the fused (single-kernel) Adam on CUDA; ignored on CPU
+    tf32: bool = True  # TF32 tensor-core matmuls for float32 work on CUDA (~1e-3 relative rounding); ignored on CPU
 
 
 @dataclass(frozen=True)

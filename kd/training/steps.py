@@ -6,7 +6,7 @@ import torch
 
 from kd.training.config import TrainConfig
 
-__all__ = ["LOG_ORDER", "evaluate", "micro_batch_loss", "reduce_window"]
+__all__ = ["LOG_ORDER", "accumulate", "evaluate", "micro_batch_loss", "reduce_window"]
 
 # first columns of log.csv, when present; per-teacher terms follow
 LOG_ORDER = ("loss", "nll", "kd", "tok_kd", "unc_kd", "loss_ctc", "loss_att", "loss_aleatoric", "acc", "grad_norm")
@@ -37,12 +37,25 @@ def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: 
     return loss, {"loss": loss.detach(), **parts, **kd_parts}
 
 
-def reduce_window(window: dict[str, float], steps: int, audio: float, accelerator) -> tuple[dict[str, float], float]:
+def accumulate(window: dict[str, torch.Tensor], parts: dict, scale: float, device) -> None:
+    """Add ``scale`` times each part to the window's running sums, on the device.
+
+    No value is read back to the host here: a ``float(tensor)`` per micro-batch would make the
+    host wait for the accelerator every step. The sums are read once per logging window.
+    """
+    for k, v in parts.items():
+        v = torch.as_tensor(v, device=device).detach().to(torch.float64) * scale
+        window[k] = window[k] + v if k in window else v
+
+
+def reduce_window(window: dict[str, torch.Tensor], steps: int, audio: float,
+                  accelerator) -> tuple[dict[str, float], float]:
     """Per-step means of the window's sums, averaged over processes; audio seconds summed over processes."""
     keys = sorted(window)
-    values = torch.tensor([window[k] / max(steps, 1) for k in keys] + [audio], dtype=torch.float64,
-                          device=accelerator.device)
-    total = accelerator.reduce(values, reduction="sum")
+    device = accelerator.device
+    values = torch.stack([torch.as_tensor(window[k], device=device).to(torch.float64) / max(steps, 1) for k in keys]
+                         + [torch.tensor(audio, dtype=torch.float64, device=device)])
+    total = accelerator.reduce(values, reduction="sum").cpu()
     n = accelerator.num_processes
     means = {k: float(total[i]) / n for i, k in enumerate(keys)}
     row = {k: means[k] for k in LOG_ORDER if k in means}

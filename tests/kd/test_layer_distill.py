@@ -169,3 +169,24 @@ def test_config_round_trip_and_errors():
         dataclasses.replace(config, cos_weight=-1.0)
     with pytest.raises(ValueError, match="preset: expected one of"):
         LayerDistillConfig.from_preset("huge")
+
+
+def test_cli_distills_a_student_built_by_the_plan(tests_corpus, tmp_path, capsys):
+    from kd.cli import main
+    from kd.compression import load_student
+    from kd.ssl.common import read_csv_log
+
+    root, _ = tests_corpus
+    data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)
+    tiny_teacher().save_pretrained(tmp_path / "teacher")
+    CompressionPlan(keep_layers=(1, 3)).save(tmp_path / "plan.json")
+    args = ["distill-layers", str(tmp_path / "teacher"), str(tmp_path / "plan.json"), "--data", str(data),
+            "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "steps=3", "lr=0.001"]
+    assert main(args) == 0
+    assert len(read_csv_log(tmp_path / "out" / "log.csv")) == 3
+    assert load_student(tmp_path / "out" / "student").config.num_hidden_layers == 2
+    assert "after 3 updates" in capsys.readouterr().out
+    assert main(args) == 0 and "skipped" in capsys.readouterr().out
+    bad = args[:-2] + ["stepz=3"]
+    assert main(bad) == 2
+    assert "--set: unknown OptimSettings field(s) ['stepz']" in capsys.readouterr().err

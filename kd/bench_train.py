@@ -1,0 +1,336 @@
+"""``kd bench train``: throughput and model FLOP utilisation of the training loop.
+
+One run, one model, one sequence of micro-batches, measured in turn by:
+
+``espnet_default``
+    A plain PyTorch loop written the way ESPnet's trainer runs by default: float32, no TF32
+    matmuls, no compilation, ``torch.optim.Adam`` (multi-tensor), gradient clipping, and the
+    per-step ``.item()`` reads of the loss and gradient norm that its reporter does.
+``kd_train``
+    :func:`kd.train.train` itself with the bench's ``mixed_precision`` (bf16 on CUDA by
+    default), TF32 and the fused Adam (CUDA), and no host-device synchronisation inside a
+    logging window.
+``kd_distill_online`` / ``kd_distill_cached`` (with ``--teacher``)
+    :func:`kd.train.train` distilling from a teacher run, its outputs computed on every batch
+    or read from the disk cache. The one-off time to fill the cache is reported separately.
+
+Throughput is seconds of training audio per wall second over the steps after a warm-up window
+(data loading included, dev evaluation and checkpoints excluded). Model FLOPs are counted with
+``torch.utils.flop_counter.FlopCounterMode`` on one forward and backward pass of the student for
+each measured micro-batch (matrix products, convolutions, attention); a teacher's forward pass
+is not counted. MFU = counted FLOPs per second / the device's peak dense bf16 tensor FLOP/s
+(the vendor's datasheet figure; on a CPU there is none and MFU is left empty unless
+``--peak-tflops`` gives one).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from kd.io import atomic_write_text, write_json
+
+__all__ = ["PEAK_TFLOPS", "bench_train", "peak_tflops", "train_table"]
+
+# dense bf16 tensor-core peak, TFLOP/s, by device name (first match wins); vendor datasheets
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("A100", 312.0),
+               ("L40S", 362.1), ("A10G", 70.0), ("L4", 121.0))
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """The datasheet bf16 peak of a CUDA device, or None (CPU, unknown GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((value for key, value in PEAK_TFLOPS if key in name), None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+# ---------------------------------------------------------------- configuration and batches
+
+
+def bench_config(data: str, *, teacher: str | None, preset: str, overrides: dict[str, Any] | None, window: int,
+                 windows: int, max_seconds: float, max_utterances: int, mixed_precision: str, seed: int):
+    """The TrainConfig every variant shares: a constant learning rate, no dev set, no periodic checkpoints."""
+    from kd.training.config import TrainConfig
+
+    tokens = {"kind": "list", "path": str(Path(teacher) / "tokens.txt")} if teacher else {"kind": "char"}
+    return TrainConfig.from_dict({
+        "data": {"train": [str(data)], "max_seconds": max_seconds, "max_utterances": max_utterances},
+        "tokens": tokens,
+        "model": {"preset": preset, "overrides": dict(overrides or {})},
+        "optim": {"lr": 1e-3, "schedule": "constant", "warmup_steps": 1, "max_steps": window * (windows + 1),
+                  "mixed_precision": mixed_precision},
+        "checkpoint": {"every_steps": 0, "at_epoch_end": False, "keep_last": 1, "average_best": 1},
+        "logging": {"every_steps": window, "tensorboard": False, "progress": False},
+        "seed": seed,
+    })
+
+
+def _with_kd(config, teacher: str, outputs: str, cache_dir: str | None):
+    from kd.training.config import TrainConfig
+
+    data = config.to_dict()
+    data["kd"] = {"teachers": [{"run_dir": str(teacher)}], "teacher_outputs": outputs}
+    if cache_dir is not None:
+        data["kd"]["cache_dir"] = str(cache_dir)
+    return TrainConfig.from_dict(data)
+
+
+def step_batches(buckets: Sequence[Sequence[int]], *, seed: int, steps: int) -> list[list[int]]:
+    """The micro-batch of each optimizer step of a one-process run without accumulation, in order."""
+    from kd.training.data import epoch_batches
+
+    order: list[list[int]] = []
+    epoch = 0
+    while len(order) < steps:
+        order += epoch_batches(buckets, seed=seed, epoch=epoch, rank=0, world_size=1)
+        epoch += 1
+    return order[:steps]
+
+
+def _training_data(config, run_dir: Path):
+    """``(dataset, buckets, model_config, tokens)`` as :func:`kd.train.train` built them for ``run_dir``."""
+    from kd.data.batching import AudioDataset, bucket_batches
+    from kd.models.asr import AsrConfig
+    from kd.training.data import load_run_tokenizer
+    from kd.training.setup import load_train_data, pool
+
+    tokenizer = load_run_tokenizer(run_dir)
+    dataset = AudioDataset(pool(load_train_data(config)), tokenizer)
+    buckets = bucket_batches(dataset.durations(), max_seconds=config.data.max_seconds,
+                             max_utterances=config.data.max_utterances, shuffle=False)
+    model_config = AsrConfig.from_yaml((run_dir / "model_config.yaml").read_text(encoding="utf-8"))
+    return dataset, buckets, model_config, list(tokenizer.tokens)
+
+
+# ---------------------------------------------------------------- the variants
+
+
+def espnet_default_loop(config, run_dir: Path, device: torch.device) -> dict:
+    """The ESPnet-default-style loop over the micro-batches ``train`` used for ``run_dir``."""
+    from accelerate.utils import set_seed
+
+    from kd.models.asr import build_asr_model
+    from kd.training.data import make_loader
+
+    dataset, buckets, model_config, tokens = _training_data(config, run_dir)
+    window, total = config.logging.every_steps, config.optim.max_steps
+    order = step_batches(buckets, seed=config.seed, steps=total)
+    set_seed(config.seed)
+    model = build_asr_model(model_config, tokens).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
+                                 eps=config.optim.eps)
+    noise = torch.Generator(device=device).manual_seed(config.seed)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default, which ESPnet keeps
+    _reset_memory(device)
+    audio, start = 0.0, None
+    try:
+        for step, batch in enumerate(make_loader(dataset, order, num_workers=config.data.num_workers), start=1):
+            if step == window + 1:
+                _sync(device)
+                start = time.perf_counter()
+            if step > window:
+                audio += float(batch.speech_lengths.sum()) / model_config.sample_rate
+            batch = batch.to(device)
+            out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise)
+            out.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
+            if not math.isfinite(float(grad_norm)):  # ESPnet skips the step on a non-finite norm
+                optimizer.zero_grad()
+                continue
+            optimizer.step()
+            optimizer.zero_grad()
+            out.loss.item()  # the reporter's .item()
+        _sync(device)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return {"audio_seconds": audio, "seconds": seconds, "steps": total - window, "peak_memory": _peak_memory(device)}
+
+
+def kd_loop(config, run_dir: Path, device: torch.device) -> dict:
+    """:func:`kd.train.train` into ``run_dir``; throughput from its log rows after the first window."""
+    from kd.train import train
+
+    _reset_memory(device)
+    result = train(config, run_dir, resume=False)
+    with open(run_dir / "log.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[1:]
+    if not rows:
+        raise RuntimeError(f"{run_dir}/log.csv: expected rows after the warm-up window, found none")
+    window = config.logging.every_steps
+    seconds = sum(window / float(r["steps_per_s"]) for r in rows)
+    audio = sum(float(r["audio_s_per_s"]) * window / float(r["steps_per_s"]) for r in rows)
+    return {"audio_seconds": audio, "seconds": seconds, "steps": len(rows) * config.logging.every_steps,
+            "peak_memory": _peak_memory(device), "final_loss": result.final_loss}
+
+
+def count_flops(config, run_dir: Path, device: torch.device) -> float:
+    """FLOPs of one forward and backward pass of the student on every measured micro-batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kd.models.asr import build_asr_model
+    from kd.training.data import make_loader
+
+    dataset, buckets, model_config, tokens = _training_data(config, run_dir)
+    window, total = config.logging.every_steps, config.optim.max_steps
+    measured = step_batches(buckets, seed=config.seed, steps=total)[window:]
+    model = build_asr_model(model_config, tokens).to(device).train()
+    noise = torch.Generator(device=device).manual_seed(0)
+    flops, cache = 0, {}
+    for ids, batch in zip(measured, make_loader(dataset, measured, num_workers=0)):
+        key = tuple(ids)
+        if key not in cache:
+            batch = batch.to(device)
+            counter = FlopCounterMode(display=False)
+            with counter:
+                out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise)
+                out.loss.backward()
+            model.zero_grad(set_to_none=True)
+            cache[key] = counter.get_total_flops()
+        flops += cache[key]
+    return float(flops)
+
+
+def _fill_cache(config, run_dir: Path, cache_dir: Path, device: torch.device) -> float:
+    """Fill the teacher cache that ``train`` will read (same buckets, same key); seconds taken."""
+    from accelerate import Accelerator
+
+    from kd.training.teachers import TeacherCache, load_teachers
+
+    dataset, buckets, _, tokens = _training_data(config, run_dir)
+    accelerator = Accelerator(mixed_precision=config.optim.mixed_precision.value)
+    teachers = load_teachers(config.kd.teachers, tokens, accelerator.device)
+    _sync(device)
+    start = time.perf_counter()
+    TeacherCache.build(cache_dir, specs=config.kd.teachers, teachers=teachers, dataset=dataset, buckets=buckets,
+                       level=config.kd.loss.level, dtype=config.kd.cache_dtype, accelerator=accelerator,
+                       progress=False)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def bench_train(data: str | os.PathLike, out_dir: str | os.PathLike, *, teacher: str | os.PathLike | None = None,
+                preset: str = "small", overrides: dict[str, Any] | None = None, window: int = 10, windows: int = 3,
+                max_seconds: float = 60.0, max_utterances: int = 64, mixed_precision: str | None = None,
+                peak: float | None = None, seed: int = 0, out_md: str | os.PathLike | None = None,
+                command: str | None = None) -> dict:
+    """Measure every variant on the same model and micro-batches; write ``out_dir/train.json`` (and ``out_md``).
+
+    An untimed run of the loop comes first (the first run in a process pays one-off costs: page
+    cache, allocator, kernel selection); in every variant ``window`` steps then warm up and
+    ``windows`` windows of ``window`` steps are timed.
+    """
+    from kd.bench import _machine
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if mixed_precision is None:
+        mixed_precision = "bf16" if device.type == "cuda" else "no"
+    config = bench_config(str(data), teacher=str(teacher) if teacher else None, preset=preset, overrides=overrides,
+                          window=window, windows=windows, max_seconds=max_seconds, max_utterances=max_utterances,
+                          mixed_precision=mixed_precision, seed=seed)
+    runs = out / "runs"
+    variants: dict[str, dict] = {}
+    kd_loop(config, _fresh(runs / "warm_up"), device)  # untimed: the first run in a process pays one-off costs
+    variants["kd_train"] = kd_loop(config, _fresh(runs / "kd_train"), device)
+    variants["espnet_default"] = espnet_default_loop(config, runs / "kd_train", device)
+    cache_seconds = None
+    if teacher is not None:
+        online = _with_kd(config, teacher, "online", None)
+        variants["kd_distill_online"] = kd_loop(online, _fresh(runs / "kd_distill_online"), device)
+        cache_dir = _fresh(out / "teacher_cache")
+        cached = _with_kd(config, teacher, "cached", str(cache_dir))
+        cache_seconds = _fill_cache(cached, runs / "kd_train", cache_dir, device)
+        variants["kd_distill_cached"] = kd_loop(cached, _fresh(runs / "kd_distill_cached"), device)
+    flops_per_window = count_flops(config, runs / "kd_train", device)
+    peak = peak if peak is not None else peak_tflops(device)
+    for name, v in variants.items():
+        v["audio_s_per_s"] = v["audio_seconds"] / v["seconds"]
+        v["steps_per_s"] = v["steps"] / v["seconds"]
+        v["tflops_per_s"] = flops_per_window / v["seconds"] / 1e12
+        v["mfu"] = v["tflops_per_s"] / peak if peak else None
+        v["precision"] = "fp32" if name == "espnet_default" else mixed_precision.replace("no", "fp32")
+    base = variants["espnet_default"]["audio_s_per_s"]
+    for v in variants.values():
+        v["speedup_vs_espnet_default"] = v["audio_s_per_s"] / base
+    from kd.models.asr import build_asr_model
+
+    _, _, model_config, tokens = _training_data(config, runs / "kd_train")
+    params = sum(p.numel() for p in build_asr_model(model_config, tokens).parameters())
+    result = {"machine": _machine(), "device": str(device), "preset": preset, "overrides": dict(overrides or {}),
+              "parameters": params, "window": window, "windows": windows, "max_seconds": max_seconds,
+              "flops_measured_steps": flops_per_window, "peak_tflops": peak, "teacher": str(teacher) if teacher else None,
+              "cache_fill_seconds": cache_seconds, "command": command, "variants": variants}
+    if teacher is not None:
+        on, ca = variants["kd_distill_online"], variants["kd_distill_cached"]
+        result["cached_teacher_speedup"] = ca["audio_s_per_s"] / on["audio_s_per_s"]
+    write_json(out / "train.json", result)
+    if out_md is not None:
+        atomic_write_text(out_md, train_table(result))
+    return result
+
+
+def _fresh(path: Path) -> Path:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def train_table(result: dict) -> str:
+    """The markdown table of a :func:`bench_train` result."""
+    m = result["machine"]
+    where = m.get("gpu") or f"CPU ({m['cpu_count']} cores)"
+    lines = [
+        "# Training benchmark",
+        "",
+        f"`{result['preset']}` student ({result['parameters'] / 1e6:.2f}M parameters"
+        + (f", overrides {result['overrides']}" if result["overrides"] else "")
+        + f"), micro-batches of at most {result['max_seconds']:g} padded seconds, {result['windows']} windows of "
+        f"{result['window']} steps timed after a warm-up window, on {where}, torch {m['torch']}, {m['date']}.",
+        "",
+        "| variant | precision | audio s / s | steps / s | TFLOP/s | MFU | vs ESPnet default | peak memory (GiB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, v in result["variants"].items():
+        mfu = f"{100 * v['mfu']:.1f}%" if v["mfu"] is not None else "-"
+        memory = f"{v['peak_memory'] / 2**30:.2f}" if v["peak_memory"] is not None else "-"
+        lines.append(f"| {name} | {v['precision']} | {v['audio_s_per_s']:.1f} | {v['steps_per_s']:.2f} | "
+                     f"{v['tflops_per_s']:.3f} | {mfu} | {v['speedup_vs_espnet_default']:.2f}x | {memory} |")
+    if result.get("cache_fill_seconds") is not None:
+        lines += ["", f"Cached teacher outputs: {result['cached_teacher_speedup']:.2f}x the online-teacher throughput; "
+                  f"filling the cache took {result['cache_fill_seconds']:.1f} s once."]
+    if result["peak_tflops"] is None:
+        lines += ["", "MFU: no peak FLOP/s is known for this device (pass --peak-tflops to set one)."]
+    else:
+        lines += ["", f"MFU against a peak of {result['peak_tflops']:g} dense bf16 TFLOP/s."]
+    if result.get("command"):
+        lines += ["", f"Command: `{result['command']}`"]
+    return "\n".join(lines) + "\n"

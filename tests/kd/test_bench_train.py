@@ -1,0 +1,106 @@
+"""``kd bench train``: every variant sees the same micro-batches; the table and MFU follow from the figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.kd.test_train import make_config, single_thread  # noqa: F401  (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def teacher(tests_corpus, tmp_path_factory):
+    from kd.train import train
+
+    corpus = tests_corpus[0]
+    run = tmp_path_factory.mktemp("bench_teacher") / "t"
+    train(make_config([corpus / "us/train"], steps=2), run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def result(tests_corpus, teacher, tmp_path_factory):
+    from kd.bench_train import bench_train
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bench_train")
+    return out, bench_train(tests_corpus[0] / "us/train", out, teacher=teacher, preset="tiny", window=2, windows=2,
+                            max_seconds=6.0, out_md=out / "train.md")
+
+
+def test_variants_measure_the_same_batches(result):
+    out, r = result
+    variants = r["variants"]
+    assert set(variants) == {"espnet_default", "kd_train", "kd_distill_online", "kd_distill_cached"}
+    audio = variants["espnet_default"]["audio_seconds"]
+    assert audio > 0
+    for name, v in variants.items():
+        assert v["steps"] == 4, name  # 2 windows of 2 steps after the warm-up window
+        assert v["audio_seconds"] == pytest.approx(audio, rel=1e-5), name  # log.csv keeps 6 digits
+        assert v["audio_s_per_s"] == pytest.approx(v["audio_seconds"] / v["seconds"])
+        assert v["tflops_per_s"] == pytest.approx(r["flops_measured_steps"] / v["seconds"] / 1e12)
+        assert v["mfu"] is None and v["peak_memory"] is None  # CPU: no datasheet peak, no CUDA memory
+    assert variants["espnet_default"]["speedup_vs_espnet_default"] == 1.0
+    assert variants["espnet_default"]["precision"] == "fp32" and variants["kd_train"]["precision"] == "fp32"
+    assert r["cached_teacher_speedup"] == pytest.approx(
+        variants["kd_distill_cached"]["audio_s_per_s"] / variants["kd_distill_online"]["audio_s_per_s"])
+    assert r["cache_fill_seconds"] > 0
+    assert json.loads((out / "train.json").read_text())["variants"].keys() == variants.keys()
+
+
+def test_cached_run_reads_the_prefilled_cache(result):
+    out, _ = result
+    # the bench filled <out>/teacher_cache; train() found it complete instead of filling its own
+    assert (out / "teacher_cache" / "teacher-0").is_dir()
+    assert not (out / "runs" / "kd_distill_cached" / "teacher_cache").exists()
+
+
+def test_flops_cover_forward_and_backward(result, tests_corpus):
+    """Training FLOPs of the measured steps exceed twice the forward FLOPs (backward ~ 2x forward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kd.bench_train import _training_data, step_batches
+    from kd.data.batching import collate
+    from kd.models.asr import build_asr_model
+
+    out, r = result
+    run = out / "runs" / "kd_train"
+    from kd.training.config import TrainConfig
+
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    dataset, buckets, model_config, tokens = _training_data(config, run)
+    measured = step_batches(buckets, seed=config.seed, steps=config.optim.max_steps)[config.logging.every_steps:]
+    model = build_asr_model(model_config, tokens).eval()
+    forward = 0
+    with torch.no_grad():
+        for ids in measured:
+            batch = collate([dataset[i] for i in ids])
+            counter = FlopCounterMode(display=False)
+            with counter:
+                model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
+            forward += counter.get_total_flops()
+    assert 2.0 * forward < r["flops_measured_steps"] < 4.0 * forward
+
+
+def test_table(result):
+    out, r = result
+    table = (out / "train.md").read_text()
+    for name in r["variants"]:
+        assert f"| {name} |" in table
+    assert "no peak FLOP/s is known" in table
+    assert "Cached teacher outputs:" in table
+
+
+def test_peak_and_mfu():
+    from kd.bench_train import peak_tflops
+
+    assert peak_tflops(torch.device("cpu")) is None
+
+
+def test_cli_rejects_malformed_overrides(capsys):
+    from kd.cli import main
+
+    with pytest.raises(SystemExit, match="--set: expected KEY=VALUE, found 'd_model'"):
+        main(["bench", "train", "--data", "x", "--set", "d_model"])
