@@ -137,6 +137,11 @@ class AnalysisReport:
             for layer in range(self.num_layers):
                 row = [self.per_layer[k][layer] if layer < len(self.per_layer[k]) else None for k in keys]
                 lines.append(f"| {layer} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in row) + " |")
+        timing = self.extras.get("timing")
+        if timing:
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in timing["seconds"].items())
+            lines += ["", f"Time: {timing['total_seconds']:.1f} s for {timing['audio_seconds']:.1f} s of audio "
+                      f"({timing['audio_seconds_per_second']:.2f} s of audio per second, {timing['device']}): {phases}."]
         if self.skipped:
             lines += ["", "Skipped analyses:"] + [f"- {k}: {v}" for k, v in sorted(self.skipped.items())]
         if self.undefined:

@@ -58,6 +58,7 @@ __all__ = [
     "pwcca",
     "pwcca_from_covariances",
     "pwcca_whitened",
+    "pwcca_whitened_both",
     "rbf_cka",
     "svcca",
 ]
@@ -326,6 +327,21 @@ def pwcca_whitened(sxx: Tensor, sxy: Tensor, wx: Tensor, wy: Tensor) -> float:
     directions = wx @ u  # [dx, k] canonical directions a_i of x
     alpha = (directions.T @ sxx).abs().sum(dim=1)  # [k] sum_j |<h_i, z_j>| / (n - 1)
     return float((alpha * rho.clamp(0.0, 1.0)).sum() / alpha.sum())
+
+
+def pwcca_whitened_both(sxx: Tensor, syy: Tensor, sxy: Tensor, wx: Tensor, wy: Tensor) -> tuple[float, float]:
+    """PWCCA weighted from x and weighted from y, from one SVD of the whitened cross-covariance.
+
+    The SVD of W_y^T S_yx W_x is the transpose of that of W_x^T S_xy W_y, so the canonical
+    directions of both views and the shared correlations come from one decomposition.
+    """
+    u, rho, vh = torch.linalg.svd(wx.T @ sxy @ wy, full_matrices=False)
+    rho = rho.clamp(0.0, 1.0)
+    out = []
+    for directions, cov in ((wx @ u, sxx), (wy @ vh.T, syy)):
+        alpha = (directions.T @ cov).abs().sum(dim=1)
+        out.append(float((alpha * rho).sum() / alpha.sum()))
+    return out[0], out[1]
 
 
 def keep_count(energy: Tensor, keep: float) -> int:

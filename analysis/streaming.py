@@ -38,7 +38,7 @@ from analysis.similarity import (
     covariance_whitener,
     keep_count,
     linear_hsic1,
-    pwcca_whitened,
+    pwcca_whitened_both,
 )
 
 __all__ = [
@@ -384,10 +384,14 @@ def pairwise_svcca(
             raise ValueError(f"SVCCA is undefined for layer {l}: it is constant over frames")
         projections[l] = basis @ whitener
     out = torch.empty(len(rows), len(cols), dtype=torch.float64, device=m.device)
+    done: dict[tuple[int, int], Tensor] = {}  # SVCCA is symmetric: each unordered pair is computed once
     for a, i in enumerate(rows):
         for b, j in enumerate(cols):
-            product = projections[i].T @ m.covariance(i, j) @ projections[j]
-            out[a, b] = torch.linalg.svdvals(product).clamp(0.0, 1.0).mean()
+            key = (min(i, j), max(i, j))
+            if key not in done:
+                product = projections[i].T @ m.covariance(i, j) @ projections[j]
+                done[key] = torch.linalg.svdvals(product).clamp(0.0, 1.0).mean()
+            out[a, b] = done[key]
     return out
 
 
@@ -413,8 +417,13 @@ def pairwise_pwcca(
         if whiteners[l].shape[1] == 0:
             raise ValueError(f"PWCCA is undefined for layer {l}: it is constant over frames")
     out = torch.empty(len(rows), len(cols), dtype=torch.float64, device=m.device)
+    pairs: dict[tuple[int, int], tuple[float, float]] = {}  # (i, j), i <= j -> (weighted from i, from j)
     for a, i in enumerate(rows):
         for b, j in enumerate(cols):
             x, y = (j, i) if m.dims[j] < m.dims[i] else (i, j)  # x: the view with fewer neurons
-            out[a, b] = pwcca_whitened(covs[x], m.covariance(x, y), whiteners[x], whiteners[y])
+            key = (min(x, y), max(x, y))
+            if key not in pairs:  # one SVD serves both directions: (W_y^T C_yx W_x) = (W_x^T C_xy W_y)^T
+                p, q = key
+                pairs[key] = pwcca_whitened_both(covs[p], covs[q], m.covariance(p, q), whiteners[p], whiteners[q])
+            out[a, b] = pairs[key][0 if x == key[0] else 1]
     return out

@@ -11,6 +11,7 @@ runs on those statistics and the results go into one ``AnalysisReport``.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -212,8 +213,10 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
     report = AnalysisReport(model=model_name, data=data_name, num_utterances=0, num_frames=0,
                             frame_rate=float(model.frame_rate), num_layers=int(model.num_layers),
                             config=asdict(config))
+    clock = _Laps(config.device)
     moments, redundancy, sample, frames_total = _collect(model, data, alignments, config, phone_index, word_index,
                                                          report.extras)
+    clock.lap("forward_and_statistics")
     if moments is None:
         raise ValueError(f"No utterance of {data_name or data.root} gave at least 4 frames; nothing to analyse")
     report.num_utterances, report.num_frames = len(sample.frames), frames_total
@@ -221,6 +224,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
     report.similarity["linear_cka"] = pairwise_linear_cka(moments).tolist()
     report.similarity["svcca"] = pairwise_svcca(moments, keep=config.svcca_keep, epsilon=config.epsilon).tolist()
     report.similarity["pwcca"] = pairwise_pwcca(moments, epsilon=config.epsilon).tolist()
+    clock.lap("similarity")
     if redundancy is not None:
         r = redundancy.result()
         report.attention = {"jsd_head_averaged": r.per_head.mean(-1).tolist(),
@@ -228,6 +232,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
                             "diagonality": r.diagonality.tolist(), "band": r.band}
     elif config.attention:
         report.skipped["attention"] = "the model returned no attention maps"
+    clock.lap("attention")
     # ---- held-out CCA with external features (per layer) --------------------------------
     cca_conf = fc.FeatureCCAConfig(n_folds=config.cca_folds, epsilon=config.epsilon, seed=config.seed)
     by_layer = lambda per_utt, l: [x[l] for x in per_utt]  # noqa: E731
@@ -243,6 +248,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
             if len(segs) >= config.cca_folds:
                 report.per_layer[key] = [fc.label_cca([m[l] for m, _ in segs], [y for _, y in segs], k,
                                                       cca_conf).score for l in range(L)]
+        clock.lap("feature_cca")
         # ---- probes and the labelled MI bound (frame-level phones) ------------------------
         feats = torch.cat(sample.frames, dim=1)  # [L, n, D]
         labels = torch.cat(sample.phone)
@@ -260,6 +266,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
         report.extras["phone_entropy_bits"] = float(np.asarray(mi.entropy_bits).ravel()[0])
     else:
         report.skipped["phones_and_words"] = "no alignments.jsonl in the data dir"
+    clock.lap("phone_probes_and_mi" if alignments and sample.phone else "feature_cca")
     # ---- speakers (utterance level) and the label-free MI bound -----------------------------
     spk_ids = sorted(set(sample.speakers))
     if len(spk_ids) >= 2:
@@ -269,6 +276,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
                                  batch_size=64)
         spk = probe_utterances(pooled, labels, probe_conf, num_classes=len(spk_ids))
         report.per_layer["probe_speaker_accuracy"] = list(map(float, spk.accuracy))
+        clock.lap("speaker_probe")
         report.extras["probe_speaker_majority_accuracy"] = float(spk.majority_accuracy.ravel()[0])
     else:
         report.skipped["speaker_probe"] = f"needs at least 2 speakers, found {len(spk_ids)}"
@@ -287,7 +295,31 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
                 f"with {mi.num_heldout} held-out utterances; analyse more utterances")
     except ValueError as e:
         report.skipped["mi_cluster"] = str(e)
+    clock.lap("mi_cluster")
+    from kd.data.batching import AudioDataset
+
+    audio = sum(AudioDataset(data).durations())
+    total = sum(clock.seconds.values())
+    report.extras["timing"] = {"audio_seconds": audio, "seconds": clock.seconds, "total_seconds": total,
+                               "audio_seconds_per_second": audio / total if total > 0 else None,
+                               "device": config.device}
     return report
+
+
+class _Laps:
+    """Wall seconds per phase: ``lap(name)`` adds the time since the previous lap to ``name``."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 4)
+        self._last = now
 
 
 def analyze_model_dir(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,

@@ -68,3 +68,61 @@ def analysis_table(result: dict) -> str:
         g = result["gpu_scale"]
         lines += ["", "GPU scale (25 x 768 x 1M frames):", "", "```", json.dumps(g, indent=1), "```"]
     return "\n".join(lines) + "\n"
+
+
+def random_base_checkpoint(out_dir: str | os.PathLike) -> Path:
+    """A randomly initialised wav2vec 2.0 base (12 layers x 768, 95M parameters) saved as a checkpoint folder.
+
+    For timing only: its compute equals a trained base model's, its analysis values mean nothing.
+    """
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    path = Path(out_dir)
+    if not (path / "config.json").is_file():
+        torch.manual_seed(0)
+        Wav2Vec2Model(Wav2Vec2Config(architectures=["Wav2Vec2Model"])).save_pretrained(path)
+    return path
+
+
+def bench_analyze(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                  device: str = "cpu", max_utterances: int | None = 200, out_json: str | os.PathLike | None = None,
+                  out_md: str | os.PathLike | None = None, command: str | None = None) -> dict:
+    """``kd analyze`` end to end on a model: seconds of audio analysed per second, and where the time goes."""
+    from kd.analyze import AnalyzeConfig, analyze_model_dir
+
+    start = time.perf_counter()
+    report = analyze_model_dir(model_dir, data_dir, out_dir, AnalyzeConfig(device=device,
+                                                                          max_utterances=max_utterances))
+    wall = time.perf_counter() - start
+    result = {"machine": _machine(), "model": str(model_dir), "data": str(data_dir), "device": device,
+              "num_layers": report.num_layers, "utterances": report.num_utterances, "frames": report.num_frames,
+              "wall_seconds_with_loading_and_figures": wall, "timing": report.extras["timing"], "command": command}
+    if out_json is not None:
+        write_json(out_json, result)
+    if out_md is not None:
+        atomic_write_text(out_md, analyze_table(result))
+    return result
+
+
+def analyze_table(result: dict) -> str:
+    t, m = result["timing"], result["machine"]
+    where = m.get("gpu") if result["device"].startswith("cuda") else f"CPU ({m['cpu_count']} cores)"
+    lines = [
+        "# `kd analyze` speed",
+        "",
+        f"Model `{result['model']}` ({result['num_layers']} layers) on `{result['data']}`: {result['utterances']} "
+        f"utterances, {t['audio_seconds']:.1f} s of audio, {result['frames']} frames per layer, on {where}, "
+        f"torch {m['torch']}, {m['date']}.",
+        "",
+        f"**{t['audio_seconds_per_second']:.2f} s of audio analysed per second** ({t['total_seconds']:.1f} s of "
+        f"analysis; {result['wall_seconds_with_loading_and_figures']:.1f} s with model loading, report and figures).",
+        "",
+        "| phase | seconds | share |",
+        "| --- | ---: | ---: |",
+    ]
+    for phase, seconds in t["seconds"].items():
+        lines.append(f"| {phase} | {seconds:.1f} | {100 * seconds / t['total_seconds']:.0f}% |")
+    if result.get("command"):
+        lines += ["", f"Command: `{result['command']}`"]
+    return "\n".join(lines) + "\n"

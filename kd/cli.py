@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 def _corpus_synth(args: argparse.Namespace) -> int:
     from kd.corpus.synth import build_corpus
@@ -132,6 +133,19 @@ def _bench_analysis(args: argparse.Namespace) -> int:
     result = bench_analysis(args.out, args.table, layers=args.layers, dim=args.dim, frames=args.frames,
                             device=args.device, gpu_scale=args.gpu_scale, threads=args.threads)
     print(analysis_table(result))
+    return 0
+
+
+def _bench_analyze(args: argparse.Namespace) -> int:
+    from kd.bench import analyze_table, bench_analyze, random_base_checkpoint
+
+    model = args.model_dir
+    if model == "random-base":
+        model = random_base_checkpoint(Path(args.work) / "random-base")
+    result = bench_analyze(model, args.data, Path(args.work) / "report", device=args.device,
+                           max_utterances=args.max_utterances, out_json=args.out, out_md=args.table,
+                           command="kd " + " ".join(sys.argv[1:]))
+    print(analyze_table(result))
     return 0
 
 
@@ -320,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--out", default="docs/bench/analysis.json")
     ba.add_argument("--table", default="docs/bench/analysis.md")
     ba.set_defaults(run=_bench_analysis)
+
+    bz = bench_sub.add_parser("analyze", help="kd analyze end to end: seconds of audio analysed per second, per phase")
+    bz.add_argument("model_dir", help="a model folder, or 'random-base' (a randomly initialised wav2vec 2.0 base)")
+    bz.add_argument("--data", required=True, help="data dir (alignments.jsonl enables the phone/word analyses)")
+    bz.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    bz.add_argument("--max-utterances", type=int, default=200)
+    bz.add_argument("--work", default="exp/bench_analyze", help="folder for the report (and the random model)")
+    bz.add_argument("--out", default="docs/bench/analyze.json")
+    bz.add_argument("--table", default="docs/bench/analyze.md")
+    bz.set_defaults(run=_bench_analyze)
 
     bs = bench_sub.add_parser("speed", help="parameters, latency and real-time factor of model folders")
     bs.add_argument("model_dirs", nargs="+", help="Hugging Face checkpoint folders or kd students")

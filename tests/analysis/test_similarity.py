@@ -304,3 +304,19 @@ def test_input_validation_messages():
         minibatch_cka([(x, x), (x[:3], x[:3])])
     with pytest.raises(ValueError, match="found none"):
         minibatch_cka([])
+
+
+def test_pwcca_of_both_directions_from_one_svd():
+    """pwcca_whitened_both gives what two separate pwcca_whitened calls give (x-weighted, y-weighted)."""
+    from analysis.similarity import _covariances, _centre, covariance_whitener, pwcca_whitened, pwcca_whitened_both
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 12, generator=g, dtype=torch.float64)
+    y = x[:, :9] @ torch.randn(9, 9, generator=g, dtype=torch.float64) + 0.5 * torch.randn(400, 9, generator=g,
+                                                                                           dtype=torch.float64)
+    sxx, sxy, syy = _covariances(_centre(x), _centre(y))
+    wx, wy = covariance_whitener(sxx, 0.0), covariance_whitener(syy, 0.0)
+    from_x, from_y = pwcca_whitened_both(sxx, syy, sxy, wx, wy)
+    assert from_x == pytest.approx(pwcca_whitened(sxx, sxy, wx, wy), abs=1e-12)
+    assert from_y == pytest.approx(pwcca_whitened(syy, sxy.T, wy, wx), abs=1e-12)
+    assert from_x != pytest.approx(from_y, abs=1e-3)  # the two weightings differ here

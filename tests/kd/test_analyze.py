@@ -90,6 +90,16 @@ def test_kd_analyze_end_to_end(tests_corpus, tmp_path, capsys):
     for key in ("cca_fbank", "cca_phone", "cca_word", "probe_phone_accuracy", "mi_phone_bits"):
         assert len(report.per_layer[key]) == 4
     assert "mi_cluster" in report.skipped  # too few utterances for 16 clusters: reported, not silent
+    timing = report.extras["timing"]
+    assert list(timing["seconds"]) == ["forward_and_statistics", "similarity", "attention", "feature_cca",
+                                       "phone_probes_and_mi", "speaker_probe", "mi_cluster"]
+    assert timing["total_seconds"] == pytest.approx(sum(timing["seconds"].values()))
+    import soundfile as sf
+
+    from kd.data import load_data_dir
+    audio = sum(sf.info(str(u.path)).duration for u in load_data_dir(root / "us" / "train").utterances)
+    assert timing["audio_seconds"] == pytest.approx(audio)  # all 12 utterances analysed
+    assert timing["audio_seconds_per_second"] == pytest.approx(audio / timing["total_seconds"])
     assert sorted(p.name for p in (out / "figures").iterdir()) >= ["attention_jsd.png", "linear_cka.png"]
     text = (out / "report.md").read_text()
     assert "Layer-wise analysis" in text and "Skipped analyses" in text
