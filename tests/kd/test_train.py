@@ -314,6 +314,25 @@ def test_init_from_a_run_starts_from_its_weights(corpus, teachers, tmp_path):
         make_config([corpus / "target/train"], steps=1, model={"preset": "tiny", "init_from": str(t1)})
 
 
+def test_bf16_run_logs_to_tensorboard_what_it_logs_to_csv(corpus, tmp_path):
+    """A bf16-autocast run (CPU) trains with finite losses; TensorBoard holds the CSV's scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kd.train import train
+
+    config = make_config([corpus / "us/train"], steps=3, optim={"mixed_precision": "bf16"},
+                         logging={"every_steps": 1, "progress": False, "tensorboard": True})
+    train(config, tmp_path / "run")
+    rows = read_csv(tmp_path / "run/log.csv")
+    assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)
+    events = EventAccumulator(str(tmp_path / "run/tb"))
+    events.Reload()
+    for key in ("loss", "loss_ctc", "acc", "lr"):
+        logged = [e.value for e in events.Scalars(f"train/{key}")]
+        assert logged == pytest.approx([float(r[key]) for r in rows], rel=1e-5), key
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+
+
 # ---------------------------------------------------------------- configuration
 
 
