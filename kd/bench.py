@@ -23,11 +23,14 @@ def _machine() -> dict:
 
 def bench_analysis(out_json: str | os.PathLike, out_md: str | os.PathLike | None = None, *, layers: int = 13,
                    dim: int = 256, frames: int = 50_000, device: str = "cpu", gpu_scale: bool = False,
-                   threads: int | None = None) -> dict:
+                   threads: int | None = None, similarity: bool = True, scale_layers: int = 25,
+                   scale_dim: int = 768, scale_frames: int = 1_000_000, scale_device: str = "cuda") -> dict:
     """All-pairs linear CKA + SVCCA + PWCCA, streamed vs a per-pair NumPy float64 baseline (same run).
 
-    With ``gpu_scale`` also the GPU-size case: 25 layers x 768 dims x 1M frames streamed on CUDA,
-    with peak memory.
+    With ``gpu_scale`` also the GPU-size case: ``scale_layers`` x ``scale_dim`` x ``scale_frames``
+    streamed on ``scale_device``, and again with a quarter of the frames, so that the peak memory
+    of the two can be compared. ``similarity=False`` skips the CPU comparison (about 30 minutes
+    on 2 cores, the NumPy side).
     """
     import torch
 
@@ -35,10 +38,15 @@ def bench_analysis(out_json: str | os.PathLike, out_md: str | os.PathLike | None
 
     if threads is not None:  # on a shared 2-core VM one thread is much faster than two (BLAS contention)
         torch.set_num_threads(threads)
-    result = {"machine": _machine(), "similarity": bench_similarity(layers=layers, dim=dim, frames=frames,
-                                                                     device=device)}
+    if not (similarity or gpu_scale):
+        raise ValueError("bench_analysis: nothing to run (similarity=False and gpu_scale=False)")
+    result: dict = {"machine": _machine()}
+    if similarity:
+        result["similarity"] = bench_similarity(layers=layers, dim=dim, frames=frames, device=device)
     if gpu_scale:
-        result["gpu_scale"] = bench_streaming_scale(device="cuda")
+        sizes = dict(layers=scale_layers, dim=scale_dim, device=scale_device)
+        result["gpu_scale"] = bench_streaming_scale(frames=scale_frames, **sizes)
+        result["gpu_scale_quarter"] = bench_streaming_scale(frames=scale_frames // 4, **sizes)
     write_json(out_json, result)
     if out_md is not None:
         atomic_write_text(out_md, analysis_table(result))
@@ -46,27 +54,39 @@ def bench_analysis(out_json: str | os.PathLike, out_md: str | os.PathLike | None
 
 
 def analysis_table(result: dict) -> str:
-    s = result["similarity"]
     m = result["machine"]
-    lines = [
-        "# Analysis benchmark",
-        "",
-        f"All-pairs linear CKA + SVCCA + PWCCA for {s['layers']} layers x {s['dim']} dims x {s['frames']} frames "
-        f"on {s['device']} ({m['cpu_count']} cores, {s['threads']} thread(s), torch {m['torch']}, {m['date']}), streamed float64 moments "
-        "against a straightforward per-pair NumPy float64 implementation of the same formulas, in the same run.",
-        "",
-        "| part | streamed (s) | per-pair NumPy (s) | max abs difference |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for part in ("cka", "svcca", "pwcca"):
-        lines.append(f"| {part} | {s['streamed_seconds'][part]:.3f} | {s['baseline_seconds'][part]:.3f} | "
-                     f"{s['max_abs_diff'][part]:.1e} |")
-    lines.append(f"| accumulate moments | {s['streamed_seconds']['accumulate']:.3f} | - | - |")
-    lines.append(f"| **total** | **{s['streamed_seconds']['total']:.2f}** | **{s['baseline_seconds']['total']:.2f}** "
-                 f"| speedup **{s['speedup']:.1f}x** |")
+    lines = ["# Analysis benchmark", ""]
+    if "similarity" in result:
+        s = result["similarity"]
+        lines += [
+            f"All-pairs linear CKA + SVCCA + PWCCA for {s['layers']} layers x {s['dim']} dims x {s['frames']} frames "
+            f"on {s['device']} ({m['cpu_count']} cores, {s['threads']} thread(s), torch {m['torch']}, {m['date']}), "
+            "streamed float64 moments against a straightforward per-pair NumPy float64 implementation of the same "
+            "formulas, in the same run.",
+            "",
+            "| part | streamed (s) | per-pair NumPy (s) | max abs difference |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for part in ("cka", "svcca", "pwcca"):
+            lines.append(f"| {part} | {s['streamed_seconds'][part]:.3f} | {s['baseline_seconds'][part]:.3f} | "
+                         f"{s['max_abs_diff'][part]:.1e} |")
+        lines.append(f"| accumulate moments | {s['streamed_seconds']['accumulate']:.3f} | - | - |")
+        lines.append(f"| **total** | **{s['streamed_seconds']['total']:.2f}** | "
+                     f"**{s['baseline_seconds']['total']:.2f}** | speedup **{s['speedup']:.1f}x** |")
     if "gpu_scale" in result:
-        g = result["gpu_scale"]
-        lines += ["", "GPU scale (25 x 768 x 1M frames):", "", "```", json.dumps(g, indent=1), "```"]
+        g, q = result["gpu_scale"], result["gpu_scale_quarter"]
+        where = m.get("gpu", g["device"])
+        lines += ["", f"Scale: {g['layers']} layers x {g['dim']} dims streamed on {where} (torch {m['torch']}, "
+                  f"{m['date']}); the model's forward pass is not included.", "",
+                  "| frames | accumulate (s) | GEMM TFLOP/s (fp64) | CKA (s) | SVCCA (s) | PWCCA (s) | total (s) "
+                  "| peak memory (GiB) |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in (q, g):
+            p = r["pairwise_seconds"]
+            total = r["accumulate_seconds"] + sum(p.values())
+            memory = f"{r['peak_memory_bytes'] / 2**30:.2f}" if r["peak_memory_bytes"] is not None else "-"
+            lines.append(f"| {r['frames']:,} | {r['accumulate_seconds']:.2f} | {r['gemm_tflops']:.1f} | "
+                         f"{p['cka']:.2f} | {p['svcca']:.2f} | {p['pwcca']:.2f} | {total:.2f} | {memory} |")
     return "\n".join(lines) + "\n"
 
 
