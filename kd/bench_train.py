@@ -216,12 +216,11 @@ def count_flops(config, run_dir: Path, device: torch.device) -> float:
 
 def _fill_cache(config, run_dir: Path, cache_dir: Path, device: torch.device) -> float:
     """Fill the teacher cache that ``train`` will read (same buckets, same key); seconds taken."""
-    from accelerate import Accelerator
-
+    from kd.training.setup import new_accelerator
     from kd.training.teachers import TeacherCache, load_teachers
 
     dataset, buckets, _, tokens = _training_data(config, run_dir)
-    accelerator = Accelerator(mixed_precision=config.optim.mixed_precision.value)
+    accelerator = new_accelerator(mixed_precision=config.optim.mixed_precision.value)
     teachers = load_teachers(config.kd.teachers, tokens, accelerator.device)
     _sync(device)
     start = time.perf_counter()

@@ -119,7 +119,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Tru
     newest one, and a finished run (completion marker for this config) returns its stored
     result without work. ``resume=False`` refuses a run dir that already holds checkpoints.
     """
-    from accelerate import Accelerator
+    from kd.training.setup import new_accelerator
 
     out = Path(out_dir)
     if resume and is_done(out, config.to_dict()) and (out / RESULT_FILE).is_file():
@@ -128,8 +128,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Tru
     # `accelerate launch --multi_gpu` (or torchrun) on a machine without CUDA: DDP on CPU with gloo;
     # accelerate would otherwise run N independent single-process copies of the run
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    accelerator = Accelerator(mixed_precision=config.optim.mixed_precision.value,
-                              cpu=launched > 1 and not torch.cuda.is_available())
+    accelerator = new_accelerator(mixed_precision=config.optim.mixed_precision.value,
+                                  cpu=launched > 1 and not torch.cuda.is_available())
     if accelerator.num_processes != launched:
         raise RuntimeError(f"WORLD_SIZE={launched} processes were launched but accelerate set up "
                            f"{accelerator.num_processes}; set ACCELERATE_USE_CPU=1 for DDP on CPU")

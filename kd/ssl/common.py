@@ -249,19 +249,14 @@ def make_accelerator(optim: OptimSettings, *, find_unused_parameters: bool = Fal
 
     ``find_unused_parameters``: for models that skip parameters in some steps (layerdrop) under DDP.
     """
-    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    from kd.training.setup import new_accelerator
 
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
     kwargs = dict(mixed_precision=optim.mixed_precision, gradient_accumulation_steps=optim.grad_accum,
                   kwargs_handlers=handlers)
-    try:
-        accelerator = Accelerator(**kwargs)
-    except ValueError:  # an earlier stage of this process chose another mixed precision: start afresh
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state(reset_partial_state=False)  # keeps the process group
-        accelerator = Accelerator(**kwargs)
+    accelerator = new_accelerator(**kwargs)  # an earlier stage may have chosen another mixed precision
     set_seed(optim.seed)  # python, numpy (masks and negatives), torch
     return accelerator
 

@@ -140,3 +140,20 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
             (out / name).unlink(missing_ok=True)
     clear_done(out)
     atomic_write_text(saved, config.to_yaml())
+
+
+def new_accelerator(**kwargs):
+    """``accelerate.Accelerator(**kwargs)``, also when an earlier run in this process chose another
+    mixed precision (accelerate keeps one process-wide state and refuses to change it): the state is
+    then reset, keeping the process group."""
+    from accelerate import Accelerator
+
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as e:
+        if "already been initialized" not in str(e):
+            raise
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(**kwargs)
