@@ -7,7 +7,8 @@
 #   bash tools/gpu_benchmarks.sh speed     # wav2vec 2.0 base vs a 6-of-12 student and an attention-reuse
 #                                          # student (pairs of layers), batch 1 and 16
 #   bash tools/gpu_benchmarks.sh train     # kd bench train: base student, teacher online and cached
-#   bash tools/gpu_benchmarks.sh all
+#   bash tools/gpu_benchmarks.sh tests     # pytest -m gpu (mixed precision runs, CUDA analysis = CPU, bench on CUDA)
+#   bash tools/gpu_benchmarks.sh all       # the three benchmark parts
 #
 # SMOKE=1 runs every part at toy sizes on the CPU, writing under $WORK/smoke instead of docs/bench
 # (tests/test_gpu_benchmarks.py runs it so).
@@ -106,9 +107,10 @@ EOF
 }
 
 case "${1:-}" in
+    tests) "$PY" -m pytest -q -m gpu tests ;;
     analysis) part_analysis ;;
     speed) part_speed ;;
     train) part_train ;;
     all) part_analysis; part_speed; part_train ;;
-    *) echo "usage: $0 {analysis|speed|train|all}" >&2; exit 2 ;;
+    *) echo "usage: $0 {tests|analysis|speed|train|all}" >&2; exit 2 ;;
 esac
