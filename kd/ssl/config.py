@@ -341,9 +341,14 @@ SSL_PRESETS: dict[str, SSLConfig] = {
         num_negatives=50, gumbel_decay=0.99, checkpoint_steps=(25, 50, 100, 150, 200),
         optim=OptimSettings(steps=200, lr=5e-4, warmup_steps=20, max_batch_seconds=30.0),
     ),
-    # wav2vec 2.0 base (12 x 768, 95M parameters) on one H100, bf16; see the module docstring
+    # wav2vec 2.0 base (12 x 768, 95M parameters) on one H100, bf16; see the module docstring. With the
+    # layer-norm feature encoder and pre-LN Transformer (stable_layer_norm), the loss weights and gradient
+    # scale of the reference recipe for that architecture (the paper's LARGE models): no feature penalty,
+    # full gradient into the feature encoder. On the cpu preset the penalty of 10 shrinks the encoder
+    # output tenfold within 50 updates (recipes/w2v2_compress/README.md).
     "gpu": SSLConfig(
         name="gpu", checkpoint_steps=(100, 250, 500, 1000, 1500, 2000, 2500), gumbel_decay=0.9992,
+        feature_penalty_weight=0.0, feature_grad_mult=1.0,
         optim=OptimSettings(steps=2500, lr=5e-4, warmup_steps=250, max_batch_seconds=192.0, max_utterances=96,
                             mixed_precision="bf16", num_workers=8, time_limit_s=480.0),
     ),
