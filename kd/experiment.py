@@ -31,6 +31,7 @@ __all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "merge_secti
            "student_train_config", "train_run", "write_token_list"]
 
 _INITS = ("random", "plan")
+_PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod
 _WEIGHTINGS = ("fixed", "dev_wer", "uncertainty")
 
 
@@ -43,10 +44,15 @@ class Condition:
     alpha: float = 0.5  # weight of the student's own loss
     temperature: float = 1.0
     weighting: str = "fixed"  # several teachers: fixed (uniform), dev_wer or uncertainty
+    plan: str = "analysis"  # init "plan": the planner that picks the teacher layers (kd.plan_cli.PlanMethod)
 
     def __post_init__(self) -> None:
         if self.init not in _INITS:
             raise ValueError(f"Condition {self.name!r}: init: expected one of {list(_INITS)}, found {self.init!r}")
+        if self.plan not in _PLANS:
+            raise ValueError(f"Condition {self.name!r}: plan: expected one of {list(_PLANS)}, found {self.plan!r}")
+        if self.init != "plan" and self.plan != "analysis":
+            raise ValueError(f"Condition {self.name!r}: plan {self.plan!r} needs init 'plan', found {self.init!r}")
         if self.weighting not in _WEIGHTINGS:
             raise ValueError(f"Condition {self.name!r}: weighting: expected one of {list(_WEIGHTINGS)}, "
                              f"found {self.weighting!r}")

@@ -28,7 +28,7 @@ from kd.experiment import (Condition, StudentSize, evaluate_once, merge_sections
 from kd.io import atomic_write_text, write_json
 from kd.model_dir import load_model_dir, save_model_dir
 from kd.plan import CompressionPlan
-from kd.plan_cli import plan_from_report
+from kd.plan_cli import PlanMethod, plan_from_report
 from kd.stages import Stage, load_preset, recipe_parser, run_recipe
 from kd.train import train
 from kd.training.config import TrainConfig
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [StudentSize.from_dict(name, spec) for name, spec in cfg["student_sizes"].items()]
     conditions = [Condition.from_dict(c) for c in cfg["conditions"]]
     seeds = list(cfg["seeds"])
+    # results.md/.json and runs.json; a preset that adds conditions to another preset's output
+    # folder (--out) names its own files, e.g. results-plans.md
+    tag = cfg.get("results_name", "results")
     device = cfg.get("device", "cpu")
     # how teachers are ranked (init teacher) and weighted (dev_wer weighting): "wer", or "cer"
     # where word error rates are saturated (the cpu preset's small teachers are near 100% WER)
@@ -97,19 +100,31 @@ def main(argv: list[str] | None = None) -> int:
             analyze_model_dir(teacher_runs[d] / "model", data(d, "dev"), out / "analysis" / d, analyze)
         return {d: str(out / "analysis" / d / "report.md") for d in domains}
 
+    # planners whose students some condition starts from ("analysis" always: it is the reference)
+    plan_methods = ["analysis", *sorted({c.plan for c in conditions if c.init == "plan"} - {"analysis"})]
+
+    def plan_student(size: StudentSize, method: str) -> Path:
+        return out / "students" / size.name / ("init" if method == "analysis" else f"init-{method}")
+
     def stage_students(done):
         teacher_eval = done["teacher-eval"]
         best = min(domains, key=lambda d: teacher_eval[d][f"target_dev_{metric}"])
         teacher, tokenizer = load_model_dir(teacher_runs[best] / "model")
         built = {"init_teacher": best}
         for size in sizes:
-            plan = plan_from_report(out / "analysis" / best / "report.json", budget_layers=size.encoder_layers,
-                                    share_blocks=size.share_encoder)
-            plan.save(out / "students" / size.name / "encoder_plan.json")
-            student = asr_student(teacher, plan, CompressionPlan(keep_layers=list(size.decoder_keep)))
-            save_model_dir(student, tokenizer, out / "students" / size.name / "init")
-            built[size.name] = {"encoder_layers": list(plan.keep_layers), "share_groups": plan.share_groups,
-                                "decoder_layers": list(size.decoder_keep)}
+            for method in plan_methods:
+                if size.share_encoder and method != "analysis":
+                    raise ValueError(f"student size {size.name}: share_encoder needs the analysis plan's blocks of "
+                                     f"similar layers; the {method} plan has none (leave such conditions out)")
+                plan = plan_from_report(out / "analysis" / best / "report.json", budget_layers=size.encoder_layers,
+                                        method=PlanMethod(method), share_blocks=size.share_encoder)
+                suffix = "" if method == "analysis" else f"-{method}"
+                plan.save(out / "students" / size.name / f"encoder_plan{suffix}.json")
+                student = asr_student(teacher, plan, CompressionPlan(keep_layers=list(size.decoder_keep)))
+                save_model_dir(student, tokenizer, plan_student(size, method))
+                built[size.name + suffix] = {"encoder_layers": list(plan.keep_layers),
+                                             "share_groups": plan.share_groups,
+                                             "decoder_layers": list(size.decoder_keep)}
         return built
 
     def run_dir(size: StudentSize, condition: Condition, seed: int) -> Path:
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                     config = student_train_config(
                         cfg["student"], condition, train=[data(target, "train")], dev=data(target, "dev"),
                         tokens=tokens, seed=seed, teacher_model=cfg["teacher"]["model"], size=size,
-                        plan_student=out / "students" / size.name / "init", teacher_runs=teacher_runs,
+                        plan_student=plan_student(size, condition.plan), teacher_runs=teacher_runs,
                         dev_wers=dev_wers, cache_root=out / "teacher_cache")
                     train_run(config, run_dir(size, condition, seed))
         return {"runs": len(sizes) * len(conditions) * len(seeds)}
@@ -139,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"size": size.name, "condition": condition.name, "seed": seed, "params": r["params"],
                                  "rtf": r["rtf"], **{f"{x}_{m}": r["domains"][x][m] for x in [target, *domains]
                                                      for m in ("wer", "cer")}})
-        write_json(out / "runs.json", rows)
+        write_json(out / f"{tag}-runs.json" if tag != "results" else out / "runs.json", rows)
         return {"rows": len(rows)}
 
     def stage_table(done):
-        rows = json.loads((out / "runs.json").read_text(encoding="utf-8"))
+        rows = json.loads((out / f"{tag}-runs.json" if tag != "results" else out / "runs.json").read_text(
+            encoding="utf-8"))
         other = "cer" if metric == "wer" else "wer"
         metrics = [f"{target}_{metric}", f"{target}_{other}", *[f"{d}_{metric}" for d in domains]]
         summary, table = results_table(rows, group=("size", "condition"), metrics=metrics,
@@ -156,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {d} | " + " | ".join(f"{t[m] * 100:.1f}" for m in metrics) + f" | {t['params'] / 1e6:.2f}M |")
         text = (f"Teachers (decode: {cfg['decode']})\n\n" + "\n".join(lines) + "\n\n"
                 f"Students on the {target} domain, mean ± std over seeds {seeds}\n\n{table}")
-        write_json(out / "results.json", {"teachers": teacher_eval, "students": summary, "seeds": seeds})
-        atomic_write_text(out / "results.md", text)
+        write_json(out / f"{tag}.json", {"teachers": teacher_eval, "students": summary, "seeds": seeds})
+        atomic_write_text(out / f"{tag}.md", text)
         print(text)
-        return {"results": str(out / "results.md")}
+        return {"results": str(out / f"{tag}.md")}
 
     stages = [
         Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),
@@ -167,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         Stage(3, "teachers", stage_teachers, cfg["teacher"], f"train teachers on {domains}"),
         Stage(4, "teacher-eval", stage_teacher_eval, {"decode": cfg["decode"], "version": 2}, "teacher WER"),
         Stage(5, "analysis", stage_analysis, cfg.get("analysis", {}), "layer-wise analysis of each teacher"),
-        Stage(6, "students", stage_students, {"sizes": cfg["student_sizes"], "teacher_metric": metric},
+        Stage(6, "students", stage_students, {"sizes": cfg["student_sizes"], "teacher_metric": metric,
+                                              **({"plans": plan_methods} if len(plan_methods) > 1 else {})},
               "plans and students from the best teacher's layers"),
         Stage(7, "distill", stage_distill, {"student": cfg["student"], "conditions": cfg["conditions"], "seeds": seeds,
                                             "teacher_metric": metric},

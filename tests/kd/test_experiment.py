@@ -33,6 +33,10 @@ def test_condition_validation_and_slug():
     assert Condition("tok+unc-KD (us+uk)").slug == "tok-unc-kd-us-uk"
     with pytest.raises(ValueError, match="init: expected one of"):
         Condition("x", init="copy")
+    with pytest.raises(ValueError, match=r"plan: expected one of \['analysis', 'first-k', 'every-k', 'linspace'\]"):
+        Condition("x", plan="random-k")
+    with pytest.raises(ValueError, match="plan 'first-k' needs init 'plan', found 'random'"):
+        Condition("x", init="random", plan="first-k")
     with pytest.raises(ValueError, match="unknown field 'teacher'"):
         Condition.from_dict({"name": "x", "teacher": ["us"]})
     with pytest.raises(ValueError, match="expected a mapping with encoder_layers and decoder_keep"):

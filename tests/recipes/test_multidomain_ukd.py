@@ -46,6 +46,35 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
     assert "stages: 1 corpus skipped, 2 tokens skipped" in err and "8 eval skipped, 9 table ran" in err
 
 
+def test_heuristic_plan_conditions_reuse_the_finished_runs(tmp_path, capsys, load_recipe):
+    """A preset adding plan conditions to a finished folder trains only the new runs, into its own table."""
+    recipe = load_recipe("multidomain_ukd")
+    out = tmp_path / "exp"
+    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
+    smoke = {k: v for k, v in config["smoke"].items()}
+    smoke["student_sizes"] = {"S": smoke["student_sizes"]["S"]}
+    smoke["conditions"] = [{"name": "no KD", "init": "plan"}]
+    plans = {**smoke, "conditions": [{"name": "no KD", "init": "plan"},
+                                     {"name": "no KD (first-k plan)", "plan": "first-k"},
+                                     {"name": "no KD (linspace plan)", "plan": "linspace"}],
+             "results_name": "results-plans"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"smoke": smoke, "plans": plans}))
+    assert recipe.main(["--preset", "smoke", "--config", str(path), "--out", str(out), "--seeds", "0"]) == 0
+    first = (out / "runs/S/no-kd/seed0/model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert recipe.main(["--preset", "plans", "--config", str(path), "--out", str(out), "--seeds", "0"]) == 0
+    assert "stages: 1 corpus skipped" in capsys.readouterr().err
+    assert (out / "runs/S/no-kd/seed0/model.safetensors").stat().st_mtime_ns == first  # not trained again
+    built = json.loads((out / "stages/06-students/.done.json").read_text())["result"]
+    assert built["S-first-k"]["encoder_layers"] == [0, 1] and built["S-linspace"]["encoder_layers"] == [0, 2]
+    student = yaml.safe_load((out / "runs/S/no-kd-first-k-plan/seed0/config.yaml").read_text())
+    assert student["model"]["init_from"].endswith("students/S/init-first-k")
+    rows = [s["condition"] for s in json.loads((out / "results-plans.json").read_text())["students"]]
+    assert rows == ["no KD", "no KD (first-k plan)", "no KD (linspace plan)"]
+    assert (out / "results.md").is_file() and (out / "results-plans.md").is_file()  # each preset its own table
+
+
 def test_unknown_preset_is_refused(capsys, load_recipe):
     recipe = load_recipe("multidomain_ukd")
     with pytest.raises(SystemExit):
