@@ -282,7 +282,11 @@ def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
     old_config = out / "config.yaml"
     if old_config.is_file():
         old = yaml.safe_load(old_config.read_text(encoding="utf-8"))
-        if old != config.to_dict():
+        try:  # compared as configs: fields added to the toolkit since the old run do not count
+            same = TrainConfig.from_dict(old).identity() == config.identity()
+        except (TypeError, ValueError):  # not a readable config any more: not the same run
+            same = False
+        if not same:
             target = out.with_name(f"{out.name}.replaced-{config_digest(old)}")
             if target.exists():
                 import shutil

@@ -122,7 +122,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Tru
     from kd.training.setup import new_accelerator
 
     out = Path(out_dir)
-    if resume and is_done(out, config.to_dict()) and (out / RESULT_FILE).is_file():
+    if resume and is_done(out, config.identity()) and (out / RESULT_FILE).is_file():
         stored = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
         return TrainResult.from_dict({**stored, "skipped": True})
     # `accelerate launch --multi_gpu` (or torchrun) on a machine without CUDA: DDP on CPU with gloo;
@@ -344,7 +344,7 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
         final.load_state_dict(averaged)
         save_model_dir(final, tokenizer, out / "model")
         write_json(out / RESULT_FILE, result.to_dict())
-        mark_done(out, config.to_dict(), steps=step)
+        mark_done(out, config.identity(), steps=step)
         if tb is not None:
             tb.close()
     accelerator.wait_for_everyone()

@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 CONFIG_VERSION = 1
+# fields added to version 1 after runs were written without them: (section, field) -> default.
+# Speed settings only (they change floating-point rounding, not what a run is); see TrainConfig.identity
+ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True}
 
 
 class TokenKind(enum.Enum):
@@ -169,6 +172,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
+
+    def identity(self) -> dict[str, Any]:
+        """What completion markers and run comparisons use: :meth:`to_dict` without the fields of
+        ADDED_FIELDS that hold their default, so a finished run stays finished when the toolkit
+        gains an option (a config written before the option existed compares equal)."""
+        data = self.to_dict()
+        for (section, name), default in ADDED_FIELDS.items():
+            if data.get(section, {}).get(name, default) == default:
+                data.get(section, {}).pop(name, None)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

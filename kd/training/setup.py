@@ -15,7 +15,8 @@ __all__ = ["RESUMABLE_FIELDS", "LenientTokenizer", "load_train_data", "model_con
            "setup_teachers"]
 
 # config fields a resumed run may change: when to stop, when to save, what to log
-RESUMABLE_FIELDS = ("optim.max_steps", "optim.max_epochs", "checkpoint.", "logging.", "data.num_workers")
+RESUMABLE_FIELDS = ("optim.max_steps", "optim.max_epochs", "optim.fused", "optim.tf32", "checkpoint.", "logging.",
+                    "data.num_workers")
 # files of an earlier attempt without checkpoints, removed before a fresh start (the teacher cache
 # stays: its marker says which inputs it holds)
 FRESH_START_REMOVES = ("tokens.txt", "bpe.model", "model_config.yaml", "log.csv", "dev.csv", "model.safetensors",

@@ -85,3 +85,17 @@ def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, t
     assert len(moved) == 1 and "moved to run.replaced-" in messages[0]
     assert yaml.safe_load((moved[0] / "config.yaml").read_text())["optim"]["lr"] == 1e-3
     assert yaml.safe_load((tmp_path / "run/config.yaml").read_text())["optim"]["lr"] == 2e-3
+    # a run written before the toolkit had optim.fused / optim.tf32 is the same run: skipped, not moved
+    from kd.io import mark_done
+
+    old = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
+    for name in ("fused", "tf32"):
+        del old["optim"][name]
+    (tmp_path / "run/config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    mark_done(tmp_path / "run", old, steps=1)  # the marker as that version wrote it
+    messages.clear()
+    assert train_run(config(2e-3), tmp_path / "run", log=messages.append).skipped and messages == []
+    # a non-default value of an added field is part of the run's identity
+    faster = TrainConfig.from_dict({**config(2e-3).to_dict(), "optim": {**config(2e-3).to_dict()["optim"],
+                                                                        "tf32": False}})
+    assert faster.identity()["optim"]["tf32"] is False and "tf32" not in config(2e-3).identity()["optim"]
