@@ -93,7 +93,7 @@ part_train() {
         steps=2; max_seconds=6; preset=tiny; window=2
     fi
     cat > "$WORK/teacher.yaml" <<EOF
-data: {train: [$CORPUS/us/train], max_seconds: $max_seconds}
+data: {train: [$CORPUS/us/train, $CORPUS/target/train], max_seconds: $max_seconds}  # its characters cover target
 model: {preset: $([ "$SMOKE" = 1 ] && echo tiny || echo teacher)}
 optim: {max_steps: $steps, mixed_precision: $([ "$SMOKE" = 1 ] && echo 'no' || echo bf16)}
 checkpoint: {at_epoch_end: false}
