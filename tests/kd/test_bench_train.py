@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from tests.kd.test_train import make_config, single_thread  # noqa: F401  (autouse fixture)
+from tests.kd.test_train import make_config
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,6 @@ def teacher(tests_corpus, tmp_path_factory):
 def result(tests_corpus, teacher, tmp_path_factory):
     from kd.bench_train import bench_train
 
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("bench_train")
     return out, bench_train(tests_corpus[0] / "us/train", out, teacher=teacher, preset="tiny", window=2, windows=2,
                             max_seconds=6.0, out_md=out / "train.md")

@@ -16,7 +16,9 @@ from kd.training.checkpoint import (average_checkpoints, begin_checkpoint, captu
                                     latest_checkpoint, list_checkpoints, load_weights, prune_checkpoints,
                                     restore_rng)
 
-from .test_train import all_equal, make_config, read_csv, single_thread  # noqa: F401  (autouse fixture)
+from .test_train import all_equal, make_config, read_csv
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _fake(root, step, dev_loss, value=0.0):

@@ -10,7 +10,8 @@ import torch
 pytest.importorskip("espnet2")
 
 from kd.compare import compare_models, pair_frames, save_comparison  # noqa: E402
-from tests.kd.test_train import single_thread  # noqa: E402,F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def test_pair_frames_same_rate_keeps_the_shorter_count():

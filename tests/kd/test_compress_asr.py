@@ -11,7 +11,8 @@ from kd.compression import count_parameters  # noqa: E402
 from kd.compression.asr import asr_student  # noqa: E402
 from kd.models.asr import AsrConfig, build_asr_model  # noqa: E402
 from kd.plan import CompressionPlan  # noqa: E402
-from tests.kd.test_train import single_thread  # noqa: E402,F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 V = 12
 

@@ -15,13 +15,7 @@ from kd.decode import DecodeConfig, DecodeMethod, ctc_greedy, decode, decode_ids
 TOKENS = ("<blank>", "<unk>", "<space>", "a", "b", "c", "d", "e", "<sos/eos>")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: a second intra-op thread only adds contention when other runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def train_briefly(model, batch: Batch, tokenizer, *, steps: int, lr: float = 3e-3, seed: int = 0):

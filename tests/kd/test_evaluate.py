@@ -21,13 +21,7 @@ from tests.kd.test_decode import train_briefly
 ALPHABET = "abcdefghijklmnopqrstuvwxyz'"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: a second intra-op thread only adds contention when other runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def edit_distance(ref: list, hyp: list) -> int:

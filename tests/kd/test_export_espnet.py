@@ -22,13 +22,7 @@ OVERRIDES = dict(n_fft=400, win_length=320, hop_length=128, n_mels=40, input_lay
                  feature_norm="utterance_mean_var", ctc_weight=0.4, lsm_weight=0.1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: a second intra-op thread only adds contention when other runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

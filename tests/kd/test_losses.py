@@ -89,13 +89,7 @@ def make_outs(seed: int, mask: torch.Tensor, vocab: int = 5, requires_grad: bool
 MASK = torch.tensor([[True, True, True, False], [True, True, False, False]])
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add contention when other test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- token_kd

@@ -16,13 +16,7 @@ from kd.models.uncertainty import AleatoricMode, UncertaintyHead, aleatoric_nll,
 VOCAB = 12  # 0 <blank>, 1..10 tokens, 11 <sos/eos>
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add contention when other test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def batch():

@@ -20,13 +20,7 @@ from kd.training.config import OptimConfig, Schedule, TrainConfig
 from kd.training.schedule import learning_rate
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: intra-op threads only add contention when other test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- helpers (also used by test_checkpoint.py)

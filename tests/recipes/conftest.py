@@ -6,18 +6,13 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: a second intra-op thread only adds contention when other runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_models_one_thread(single_thread):
+    """Every recipe test runs tiny models: one intra-op thread (tests/conftest.py)."""
 
 
 @pytest.fixture
