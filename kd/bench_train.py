@@ -29,6 +29,7 @@ import csv
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -109,8 +110,16 @@ def step_batches(buckets: Sequence[Sequence[int]], *, seed: int, steps: int) -> 
     return order[:steps]
 
 
-def _training_data(config, run_dir: Path):
-    """``(dataset, buckets, model_config, tokens)`` as :func:`kd.train.train` built them for ``run_dir``."""
+@dataclass(frozen=True)
+class _TrainingData:
+    dataset: Any
+    buckets: list
+    model_config: Any
+    tokens: list
+
+
+def _training_data(config, run_dir: Path) -> _TrainingData:
+    """The data, batches and model :func:`kd.train.train` built for ``run_dir`` (read once per bench)."""
     from kd.data.batching import AudioDataset, bucket_batches
     from kd.models.asr import AsrConfig
     from kd.training.data import load_run_tokenizer
@@ -121,24 +130,24 @@ def _training_data(config, run_dir: Path):
     buckets = bucket_batches(dataset.durations(), max_seconds=config.data.max_seconds,
                              max_utterances=config.data.max_utterances, shuffle=False)
     model_config = AsrConfig.from_yaml((run_dir / "model_config.yaml").read_text(encoding="utf-8"))
-    return dataset, buckets, model_config, list(tokenizer.tokens)
+    return _TrainingData(dataset, buckets, model_config, list(tokenizer.tokens))
 
 
 # ---------------------------------------------------------------- the variants
 
 
-def espnet_default_loop(config, run_dir: Path, device: torch.device) -> dict:
-    """The ESPnet-default-style loop over the micro-batches ``train`` used for ``run_dir``."""
+def espnet_default_loop(config, data: _TrainingData, device: torch.device) -> dict:
+    """The ESPnet-default-style loop over the micro-batches ``train`` used (``data``)."""
     from accelerate.utils import set_seed
 
     from kd.models.asr import build_asr_model
     from kd.training.data import make_loader
 
-    dataset, buckets, model_config, tokens = _training_data(config, run_dir)
+    dataset, model_config = data.dataset, data.model_config
     window, total = config.logging.every_steps, config.optim.max_steps
-    order = step_batches(buckets, seed=config.seed, steps=total)
+    order = step_batches(data.buckets, seed=config.seed, steps=total)
     set_seed(config.seed)
-    model = build_asr_model(model_config, tokens).to(device).train()
+    model = build_asr_model(model_config, data.tokens).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
                                  eps=config.optim.eps)
     noise = torch.Generator(device=device).manual_seed(config.seed)
@@ -187,20 +196,19 @@ def kd_loop(config, run_dir: Path, device: torch.device) -> dict:
             "peak_memory": _peak_memory(device), "final_loss": result.final_loss}
 
 
-def count_flops(config, run_dir: Path, device: torch.device) -> float:
+def count_flops(config, data: _TrainingData, device: torch.device) -> float:
     """FLOPs of one forward and backward pass of the student on every measured micro-batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from kd.models.asr import build_asr_model
     from kd.training.data import make_loader
 
-    dataset, buckets, model_config, tokens = _training_data(config, run_dir)
     window, total = config.logging.every_steps, config.optim.max_steps
-    measured = step_batches(buckets, seed=config.seed, steps=total)[window:]
-    model = build_asr_model(model_config, tokens).to(device).train()
+    measured = step_batches(data.buckets, seed=config.seed, steps=total)[window:]
+    model = build_asr_model(data.model_config, data.tokens).to(device).train()
     noise = torch.Generator(device=device).manual_seed(0)
     flops, cache = 0, {}
-    for ids, batch in zip(measured, make_loader(dataset, measured, num_workers=0)):
+    for ids, batch in zip(measured, make_loader(data.dataset, measured, num_workers=0)):
         key = tuple(ids)
         if key not in cache:
             batch = batch.to(device)
@@ -214,17 +222,17 @@ def count_flops(config, run_dir: Path, device: torch.device) -> float:
     return float(flops)
 
 
-def _fill_cache(config, run_dir: Path, cache_dir: Path, device: torch.device) -> float:
+def _fill_cache(config, data: _TrainingData, cache_dir: Path, device: torch.device) -> float:
     """Fill the teacher cache that ``train`` will read (same buckets, same key); seconds taken."""
     from kd.training.setup import new_accelerator
     from kd.training.teachers import TeacherCache, load_teachers
 
-    dataset, buckets, _, tokens = _training_data(config, run_dir)
     accelerator = new_accelerator(mixed_precision=config.optim.mixed_precision.value)
-    teachers = load_teachers(config.kd.teachers, tokens, accelerator.device)
+    teachers = load_teachers(config.kd.teachers, data.tokens, accelerator.device)
     _sync(device)
     start = time.perf_counter()
-    TeacherCache.build(cache_dir, specs=config.kd.teachers, teachers=teachers, dataset=dataset, buckets=buckets,
+    TeacherCache.build(cache_dir, specs=config.kd.teachers, teachers=teachers, dataset=data.dataset,
+                       buckets=data.buckets,
                        level=config.kd.loss.level, dtype=config.kd.cache_dtype, accelerator=accelerator,
                        progress=False)
     _sync(device)
@@ -259,16 +267,17 @@ def bench_train(data: str | os.PathLike, out_dir: str | os.PathLike, *, teacher:
     variants: dict[str, dict] = {}
     kd_loop(config, _fresh(runs / "warm_up"), device)  # untimed: the first run in a process pays one-off costs
     variants["kd_train"] = kd_loop(config, _fresh(runs / "kd_train"), device)
-    variants["espnet_default"] = espnet_default_loop(config, runs / "kd_train", device)
+    data = _training_data(config, runs / "kd_train")
+    variants["espnet_default"] = espnet_default_loop(config, data, device)
     cache_seconds = None
     if teacher is not None:
         online = _with_kd(config, teacher, "online", None)
         variants["kd_distill_online"] = kd_loop(online, _fresh(runs / "kd_distill_online"), device)
         cache_dir = _fresh(out / "teacher_cache")
         cached = _with_kd(config, teacher, "cached", str(cache_dir))
-        cache_seconds = _fill_cache(cached, runs / "kd_train", cache_dir, device)
+        cache_seconds = _fill_cache(cached, data, cache_dir, device)
         variants["kd_distill_cached"] = kd_loop(cached, _fresh(runs / "kd_distill_cached"), device)
-    flops_per_window = count_flops(config, runs / "kd_train", device)
+    flops_per_window = count_flops(config, data, device)
     peak = peak if peak is not None else peak_tflops(device)
     for name, v in variants.items():
         v["audio_s_per_s"] = v["audio_seconds"] / v["seconds"]
@@ -281,8 +290,7 @@ def bench_train(data: str | os.PathLike, out_dir: str | os.PathLike, *, teacher:
         v["speedup_vs_espnet_default"] = v["audio_s_per_s"] / base
     from kd.models.asr import build_asr_model
 
-    _, _, model_config, tokens = _training_data(config, runs / "kd_train")
-    params = sum(p.numel() for p in build_asr_model(model_config, tokens).parameters())
+    params = sum(p.numel() for p in build_asr_model(data.model_config, data.tokens).parameters())
     result = {"machine": _machine(), "device": str(device), "preset": preset, "overrides": dict(overrides or {}),
               "parameters": params, "window": window, "windows": windows, "max_seconds": max_seconds,
               "flops_measured_steps": flops_per_window, "peak_tflops": peak, "teacher": str(teacher) if teacher else None,

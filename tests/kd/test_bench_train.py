@@ -71,13 +71,13 @@ def test_flops_cover_forward_and_backward(result, tests_corpus):
     from kd.training.config import TrainConfig
 
     config = TrainConfig.from_yaml(run / "config.yaml")
-    dataset, buckets, model_config, tokens = _training_data(config, run)
-    measured = step_batches(buckets, seed=config.seed, steps=config.optim.max_steps)[config.logging.every_steps:]
-    model = build_asr_model(model_config, tokens).eval()
+    data = _training_data(config, run)
+    measured = step_batches(data.buckets, seed=config.seed, steps=config.optim.max_steps)[config.logging.every_steps:]
+    model = build_asr_model(data.model_config, data.tokens).eval()
     forward = 0
     with torch.no_grad():
         for ids in measured:
-            batch = collate([dataset[i] for i in ids])
+            batch = collate([data.dataset[i] for i in ids])
             counter = FlopCounterMode(display=False)
             with counter:
                 model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
