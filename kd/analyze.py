@@ -118,7 +118,8 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
     from kd.data.batching import AudioDataset, bucket_batches, collate, fbank, frame_labels
 
     dataset = AudioDataset(data)
-    batches = bucket_batches(dataset.durations(), max_seconds=config.batch_seconds, shuffle=False)
+    durations = dataset.durations()
+    batches = bucket_batches(durations, max_seconds=config.batch_seconds, shuffle=False)
     speakers = {u.utt: u.speaker for u in data.utterances}
     rng = np.random.default_rng(config.seed)
     moments = None
@@ -188,7 +189,7 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
             seg = _segment_means(cpu, words, model.frame_rate, word_index)
             if seg is not None:
                 sample.word_seg.append(seg)
-    return moments, redundancy, sample, frames_total
+    return moments, redundancy, sample, frames_total, sum(durations)
 
 
 def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = AnalyzeConfig(), *, model_name: str = "",
@@ -214,7 +215,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
                             frame_rate=float(model.frame_rate), num_layers=int(model.num_layers),
                             config=asdict(config))
     clock = _Laps(config.device)
-    moments, redundancy, sample, frames_total = _collect(model, data, alignments, config, phone_index, word_index,
+    moments, redundancy, sample, frames_total, audio = _collect(model, data, alignments, config, phone_index, word_index,
                                                          report.extras)
     clock.lap("forward_and_statistics")
     if moments is None:
@@ -296,9 +297,6 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
     except ValueError as e:
         report.skipped["mi_cluster"] = str(e)
     clock.lap("mi_cluster")
-    from kd.data.batching import AudioDataset
-
-    audio = sum(AudioDataset(data).durations())
     total = sum(clock.seconds.values())
     report.extras["timing"] = {"audio_seconds": audio, "seconds": clock.seconds, "total_seconds": total,
                                "audio_seconds_per_second": audio / total if total > 0 else None,
