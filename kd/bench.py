@@ -90,10 +90,11 @@ def analysis_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def random_base_checkpoint(out_dir: str | os.PathLike) -> Path:
+def random_base_checkpoint(out_dir: str | os.PathLike, **sizes) -> Path:
     """A randomly initialised wav2vec 2.0 base (12 layers x 768, 95M parameters) saved as a checkpoint folder.
 
     For timing only: its compute equals a trained base model's, its analysis values mean nothing.
+    ``sizes``: ``Wav2Vec2Config`` fields over the base (a toy model for smoke runs).
     """
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
@@ -101,7 +102,7 @@ def random_base_checkpoint(out_dir: str | os.PathLike) -> Path:
     path = Path(out_dir)
     if not (path / "config.json").is_file():
         torch.manual_seed(0)
-        Wav2Vec2Model(Wav2Vec2Config(architectures=["Wav2Vec2Model"])).save_pretrained(path)
+        Wav2Vec2Model(Wav2Vec2Config(architectures=["Wav2Vec2Model"], **sizes)).save_pretrained(path)
     return path
 
 

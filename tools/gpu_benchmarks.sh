@@ -34,17 +34,12 @@ corpus() {
 base_model() {
     "$PY" - "$WORK/w2v2-base" "$SMOKE" <<'EOF'
 import sys
-from pathlib import Path
 
-import torch
-from transformers import Wav2Vec2Config, Wav2Vec2Model
+from kd.bench import random_base_checkpoint
 
-out, smoke = Path(sys.argv[1]), sys.argv[2] == "1"
-if not (out / "config.json").is_file():
-    torch.manual_seed(0)
-    sizes = dict(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
-                 conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4) if smoke else {}
-    Wav2Vec2Model(Wav2Vec2Config(architectures=["Wav2Vec2Model"], **sizes)).save_pretrained(out)
+toy = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, conv_dim=[16] * 7,
+           num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+random_base_checkpoint(sys.argv[1], **(toy if sys.argv[2] == "1" else {}))
 EOF
 }
 
