@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     # results.md/.json and runs.json; a preset that adds conditions to another preset's output
     # folder (--out) names its own files, e.g. results-plans.md
     tag = cfg.get("results_name", "results")
+    runs_file = out / ("runs.json" if tag == "results" else f"{tag}-runs.json")
     device = cfg.get("device", "cpu")
     # how teachers are ranked (init teacher) and weighted (dev_wer weighting): "wer", or "cer"
     # where word error rates are saturated (the cpu preset's small teachers are near 100% WER)
@@ -154,12 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"size": size.name, "condition": condition.name, "seed": seed, "params": r["params"],
                                  "rtf": r["rtf"], **{f"{x}_{m}": r["domains"][x][m] for x in [target, *domains]
                                                      for m in ("wer", "cer")}})
-        write_json(out / f"{tag}-runs.json" if tag != "results" else out / "runs.json", rows)
+        write_json(runs_file, rows)
         return {"rows": len(rows)}
 
     def stage_table(done):
-        rows = json.loads((out / f"{tag}-runs.json" if tag != "results" else out / "runs.json").read_text(
-            encoding="utf-8"))
+        rows = json.loads(runs_file.read_text(encoding="utf-8"))
         other = "cer" if metric == "wer" else "wer"
         metrics = [f"{target}_{metric}", f"{target}_{other}", *[f"{d}_{metric}" for d in domains]]
         summary, table = results_table(rows, group=("size", "condition"), metrics=metrics,
