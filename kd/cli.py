@@ -202,7 +202,7 @@ def _distill_layers(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"--set: unknown OptimSettings field(s) {unknown}; expected some of "
                              f"{[f.name for f in dataclasses.fields(OptimSettings)]}")
-        config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, **optim))
+        config = dataclasses.replace(config, optim=OptimSettings.from_dict({**config.optim.to_dict(), **optim}))
     plan = CompressionPlan.load(args.plan)
     teacher = load_speech_model(args.teacher)
     student = load_speech_model(args.student) if args.student else compress(teacher, plan)

@@ -190,3 +190,13 @@ def test_cli_distills_a_student_built_by_the_plan(tests_corpus, tmp_path, capsys
     bad = args[:-2] + ["stepz=3"]
     assert main(bad) == 2
     assert "--set: unknown OptimSettings field(s) ['stepz']" in capsys.readouterr().err
+
+
+def test_cli_names_a_malformed_optimiser_value(tmp_path, capsys):
+    from kd.cli import main
+
+    tiny_teacher().save_pretrained(tmp_path / "teacher")
+    CompressionPlan(keep_layers=(1, 3)).save(tmp_path / "plan.json")
+    assert main(["distill-layers", str(tmp_path / "teacher"), str(tmp_path / "plan.json"), "--data", "unused",
+                 "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "steps=many"]) == 2
+    assert "OptimSettings.steps: expected an integer, found 'many'" in capsys.readouterr().err
