@@ -163,7 +163,10 @@ def espnet_default_loop(config, data: _TrainingData, device: torch.device) -> di
             if step > window:
                 audio += float(batch.speech_lengths.sum()) / model_config.sample_rate
             batch = batch.to(device)
-            out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise)
+            # ESPnet's own loss functions, with their host reads (the reference the kd loop is compared to);
+            # none of the kd model's batch checks, which ESPnet does not have
+            out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise,
+                        check=False, espnet_losses=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
             if not math.isfinite(float(grad_norm)):  # ESPnet skips the step on a non-finite norm
@@ -222,6 +225,63 @@ def count_flops(config, data: _TrainingData, device: torch.device) -> float:
     return float(flops)
 
 
+def host_waits(config, data: _TrainingData, device: torch.device, *, espnet_default: bool = False) -> dict:
+    """Operations that make the host wait for the device in one training step (kd.training.syncs).
+
+    The step of the first measured micro-batch, as the variant runs it, from the copy of the
+    batch to the device to the clipped gradients: the kd loop computes the loss with
+    ``micro_batch_loss`` (teachers online or from the cache, per ``config.kd``) and sums its
+    parts on the device; the ESPnet-default loop uses ESPnet's loss functions and reads the
+    gradient norm and the loss. Not counted: the kd loop's batch check, which reads host
+    tensors before the copy, and the optimizer step, whose non-fused Adam reads step counters
+    kept on the host (on a CPU both would look like waits). Counted on any device (a lower
+    bound off the GPU: copies to the host are not seen there).
+    """
+    from accelerate.utils import set_seed
+
+    from kd.models.asr import build_asr_model
+    from kd.training.data import make_loader
+    from kd.training.config import TeacherOutputs
+    from kd.training.steps import accumulate, micro_batch_loss
+    from kd.training.syncs import HostSyncCounter
+    from kd.training.teachers import TeacherCache, load_teachers
+
+    batch_ids = step_batches(data.buckets, seed=config.seed, steps=config.logging.every_steps + 1)[-1]
+    batch = next(iter(make_loader(data.dataset, [batch_ids], num_workers=0)))
+    set_seed(config.seed)
+    model = build_asr_model(data.model_config, data.tokens).to(device).train()
+    noise = torch.Generator(device=device).manual_seed(config.seed)
+    teachers = cache = None
+    if config.kd is not None and not espnet_default:
+        if config.kd.teacher_outputs is TeacherOutputs.ONLINE:
+            teachers = load_teachers(config.kd.teachers, data.tokens, device)
+        else:  # the cache _fill_cache filled
+            cache = TeacherCache(config.kd.cache_dir, len(config.kd.teachers), config.kd.loss.level)
+    model.check_batch(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
+    lengths = batch.token_lengths.tolist()
+    _sync(device)
+    with HostSyncCounter() as counter:
+        if espnet_default:
+            moved = batch.to(device)
+            out = model(moved.speech, moved.speech_lengths, moved.tokens, moved.token_lengths, generator=noise,
+                        check=False, espnet_losses=True)
+            out.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
+            math.isfinite(float(grad_norm))
+            out.loss.item()
+        else:
+            moved = batch.to(device, non_blocking=True)
+            loss, parts = micro_batch_loss(model, moved, teachers, cache, config, noise, device, lengths)
+            loss.backward()
+            window: dict = {}
+            accumulate(window, parts, 1.0, device)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
+            accumulate(window, {"grad_norm": grad_norm}, 1.0, device)
+    _sync(device)
+    return {"total": counter.total, "by_operator": counter.by_operator(),
+            "utterances": len(batch_ids)}
+
+
 def _fill_cache(config, data: _TrainingData, cache_dir: Path, device: torch.device) -> float:
     """Fill the teacher cache that ``train`` will read (same buckets, same key); seconds taken."""
     from kd.training.setup import new_accelerator
@@ -277,6 +337,13 @@ def bench_train(data: str | os.PathLike, out_dir: str | os.PathLike, *, teacher:
         cached = _with_kd(config, teacher, "cached", str(cache_dir))
         cache_seconds = _fill_cache(cached, data, cache_dir, device)
         variants["kd_distill_cached"] = kd_loop(cached, _fresh(runs / "kd_distill_cached"), device)
+    waits = {"kd_train": host_waits(config, data, device),
+             "espnet_default": host_waits(config, data, device, espnet_default=True)}
+    if teacher is not None:
+        waits["kd_distill_online"] = host_waits(online, data, device)
+        waits["kd_distill_cached"] = host_waits(cached, data, device)
+    for name, w in waits.items():
+        variants[name]["host_waits_per_step"] = w
     flops_per_window = count_flops(config, data, device)
     peak = peak if peak is not None else peak_tflops(device)
     for name, v in variants.items():
@@ -323,14 +390,22 @@ def train_table(result: dict) -> str:
         + f"), micro-batches of at most {result['max_seconds']:g} padded seconds, {result['windows']} windows of "
         f"{result['window']} steps timed after a warm-up window, on {where}, torch {m['torch']}, {m['date']}.",
         "",
-        "| variant | precision | audio s / s | steps / s | TFLOP/s | MFU | vs ESPnet default | peak memory (GiB) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | precision | audio s / s | steps / s | TFLOP/s | MFU | vs ESPnet default | peak memory (GiB) "
+        "| host waits / step |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, v in result["variants"].items():
         mfu = f"{100 * v['mfu']:.1f}%" if v["mfu"] is not None else "-"
         memory = f"{v['peak_memory'] / 2**30:.2f}" if v["peak_memory"] is not None else "-"
+        waits = v.get("host_waits_per_step")
         lines.append(f"| {name} | {v['precision']} | {v['audio_s_per_s']:.1f} | {v['steps_per_s']:.2f} | "
-                     f"{v['tflops_per_s']:.3f} | {mfu} | {v['speedup_vs_espnet_default']:.2f}x | {memory} |")
+                     f"{v['tflops_per_s']:.3f} | {mfu} | {v['speedup_vs_espnet_default']:.2f}x | {memory} | "
+                     f"{waits['total'] if waits else '-'} |")
+    first = next(iter(result["variants"].values())).get("host_waits_per_step")
+    if first:
+        lines += ["", f"Host waits / step: operations in one training step (a micro-batch of {first['utterances']} "
+                  "utterances) that make the host wait for the device (`kd.training.syncs`), counted on this "
+                  "machine's device; off a GPU a lower bound (copies to the host are not seen)."]
     if result.get("cache_fill_seconds") is not None:
         lines += ["", f"Cached teacher outputs: {result['cached_teacher_speedup']:.2f}x the online-teacher throughput; "
                   f"filling the cache took {result['cache_fill_seconds']:.1f} s once."]

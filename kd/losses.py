@@ -199,11 +199,13 @@ def _check_mask(mask: Tensor | None, like: Tensor) -> Tensor:
     return mask
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+def _masked_mean(values: Tensor, mask: Tensor, *, check: bool = True) -> Tensor:
+    """Mean over the True positions. ``check``: raise on a mask without any (reading the count
+    makes the host wait for an accelerator); without it such a mask gives 0."""
     count = mask.sum()
-    if int(count) == 0:
+    if check and int(count) == 0:
         raise ValueError("mask: expected at least one True position, found none")
-    return values.masked_fill(~mask, 0.0).sum() / count
+    return values.masked_fill(~mask, 0.0).sum() / count.clamp(min=1)
 
 
 def _lengths_mask(lengths: Tensor, frames: int, name: str) -> Tensor:
@@ -512,6 +514,10 @@ def kd_loss(
         The scalar loss and detached parts: `nll`, `kd`, `tok_kd`, `unc_kd` (teacher-weighted),
         and per teacher k `tok_kd/k`, `unc_kd/k` and `weight/k` (mean r_k over positions).
         `unc_kd` entries are absent when beta = 1.
+
+    The means over positions do not read the number of positions back to the host (that would
+    make it wait for an accelerator every step): a mask without any True position gives a KD
+    term of 0. The training loop's batches always have one (``AsrModel.check_batch``).
     """
     if len(teacher_outs) == 0:
         raise ValueError("teacher_outs: expected at least one teacher, found none")
@@ -533,19 +539,19 @@ def kd_loss(
         config.beta * tok[k] + ((1.0 - config.beta) * unc[k] if need_unc else 0.0)
         for k in range(len(teacher_outs))
     ]
-    kd = _masked_mean(sum(w * term for w, term in zip(weights, per_teacher)), mask)
+    kd = _masked_mean(sum(w * term for w, term in zip(weights, per_teacher)), mask, check=False)
     loss = config.alpha * nll + (1.0 - config.alpha) * kd
 
     parts = {"nll": nll.detach(), "kd": kd.detach()}
     with torch.no_grad():
-        parts["tok_kd"] = _masked_mean(sum(w * t for w, t in zip(weights, tok)), mask)
+        parts["tok_kd"] = _masked_mean(sum(w * t for w, t in zip(weights, tok)), mask, check=False)
         if need_unc:
-            parts["unc_kd"] = _masked_mean(sum(w * u for w, u in zip(weights, unc)), mask)
+            parts["unc_kd"] = _masked_mean(sum(w * u for w, u in zip(weights, unc)), mask, check=False)
         for k in range(len(teacher_outs)):
-            parts[f"tok_kd/{k}"] = _masked_mean(tok[k], mask)
+            parts[f"tok_kd/{k}"] = _masked_mean(tok[k], mask, check=False)
             if need_unc:
-                parts[f"unc_kd/{k}"] = _masked_mean(unc[k], mask)
-            parts[f"weight/{k}"] = _masked_mean(weights[k], mask)
+                parts[f"unc_kd/{k}"] = _masked_mean(unc[k], mask, check=False)
+            parts[f"weight/{k}"] = _masked_mean(weights[k], mask, check=False)
     return loss, parts
 
 

@@ -32,8 +32,11 @@ Conventions:
 - Data order: see kd.training.data (length buckets; process r of P takes buckets r, r+P, ...).
 - The learning rate is a function of the step alone (kd.training.schedule).
 - Speed on GPUs: ``optim.mixed_precision`` (bf16/fp16 autocast), TF32 matmuls (``optim.tf32``),
-  the fused Adam kernel (``optim.fused``), and no host-device synchronisation inside a logging
-  window (loss parts are summed on the device and read once per window). ``kd bench train``
+  the fused Adam kernel (``optim.fused``), and few host-device synchronisations: batches are
+  checked on the host and copied from pinned memory without waiting, the losses are computed
+  without per-utterance host reads (kd.models.hybrid_losses; ESPnet's own functions wait about
+  twice per utterance), and loss parts are summed on the device and read once per logging window.
+  ``kd bench train`` counts the waits per micro-batch (kd.training.syncs). ``kd bench train``
   measures the loop against an ESPnet-default-style fp32 loop on the same model and batches.
 - Dev loss: the student's own loss (AsrOutput.loss), averaged over utterances, in eval mode,
   with aleatoric noise from a fixed generator, so it is comparable between checkpoints.
@@ -269,16 +272,20 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
     while step < total_steps:
         mine = epoch_batches(buckets, seed=config.seed, epoch=epoch, rank=rank, world_size=world)[position:]
         groups = [len(mine[i: i + o.grad_accum]) for i in range(0, len(mine), o.grad_accum)]
-        batches = iter(make_loader(train_set, mine, config.data.num_workers))
+        batches = iter(make_loader(train_set, mine, config.data.num_workers, pin_memory=device.type == "cuda"))
         for group in groups:
             for i in range(group):
                 batch = next(batches)
-                window_audio += float(batch.speech_lengths.sum()) / model_config.sample_rate  # host tensor: no sync
-                batch = batch.to(device)
+                # checks and lengths on the host, before the move: reading them on the device would wait for it
+                raw_model.check_batch(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
+                window_audio += float(batch.speech_lengths.sum()) / model_config.sample_rate
+                token_lengths = batch.token_lengths.tolist()
+                batch = batch.to(device, non_blocking=True)
                 sync = accelerator.no_sync(model) if i < group - 1 else contextlib.nullcontext()
                 with sync:
                     with accelerator.autocast():
-                        loss, parts = micro_batch_loss(model, batch, teachers, cache, config, noise, device)
+                        loss, parts = micro_batch_loss(model, batch, teachers, cache, config, noise, device,
+                                                       token_lengths)
                     accelerator.backward(loss / group)
                 accumulate(window, parts, 1.0 / group, device)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.clip_norm) if o.clip_norm else None

@@ -36,10 +36,18 @@ class Batch:
         """True at real samples. [B, samples]"""
         return torch.arange(self.speech.shape[1])[None, :] < self.speech_lengths[:, None]
 
-    def to(self, device: torch.device | str) -> "Batch":
-        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """The batch on ``device``. ``non_blocking`` copies from pinned memory (:meth:`pin_memory`)
+        without making the host wait for the accelerator's queue."""
+        move = lambda t: t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return Batch(self.utts, move(self.speech), move(self.speech_lengths), self.texts, self.speakers,
                      self.domains, move(self.tokens), move(self.token_lengths), self.extra)
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (what ``DataLoader(pin_memory=True)`` calls)."""
+        pin = lambda t: t.pin_memory() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return Batch(self.utts, pin(self.speech), pin(self.speech_lengths), self.texts, self.speakers,
+                     self.domains, pin(self.tokens), pin(self.token_lengths), self.extra)
 
 
 class AudioDataset(torch.utils.data.Dataset):

@@ -241,7 +241,7 @@ class AsrOutput:
     loss_ctc: Tensor | None  # scalar CTC loss (None when ctc_weight = 0)
     loss_att: Tensor  # scalar label-smoothed CE on the mean logits (ESPnet's criterion)
     loss_aleatoric: Tensor | None  # scalar sampled-softmax loss (None without a head)
-    acc: float  # teacher-forced token accuracy of argmax(logits) over real positions
+    acc: Tensor  # 0-dim: teacher-forced token accuracy of argmax(logits) over real positions
     logits: Tensor  # [B, L+1, V] mean decoder logits f
     decoder_hidden: Tensor  # [B, L+1, D] pre-logit states h (normalised last block output)
     variances: Tensor | None  # [B, L+1, V] sigma^2 from the uncertainty head
@@ -317,6 +317,8 @@ class AsrModel(nn.Module):
         text_lengths: Tensor,
         *,
         generator: torch.Generator | None = None,
+        check: bool = True,
+        espnet_losses: bool = False,
     ) -> AsrOutput:
         """Teacher-forced forward pass with ESPnet's losses.
 
@@ -326,30 +328,54 @@ class AsrModel(nn.Module):
             text: token ids `[batch, max_tokens]`, ids in 1..V-2, padded with -1.
             text_lengths: valid tokens `[batch]`.
             generator: optional random generator for the aleatoric noise samples.
+            check: validate the batch (:meth:`check_batch`) and cut `text` to its longest
+                transcript. Reading the values makes the host wait for an accelerator, so the
+                training loop checks each batch on the host before moving it and passes
+                `check=False`; `text` must then have exactly max(text_lengths) columns (as
+                `kd.data.batching.collate` makes it).
+            espnet_losses: compute the CTC and attention losses, the decoder inputs and the
+                accuracy with ESPnet's own functions, which read values on the host once or
+                twice per utterance (the reference; `kd.models.hybrid_losses` gives the same
+                values without host reads and is the default).
 
         Returns:
             An `AsrOutput` (shapes documented there).
         """
-        from espnet.nets.pytorch_backend.nets_utils import th_accuracy
-        from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
+        from kd.models.hybrid_losses import ctc_loss, label_smoothing_loss, sos_eos, token_accuracy
 
-        self._check_batch(speech, speech_lengths, text, text_lengths)
         espnet = self.espnet
-        text = text[:, : int(text_lengths.max())]
+        if check:
+            self.check_batch(speech, speech_lengths, text, text_lengths)
+            text = text[:, : int(text_lengths.max())]
 
         encoder_out, encoder_lengths = espnet.encode(speech, speech_lengths)
 
         loss_ctc, ctc_log_probs = None, None
         if espnet.ctc is not None:
-            loss_ctc = espnet.ctc(encoder_out, encoder_lengths, text, text_lengths)
             ctc_log_probs = espnet.ctc.log_softmax(encoder_out)
+            if espnet_losses:
+                loss_ctc = espnet.ctc(encoder_out, encoder_lengths, text, text_lengths)
+            else:  # ESPnet's CTC layer has no dropout here (dropout_rate 0), so the log-probs are shared
+                loss_ctc = ctc_loss(ctc_log_probs, encoder_lengths, text, text_lengths, blank=self.blank_id)
 
-        ys_in, targets = add_sos_eos(text, espnet.sos, espnet.eos, espnet.ignore_id)
+        if espnet_losses:
+            from espnet.nets.pytorch_backend.nets_utils import th_accuracy
+            from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
+
+            ys_in, targets = add_sos_eos(text, espnet.sos, espnet.eos, espnet.ignore_id)
+        else:
+            ys_in, targets = sos_eos(text, text_lengths, espnet.sos, espnet.eos, IGNORE_ID)
         (logits, hidden), _ = espnet.decoder(
             encoder_out, encoder_lengths, ys_in, text_lengths + 1, return_hs=True
         )
-        loss_att = espnet.criterion_att(logits, targets)
-        acc = th_accuracy(logits.reshape(-1, logits.size(-1)), targets, ignore_label=IGNORE_ID)
+        if espnet_losses:
+            loss_att = espnet.criterion_att(logits, targets)
+            acc = torch.tensor(th_accuracy(logits.reshape(-1, logits.size(-1)), targets, ignore_label=IGNORE_ID))
+        else:
+            criterion = espnet.criterion_att
+            loss_att = label_smoothing_loss(logits, targets, smoothing=criterion.smoothing,
+                                            normalize_length=criterion.normalize_length, ignore_id=IGNORE_ID)
+            acc = token_accuracy(logits.detach(), targets, IGNORE_ID)
         token_mask = targets != IGNORE_ID
 
         variances, loss_aleatoric = None, None
@@ -383,7 +409,7 @@ class AsrModel(nn.Module):
             loss_ctc=loss_ctc,
             loss_att=loss_att,
             loss_aleatoric=loss_aleatoric,
-            acc=float(acc),
+            acc=acc,
             logits=logits,
             decoder_hidden=hidden,
             variances=variances,
@@ -393,9 +419,10 @@ class AsrModel(nn.Module):
             encoder_lengths=encoder_lengths,
         )
 
-    def _check_batch(
+    def check_batch(
         self, speech: Tensor, speech_lengths: Tensor, text: Tensor, text_lengths: Tensor
     ) -> None:
+        """Raise ValueError naming the field when a batch breaks the conventions of :meth:`forward`."""
         if speech.dim() != 2:
             raise ValueError(f"speech: expected [batch, samples], found {tuple(speech.shape)}")
         if text.dim() != 2:
@@ -408,6 +435,15 @@ class AsrModel(nn.Module):
             raise ValueError(f"text: expected batch size {batch}, found {text.size(0)}")
         if int(text_lengths.min()) < 1:
             raise ValueError(f"text_lengths: expected >= 1, found {text_lengths.tolist()}")
+        if int(text_lengths.max()) > text.size(1):
+            raise ValueError(f"text_lengths: expected at most the {text.size(1)} columns of text, "
+                             f"found {text_lengths.tolist()}")
+        padding = torch.arange(text.size(1), device=text.device) >= text_lengths.unsqueeze(1)
+        misplaced = (text == IGNORE_ID) != padding
+        if bool(misplaced.any()):
+            row = int(misplaced.any(1).nonzero()[0, 0])
+            raise ValueError(f"text: utterance {row} of the batch: expected its {int(text_lengths[row])} tokens "
+                             f"(text_lengths) followed by -1 padding only, found {text[row].tolist()}")
         vocab = self.config.vocab_size
         real = text[text != IGNORE_ID]
         if real.numel() and (int(real.min()) < 1 or int(real.max()) > vocab - 2):

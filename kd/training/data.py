@@ -90,13 +90,15 @@ def epoch_batches(buckets: Sequence[Sequence[int]], *, seed: int, epoch: int, ra
 
 
 def make_loader(dataset: AudioDataset, batches: Sequence[Sequence[int]],
-                num_workers: int) -> torch.utils.data.DataLoader:
-    """A DataLoader over fixed micro-batches.
+                num_workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over fixed micro-batches (``pin_memory``: in page-locked memory, for
+    ``Batch.to(device, non_blocking=True)`` on CUDA).
 
     It gets its own generator: creating an iterator otherwise draws a worker seed from the
     global torch RNG, which would shift the dropout and noise draws after a mid-epoch resume.
     """
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=[list(b) for b in batches], collate_fn=collate, num_workers=num_workers,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),
     )

@@ -12,16 +12,22 @@ __all__ = ["LOG_ORDER", "accumulate", "evaluate", "micro_batch_loss", "reduce_wi
 LOG_ORDER = ("loss", "nll", "kd", "tok_kd", "unc_kd", "loss_ctc", "loss_att", "loss_aleatoric", "acc", "grad_norm")
 
 
-def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: torch.Generator, device):
+def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: torch.Generator, device,
+                     token_lengths: list[int] | None = None):
     """The scalar training loss of one micro-batch and its detached parts.
 
     Without kd: the model's hybrid loss. With kd: ``kd.losses.kd_loss`` with that loss as the
     NLL term and the teachers' outputs, online (``teachers``) or from the ``cache``.
+
+    The batch must have been checked on the host (``AsrModel.check_batch``) before it was moved
+    to ``device``: the forward passes here skip the checks, whose reads would make the host wait
+    for the accelerator. ``token_lengths``: the batch's transcript lengths as host integers (the
+    cache checks its rows against them without reading the device).
     """
     from kd.losses import kd_loss
     from kd.training.teachers import teacher_forward
 
-    out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise)
+    out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise, check=False)
     parts = {"loss_att": out.loss_att.detach(), "acc": out.acc}
     if out.loss_ctc is not None:
         parts["loss_ctc"] = out.loss_ctc.detach()
@@ -30,9 +36,11 @@ def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: 
     if config.kd is None:
         return out.loss, {"loss": out.loss.detach(), **parts}
     if cache is not None:
-        targets = [cache.outputs(k, batch.utts, out.token_mask, device) for k in range(len(config.kd.teachers))]
+        positions = None if token_lengths is None else [n + 1 for n in token_lengths]  # + <eos>
+        targets = [cache.outputs(k, batch.utts, out.token_mask, device, positions=positions)
+                   for k in range(len(config.kd.teachers))]
     else:
-        targets = [teacher_forward(t, batch) for t in teachers]
+        targets = [teacher_forward(t, batch, check=False) for t in teachers]
     loss, kd_parts = kd_loss(out, targets, out.loss, config.kd.loss)
     return loss, {"loss": loss.detach(), **parts, **kd_parts}
 
@@ -76,10 +84,12 @@ def evaluate(model, dataset, buckets, accelerator) -> float:
     sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (loss * utterances, utterances)
     with torch.no_grad():
         for batch in make_loader(dataset, buckets, num_workers=0):
+            model.check_batch(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)  # on the host
             batch = batch.to(accelerator.device)
             noise.manual_seed(0)
             with accelerator.autocast():
-                out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise)
+                out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise,
+                            check=False)
             sums += torch.tensor([float(out.loss) * len(batch.utts), len(batch.utts)], dtype=torch.float64,
                                  device=sums.device)
     model.train()

@@ -89,12 +89,16 @@ def load_teachers(specs: Sequence[TeacherSpec], student_tokens: Sequence[str], d
     return teachers
 
 
-def teacher_forward(teacher, batch) -> TeacherOutput:
-    """One teacher-forced pass on a batch (``kd.data.batching.Batch`` on the teacher's device)."""
+def teacher_forward(teacher, batch, *, check: bool = True) -> TeacherOutput:
+    """One teacher-forced pass on a batch (``kd.data.batching.Batch`` on the teacher's device).
+
+    ``check=False``: the batch was checked on the host already (see ``AsrModel.forward``).
+    """
     # the aleatoric loss inside forward draws noise; a private generator keeps the global RNG untouched
     noise = torch.Generator(device=batch.speech.device).manual_seed(0)
     with torch.no_grad():
-        out = teacher(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise)
+        out = teacher(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise,
+                      check=check)
     # float32 whatever the autocast dtype, as the cache returns them
     f32 = lambda t: None if t is None else t.float()  # noqa: E731
     return TeacherOutput(f32(out.logits), f32(out.variances), out.token_mask, f32(out.ctc_log_probs),
@@ -176,9 +180,14 @@ class TeacherCache:
     def _tensor(self, k: int, utt: str, name: str) -> Tensor:
         return self._shard(k, utt).get_tensor(f"{utt}/{name}").to(torch.float32)
 
-    def outputs(self, k: int, utts: Sequence[str], token_mask: Tensor, device: torch.device) -> TeacherOutput:
-        """Teacher k's outputs for a batch, padded with zeros; ``token_mask`` is the student's `[B, L+1]`."""
-        lengths = token_mask.sum(1).tolist()
+    def outputs(self, k: int, utts: Sequence[str], token_mask: Tensor, device: torch.device,
+                positions: Sequence[int] | None = None) -> TeacherOutput:
+        """Teacher k's outputs for a batch, padded with zeros; ``token_mask`` is the student's `[B, L+1]`.
+
+        ``positions``: real positions per utterance (transcript length + 1), known on the host;
+        without them they are read from ``token_mask``, which waits for an accelerator.
+        """
+        lengths = list(positions) if positions is not None else token_mask.sum(1).tolist()
         logits = variances = ctc = None
         encoder_lengths = torch.zeros(len(utts), dtype=torch.long)
         if self.level is KDLevel.TOKEN:
@@ -194,8 +203,8 @@ class TeacherCache:
             rows = [self._tensor(k, u, "ctc_log_probs") for u in utts]
             encoder_lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long)
             ctc = _pad(rows, int(encoder_lengths.max()))
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TeacherOutput(move(logits), move(variances), token_mask, move(ctc), encoder_lengths.to(device))
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return TeacherOutput(move(logits), move(variances), token_mask, move(ctc), move(encoder_lengths))
 
 
 def _per_utterance(out: TeacherOutput, i: int, level: KDLevel, dtype: torch.dtype) -> dict[str, Tensor]:

@@ -51,6 +51,21 @@ def test_variants_measure_the_same_batches(result):
     assert json.loads((out / "train.json").read_text())["variants"].keys() == variants.keys()
 
 
+def test_host_waits_per_step(result):
+    _, r = result
+    waits = {name: v["host_waits_per_step"] for name, v in r["variants"].items()}
+    utterances = waits["kd_train"]["utterances"]
+    assert utterances >= 2 and all(w["utterances"] == utterances for w in waits.values())
+    # ESPnet's loss functions read two values per utterance (CTC targets and decoder inputs cut
+    # out one by one); the kd loop's step reads none of its own
+    assert waits["espnet_default"]["total"] >= waits["kd_train"]["total"] + 2 * utterances + 4
+    assert waits["espnet_default"]["by_operator"]["index_bool"] >= utterances
+    assert "index_bool" not in waits["kd_train"]["by_operator"]
+    # online teachers add their own forward (ESPnet's encoder and decoder masks); the cache adds nothing
+    assert waits["kd_distill_cached"]["total"] == waits["kd_train"]["total"]
+    assert waits["kd_train"]["total"] < waits["kd_distill_online"]["total"] <= 2 * waits["kd_train"]["total"]
+
+
 def test_cached_run_reads_the_prefilled_cache(result):
     out, _ = result
     # the bench filled <out>/teacher_cache; train() found it complete instead of filling its own
@@ -92,6 +107,7 @@ def test_table(result):
         assert f"| {name} |" in table
     assert "no peak FLOP/s is known" in table
     assert "Cached teacher outputs:" in table
+    assert "| host waits / step |" in table and "Host waits / step: operations in one training step" in table
 
 
 def test_peak_and_mfu():

@@ -271,6 +271,19 @@ def test_beta_one_is_pure_token_kd_and_beta_zero_pure_uncertainty_kd():
     assert loss.item() == pytest.approx(uncertainty_kd(s.variances, t.variances, mask=MASK).item(), rel=1e-6)
 
 
+def test_kd_loss_reads_nothing_back_and_an_empty_mask_gives_zero_kd():
+    from kd.training.syncs import HostSyncCounter
+
+    s, t = make_outs(0, MASK), make_outs(1, MASK)
+    with HostSyncCounter() as counter:
+        kd_loss(s, [t], torch.tensor(1.0), KDLossConfig(alpha=0.5, beta=0.5))
+    assert counter.total == 0  # no wait for an accelerator inside the training step's loss
+    empty = torch.zeros_like(MASK)
+    loss, parts = kd_loss(make_outs(0, empty), [make_outs(1, empty)], torch.tensor(1.0),
+                          KDLossConfig(alpha=0.5, beta=0.5))
+    assert parts["kd"].item() == 0.0 and loss.item() == 0.5
+
+
 def test_beta_one_does_not_need_variances():
     s, t = make_outs(0, MASK), make_outs(1, MASK)
     s.variances = t.variances = None
