@@ -113,6 +113,9 @@ PRESETS: dict[str, CorpusPreset] = {
     "tests": CorpusPreset("tests", _sizes((12, 4, 4), (8, 4, 4), (3, 2, 2), (2, 2, 2)), max_words=10),
     # minutes of CPU time for the whole pipeline (two teachers, students, analyses)
     "cpu": CorpusPreset("cpu", _sizes((1000, 100, 100), (300, 100, 200), (24, 4, 4), (8, 4, 4))),
+    # four times the cpu preset's teacher-domain data (about an hour of audio per teacher domain):
+    # stronger CPU teachers for the multidomain_ukd recipe's cpu_large preset
+    "cpu_large": CorpusPreset("cpu_large", _sizes((4000, 200, 200), (300, 100, 200), (40, 4, 4), (8, 4, 4))),
     # tens of hours of audio, for GPU runs
     "gpu": CorpusPreset("gpu", _sizes((24000, 500, 500), (3000, 500, 1000), (40, 8, 8), (16, 8, 8))),
 }
