@@ -259,8 +259,11 @@ def host_waits(config, data: _TrainingData, device: torch.device, *, espnet_defa
             cache = TeacherCache(config.kd.cache_dir, len(config.kd.teachers), config.kd.loss.level)
     model.check_batch(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
     lengths = batch.token_lengths.tolist()
-    _sync(device)
-    with HostSyncCounter() as counter:
+    precision = config.optim.mixed_precision.value
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+                              enabled=precision != "no" and not espnet_default)
+
+    def step() -> None:
         if espnet_default:
             moved = batch.to(device)
             out = model(moved.speech, moved.speech_lengths, moved.tokens, moved.token_lengths, generator=noise,
@@ -271,14 +274,32 @@ def host_waits(config, data: _TrainingData, device: torch.device, *, espnet_defa
             out.loss.item()
         else:
             moved = batch.to(device, non_blocking=True)
-            loss, parts = micro_batch_loss(model, moved, teachers, cache, config, noise, device, lengths)
+            with autocast:
+                loss, parts = micro_batch_loss(model, moved, teachers, cache, config, noise, device, lengths)
             loss.backward()
             window: dict = {}
             accumulate(window, parts, 1.0, device)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
             accumulate(window, {"grad_norm": grad_norm}, 1.0, device)
+
     _sync(device)
-    return {"total": counter.total, "by_operator": counter.by_operator(),
+    cuda_syncs = None
+    if device.type == "cuda":  # CUDA's own count: every synchronising call, copies to the host included
+        import warnings
+
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught, HostSyncCounter() as counter:
+                warnings.simplefilter("always")
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        cuda_syncs = sum("synchroniz" in str(w.message) for w in caught)
+    else:
+        with HostSyncCounter() as counter:
+            step()
+    _sync(device)
+    return {"total": counter.total, "by_operator": counter.by_operator(), "cuda_synchronizations": cuda_syncs,
             "utterances": len(batch_ids)}
 
 
@@ -398,14 +419,16 @@ def train_table(result: dict) -> str:
         mfu = f"{100 * v['mfu']:.1f}%" if v["mfu"] is not None else "-"
         memory = f"{v['peak_memory'] / 2**30:.2f}" if v["peak_memory"] is not None else "-"
         waits = v.get("host_waits_per_step")
+        cell = "-" if not waits else str(waits["total"]) + (
+            f" ({waits['cuda_synchronizations']} by CUDA)" if waits.get("cuda_synchronizations") is not None else "")
         lines.append(f"| {name} | {v['precision']} | {v['audio_s_per_s']:.1f} | {v['steps_per_s']:.2f} | "
-                     f"{v['tflops_per_s']:.3f} | {mfu} | {v['speedup_vs_espnet_default']:.2f}x | {memory} | "
-                     f"{waits['total'] if waits else '-'} |")
+                     f"{v['tflops_per_s']:.3f} | {mfu} | {v['speedup_vs_espnet_default']:.2f}x | {memory} | {cell} |")
     first = next(iter(result["variants"].values())).get("host_waits_per_step")
     if first:
         lines += ["", f"Host waits / step: operations in one training step (a micro-batch of {first['utterances']} "
                   "utterances) that make the host wait for the device (`kd.training.syncs`), counted on this "
-                  "machine's device; off a GPU a lower bound (copies to the host are not seen)."]
+                  "machine's device; off a GPU a lower bound (copies to the host are not seen); on CUDA, in "
+                  "brackets, CUDA's own count of synchronising calls (`torch.cuda.set_sync_debug_mode`)."]
     if result.get("cache_fill_seconds") is not None:
         lines += ["", f"Cached teacher outputs: {result['cached_teacher_speedup']:.2f}x the online-teacher throughput; "
                   f"filling the cache took {result['cache_fill_seconds']:.1f} s once."]

@@ -63,3 +63,7 @@ def test_bench_train_on_cuda_reports_memory_and_mfu(tests_corpus, tmp_path):
             assert v["mfu"] == pytest.approx(v["tflops_per_s"] / peak)
     assert result["variants"]["kd_train"]["precision"] == "bf16"
     assert result["variants"]["espnet_default"]["precision"] == "fp32"
+    # CUDA's own count of synchronising calls: the kd step waits less than ESPnet's loss functions
+    kd, espnet = (result["variants"][n]["host_waits_per_step"] for n in ("kd_train", "espnet_default"))
+    assert kd["cuda_synchronizations"] is not None and espnet["cuda_synchronizations"] is not None
+    assert kd["cuda_synchronizations"] < espnet["cuda_synchronizations"]
