@@ -90,8 +90,8 @@ def evaluate(model, dataset, buckets, accelerator) -> float:
             with accelerator.autocast():
                 out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise,
                             check=False)
-            sums += torch.tensor([float(out.loss) * len(batch.utts), len(batch.utts)], dtype=torch.float64,
-                                 device=sums.device)
+            n = len(batch.utts)
+            sums += torch.stack([out.loss.detach().to(torch.float64) * n, sums.new_tensor(float(n))])  # no host read
     model.train()
     total = accelerator.gather_for_metrics(sums.unsqueeze(0)).reshape(-1, 2).sum(0)
     return float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
