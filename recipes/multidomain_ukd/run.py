@@ -12,6 +12,8 @@ Stages (each skipped when finished with the same settings; see kd.stages):
   7 distill    every (size, condition, seed) run on the target domain
   8 eval       students' WER on the target test set (and the teacher domains)
   9 table      mean ± std over seeds: results.json, results.md, printed
+ 10 conditions  target test error rates by recording condition (noise, reverberation, voice, speaker)
+                for the teachers and the first student size: conditions.md
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.compression.asr import asr_student
+from kd.corpus.conditions import condition_table, error_by_condition, read_manifest, read_utterances
 from kd.corpus.synth import build_corpus
 from kd.experiment import (Condition, StudentSize, evaluate_once, merge_sections, results_table,
                            student_train_config, train_run, write_token_list)
@@ -177,6 +180,21 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return {"results": str(out / f"{tag}.md")}
 
+    def stage_conditions(done):
+        manifest = read_manifest(corpus)
+        target_rows = lambda path: [r for r in read_utterances(path) if r["domain"] == target]  # noqa: E731
+        results = {f"teacher {d}": error_by_condition(target_rows(out / "eval/teachers" / d / "test/utterances.jsonl"),
+                                                      manifest) for d in domains}
+        size = sizes[0]
+        for condition in conditions:  # the seeds' utterances pooled: one corpus-level rate per condition
+            rows = [r for seed in seeds for r in target_rows(run_dir(size, condition, seed) / "eval/utterances.jsonl")]
+            results[f"{size.name} {condition.name}"] = error_by_condition(rows, manifest)
+        text = (f"{target} test set by recording condition, {metric.upper()} (%), CTC greedy; students of size "
+                f"{size.name}, the utterances of seeds {seeds} pooled\n\n" + condition_table(results, metric))
+        write_json(out / f"{tag}-conditions.json", results)
+        atomic_write_text(out / f"{tag}-conditions.md", text)
+        return {"conditions": str(out / f"{tag}-conditions.md")}
+
     stages = [
         Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),
         Stage(2, "tokens", stage_tokens, {"domains": [*domains, target]}, "shared character inventory"),
@@ -191,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(sizes) * len(conditions) * len(seeds)} student runs on {target}"),
         Stage(8, "eval", stage_eval, {"decode": cfg["decode"], "seeds": seeds}, "student WER"),
         Stage(9, "table", stage_table, {"seeds": seeds, "teacher_metric": metric}, "results table"),
+        Stage(10, "conditions", stage_conditions, {"seeds": seeds, "teacher_metric": metric},
+              "error rates by recording condition"),
     ]
     run_recipe(stages, out, args)
     return 0

@@ -37,6 +37,15 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
     # the two-teacher condition weights teachers by their target dev WER and caches their outputs
     both = (out / "runs/S/tok-unc-kd-us-uk/seed0/config.yaml").read_text()
     assert "dev_wer" in both and "teacher_cache/us+uk" in both
+    # target test error rates by recording condition: teachers and every condition of size S, seeds pooled
+    by_condition = json.loads((out / "results-conditions.json").read_text())
+    assert set(by_condition) == {"teacher us", "teacher uk", *[f"S {c}" for c in conditions]}
+    for system in by_condition.values():
+        total = system["all"]["all"]["utterances"]
+        assert total == 4  # the tests preset's target test set
+        assert sum(g["utterances"] for g in system["noise"].values()) == total
+        assert sum(g["utterances"] for g in system["clean_dry"].values()) == total
+    assert "| clean_dry |" in (out / "results-conditions.md").read_text()
     # a re-run skips every stage, and a stage whose marker is gone is redone
     marker = out / "stages/09-table/.done.json"
     marker.unlink()
