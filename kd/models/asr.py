@@ -353,9 +353,9 @@ class AsrModel(nn.Module):
         loss_ctc, ctc_log_probs = None, None
         if espnet.ctc is not None:
             ctc_log_probs = espnet.ctc.log_softmax(encoder_out)
-            if espnet_losses:
+            if espnet_losses or espnet.ctc.dropout_rate > 0:  # (the CTC layer of build_asr_model has no dropout)
                 loss_ctc = espnet.ctc(encoder_out, encoder_lengths, text, text_lengths)
-            else:  # ESPnet's CTC layer has no dropout here (dropout_rate 0), so the log-probs are shared
+            else:  # without dropout the loss uses the same log-probs as ctc_log_probs
                 loss_ctc = ctc_loss(ctc_log_probs, encoder_lengths, text, text_lengths, blank=self.blank_id)
 
         if espnet_losses:
