@@ -171,6 +171,7 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    from kd.data.augment import augment_batch
     from kd.data.batching import AudioDataset, bucket_batches
     from kd.models.asr import build_asr_model
     from kd.training.data import build_tokenizer, epoch_batches, load_run_tokenizer, make_loader
@@ -281,6 +282,9 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
                 window_audio += float(batch.speech_lengths.sum()) / model_config.sample_rate
                 token_lengths = batch.token_lengths.tolist()
                 batch = batch.to(device, non_blocking=True)
+                if config.data.augment is not None:  # multi-condition training (the global RNG: resumable)
+                    batch = dataclasses.replace(batch, speech=augment_batch(
+                        batch.speech, batch.speech_lengths, config.data.augment, model_config.sample_rate))
                 sync = accelerator.no_sync(model) if i < group - 1 else contextlib.nullcontext()
                 with sync:
                     with accelerator.autocast():

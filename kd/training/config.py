@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from kd.data.augment import AugmentConfig
 from kd.losses import KDLossConfig
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 CONFIG_VERSION = 1
 # fields added to version 1 after runs were written without them: (section, field) -> default.
 # Speed settings only (they change floating-point rounding, not what a run is); see TrainConfig.identity
-ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True}
+ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None}
 
 
 class TokenKind(enum.Enum):
@@ -86,6 +87,7 @@ class DataConfig:
     max_utterances: int = 64  # utterances per micro-batch at most
     num_workers: int = 0  # DataLoader worker processes reading audio
     skip_bad: bool = False  # drop broken utterances (counted) instead of raising
+    augment: AugmentConfig | None = None  # noise and reverberation on training batches (kd.data.augment)
 
 
 @dataclass(frozen=True)
