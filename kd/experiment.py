@@ -44,6 +44,7 @@ class Condition:
     alpha: float = 0.5  # weight of the student's own loss
     temperature: float = 1.0
     weighting: str = "fixed"  # several teachers: fixed (uniform), dev_wer or uncertainty
+    reduction: str = "mean"  # of the KD term over tokens (kd.losses.KDReduction): mean or sum_per_utterance
     plan: str = "analysis"  # init "plan": the planner that picks the teacher layers (kd.plan_cli.PlanMethod)
 
     def __post_init__(self) -> None:
@@ -151,7 +152,8 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
             raise ValueError(f"condition {condition.name!r}: unknown teacher(s) {missing}; "
                              f"expected some of {sorted(teacher_runs)}")
         loss: dict[str, Any] = {"alpha": condition.alpha, "beta": condition.beta,
-                                "temperature": condition.temperature, "weighting": condition.weighting}
+                                "temperature": condition.temperature, "weighting": condition.weighting,
+                                "reduction": condition.reduction}
         if condition.weighting == "dev_wer":
             loss["dev_wers"] = [float(dev_wers[t]) for t in condition.teachers]
         section["kd"] = {

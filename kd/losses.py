@@ -63,6 +63,15 @@ class KDLevel(enum.Enum):
     FRAME = "frame"  # CTC log posteriors, frame rates matched by resampling
 
 
+class KDReduction(enum.Enum):
+    """How the KD term of ``kd_loss`` is reduced over positions (tokens or frames)."""
+
+    MEAN = "mean"  # mean over real positions (the scale of token_kd / uncertainty_kd)
+    # sum over real positions divided by the number of utterances: the normalisation of ESPnet's
+    # losses without length normalisation, i.e. of AsrOutput.loss, so alpha weighs like with like
+    SUM_PER_UTTERANCE = "sum_per_utterance"
+
+
 class TeacherWeighting(enum.Enum):
     """How the teachers' KD terms are weighted (r_k).
 
@@ -96,7 +105,8 @@ class FrameOutputs(Protocol):
     encoder_lengths: Tensor  # [batch]
 
 
-_ENUM_FIELDS: dict[str, type[enum.Enum]] = {"level": KDLevel, "weighting": TeacherWeighting}
+_ENUM_FIELDS: dict[str, type[enum.Enum]] = {"level": KDLevel, "weighting": TeacherWeighting,
+                                             "reduction": KDReduction}
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,10 @@ class KDLossConfig:
     dev_wers: tuple[float, ...] | None = None  # DEV_WER: one per teacher, fractions
     wer_temperature: float = 0.05  # DEV_WER: tau, in WER units (0.05 = 5 points)
     variance_eps: float = 1e-8  # UNCERTAINTY: added to each teacher's total variance
+    # MEAN: the KD term is a mean per token while the hybrid model's NLL (ESPnet's normalisation)
+    # is a sum over an utterance's tokens and frames: with 40-token utterances the KD term then
+    # weighs ~1/40 of what alpha says. SUM_PER_UTTERANCE puts both on the same scale.
+    reduction: KDReduction = KDReduction.MEAN
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -540,8 +554,11 @@ def kd_loss(
         for k in range(len(teacher_outs))
     ]
     kd = _masked_mean(sum(w * term for w, term in zip(weights, per_teacher)), mask, check=False)
+    if config.reduction is KDReduction.SUM_PER_UTTERANCE:  # real positions per utterance: a tensor, no host read
+        kd = kd * (mask.sum() / mask.size(0))
     loss = config.alpha * nll + (1.0 - config.alpha) * kd
 
+    # kd: the term as it enters the loss; tok_kd, unc_kd and the per-teacher parts: means per position
     parts = {"nll": nll.detach(), "kd": kd.detach()}
     with torch.no_grad():
         parts["tok_kd"] = _masked_mean(sum(w * t for w, t in zip(weights, tok)), mask, check=False)

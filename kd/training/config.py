@@ -44,7 +44,8 @@ __all__ = [
 CONFIG_VERSION = 1
 # fields added to version 1 after runs were written without them: (section, field) -> default.
 # Speed settings only (they change floating-point rounding, not what a run is); see TrainConfig.identity
-ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None}
+ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None,
+                ("kd", "loss", "reduction"): "mean"}
 
 
 class TokenKind(enum.Enum):
@@ -180,9 +181,12 @@ class TrainConfig:
         ADDED_FIELDS that hold their default, so a finished run stays finished when the toolkit
         gains an option (a config written before the option existed compares equal)."""
         data = self.to_dict()
-        for (section, name), default in ADDED_FIELDS.items():
-            if data.get(section, {}).get(name, default) == default:
-                data.get(section, {}).pop(name, None)
+        for (*sections, name), default in ADDED_FIELDS.items():
+            holder = data
+            for section in sections:
+                holder = holder.get(section) if isinstance(holder, dict) else None
+            if isinstance(holder, dict) and holder.get(name, default) == default:
+                holder.pop(name, None)
         return data
 
     @classmethod

@@ -91,6 +91,7 @@ def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, t
     old = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
     for name in ("fused", "tf32"):
         del old["optim"][name]
+    del old["data"]["augment"]  # added later still
     (tmp_path / "run/config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
     mark_done(tmp_path / "run", old, steps=1)  # the marker as that version wrote it
     messages.clear()
@@ -99,3 +100,15 @@ def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, t
     faster = TrainConfig.from_dict({**config(2e-3).to_dict(), "optim": {**config(2e-3).to_dict()["optim"],
                                                                         "tf32": False}})
     assert faster.identity()["optim"]["tf32"] is False and "tf32" not in config(2e-3).identity()["optim"]
+
+
+def test_kd_reduction_mean_keeps_the_identity_of_earlier_kd_runs():
+    from kd.training.config import TrainConfig
+
+    base = {"data": {"train": ["x"]}, "optim": {"max_steps": 1}, "kd": {"teachers": [{"run_dir": "t"}]}}
+    earlier = TrainConfig.from_dict(base).identity()
+    assert "reduction" not in earlier["kd"]["loss"]
+    mean = TrainConfig.from_dict({**base, "kd": {**base["kd"], "loss": {"reduction": "mean"}}})
+    summed = TrainConfig.from_dict({**base, "kd": {**base["kd"], "loss": {"reduction": "sum_per_utterance"}}})
+    assert mean.identity() == earlier and summed.identity() != earlier
+    assert summed.identity()["kd"]["loss"]["reduction"] == "sum_per_utterance"

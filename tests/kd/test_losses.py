@@ -284,6 +284,22 @@ def test_kd_loss_reads_nothing_back_and_an_empty_mask_gives_zero_kd():
     assert parts["kd"].item() == 0.0 and loss.item() == 0.5
 
 
+def test_sum_per_utterance_reduction_puts_kd_on_the_nll_scale():
+    from kd.losses import KDReduction
+
+    s, t = make_outs(0, MASK), make_outs(1, MASK)
+    mean_config = KDLossConfig(alpha=0.0, beta=0.5)
+    summed = KDLossConfig(alpha=0.0, beta=0.5, reduction=KDReduction.SUM_PER_UTTERANCE)
+    loss_mean, parts_mean = kd_loss(s, [t], torch.tensor(0.0), mean_config)
+    loss_sum, parts_sum = kd_loss(s, [t], torch.tensor(0.0), summed)
+    # MASK has 3 + 2 real positions in 2 utterances: the sum per utterance is 2.5 x the mean
+    assert loss_sum.item() == pytest.approx(2.5 * loss_mean.item(), rel=1e-6)
+    assert parts_sum["tok_kd"].item() == pytest.approx(parts_mean["tok_kd"].item())  # logged parts stay means
+    assert KDLossConfig.from_dict({"reduction": "sum_per_utterance"}).reduction is KDReduction.SUM_PER_UTTERANCE
+    with pytest.raises(ValueError, match="KDLossConfig.reduction: expected one of"):
+        KDLossConfig.from_dict({"reduction": "total"})
+
+
 def test_beta_one_does_not_need_variances():
     s, t = make_outs(0, MASK), make_outs(1, MASK)
     s.variances = t.variances = None
