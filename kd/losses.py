@@ -559,9 +559,9 @@ def kd_loss(
         config.beta * tok[k] + ((1.0 - config.beta) * unc[k] if need_unc else 0.0)
         for k in range(len(teacher_outs))
     ]
-    kd = _masked_mean(sum(w * term for w, term in zip(weights, per_teacher)), mask, check=False)
-    if config.reduction is KDReduction.SUM_PER_UTTERANCE:  # real positions per utterance: a tensor, no host read
-        kd = kd * (mask.sum() / mask.size(0))
+    # the sum over real positions, divided by their number (MEAN) or by the number of utterances
+    denominator = mask.size(0) if config.reduction is KDReduction.SUM_PER_UTTERANCE else mask.sum().clamp(min=1)
+    kd = sum(w * term for w, term in zip(weights, per_teacher)).masked_fill(~mask, 0.0).sum() / denominator
     loss = config.alpha * nll + (1.0 - config.alpha) * kd
 
     # kd: the term as it enters the loss; tok_kd, unc_kd and the per-teacher parts: means per position

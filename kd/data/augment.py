@@ -23,7 +23,7 @@ the chosen ones kept, at the cost of one batched FFT convolution per batch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -55,9 +55,6 @@ class AugmentConfig:
         if len(self.rt60) != 2 or not 0.0 < self.rt60[0] <= self.rt60[1] <= 5.0:
             raise ValueError(f"AugmentConfig.rt60: expected (low, high) seconds with 0 < low <= high <= 5, "
                              f"found {list(self.rt60)}")
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def augment_batch(speech: Tensor, lengths: Tensor, config: AugmentConfig, sample_rate: int,

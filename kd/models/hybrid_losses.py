@@ -63,7 +63,8 @@ def label_smoothing_loss(logits: Tensor, targets: Tensor, *, smoothing: float, n
     log_p = torch.log_softmax(logits, dim=-1)
     mask = targets != ignore_id
     confidence, spread = 1.0 - smoothing, smoothing / (vocab - 1)
-    entropy = sum(m * math.log(m) for m in (confidence,) + (spread,) * (vocab - 1) if m > 0)
+    xlogx = lambda m: m * math.log(m) if m > 0 else 0.0  # noqa: E731
+    entropy = xlogx(confidence) + (vocab - 1) * xlogx(spread)
     target_log_p = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     cross = spread * log_p.sum(-1) + (confidence - spread) * target_log_p
     per_position = (entropy - cross).masked_fill(~mask, 0.0)

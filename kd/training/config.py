@@ -42,8 +42,9 @@ __all__ = [
 ]
 
 CONFIG_VERSION = 1
-# fields added to version 1 after runs were written without them: (section, field) -> default.
-# Speed settings only (they change floating-point rounding, not what a run is); see TrainConfig.identity
+# fields added to version 1 after runs were written without them: (section, ..., field) -> the value
+# that gives what runs without the field did (speed settings change only floating-point rounding);
+# see TrainConfig.identity
 ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None,
                 ("kd", "loss", "reduction"): "mean"}
 

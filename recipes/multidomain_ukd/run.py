@@ -13,7 +13,7 @@ Stages (each skipped when finished with the same settings; see kd.stages):
   8 eval       students' WER on the target test set (and the teacher domains)
   9 table      mean ± std over seeds: results.json, results.md, printed
  10 conditions  target test error rates by recording condition (noise, reverberation, voice, speaker)
-                for the teachers and the first student size: conditions.md
+                for the teachers and the first student size: results-conditions.md, .json
 """
 
 from __future__ import annotations
