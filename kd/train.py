@@ -18,7 +18,8 @@ Run dir (``out_dir``)::
     tb/                     TensorBoard scalars (when tensorboard is installed)
     teacher_cache/          cached teacher outputs (kd.teacher_outputs = cached)
     model.safetensors       weights after the last step
-    model_avg.safetensors   mean of the checkpoint.average_best checkpoints with the lowest dev loss
+    model_avg.safetensors   mean of the checkpoint.average_best best checkpoints (checkpoint.best_by:
+                            the lowest dev loss, or the highest dev token accuracy)
     model/                  model_avg as a model dir (kd.model_dir) for kd eval / analyze / export
     result.json, .done.json the TrainResult and the completion marker (a re-run is skipped)
 
@@ -71,7 +72,7 @@ from kd.training.config import TrainConfig
 from kd.training.logs import CsvLog, open_tensorboard
 from kd.training.setup import (RESUMABLE_FIELDS, LenientTokenizer, load_data_dir, load_train_data, model_config_for,
                                pool, prepare_run_dir, setup_teachers)
-from kd.training.steps import accumulate, evaluate, micro_batch_loss, reduce_window
+from kd.training.steps import DevScores, accumulate, evaluate, micro_batch_loss, reduce_window
 
 __all__ = ["RESUMABLE_FIELDS", "TrainResult", "distill", "distill_from_yaml", "main", "train", "train_from_yaml"]
 
@@ -86,7 +87,8 @@ class TrainResult:
     steps: int  # optimizer steps in total
     epochs: float  # passes over the training data (fractional)
     final_loss: float | None  # mean training loss of the last logging window
-    best_dev_loss: float | None
+    best_dev_loss: float | None  # lowest dev loss of the kept checkpoints
+    best_dev_acc: float | None  # highest dev token accuracy of the kept checkpoints
     averaged_steps: tuple[int, ...]  # checkpoints averaged into model_avg.safetensors
     resumed_from: int | None  # step of the checkpoint this invocation started from
     wall_seconds: float  # of this invocation's loop (evaluation and checkpoints included)
@@ -109,7 +111,8 @@ class TrainResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainResult":
-        return cls(**{**data, "averaged_steps": tuple(data["averaged_steps"])})
+        # best_dev_acc: absent from the results of runs written before it was recorded
+        return cls(**{"best_dev_acc": None, **data, "averaged_steps": tuple(data["averaged_steps"])})
 
 
 # ---------------------------------------------------------------- public entry points
@@ -237,7 +240,7 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
         dev_log.truncate_after(step)
     tb = open_tensorboard(out / "tb", config.logging.tensorboard and is_main)
 
-    def save(dev_loss: float | None) -> None:
+    def save(dev: DevScores | None) -> None:
         if is_main:
             begin_checkpoint(ckpt_root, step)
         accelerator.wait_for_everyone()
@@ -248,19 +251,22 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
             if accelerator.scaler is not None:
                 state["scaler"] = accelerator.scaler.state_dict()
             finish_checkpoint(ckpt_root / f".tmp-step-{step:08d}", model_state=raw_model.state_dict(),
-                              optimizer_state=state, step=step, epoch=epoch, batch=position, dev_loss=dev_loss,
+                              optimizer_state=state, step=step, epoch=epoch, batch=position,
+                              dev_loss=None if dev is None else dev.loss, dev_acc=None if dev is None else dev.acc,
                               world_size=world)
             prune_checkpoints(ckpt_root, keep_last=config.checkpoint.keep_last,
-                              keep_best=config.checkpoint.average_best)
+                              keep_best=config.checkpoint.average_best, by=config.checkpoint.best_by.value)
         accelerator.wait_for_everyone()
 
     def evaluate_and_save() -> None:
-        dev_loss = evaluate(raw_model, dev_set, dev_buckets, accelerator) if dev_set is not None else None
-        if dev_loss is not None:
-            dev_log.write({"step": step, "epoch": round(epoch + position / per_epoch, 4), "dev_loss": dev_loss})
+        dev = evaluate(raw_model, dev_set, dev_buckets, accelerator) if dev_set is not None else None
+        if dev is not None:
+            dev_log.write({"step": step, "epoch": round(epoch + position / per_epoch, 4), "dev_loss": dev.loss,
+                           "dev_acc": dev.acc})
             if tb is not None:
-                tb.add_scalar("dev/loss", dev_loss, step)
-        save(dev_loss)
+                tb.add_scalar("dev/loss", dev.loss, step)
+                tb.add_scalar("dev/acc", dev.acc, step)
+        save(dev)
 
     # ---- train
     bar = tqdm(total=total_steps, initial=step, desc="train" if config.kd is None else "distill",
@@ -334,11 +340,14 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
 
     # ---- final weights: the last step and the average of the best checkpoints
     found = list_checkpoints(ckpt_root)
-    best = sorted(best_checkpoints(found, config.checkpoint.average_best), key=lambda c: c.step)
+    best = sorted(best_checkpoints(found, config.checkpoint.average_best, config.checkpoint.best_by.value),
+                  key=lambda c: c.step)
     dev_losses = [c.dev_loss for c in found if c.dev_loss is not None]
+    dev_accs = [c.dev_acc for c in found if c.dev_acc is not None]
     result = TrainResult(
         out_dir=str(out), steps=step, epochs=round(epoch + position / per_epoch, 4), final_loss=final_loss,
-        best_dev_loss=min(dev_losses) if dev_losses else None, averaged_steps=tuple(c.step for c in best),
+        best_dev_loss=min(dev_losses) if dev_losses else None,
+        best_dev_acc=max(dev_accs) if dev_accs else None, averaged_steps=tuple(c.step for c in best),
         resumed_from=resumed_from, wall_seconds=wall, steps_per_second=run_steps / wall if wall > 0 else 0.0,
         audio_seconds_per_second=run_audio / wall if wall > 0 else 0.0,
     )

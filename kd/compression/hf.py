@@ -9,11 +9,15 @@ Supported: ``Wav2Vec2Model``, ``Wav2Vec2ForCTC``, ``Wav2Vec2ForPreTraining``, ``
 - WavLM keeps its relative-position embedding table in the first layer only (the others receive
   the ungated bias from it). When teacher layer 0 is dropped, the student's first layer gets a copy
   of teacher layer 0's table, so every kept layer sees exactly the bias it saw in the teacher.
-- Attention reuse swaps the ``attention`` submodule of leaders and followers. A leader computes
-  eager attention itself whatever ``config._attn_implementation`` says (it must publish its
-  probabilities); the other layers keep the configured implementation. With reuse, the
-  ``attentions`` returned for ``output_attentions=True`` are per head for every layer (Hugging
-  Face's WavLM returns head averages) and a follower reports its leader's map.
+- Attention reuse swaps the ``attention`` submodule of leaders and followers. wav2vec 2.0 and
+  HuBERT leaders follow ``config._attn_implementation`` as transformers does: with ``"sdpa"``
+  (the default) a leader runs the fused kernel and publishes its ``Q``, ``K`` and mask, and its
+  followers run the fused kernel on them with their own values (no ``[B, H, T, T]`` tensor in
+  memory); with ``"eager"``, or when ``output_attentions=True`` asks for the maps, a leader
+  publishes its probabilities and its followers multiply them with their values
+  (:mod:`kd.compression.reuse`). WavLM leaders are always eager (transformers' WavLM attention
+  is too). With reuse, the ``attentions`` returned for ``output_attentions=True`` are per head for
+  every layer (Hugging Face's WavLM returns head averages) and a follower reports its leader's map.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
-from kd.compression.reuse import AttentionStore, attach_store, check_probs, replace_child
+from kd.compression.reuse import AttentionStore, LeaderScores, attach_store, attend, check_probs, replace_child
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +48,32 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(*x.shape[:2], -1).contiguous()
 
 
-def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """The encoder's prepared mask as an additive bias ``[B, 1, T, T]`` (eager) from eager or sdpa form."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
+def _check_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The encoder's prepared mask, which must be the eager or sdpa form ``[B, 1, T, T]`` (or None)."""
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dim() != 4):
         raise TypeError(f"attention reuse supports the 'eager' and 'sdpa' attention implementations, whose masks "
                         f"are [batch, 1, frames, frames] tensors; found {type(mask).__name__} "
                         f"{tuple(getattr(mask, 'shape', ()))}. Load the model with attn_implementation='eager'.")
+    return mask
+
+
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The encoder's prepared mask as an additive bias ``[B, 1, T, T]`` (eager) from eager or sdpa form."""
+    if _check_mask(mask) is None:
+        return None
     if mask.dtype == torch.bool:  # sdpa form: True = attend
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     return mask
 
 
 class LeaderAttention(nn.Module):
-    """wav2vec 2.0 / HuBERT self-attention that also publishes its probabilities.
+    """wav2vec 2.0 / HuBERT self-attention that also publishes its attention for its followers.
 
-    Same parameters (names and tensors) as the attention it replaces; eager computation in the
-    same order of operations as Hugging Face's eager path, so outputs match it exactly.
+    Same parameters (names and tensors) as the attention it replaces. Eager (``config`` says
+    ``"eager"``, or the maps are asked for): the same order of operations as Hugging Face's eager
+    path, so outputs match it exactly, and the probabilities are published. Otherwise the fused
+    kernel, as Hugging Face's ``"sdpa"`` path, and :class:`~kd.compression.reuse.LeaderScores`
+    are published.
     """
 
     def __init__(self, source: nn.Module, store: AttentionStore, index: int):
@@ -69,13 +81,19 @@ class LeaderAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (source.q_proj, source.k_proj, source.v_proj,
                                                                  source.out_proj)
         self.head_dim, self.scaling, self.dropout = source.head_dim, source.scaling, source.dropout
+        self.config = getattr(source, "config", None)  # read at each forward, as transformers does
         self.store, self.index = store, index
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """``hidden_states``: ``[B, T, D]``; returns ``([B, T, D], probs [B, H, T, T])``."""
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_attentions: bool | None = False, **kwargs):
+        """``hidden_states``: ``[B, T, D]``; returns ``([B, T, D], probs [B, H, T, T] or None)``."""
         q = _split_heads(self.q_proj(hidden_states), self.head_dim)  # [B, H, T, d]
         k = _split_heads(self.k_proj(hidden_states), self.head_dim)
         v = _split_heads(self.v_proj(hidden_states), self.head_dim)
+        if not output_attentions and getattr(self.config, "_attn_implementation", "eager") != "eager":
+            scores = LeaderScores(q, k, _check_mask(attention_mask), self.scaling)
+            self.store.put(self.index, scores)
+            return self.out_proj(_merge_heads(attend(scores, v, dropout=self.dropout, training=self.training))), None
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling  # [B, H, T, T]
         mask = _additive_mask(attention_mask, scores.dtype)
         if mask is not None:
@@ -87,7 +105,7 @@ class LeaderAttention(nn.Module):
 
 
 class FollowerAttention(nn.Module):
-    """Self-attention that takes its leader's probabilities: only value and output projections."""
+    """Self-attention that takes its leader's attention: only value and output projections."""
 
     def __init__(self, source: nn.Module, store: AttentionStore, index: int, leader: int):
         super().__init__()
@@ -97,10 +115,10 @@ class FollowerAttention(nn.Module):
 
     def attend(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = _split_heads(self.v_proj(hidden_states), self.head_dim)  # [B, H, T, d]
-        probs = self.store.get(self.leader, self.index)  # [B, H, T, T]
+        probs = self.store.get(self.leader, self.index)  # [B, H, T, T] or LeaderScores
         check_probs(probs, v, self.index, self.leader)
-        out = torch.matmul(F.dropout(probs, p=self.dropout, training=self.training), v)
-        return self.out_proj(_merge_heads(out)), probs
+        out = attend(probs, v, dropout=self.dropout, training=self.training)
+        return self.out_proj(_merge_heads(out)), None if isinstance(probs, LeaderScores) else probs
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         """``hidden_states``: ``[B, T, D]``; the mask is already in the leader's probabilities."""

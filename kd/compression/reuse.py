@@ -1,9 +1,20 @@
 """Attention reuse across layers: shared machinery for every model family.
 
-A *leader* layer computes its attention probabilities as usual and puts them in an
-:class:`AttentionStore`; each *follower* layer takes them from the store and computes only its
-own value and output projections, skipping the query/key projections and ``softmax(QK^T)``
-(the reuse of Audio ALBERT's analysis, Chi et al. 2021, made into a real compute saving).
+A *leader* layer computes its attention as usual and puts what defines its attention map in an
+:class:`AttentionStore`; each *follower* layer takes it from the store and computes only its own
+value and output projections, skipping the query/key projections (the reuse of Audio ALBERT's
+analysis, Chi et al. 2021, made into a real compute saving). What is stored takes one of two forms:
+
+- the probabilities ``softmax(QK^T / sqrt(d) + mask)`` ``[B, H, T, T]`` (eager attention; needed
+  when the maps are returned, ``output_attentions``): a follower multiplies them with its values
+  and also skips ``QK^T`` and the softmax;
+- :class:`LeaderScores`, the leader's scaled-dot-product inputs ``(Q, K, mask)`` (fused
+  attention, ``F.scaled_dot_product_attention``): a follower calls the fused kernel with the
+  leader's ``Q`` and ``K`` and its own ``V``. The map is recomputed inside the kernel, never
+  written to memory; that costs the ``QK^T`` product again but is faster than materialising
+  ``[B, H, T, T]`` probabilities once the batch or the sequence is long. Same function, same
+  outputs up to floating-point rounding; attention dropout is drawn independently per layer in
+  both forms.
 
 The store belongs to one model. Forward hooks on the module that runs the layers empty it before
 and after each forward, so a follower never sees probabilities left over from another input.
@@ -13,21 +24,38 @@ student gives the copy its own store.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass(frozen=True)
+class LeaderScores:
+    """A leader's inputs to ``F.scaled_dot_product_attention``, which define its attention map."""
+
+    query: torch.Tensor  # [B, H, T, d]
+    key: torch.Tensor  # [B, H, T', d]
+    mask: torch.Tensor | None  # bool (True = attend) or additive float, broadcastable to [B, H, T, T']
+    scale: float  # the softmax temperature 1 / sqrt(d), applied inside the kernel
+
+
+Attention = torch.Tensor | LeaderScores  # probabilities [B, H, T, T'] or LeaderScores
+
+
 class AttentionStore:
-    """Leader attention probabilities of the current forward, keyed by student layer index."""
+    """Leader attention (probabilities or :class:`LeaderScores`) of the current forward, by student layer."""
 
     def __init__(self) -> None:
-        self._probs: dict[int, torch.Tensor] = {}
+        self._probs: dict[int, Attention] = {}
 
-    def put(self, leader: int, probs: torch.Tensor) -> None:
-        """``probs``: ``[batch, heads, query_frames, key_frames]``, before attention dropout."""
+    def put(self, leader: int, probs: Attention) -> None:
+        """``probs``: ``[batch, heads, query_frames, key_frames]`` before attention dropout, or the
+        leader's :class:`LeaderScores`."""
         self._probs[leader] = probs
 
-    def get(self, leader: int, follower: int) -> torch.Tensor:
+    def get(self, leader: int, follower: int) -> Attention:
         probs = self._probs.get(leader)
         if probs is None:
             raise RuntimeError(
@@ -61,12 +89,27 @@ def attach_store(runner: nn.Module) -> AttentionStore:
     return store
 
 
-def check_probs(probs: torch.Tensor, value: torch.Tensor, follower: int, leader: int) -> None:
-    """Shapes must agree: ``probs`` ``[B, H, T, T']``, ``value`` ``[B, H, T', d_head]``."""
+def check_probs(probs: Attention, value: torch.Tensor, follower: int, leader: int) -> None:
+    """Shapes must agree: ``probs`` ``[B, H, T, T']`` (or keys ``[B, H, T', d]``), ``value`` ``[B, H, T', d_head]``."""
+    if isinstance(probs, LeaderScores):
+        key = probs.key
+        if key.shape[:2] != value.shape[:2] or key.shape[-2] != value.shape[-2]:
+            raise RuntimeError(f"student layer {follower}: leader {leader} stored keys of shape {tuple(key.shape)}, "
+                               f"which do not fit values of shape {tuple(value.shape)} "
+                               "(expected [batch, heads, frames, d_head] for the same batch)")
+        return
     if probs.shape[0] != value.shape[0] or probs.shape[1] != value.shape[1] or probs.shape[-1] != value.shape[-2]:
         raise RuntimeError(f"student layer {follower}: leader {leader} stored attention of shape "
                            f"{tuple(probs.shape)}, which does not fit values of shape {tuple(value.shape)} "
                            "(expected [batch, heads, frames, frames] for the same batch)")
+
+
+def attend(probs: Attention, value: torch.Tensor, *, dropout: float, training: bool) -> torch.Tensor:
+    """A follower's context ``[B, H, T, d]`` from its leader's attention and its own ``value``."""
+    if isinstance(probs, LeaderScores):
+        return F.scaled_dot_product_attention(probs.query, probs.key, value, attn_mask=probs.mask,
+                                              dropout_p=dropout if training else 0.0, scale=probs.scale)
+    return torch.matmul(F.dropout(probs, p=dropout, training=training), value)
 
 
 def move_hooks(old: nn.Module, new: nn.Module) -> None:

@@ -237,3 +237,46 @@ def read_alignments(path: str | os.PathLike) -> dict[str, dict]:
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{n}: expected a JSON object with utt, phones, words ({e})") from None
     return out
+
+
+def write_subset(src: str | os.PathLike, dst: str | os.PathLike, num_utterances: int, *, seed: int = 0) -> Path:
+    """Write a data dir holding ``num_utterances`` utterances of ``src``, drawn at random (seeded).
+
+    For low-resource experiments: the same ``(src, num_utterances, seed)`` always gives the same
+    utterances. ``wav.scp``, ``text``, ``utt2spk``, ``utt2dom`` and ``alignments.jsonl`` keep their
+    subset's lines (audio paths rewritten relative to ``dst``, the audio is not copied); ``spk2utt``
+    is rebuilt. Each file is written atomically, so a re-run after an interruption rewrites them.
+    """
+    import json
+    import random
+
+    from kd.io import atomic_write_text
+
+    src, dst = Path(src), Path(dst)
+    utterances = load_data_dir(src, check_audio=False).utterances
+    if isinstance(num_utterances, bool) or not isinstance(num_utterances, int) or num_utterances < 1:
+        raise ValueError(f"num_utterances: expected an integer >= 1, found {num_utterances!r}")
+    if num_utterances > len(utterances):
+        raise ValueError(f"num_utterances: {src} has {len(utterances)} utterances, {num_utterances} were asked for")
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"write_subset: the destination is the source data dir {src}")
+    ids = sorted(u.utt for u in utterances)
+    chosen = set(random.Random(seed).sample(ids, num_utterances))
+    kept = sorted((u for u in utterances if u.utt in chosen), key=lambda u: u.utt)
+    dst.mkdir(parents=True, exist_ok=True)
+    table = lambda rows: "".join(f"{k} {v}\n" for k, v in rows)  # noqa: E731
+    atomic_write_text(dst / "wav.scp", table((u.utt, os.path.relpath(u.path.resolve(), dst.resolve())) for u in kept))
+    atomic_write_text(dst / "text", table((u.utt, u.text) for u in kept))
+    if (src / "utt2spk").is_file():
+        atomic_write_text(dst / "utt2spk", table((u.utt, u.speaker) for u in kept))
+        speakers: dict[str, list[str]] = {}
+        for u in kept:
+            speakers.setdefault(u.speaker, []).append(u.utt)
+        atomic_write_text(dst / "spk2utt", table((s, " ".join(us)) for s, us in sorted(speakers.items())))
+    if (src / "utt2dom").is_file():
+        atomic_write_text(dst / "utt2dom", table((u.utt, u.domain) for u in kept))
+    if (src / "alignments.jsonl").is_file():
+        with open(src / "alignments.jsonl", encoding="utf-8") as f:
+            lines = [line for line in f if line.strip() and json.loads(line).get("utt") in chosen]
+        atomic_write_text(dst / "alignments.jsonl", "".join(lines))
+    return dst

@@ -69,6 +69,7 @@ class CheckpointInfo:
     batch: int  # micro-batches of that epoch already consumed by each process
     dev_loss: float | None  # student loss on the dev set at this step (None without a dev set)
     world_size: int  # processes that wrote it
+    dev_acc: float | None = None  # teacher-forced token accuracy on the dev set (None: not recorded)
 
 
 def _fsync_file(path: Path) -> None:
@@ -217,7 +218,7 @@ def begin_checkpoint(root: str | os.PathLike, step: int) -> Path:
 
 def finish_checkpoint(tmp_dir: str | os.PathLike, *, model_state: Mapping[str, torch.Tensor],
                       optimizer_state: Mapping[str, Any], step: int, epoch: int, batch: int,
-                      dev_loss: float | None, world_size: int,
+                      dev_loss: float | None, world_size: int, dev_acc: float | None = None,
                       extra: Mapping[str, Any] | None = None) -> CheckpointInfo:
     """Write weights, optimizer state and marker into ``tmp_dir``, then rename it to ``step-N``.
 
@@ -229,7 +230,7 @@ def finish_checkpoint(tmp_dir: str | os.PathLike, *, model_state: Mapping[str, t
     for name in (WEIGHTS, OPTIMIZER):
         _fsync_file(tmp / name)
     marker = {"format": FORMAT_VERSION, "step": step, "epoch": epoch, "batch": batch, "dev_loss": dev_loss,
-              "world_size": world_size, **(extra or {})}
+              "dev_acc": dev_acc, "world_size": world_size, **(extra or {})}
     (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     _fsync_file(tmp / MARKER)
     _fsync_dir(tmp)
@@ -238,7 +239,7 @@ def finish_checkpoint(tmp_dir: str | os.PathLike, *, model_state: Mapping[str, t
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
-    return CheckpointInfo(final, step, epoch, batch, dev_loss, world_size)
+    return CheckpointInfo(final, step, epoch, batch, dev_loss, world_size, dev_acc)
 
 
 # ---------------------------------------------------------------- reading and retention
@@ -249,7 +250,8 @@ def _read_marker(path: Path) -> CheckpointInfo | None:
         marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
         info = CheckpointInfo(path, int(marker["step"]), int(marker["epoch"]), int(marker["batch"]),
                               None if marker["dev_loss"] is None else float(marker["dev_loss"]),
-                              int(marker["world_size"]))
+                              int(marker["world_size"]),
+                              None if marker.get("dev_acc") is None else float(marker["dev_acc"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if marker.get("format") != FORMAT_VERSION or not (path / WEIGHTS).is_file() or not (path / OPTIMIZER).is_file():
@@ -292,18 +294,25 @@ def remove_partial_checkpoints(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def best_checkpoints(checkpoints: Sequence[CheckpointInfo], n: int) -> list[CheckpointInfo]:
-    """The n checkpoints with the lowest dev loss (ties: the later step); the n latest without dev losses."""
-    scored = [c for c in checkpoints if c.dev_loss is not None]
+def best_checkpoints(checkpoints: Sequence[CheckpointInfo], n: int, by: str = "loss") -> list[CheckpointInfo]:
+    """The n best checkpoints (ties: the later step): ``by="loss"`` the lowest dev loss, ``by="acc"``
+    the highest dev token accuracy. Checkpoints without that score are not ranked; when none has
+    it, the n latest."""
+    if by not in ("loss", "acc"):
+        raise ValueError(f"best_checkpoints: by must be 'loss' or 'acc', found {by!r}")
+    if by == "loss":
+        scored = [(c.dev_loss, -c.step, c) for c in checkpoints if c.dev_loss is not None]
+    else:
+        scored = [(-c.dev_acc, -c.step, c) for c in checkpoints if c.dev_acc is not None]
     if not scored:
         return sorted(checkpoints, key=lambda c: c.step)[-n:]
-    return sorted(scored, key=lambda c: (c.dev_loss, -c.step))[:n]
+    return [c for *_, c in sorted(scored, key=lambda t: t[:2])[:n]]
 
 
-def prune_checkpoints(root: str | os.PathLike, *, keep_last: int, keep_best: int) -> list[Path]:
+def prune_checkpoints(root: str | os.PathLike, *, keep_last: int, keep_best: int, by: str = "loss") -> list[Path]:
     """Delete every finished checkpoint that is neither among the last ``keep_last`` nor the best ``keep_best``."""
     found = list_checkpoints(root)
-    keep = {c.path for c in found[-keep_last:]} | {c.path for c in best_checkpoints(found, keep_best)}
+    keep = {c.path for c in found[-keep_last:]} | {c.path for c in best_checkpoints(found, keep_best, by)}
     removed = []
     for c in found:
         if c.path not in keep:

@@ -27,6 +27,7 @@ from kd.losses import KDLossConfig
 
 __all__ = [
     "CheckpointConfig",
+    "Criterion",
     "DataConfig",
     "KDConfig",
     "LogConfig",
@@ -46,7 +47,7 @@ CONFIG_VERSION = 1
 # that gives what runs without the field did (speed settings change only floating-point rounding);
 # see TrainConfig.identity
 ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None,
-                ("kd", "loss", "reduction"): "mean"}
+                ("kd", "loss", "reduction"): "mean", ("checkpoint", "best_by"): "loss"}
 
 
 class TokenKind(enum.Enum):
@@ -55,6 +56,13 @@ class TokenKind(enum.Enum):
     CHAR = "char"  # characters of the normalised training transcripts
     LIST = "list"  # a token list file (one symbol a line, ESPnet layout), e.g. a teacher's tokens.txt
     SENTENCEPIECE = "sentencepiece"  # a trained SentencePiece model file
+
+
+class Criterion(enum.Enum):
+    """How checkpoints are ranked for keeping and averaging."""
+
+    LOSS = "loss"  # the lowest dev loss
+    ACC = "acc"  # the highest teacher-forced token accuracy on the dev set
 
 
 class Schedule(enum.Enum):
@@ -129,7 +137,11 @@ class CheckpointConfig:
     every_steps: int = 0  # periodic checkpoints every N optimizer steps (0: only at epoch ends)
     at_epoch_end: bool = True
     keep_last: int = 3  # the most recent K checkpoints are kept ...
-    average_best: int = 5  # ... and the N best by dev loss, which model_avg.safetensors averages
+    average_best: int = 5  # ... and the N best by best_by, which model_avg.safetensors averages
+    # how checkpoints are ranked: "loss" (the lowest dev loss) or "acc" (the highest teacher-forced
+    # token accuracy on the dev set, ESPnet's `best_model_criterion: valid acc max`). The dev loss
+    # of a small target set starts rising (over-confidence) epochs before the accuracy stops rising
+    best_by: Criterion = Criterion.LOSS
 
 
 @dataclass(frozen=True)

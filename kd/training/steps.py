@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from kd.training.config import TrainConfig
 
-__all__ = ["LOG_ORDER", "accumulate", "evaluate", "micro_batch_loss", "reduce_window"]
+__all__ = ["LOG_ORDER", "DevScores", "accumulate", "evaluate", "micro_batch_loss", "reduce_window"]
 
 # first columns of log.csv, when present; per-teacher terms follow
 LOG_ORDER = ("loss", "nll", "kd", "tok_kd", "unc_kd", "loss_ctc", "loss_att", "loss_aleatoric", "acc", "grad_norm")
@@ -71,27 +73,41 @@ def reduce_window(window: dict[str, torch.Tensor], steps: int, audio: float,
     return row, float(total[-1])
 
 
-def evaluate(model, dataset, buckets, accelerator) -> float:
-    """Utterance-weighted mean of the model's loss over the dev set (each process its own buckets).
+class DevScores(NamedTuple):
+    """The student's scores on the dev set (NaN for an empty one)."""
 
-    Eval mode, no gradients, aleatoric noise from a generator reset per batch: the value does
-    not depend on the training RNG, so checkpoints are compared on equal terms.
+    loss: float  # utterance-weighted mean of the model's loss (the training objective's NLL part)
+    acc: float  # teacher-forced token accuracy of the attention decoder, over all real positions
+
+
+def evaluate(model, dataset, buckets, accelerator) -> DevScores:
+    """The model's dev loss and token accuracy (each process its own buckets, then gathered).
+
+    Eval mode, no gradients, aleatoric noise from a generator reset per batch: the values do
+    not depend on the training RNG, so checkpoints are compared on equal terms. The accuracy
+    weighs each batch's by its positions (transcript tokens + end of sentence), so it is the
+    corpus-level fraction of correct argmax predictions.
     """
     from kd.training.data import make_loader
 
     model.eval()
     noise = torch.Generator(device=accelerator.device)
-    sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (loss * utterances, utterances)
+    # (loss * utterances, utterances, acc * positions, positions)
+    sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
     with torch.no_grad():
         for batch in make_loader(dataset, buckets, num_workers=0):
             model.check_batch(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)  # on the host
+            positions = float(batch.token_lengths.sum()) + len(batch.utts)  # + <eos> each; read on the host
             batch = batch.to(accelerator.device)
             noise.manual_seed(0)
             with accelerator.autocast():
                 out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise,
                             check=False)
             n = len(batch.utts)
-            sums += torch.stack([out.loss.detach().to(torch.float64) * n, sums.new_tensor(float(n))])  # no host read
+            sums += torch.stack([out.loss.detach().to(torch.float64) * n, sums.new_tensor(float(n)),  # no host read
+                                 out.acc.detach().to(torch.float64) * positions, sums.new_tensor(positions)])
     model.train()
-    total = accelerator.gather_for_metrics(sums.unsqueeze(0)).reshape(-1, 2).sum(0)
-    return float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
+    total = accelerator.gather_for_metrics(sums.unsqueeze(0)).reshape(-1, 4).sum(0).tolist()
+    if total[1] <= 0:
+        return DevScores(float("nan"), float("nan"))
+    return DevScores(total[0] / total[1], total[2] / total[3])

@@ -26,6 +26,7 @@ from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.compression.asr import asr_student
 from kd.corpus.conditions import condition_table, error_by_condition, read_manifest, read_utterances
 from kd.corpus.synth import build_corpus
+from kd.data.datadir import write_subset
 from kd.experiment import (Condition, StudentSize, evaluate_once, merge_sections, results_table,
                            student_train_config, train_run, write_token_list)
 from kd.io import atomic_write_text, write_json
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     # folder (--out) names its own files, e.g. results-plans.md
     tag = cfg.get("results_name", "results")
     runs_file = out / ("runs.json" if tag == "results" else f"{tag}-runs.json")
+    # a low-resource target: the students train on a seeded random subset of the target's training
+    # set; such a preset names its own run and teacher-cache folders (runs_name), so that it can
+    # share another preset's output folder (teachers, analysis, students) without touching its runs
+    subset = cfg.get("target_train_utterances")
+    runs_root = out / cfg.get("runs_name", "runs")
+    cache_root = out / ("teacher_cache" if runs_root.name == "runs" else f"teacher_cache-{runs_root.name}")
     device = cfg.get("device", "cpu")
     # how teachers are ranked (init teacher) and weighted (dev_wer weighting): "wer", or "cer"
     # where word error rates are saturated (the cpu preset's small teachers are near 100% WER)
@@ -132,18 +139,24 @@ def main(argv: list[str] | None = None) -> int:
         return built
 
     def run_dir(size: StudentSize, condition: Condition, seed: int) -> Path:
-        return out / "runs" / size.name / condition.slug / f"seed{seed}"
+        return runs_root / size.name / condition.slug / f"seed{seed}"
+
+    def student_train() -> Path:
+        if subset is None:
+            return data(target, "train")
+        return write_subset(data(target, "train"), corpus / target / f"train-{subset}", subset, seed=0)
 
     def stage_distill(done):
+        train_dir = student_train()
         dev_wers = {d: done["teacher-eval"][d][f"target_dev_{metric}"] for d in domains}
         for size in sizes:
             for condition in conditions:
                 for seed in seeds:
                     config = student_train_config(
-                        cfg["student"], condition, train=[data(target, "train")], dev=data(target, "dev"),
+                        cfg["student"], condition, train=[train_dir], dev=data(target, "dev"),
                         tokens=tokens, seed=seed, teacher_model=cfg["teacher"]["model"], size=size,
                         plan_student=plan_student(size, condition.plan), teacher_runs=teacher_runs,
-                        dev_wers=dev_wers, cache_root=out / "teacher_cache")
+                        dev_wers=dev_wers, cache_root=cache_root)
                     train_run(config, run_dir(size, condition, seed))
         return {"runs": len(sizes) * len(conditions) * len(seeds)}
 
@@ -205,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                                               **({"plans": plan_methods} if len(plan_methods) > 1 else {})},
               "plans and students from the best teacher's layers"),
         Stage(7, "distill", stage_distill, {"student": cfg["student"], "conditions": cfg["conditions"], "seeds": seeds,
-                                            "teacher_metric": metric},
+                                            "teacher_metric": metric,
+                                            **({"runs": runs_root.name} if runs_root.name != "runs" else {}),
+                                            **({"target_train_utterances": subset} if subset else {})},
               f"{len(sizes) * len(conditions) * len(seeds)} student runs on {target}"),
         Stage(8, "eval", stage_eval, {"decode": cfg["decode"], "seeds": seeds}, "student WER"),
         Stage(9, "table", stage_table, {"seeds": seeds, "teacher_metric": metric}, "results table"),

@@ -21,11 +21,11 @@ from .test_train import all_equal, make_config, read_csv
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
-def _fake(root, step, dev_loss, value=0.0):
+def _fake(root, step, dev_loss, value=0.0, dev_acc=None):
     """A finished checkpoint holding one tensor filled with ``value``."""
     tmp = begin_checkpoint(root, step)
     return finish_checkpoint(tmp, model_state={"w": torch.full((2, 3), value)}, optimizer_state={"state": {}},
-                             step=step, epoch=0, batch=step, dev_loss=dev_loss, world_size=1)
+                             step=step, epoch=0, batch=step, dev_loss=dev_loss, dev_acc=dev_acc, world_size=1)
 
 
 def test_unfinished_checkpoints_are_not_listed(tmp_path):
@@ -62,6 +62,34 @@ def test_prune_keeps_the_last_k_and_the_best_n(tmp_path):
     removed = prune_checkpoints(tmp_path, keep_last=2, keep_best=2)
     assert sorted(p.name for p in removed) == ["step-00000001", "step-00000003"]
     assert [c.step for c in list_checkpoints(tmp_path)] == [2, 4, 5, 6]
+
+
+def test_ranking_by_dev_accuracy(tmp_path):
+    # the dev loss bottoms out early (steps 1-2) while the accuracy keeps rising (steps 4-5)
+    for step, loss, acc in [(1, 1.0, 0.50), (2, 1.1, 0.60), (3, 1.4, 0.70), (4, 1.6, 0.80), (5, 1.9, 0.80), (6, 2.2, 0.75)]:
+        _fake(tmp_path, step, loss, dev_acc=acc)
+    found = list_checkpoints(tmp_path)
+    assert [c.dev_acc for c in found] == [0.5, 0.6, 0.7, 0.8, 0.8, 0.75]
+    assert [c.step for c in ckpt.best_checkpoints(found, 2)] == [1, 2]
+    assert [c.step for c in ckpt.best_checkpoints(found, 2, by="acc")] == [5, 4]  # tie: the later first
+    assert [c.step for c in ckpt.best_checkpoints(found, 3, by="acc")] == [5, 4, 6]
+    with pytest.raises(ValueError, match="by must be 'loss' or 'acc'"):
+        ckpt.best_checkpoints(found, 2, by="wer")
+    prune_checkpoints(tmp_path, keep_last=1, keep_best=2, by="acc")
+    assert [c.step for c in list_checkpoints(tmp_path)] == [4, 5, 6]
+
+
+def test_markers_without_an_accuracy_still_load_and_rank_by_loss(tmp_path):
+    _fake(tmp_path, 1, 2.0)
+    _fake(tmp_path, 2, 1.0)
+    marker = tmp_path / "step-00000002" / "checkpoint.json"
+    data = json.loads(marker.read_text())
+    del data["dev_acc"]  # as written before the accuracy was recorded
+    marker.write_text(json.dumps(data))
+    found = list_checkpoints(tmp_path)
+    assert [c.dev_acc for c in found] == [None, None]
+    assert [c.step for c in ckpt.best_checkpoints(found, 1)] == [2]
+    assert [c.step for c in ckpt.best_checkpoints(found, 1, by="acc")] == [2]  # no accuracies: the latest
 
 
 def test_a_prune_killed_midway_leaves_no_visible_partial_checkpoint(tmp_path, monkeypatch):
@@ -156,3 +184,32 @@ def test_run_resumes_from_the_newest_finished_checkpoint_and_averages_the_best(t
     for name, tensor in averaged.items():
         expected = np.mean([s[name].numpy().astype(np.float64) for s in states], axis=0)
         np.testing.assert_allclose(tensor.numpy(), expected.astype(np.float32), rtol=0, atol=0, err_msg=name)
+
+
+def test_best_by_accuracy_keeps_and_averages_the_most_accurate_checkpoint(tests_corpus, tmp_path):
+    from kd.data import load_data_dir, normalize_text, read_audio
+    from kd.model_dir import load_model_dir
+    from kd.train import train
+
+    corpus = tests_corpus[0]
+    config = make_config([corpus / "us/train"], dev=corpus / "us/dev", steps=5,
+                         checkpoint={"every_steps": 1, "keep_last": 1, "average_best": 1, "best_by": "acc"})
+    result = train(config, tmp_path / "run")
+    rows = read_csv(tmp_path / "run/dev.csv")
+    acc = {int(r["step"]): float(r["dev_acc"]) for r in rows}
+    assert sorted(acc) == [1, 2, 3, 4, 5] and all(0.0 <= a <= 1.0 for a in acc.values())
+    best = max(acc, key=lambda s: (acc[s], s))
+    assert result.averaged_steps == (best,) and result.best_dev_acc == pytest.approx(acc[best], abs=1e-6)
+    assert result.best_dev_loss == pytest.approx(min(float(r["dev_loss"]) for r in rows), rel=1e-5)
+    # the dev accuracy is the corpus-level fraction of correct argmax predictions (transcript + <eos>),
+    # here recomputed one utterance at a time with the kept model
+    model, tokenizer = load_model_dir(tmp_path / "run/model")
+    correct = positions = 0
+    with torch.no_grad():
+        for u in load_data_dir(corpus / "us/dev").utterances:
+            speech = torch.from_numpy(read_audio(u.path))[None]
+            tokens = torch.tensor([tokenizer.encode(normalize_text(u.text))])
+            out = model(speech, torch.tensor([speech.shape[1]]), tokens, torch.tensor([tokens.shape[1]]))
+            correct += int((out.logits.argmax(-1) == out.targets)[out.token_mask].sum())
+            positions += int(out.token_mask.sum())
+    assert correct / positions == pytest.approx(result.best_dev_acc, abs=1e-7)  # float32 per batch

@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from kd.compression import apply_structure, compress, count_parameters  # noqa: E402
 from kd.compression.io import load_student, save_student  # noqa: E402
+from kd.compression.reuse import LeaderScores  # noqa: E402
 from kd.plan import CompressionPlan  # noqa: E402
 
 FAMILIES = {
@@ -241,6 +242,54 @@ def test_reuse_also_works_from_an_sdpa_model_with_padding():
     teacher = make("wav2vec2", attn="sdpa")
     student = compress(teacher, CompressionPlan([0, 1, 2, 3], attention_reuse=[[0, 1]]))
     torch.testing.assert_close(run(student).hidden_states[1], run(teacher).hidden_states[1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family, stable", [("wav2vec2", False), ("wav2vec2", True), ("hubert", False)])
+def test_sdpa_reuse_where_every_layer_leads_itself_is_exact(family, stable):
+    teacher = make(family, stable, attn="sdpa")
+    student = compress(teacher, CompressionPlan([0, 1, 2, 3], attention_reuse=[[0], [1], [2], [3]]))
+    assert torch.equal(run(student).last_hidden_state, run(teacher).last_hidden_state)
+
+
+@pytest.mark.parametrize("family, stable", [("wav2vec2", False), ("wav2vec2", True), ("hubert", False)])
+def test_fused_followers_equal_probability_reuse(family, stable):
+    """sdpa: followers run the fused kernel on the leader's Q and K; eager: they multiply the
+    leader's probabilities. Same function, so the same outputs, padding included."""
+    plan = CompressionPlan([0, 1, 2, 3], attention_reuse=[[0, 2, 3]])
+    eager = compress(make(family, stable, attn="eager"), plan)
+    fused = compress(make(family, stable, attn="sdpa"), plan)
+    stored = []
+    fused_layers = layers(fused)
+    original_put = fused_layers[0].attention.store.put
+    with mock.patch.object(fused_layers[0].attention.store, "put",
+                           side_effect=lambda i, a: (stored.append(a), original_put(i, a))):
+        out = run(fused)
+    assert len(stored) == 1 and isinstance(stored[0], LeaderScores)  # Q, K, mask: no [B, H, T, T] tensor
+    assert stored[0].query.shape == (B, H, out.last_hidden_state.shape[1], D // H)
+    for a, b in zip(run(eager).hidden_states, out.hidden_states):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    # the maps asked for: the leader turns eager and its followers report its map, as in the eager
+    # student; layer 1 (not in the group) keeps transformers' sdpa path, which returns no map (left out)
+    att = run(fused, output_attentions=True).attentions
+    assert len(att) == 3 and att[1] is att[0] and att[2] is att[0] and att[0].shape == (B, H, *att[0].shape[-2:])
+    torch.testing.assert_close(att[0], run(eager, output_attentions=True).attentions[0], rtol=0, atol=1e-6)
+
+
+def test_fused_reuse_trains_and_backpropagates_through_the_leader_keys():
+    student = compress(make("wav2vec2", attn="sdpa", layerdrop=0.0),
+                       CompressionPlan([0, 1, 2, 3], attention_reuse=[[0, 3]])).train()
+    x, _ = inputs()
+    leader, follower = layers(student)[0].attention, layers(student)[3].attention
+    student(x).last_hidden_state.sum().backward()
+    assert leader.k_proj.weight.grad.abs().sum() > 0 and follower.v_proj.weight.grad.abs().sum() > 0
+    assert len(leader.store) == 0
+    # a loss on the follower's output alone reaches the leader's query and key projections
+    student.zero_grad()
+    leader(torch.randn(B, 7, D))  # its output is not used
+    out, probs = follower(torch.randn(B, 7, D))
+    assert probs is None
+    out.sum().backward()
+    assert leader.k_proj.weight.grad.abs().sum() > 0 and leader.q_proj.weight.grad.abs().sum() > 0
 
 
 def test_reuse_student_is_batch_consistent_and_deepcopies_with_its_own_store():

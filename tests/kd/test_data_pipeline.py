@@ -114,3 +114,30 @@ def test_librispeech_layout(tmp_path):
     assert len(load_librispeech(root, skip_bad=True)) == 1
     with pytest.raises(FileNotFoundError, match="LibriSpeech layout"):
         load_librispeech(tmp_path)
+
+
+def test_write_subset_is_seeded_and_complete(tests_corpus, tmp_path):
+    from kd.data import read_alignments, write_subset
+
+    src = tests_corpus[0] / "us/train"
+    full = {u.utt: u for u in load_data_dir(src).utterances}
+    a = write_subset(src, tmp_path / "a", 5, seed=0)
+    again = write_subset(src, tmp_path / "again", 5, seed=0)
+    other = write_subset(src, tmp_path / "other", 5, seed=1)
+    sub = load_data_dir(a)  # spk2utt and utt2spk agree, every audio file is found and valid
+    ids = [u.utt for u in sub.utterances]
+    assert len(ids) == 5 and set(ids) <= set(full)
+    assert ids == [u.utt for u in load_data_dir(again).utterances]
+    assert ids != [u.utt for u in load_data_dir(other).utterances]
+    for u in sub.utterances:  # same audio, transcript, speaker and domain as in the source
+        f = full[u.utt]
+        assert u.path.resolve() == f.path.resolve() and (u.text, u.speaker, u.domain) == (f.text, f.speaker, f.domain)
+    assert (a / "wav.scp").read_text().split()[1].startswith("..")  # relative to the new dir
+    assert sorted(read_alignments(a)) == sorted(ids)
+    assert read_alignments(a)[ids[0]] == read_alignments(src)[ids[0]]
+    with pytest.raises(ValueError, match=r"has 12 utterances, 13 were asked for"):
+        write_subset(src, tmp_path / "b", 13)
+    with pytest.raises(ValueError, match="num_utterances: expected an integer >= 1"):
+        write_subset(src, tmp_path / "b", 0)
+    with pytest.raises(ValueError, match="the destination is the source"):
+        write_subset(src, src, 3)

@@ -112,3 +112,15 @@ def test_kd_reduction_mean_keeps_the_identity_of_earlier_kd_runs():
     summed = TrainConfig.from_dict({**base, "kd": {**base["kd"], "loss": {"reduction": "sum_per_utterance"}}})
     assert mean.identity() == earlier and summed.identity() != earlier
     assert summed.identity()["kd"]["loss"]["reduction"] == "sum_per_utterance"
+
+
+def test_best_by_loss_keeps_the_identity_of_earlier_runs_and_bad_values_are_named():
+    from kd.training.config import Criterion, TrainConfig
+
+    base = {"data": {"train": ["x"]}, "optim": {"max_steps": 1}}
+    earlier = TrainConfig.from_dict(base)
+    assert earlier.checkpoint.best_by is Criterion.LOSS and "best_by" not in earlier.identity()["checkpoint"]
+    acc = TrainConfig.from_dict({**base, "checkpoint": {"best_by": "acc"}})
+    assert acc.checkpoint.best_by is Criterion.ACC and acc.identity()["checkpoint"]["best_by"] == "acc"
+    with pytest.raises(ValueError, match="checkpoint.best_by"):
+        TrainConfig.from_dict({**base, "checkpoint": {"best_by": "wer"}})

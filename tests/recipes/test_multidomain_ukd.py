@@ -84,6 +84,36 @@ def test_heuristic_plan_conditions_reuse_the_finished_runs(tmp_path, capsys, loa
     assert (out / "results.md").is_file() and (out / "results-plans.md").is_file()  # each preset its own table
 
 
+def test_a_low_resource_target_preset_trains_on_a_subset_in_its_own_folders(tmp_path, capsys, load_recipe):
+    """target_train_utterances: the students train on a seeded subset; runs_name keeps the other
+    preset's runs and teacher cache untouched."""
+    recipe = load_recipe("multidomain_ukd")
+    out = tmp_path / "exp"
+    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
+    smoke = {k: v for k, v in config["smoke"].items()}
+    smoke["student_sizes"] = {"S": smoke["student_sizes"]["S"]}
+    smoke["conditions"] = [{"name": "no KD", "init": "plan"},
+                           {"name": "tok-KD (us)", "teachers": ["us"], "beta": 1.0}]
+    low = {**smoke, "target_train_utterances": 5, "runs_name": "runs-low5", "results_name": "results-low5",
+           "student": {**smoke["student"], "checkpoint": {"keep_last": 1, "average_best": 1, "best_by": "acc"}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"smoke": smoke, "low": low}))
+    assert recipe.main(["--preset", "smoke", "--config", str(path), "--out", str(out), "--seeds", "0"]) == 0
+    first = (out / "runs/S/tok-kd-us/seed0/model.safetensors").stat().st_mtime_ns
+    cache = sorted(p.name for p in (out / "teacher_cache/us").rglob("*"))
+    assert recipe.main(["--preset", "low", "--config", str(path), "--out", str(out), "--seeds", "0"]) == 0
+    subset = out / "corpus/target/train-5"
+    assert len((subset / "wav.scp").read_text().splitlines()) == 5
+    student = yaml.safe_load((out / "runs-low5/S/tok-kd-us/seed0/config.yaml").read_text())
+    assert student["data"]["train"] == [str(subset)] and student["checkpoint"]["best_by"] == "acc"
+    assert student["kd"]["cache_dir"].endswith("teacher_cache-runs-low5/us")
+    assert (out / "runs/S/tok-kd-us/seed0/model.safetensors").stat().st_mtime_ns == first  # untouched
+    assert sorted(p.name for p in (out / "teacher_cache/us").rglob("*")) == cache
+    rows = json.loads((out / "results-low5-runs.json").read_text())
+    assert [r["condition"] for r in rows] == ["no KD", "tok-KD (us)"]
+    assert (out / "results-low5.md").is_file() and (out / "results.md").is_file()
+
+
 def test_unknown_preset_is_refused(capsys, load_recipe):
     recipe = load_recipe("multidomain_ukd")
     with pytest.raises(SystemExit):
