@@ -229,9 +229,9 @@ def host_waits(config, data: _TrainingData, device: torch.device, *, espnet_defa
     """Operations that make the host wait for the device in one training step (kd.training.syncs).
 
     The step of the first measured micro-batch, as the variant runs it, from the copy of the
-    batch to the device to the clipped gradients: the kd loop computes the loss with
-    ``micro_batch_loss`` (teachers online or from the cache, per ``config.kd``) and sums its
-    parts on the device; the ESPnet-default loop uses ESPnet's loss functions and reads the
+    batch to the device to the clipped gradients: the kd loop runs the training loop's own
+    ``kd.training.steps.forward_backward`` (teachers online or from the cache, per ``config.kd``;
+    the parts summed on the device); the ESPnet-default loop uses ESPnet's loss functions and reads the
     gradient norm and the loss. Not counted: the kd loop's batch check, which reads host
     tensors before the copy, and the optimizer step, whose non-fused Adam reads step counters
     kept on the host (on a CPU both would look like waits). Counted on any device (a lower
@@ -242,7 +242,7 @@ def host_waits(config, data: _TrainingData, device: torch.device, *, espnet_defa
     from kd.models.asr import build_asr_model
     from kd.training.data import make_loader
     from kd.training.config import TeacherOutputs
-    from kd.training.steps import accumulate, micro_batch_loss
+    from kd.training.steps import accumulate, forward_backward
     from kd.training.syncs import HostSyncCounter
     from kd.training.teachers import TeacherCache, load_teachers
 
@@ -272,13 +272,11 @@ def host_waits(config, data: _TrainingData, device: torch.device, *, espnet_defa
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
             math.isfinite(float(grad_norm))
             out.loss.item()
-        else:
-            moved = batch.to(device, non_blocking=True)
-            with autocast:
-                loss, parts = micro_batch_loss(model, moved, teachers, cache, config, noise, device, lengths)
-            loss.backward()
+        else:  # the training loop's own micro-batch function (one micro-batch per step)
             window: dict = {}
-            accumulate(window, parts, 1.0, device)
+            forward_backward(model, batch, teachers, cache, config, noise, device, lengths,
+                             sample_rate=data.model_config.sample_rate, window=window, group=1,
+                             backward=torch.Tensor.backward, autocast=autocast)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
             accumulate(window, {"grad_norm": grad_norm}, 1.0, device)
 

@@ -72,7 +72,7 @@ from kd.training.config import TrainConfig
 from kd.training.logs import CsvLog, open_tensorboard
 from kd.training.setup import (RESUMABLE_FIELDS, LenientTokenizer, load_data_dir, load_train_data, model_config_for,
                                pool, prepare_run_dir, setup_teachers)
-from kd.training.steps import DevScores, accumulate, evaluate, micro_batch_loss, reduce_window
+from kd.training.steps import DevScores, accumulate, evaluate, forward_backward, reduce_window
 
 __all__ = ["RESUMABLE_FIELDS", "TrainResult", "distill", "distill_from_yaml", "main", "train", "train_from_yaml"]
 
@@ -174,7 +174,6 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from kd.data.augment import augment_batch
     from kd.data.batching import AudioDataset, bucket_batches
     from kd.models.asr import build_asr_model
     from kd.training.data import build_tokenizer, epoch_batches, load_run_tokenizer, make_loader
@@ -286,18 +285,11 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
                 # checks and lengths on the host, before the move: reading them on the device would wait for it
                 raw_model.check_batch(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
                 window_audio += float(batch.speech_lengths.sum()) / model_config.sample_rate
-                token_lengths = batch.token_lengths.tolist()
-                batch = batch.to(device, non_blocking=True)
-                if config.data.augment is not None:  # multi-condition training (the global RNG: resumable)
-                    batch = dataclasses.replace(batch, speech=augment_batch(
-                        batch.speech, batch.speech_lengths, config.data.augment, model_config.sample_rate))
                 sync = accelerator.no_sync(model) if i < group - 1 else contextlib.nullcontext()
                 with sync:
-                    with accelerator.autocast():
-                        loss, parts = micro_batch_loss(model, batch, teachers, cache, config, noise, device,
-                                                       token_lengths)
-                    accelerator.backward(loss / group)
-                accumulate(window, parts, 1.0 / group, device)
+                    forward_backward(model, batch, teachers, cache, config, noise, device, batch.token_lengths.tolist(),
+                                     sample_rate=model_config.sample_rate, window=window, group=group,
+                                     backward=accelerator.backward, autocast=accelerator.autocast())
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.clip_norm) if o.clip_norm else None
             lr = learning_rate(o, step + 1, d_model=model_config.d_model, total_steps=total_steps)
             for g in optimizer.param_groups:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, ContextManager, NamedTuple
 
 import torch
 
 from kd.training.config import TrainConfig
 
-__all__ = ["LOG_ORDER", "DevScores", "accumulate", "evaluate", "micro_batch_loss", "reduce_window"]
+__all__ = ["LOG_ORDER", "DevScores", "accumulate", "evaluate", "forward_backward", "micro_batch_loss",
+           "reduce_window"]
 
 # first columns of log.csv, when present; per-teacher terms follow
 LOG_ORDER = ("loss", "nll", "kd", "tok_kd", "unc_kd", "loss_ctc", "loss_att", "loss_aleatoric", "acc", "grad_norm")
@@ -45,6 +46,32 @@ def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: 
         targets = [teacher_forward(t, batch, check=False) for t in teachers]
     loss, kd_parts = kd_loss(out, targets, out.loss, config.kd.loss)
     return loss, {"loss": loss.detach(), **parts, **kd_parts}
+
+
+def forward_backward(model, batch, teachers, cache, config: TrainConfig, noise: torch.Generator, device,
+                     token_lengths: list[int], *, sample_rate: int, window: dict[str, torch.Tensor], group: int,
+                     backward: Callable[[torch.Tensor], None], autocast: ContextManager) -> None:
+    """One micro-batch of a training step, as the loop runs it (and ``kd bench train`` measures it).
+
+    Moves the host-checked ``batch`` to ``device`` (asynchronously from pinned memory), adds
+    noise and reverberation when ``config.data.augment`` asks for them, computes the loss with
+    :func:`micro_batch_loss` under ``autocast``, back-propagates it divided by ``group`` (the
+    micro-batches of the optimizer step) with ``backward`` (``accelerator.backward`` in the loop)
+    and adds its parts, divided alike, to ``window`` on the device. Nothing here reads a device
+    value on the host.
+    """
+    import dataclasses
+
+    from kd.data.augment import augment_batch
+
+    batch = batch.to(device, non_blocking=True)
+    if config.data.augment is not None:  # multi-condition training (the global RNG: resumable)
+        batch = dataclasses.replace(batch, speech=augment_batch(batch.speech, batch.speech_lengths,
+                                                                config.data.augment, sample_rate))
+    with autocast:
+        loss, parts = micro_batch_loss(model, batch, teachers, cache, config, noise, device, token_lengths)
+    backward(loss / group)
+    accumulate(window, parts, 1.0 / group, device)
 
 
 def accumulate(window: dict[str, torch.Tensor], parts: dict, scale: float, device) -> None:
