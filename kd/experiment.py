@@ -33,6 +33,7 @@ __all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "merge_secti
 _INITS = ("random", "plan")
 _PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod
 _WEIGHTINGS = ("fixed", "dev_wer", "uncertainty")
+_LEVELS = ("token", "frame")  # the values of kd.losses.KDLevel
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,11 @@ class Condition:
     weighting: str = "fixed"  # several teachers: fixed (uniform), dev_wer or uncertainty
     reduction: str = "mean"  # of the KD term over tokens (kd.losses.KDReduction): mean or sum_per_utterance
     plan: str = "analysis"  # init "plan": the planner that picks the teacher layers (kd.plan_cli.PlanMethod)
+    level: str = "token"  # what is matched (kd.losses.KDLevel): decoder tokens or CTC frames
 
     def __post_init__(self) -> None:
+        if self.level not in _LEVELS:
+            raise ValueError(f"Condition {self.name!r}: level: expected one of {list(_LEVELS)}, found {self.level!r}")
         if self.init not in _INITS:
             raise ValueError(f"Condition {self.name!r}: init: expected one of {list(_INITS)}, found {self.init!r}")
         if self.plan not in _PLANS:
@@ -153,14 +157,16 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
                              f"expected some of {sorted(teacher_runs)}")
         loss: dict[str, Any] = {"alpha": condition.alpha, "beta": condition.beta,
                                 "temperature": condition.temperature, "weighting": condition.weighting,
-                                "reduction": condition.reduction}
+                                "reduction": condition.reduction, "level": condition.level}
         if condition.weighting == "dev_wer":
             loss["dev_wers"] = [float(dev_wers[t]) for t in condition.teachers]
         section["kd"] = {
             "teachers": [{"run_dir": str(teacher_runs[t])} for t in condition.teachers],
             "loss": loss,
             "teacher_outputs": "cached",
-            "cache_dir": str(Path(cache_root) / "+".join(condition.teachers)),
+            # one cache per teacher set and level (a cache holds one level's outputs)
+            "cache_dir": str(Path(cache_root) / ("+".join(condition.teachers)
+                                                 + ("" if condition.level == "token" else f"-{condition.level}"))),
         }
     return TrainConfig.from_dict(section)
 

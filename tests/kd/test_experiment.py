@@ -60,6 +60,11 @@ def test_student_config_for_each_kind_of_condition(tmp_path):
     assert [t.run_dir for t in both.kd.teachers] == [str(tmp_path / "us"), str(tmp_path / "uk")]
     assert both.kd.loss.dev_wers == (0.3, 0.5) and both.kd.loss.beta == 0.5
     assert both.kd.cache_dir == str(tmp_path / "cache" / "us+uk")
+    assert both.kd.loss.level.value == "token"
+    frames = student_train_config(base, Condition("ctc", teachers=("us",), level="frame"), **common)
+    assert frames.kd.loss.level.value == "frame" and frames.kd.cache_dir == str(tmp_path / "cache" / "us-frame")
+    with pytest.raises(ValueError, match=r"level: expected one of \['token', 'frame'\], found 'word'"):
+        Condition("x", teachers=("us",), level="word")
     with pytest.raises(ValueError, match=r"unknown teacher\(s\) \['fr'\]"):
         student_train_config(base, Condition("x", teachers=("fr",)), **common)
 
@@ -92,6 +97,7 @@ def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, t
     for name in ("fused", "tf32"):
         del old["optim"][name]
     del old["data"]["augment"]  # added later still
+    del old["checkpoint"]["best_by"]  # and later
     (tmp_path / "run/config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
     mark_done(tmp_path / "run", old, steps=1)  # the marker as that version wrote it
     messages.clear()
