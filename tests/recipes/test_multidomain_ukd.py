@@ -93,7 +93,8 @@ def test_a_low_resource_target_preset_trains_on_a_subset_in_its_own_folders(tmp_
     smoke = {k: v for k, v in config["smoke"].items()}
     smoke["student_sizes"] = {"S": smoke["student_sizes"]["S"]}
     smoke["conditions"] = [{"name": "no KD", "init": "plan"},
-                           {"name": "tok-KD (us)", "teachers": ["us"], "beta": 1.0}]
+                           {"name": "tok-KD (us)", "teachers": ["us"], "beta": 1.0},
+                           {"name": "frame-KD (us)", "teachers": ["us"], "beta": 0.5, "level": "frame"}]
     low = {**smoke, "target_train_utterances": 5, "runs_name": "runs-low5", "results_name": "results-low5",
            "student": {**smoke["student"], "checkpoint": {"keep_last": 1, "average_best": 1, "best_by": "acc"}}}
     path = tmp_path / "config.yaml"
@@ -110,7 +111,9 @@ def test_a_low_resource_target_preset_trains_on_a_subset_in_its_own_folders(tmp_
     assert (out / "runs/S/tok-kd-us/seed0/model.safetensors").stat().st_mtime_ns == first  # untouched
     assert sorted(p.name for p in (out / "teacher_cache/us").rglob("*")) == cache
     rows = json.loads((out / "results-low5-runs.json").read_text())
-    assert [r["condition"] for r in rows] == ["no KD", "tok-KD (us)"]
+    assert [r["condition"] for r in rows] == ["no KD", "tok-KD (us)", "frame-KD (us)"]
+    frame = yaml.safe_load((out / "runs-low5/S/frame-kd-us/seed0/config.yaml").read_text())
+    assert frame["kd"]["loss"]["level"] == "frame" and frame["kd"]["cache_dir"].endswith("teacher_cache-runs-low5/us-frame")
     assert (out / "results-low5.md").is_file() and (out / "results.md").is_file()
 
 
