@@ -3,7 +3,10 @@
 Protocol, per model folder and batch size:
 
 1. load the model (a Hugging Face checkpoint folder, or a compressed-student folder through
-   :func:`kd.compression.load_student`), eval mode, on ``device``;
+   :func:`kd.compression.load_student`), eval mode, on ``device``, with the attention
+   implementation it was saved with or the one asked for (``attn_implementation``: ``"sdpa"``,
+   the fused kernel, or ``"eager"``; for attention-reuse students this picks fused reuse or the
+   reuse of materialised probabilities, see :mod:`kd.compression.reuse`);
 2. input: a fixed random waveform batch ``[batch, seconds * 16000]`` (seed 0, amplitude 0.1, no
    padding, no attention mask), the same for every model;
 3. ``warmup`` untimed forward passes, then ``repeats`` timed ones under ``torch.inference_mode``;
@@ -64,14 +67,15 @@ def _default_names(model_dirs: Sequence[str | os.PathLike]) -> list[str]:
 def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequence[int] = (1, 16),
                 seconds: float = 8.0, device: str | torch.device | None = None, warmup: int = 3,
                 repeats: int = 10, dtype: torch.dtype = torch.float32,
-                names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                names: Sequence[str] | None = None, attn_implementation: str | None = None) -> list[dict[str, Any]]:
     """Latency and real-time factor of each model at each batch size (see the module docstring).
 
     ``device``: ``None`` picks CUDA when available, else the CPU. ``dtype``: the weights and input
     type (e.g. ``torch.bfloat16`` on a GPU). ``names``: one display name per model (default: the
     folder names). Returns one row per (model, batch size) with
     ``model``, ``path``, ``parameters``, ``batch_size``, ``seconds``, ``latency_ms`` (median),
-    ``latency_min_ms``, ``latency_max_ms``, ``rtf``, ``device``, ``dtype``, ``repeats``, ``torch``.
+    ``latency_min_ms``, ``latency_max_ms``, ``rtf``, ``device``, ``dtype``, ``repeats``, ``torch``,
+    ``attention`` (the attention implementation that ran).
     """
     from kd.compression import count_parameters
     from kd.ssl.common import load_speech_model
@@ -88,6 +92,8 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
         names = _default_names(model_dirs)
     elif isinstance(names, str) or len(names) != len(model_dirs):
         raise ValueError(f"names: expected one name per model folder ({len(model_dirs)}), found {names!r}")
+    if attn_implementation not in (None, "sdpa", "eager"):
+        raise ValueError(f"attn_implementation: expected 'sdpa', 'eager' or None, found {attn_implementation!r}")
     _check_positive_int("warmup", warmup, 0)
     _check_positive_int("repeats", repeats)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -98,6 +104,9 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
     rows = []
     for name, model_dir in zip(names, model_dirs):
         model = load_speech_model(model_dir)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        attention = getattr(model.config, "_attn_implementation", None)
         module = _inference_module(model).to(device=device, dtype=dtype).eval()
         params = count_parameters(module)
         for batch in batch_sizes:
@@ -116,7 +125,8 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
                          "batch_size": batch, "seconds": float(seconds), "latency_ms": 1000.0 * latency,
                          "latency_min_ms": 1000.0 * min(times), "latency_max_ms": 1000.0 * max(times),
                          "rtf": latency / (batch * seconds), "device": _device_name(device),
-                         "dtype": str(dtype).removeprefix("torch."), "repeats": repeats, "torch": torch.__version__})
+                         "dtype": str(dtype).removeprefix("torch."), "repeats": repeats, "torch": torch.__version__,
+                         "attention": attention})
         del model, module
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -125,11 +135,11 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
 
 def speed_table(results: Sequence[dict[str, Any]]) -> str:
     """A markdown table, one row per (model, batch size)."""
-    lines = ["| model | parameters (M) | batch | audio (s) | latency (ms, median) | RTF | device |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| model | attention | parameters (M) | batch | audio (s) | latency (ms, median) | RTF | device |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
-        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.3f} | {r['batch_size']} | {r['seconds']:g} | "
-                     f"{r['latency_ms']:.1f} | {r['rtf']:.4f} | {r['device']} |")
+        lines.append(f"| {r['model']} | {r.get('attention') or '-'} | {r['parameters'] / 1e6:.3f} | {r['batch_size']} | "
+                     f"{r['seconds']:g} | {r['latency_ms']:.1f} | {r['rtf']:.4f} | {r['device']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -155,7 +155,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
     from kd.bench_speed import bench_speed, speed_table, write_speed_results
 
     results = bench_speed(args.model_dirs, batch_sizes=args.batch_sizes, seconds=args.seconds, device=args.device,
-                          warmup=args.warmup, repeats=args.repeats)
+                          warmup=args.warmup, repeats=args.repeats, attn_implementation=args.attn_implementation)
     write_speed_results(results, args.out, args.table)
     print(speed_table(results))
     return 0
@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--device", default="cuda" if _cuda() else "cpu")
     bs.add_argument("--warmup", type=int, default=3)
     bs.add_argument("--repeats", type=int, default=10)
+    bs.add_argument("--attn-implementation", choices=["sdpa", "eager"], default=None,
+                    help="attention implementation for every model (default: as saved); for attention-reuse "
+                         "students, sdpa = fused reuse, eager = reuse of the leader's probabilities")
     bs.add_argument("--out", default="docs/bench/speed.json")
     bs.add_argument("--table", default="docs/bench/speed.md")
     bs.set_defaults(run=_bench_speed)

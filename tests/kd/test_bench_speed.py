@@ -25,6 +25,8 @@ def model_dirs(tmp_path_factory):
     save_student(compress(teacher, pruned), pruned, root / "pruned")
     shared = CompressionPlan(keep_layers=(0, 1, 2, 3), share_groups=((0, 1, 2),))
     save_student(compress(teacher, shared), shared, root / "shared")
+    reuse = CompressionPlan(keep_layers=(0, 1, 2, 3), attention_reuse=((0, 1), (2, 3)))
+    save_student(compress(teacher, reuse), reuse, root / "reuse")
     return root, teacher
 
 
@@ -59,10 +61,37 @@ def test_written_json_and_markdown_have_one_row_per_model_and_batch(model_dirs, 
     write_speed_results(rows, tmp_path / "speed.json", tmp_path / "speed.md")
     assert json.loads((tmp_path / "speed.json").read_text())["results"] == json.loads(json.dumps(rows))
     lines = (tmp_path / "speed.md").read_text().splitlines()
-    assert lines[0].startswith("| model | parameters (M) | batch |") and lines[1].startswith("| --- |")
-    body = [line.split("|")[1:4] for line in lines[2:]]
-    assert [(m.strip(), b.strip()) for m, _, b in body] == [("teacher", "1"), ("teacher", "3"), ("pruned", "1"),
-                                                           ("pruned", "3")]
+    assert lines[0].startswith("| model | attention | parameters (M) | batch |") and lines[1].startswith("| --- |")
+    body = [line.split("|")[1:5] for line in lines[2:]]
+    assert [(m.strip(), b.strip()) for m, _, _, b in body] == [("teacher", "1"), ("teacher", "3"), ("pruned", "1"),
+                                                              ("pruned", "3")]
+
+
+def test_attention_implementation_is_chosen_and_recorded(model_dirs):
+    """A reuse student runs fused reuse under sdpa and probability reuse under eager: the outputs
+    agree, and each row records what ran."""
+    from kd.compression.io import load_student
+    from kd.compression.reuse import LeaderScores
+
+    root, _ = model_dirs
+    rows = {a: bench_speed([root / "reuse"], batch_sizes=(1,), seconds=0.25, device="cpu", warmup=0, repeats=1,
+                           attn_implementation=a)[0] for a in ("sdpa", "eager")}
+    assert rows["sdpa"]["attention"] == "sdpa" and rows["eager"]["attention"] == "eager"
+    student = load_student(root / "reuse").eval()
+    x = 0.1 * torch.randn(1, 4000, generator=torch.Generator().manual_seed(0))
+    stored = []
+    store = student.wav2vec2.encoder.layers[0].attention.store
+    put = store.put
+    store.put = lambda i, a: (stored.append(type(a)), put(i, a))
+    outputs = {}
+    for a in ("sdpa", "eager"):
+        student.set_attn_implementation(a)
+        with torch.no_grad():
+            outputs[a] = student.wav2vec2(x).last_hidden_state
+    assert stored == [LeaderScores, LeaderScores, torch.Tensor, torch.Tensor]
+    torch.testing.assert_close(outputs["sdpa"], outputs["eager"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="attn_implementation: expected 'sdpa', 'eager' or None, found 'flash'"):
+        bench_speed([root / "reuse"], attn_implementation="flash")
 
 
 @pytest.mark.parametrize("kwargs, message", [
