@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from kd.losses import KDLevel
 from kd.training.config import TrainConfig
 
 __all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "merge_sections", "results_table",
@@ -33,7 +34,7 @@ __all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "merge_secti
 _INITS = ("random", "plan")
 _PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod
 _WEIGHTINGS = ("fixed", "dev_wer", "uncertainty")
-_LEVELS = ("token", "frame")  # the values of kd.losses.KDLevel
+_LEVELS = tuple(level.value for level in KDLevel)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, ContextManager, NamedTuple
 
 import torch
 
+from kd.data.augment import augment_batch
 from kd.training.config import TrainConfig
 
 __all__ = ["LOG_ORDER", "DevScores", "accumulate", "evaluate", "forward_backward", "micro_batch_loss",
@@ -60,10 +62,6 @@ def forward_backward(model, batch, teachers, cache, config: TrainConfig, noise: 
     and adds its parts, divided alike, to ``window`` on the device. Nothing here reads a device
     value on the host.
     """
-    import dataclasses
-
-    from kd.data.augment import augment_batch
-
     batch = batch.to(device, non_blocking=True)
     if config.data.augment is not None:  # multi-condition training (the global RNG: resumable)
         batch = dataclasses.replace(batch, speech=augment_batch(batch.speech, batch.speech_lengths,
