@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from kd.losses import KDLevel
+from kd.losses import KDLevel, KDReduction, TeacherWeighting
 from kd.training.config import TrainConfig
 
 __all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "merge_sections", "results_table",
@@ -33,8 +33,9 @@ __all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "merge_secti
 
 _INITS = ("random", "plan")
 _PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod
-_WEIGHTINGS = ("fixed", "dev_wer", "uncertainty")
+_WEIGHTINGS = tuple(w.value for w in TeacherWeighting)
 _LEVELS = tuple(level.value for level in KDLevel)
+_REDUCTIONS = tuple(r.value for r in KDReduction)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,14 @@ class Condition:
         if self.weighting not in _WEIGHTINGS:
             raise ValueError(f"Condition {self.name!r}: weighting: expected one of {list(_WEIGHTINGS)}, "
                              f"found {self.weighting!r}")
+        if self.reduction not in _REDUCTIONS:
+            raise ValueError(f"Condition {self.name!r}: reduction: expected one of {list(_REDUCTIONS)}, "
+                             f"found {self.reduction!r}")
+        if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"Condition {self.name!r}: alpha and beta must lie in [0, 1], "
+                             f"found alpha={self.alpha!r}, beta={self.beta!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"Condition {self.name!r}: temperature must be > 0, found {self.temperature!r}")
         object.__setattr__(self, "teachers", tuple(self.teachers))
 
     @property

@@ -8,12 +8,13 @@ skips a stage whose marker matches its configuration and redoes anything else.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MARKER_NAME = ".done.json"
 
@@ -76,3 +77,35 @@ def clear_done(stage_dir: str | os.PathLike) -> None:
     marker = Path(stage_dir) / MARKER_NAME
     if marker.exists():
         marker.unlink()
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock (see :func:`file_lock` with ``wait=False``)."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "") -> Iterator[Path]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
+
+    The operating system drops the lock when the holder exits, killed or not, so a crash never
+    leaves a stale lock behind. ``wait=False`` raises :class:`LockedError` at once when another
+    process holds it; ``what`` names the locked thing in that message. POSIX only (``fcntl``);
+    elsewhere the block runs unlocked.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks
+        yield path
+        return
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockedError(f"{what or path}: another process holds its lock {path}; "
+                              "wait for it to finish or stop it") from None
+        try:
+            yield path
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

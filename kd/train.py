@@ -22,6 +22,7 @@ Run dir (``out_dir``)::
                             the lowest dev loss, or the highest dev token accuracy)
     model/                  model_avg as a model dir (kd.model_dir) for kd eval / analyze / export
     result.json, .done.json the TrainResult and the completion marker (a re-run is skipped)
+    .lock                   held by the training process: a second one on the same dir fails at once
 
 Conventions:
 - Micro-batches are length buckets of at most ``data.max_seconds`` padded seconds; an optimizer
@@ -63,7 +64,7 @@ from typing import Any, Mapping
 
 import torch
 
-from kd.io import atomic_write_bytes, atomic_write_text, is_done, mark_done, write_json
+from kd.io import atomic_write_bytes, atomic_write_text, file_lock, is_done, mark_done, write_json
 from kd.training.checkpoint import (CHECKPOINTS_DIR, WEIGHTS, average_checkpoints, begin_checkpoint, best_checkpoints,
                                     capture_rng, finish_checkpoint, latest_checkpoint, list_checkpoints,
                                     load_optimizer_state, load_rng, load_weights, prune_checkpoints, restore_rng,
@@ -77,6 +78,7 @@ from kd.training.steps import DevScores, accumulate, evaluate, forward_backward,
 __all__ = ["RESUMABLE_FIELDS", "TrainResult", "distill", "distill_from_yaml", "main", "train", "train_from_yaml"]
 
 RESULT_FILE = "result.json"
+RUN_LOCK = ".lock"  # held by the process that trains into the run dir (kd.io.file_lock)
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,14 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Tru
     torch.use_deterministic_algorithms(config.deterministic or deterministic)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = config.optim.tf32
+    # one writer per run dir: a second process (a re-run started while an earlier one still
+    # trains, two recipe workers given the same run) fails at once instead of interleaving
+    # checkpoints; the main process holds the lock for its ranks
+    lock = (file_lock(out / RUN_LOCK, wait=False, what=f"training run {out}") if accelerator.is_main_process
+            else contextlib.nullcontext())
     try:
-        return _run(config, out, resume, accelerator)
+        with lock:
+            return _run(config, out, resume, accelerator)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -254,7 +262,7 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
                               dev_loss=None if dev is None else dev.loss, dev_acc=None if dev is None else dev.acc,
                               world_size=world)
             prune_checkpoints(ckpt_root, keep_last=config.checkpoint.keep_last,
-                              keep_best=config.checkpoint.average_best, by=config.checkpoint.best_by.value)
+                              keep_best=config.checkpoint.average_best, by=config.checkpoint.best_by)
         accelerator.wait_for_everyone()
 
     def evaluate_and_save() -> None:
@@ -332,7 +340,7 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
 
     # ---- final weights: the last step and the average of the best checkpoints
     found = list_checkpoints(ckpt_root)
-    best = sorted(best_checkpoints(found, config.checkpoint.average_best, config.checkpoint.best_by.value),
+    best = sorted(best_checkpoints(found, config.checkpoint.average_best, config.checkpoint.best_by),
                   key=lambda c: c.step)
     dev_losses = [c.dev_loss for c in found if c.dev_loss is not None]
     dev_accs = [c.dev_acc for c in found if c.dev_acc is not None]

@@ -30,6 +30,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from kd.training.config import Criterion
+
 __all__ = [
     "CHECKPOINTS_DIR",
     "MARKER",
@@ -294,10 +296,12 @@ def remove_partial_checkpoints(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def best_checkpoints(checkpoints: Sequence[CheckpointInfo], n: int, by: str = "loss") -> list[CheckpointInfo]:
-    """The n best checkpoints (ties: the later step): ``by="loss"`` the lowest dev loss, ``by="acc"``
-    the highest dev token accuracy. Checkpoints without that score are not ranked; when none has
-    it, the n latest."""
+def best_checkpoints(checkpoints: Sequence[CheckpointInfo], n: int, by: str | Criterion = "loss") -> list[CheckpointInfo]:
+    """The n best checkpoints (ties: the later step): ``by="loss"`` (or ``Criterion.LOSS``) the
+    lowest dev loss, ``by="acc"`` the highest dev token accuracy. Checkpoints without that score
+    are not ranked; when none has it, the n latest."""
+    if isinstance(by, Criterion):
+        by = by.value
     if by not in ("loss", "acc"):
         raise ValueError(f"best_checkpoints: by must be 'loss' or 'acc', found {by!r}")
     if by == "loss":
@@ -309,7 +313,8 @@ def best_checkpoints(checkpoints: Sequence[CheckpointInfo], n: int, by: str = "l
     return [c for *_, c in sorted(scored, key=lambda t: t[:2])[:n]]
 
 
-def prune_checkpoints(root: str | os.PathLike, *, keep_last: int, keep_best: int, by: str = "loss") -> list[Path]:
+def prune_checkpoints(root: str | os.PathLike, *, keep_last: int, keep_best: int,
+                      by: str | Criterion = "loss") -> list[Path]:
     """Delete every finished checkpoint that is neither among the last ``keep_last`` nor the best ``keep_best``."""
     found = list_checkpoints(root)
     keep = {c.path for c in found[-keep_last:]} | {c.path for c in best_checkpoints(found, keep_best, by)}

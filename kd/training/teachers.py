@@ -14,6 +14,7 @@ numbers (teacher weights, utterances, batching, dtype).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from kd.io import atomic_write_text, is_done, mark_done
+from kd.io import atomic_write_text, file_lock, is_done, mark_done
 from kd.losses import KDLevel
 from kd.training.checkpoint import load_weights
 from kd.training.config import TeacherSpec
@@ -134,37 +135,51 @@ class TeacherCache:
               buckets: Sequence[Sequence[int]], level: KDLevel, dtype: str, accelerator,
               progress: bool) -> "TeacherCache":
         """Fill the cache unless a complete one for the same inputs exists (all processes call this)."""
+        root = Path(cache_dir)
+        utts = [u.utt for u in dataset.data.utterances]
+        key = _cache_key(specs, utts, buckets, level, dtype)
+        # runs of a recipe that share a cache dir may run side by side (kd.parallel): the first
+        # fills it under the lock, the others wait and find it done. The main process locks for
+        # its ranks, which look at the marker only after it holds the lock.
+        lock = (file_lock(root.with_name(root.name + ".lock")) if accelerator.is_main_process
+                else contextlib.nullcontext())
+        with lock:
+            accelerator.wait_for_everyone()
+            if not is_done(root, key):
+                TeacherCache._fill(root, key, teachers=teachers, dataset=dataset, buckets=buckets,
+                                   level=level, dtype=dtype, accelerator=accelerator, progress=progress)
+            accelerator.wait_for_everyone()
+        return TeacherCache(root, len(teachers), level)
+
+    @staticmethod
+    def _fill(root: Path, key: dict[str, Any], *, teachers, dataset, buckets, level: KDLevel, dtype: str,
+              accelerator, progress: bool) -> None:
+        """Run every teacher over this process's share of the buckets into fresh shards; mark the cache done."""
         from tqdm.auto import tqdm
 
         from kd.training.data import make_loader
 
-        root = Path(cache_dir)
-        utts = [u.utt for u in dataset.data.utterances]
-        key = _cache_key(specs, utts, buckets, level, dtype)
-        if not is_done(root, key):
-            if accelerator.is_main_process:
-                for k in range(len(teachers)):
-                    shutil.rmtree(root / f"teacher-{k}", ignore_errors=True)
-                root.mkdir(parents=True, exist_ok=True)
-            accelerator.wait_for_everyone()
-            rank, world = accelerator.process_index, accelerator.num_processes
-            mine = list(buckets)[rank::world]
-            store_dtype = getattr(torch, dtype)
-            for k, teacher in enumerate(teachers):
-                writer = _ShardWriter(root / f"teacher-{k}", rank)
-                loader = make_loader(dataset, mine, num_workers=0)
-                bar = tqdm(loader, desc=f"teacher {k} cache", disable=not (progress and accelerator.is_main_process))
-                for batch in bar:
-                    with accelerator.autocast():
-                        out = teacher_forward(teacher, batch.to(accelerator.device))
-                    for i, utt in enumerate(batch.utts):
-                        writer.add(utt, _per_utterance(out, i, level, store_dtype))
-                writer.close()
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                mark_done(root, key)
-            accelerator.wait_for_everyone()
-        return TeacherCache(root, len(teachers), level)
+        if accelerator.is_main_process:
+            for k in range(len(teachers)):
+                shutil.rmtree(root / f"teacher-{k}", ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        rank, world = accelerator.process_index, accelerator.num_processes
+        mine = list(buckets)[rank::world]
+        store_dtype = getattr(torch, dtype)
+        for k, teacher in enumerate(teachers):
+            writer = _ShardWriter(root / f"teacher-{k}", rank)
+            loader = make_loader(dataset, mine, num_workers=0)
+            bar = tqdm(loader, desc=f"teacher {k} cache", disable=not (progress and accelerator.is_main_process))
+            for batch in bar:
+                with accelerator.autocast():
+                    out = teacher_forward(teacher, batch.to(accelerator.device))
+                for i, utt in enumerate(batch.utts):
+                    writer.add(utt, _per_utterance(out, i, level, store_dtype))
+            writer.close()
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            mark_done(root, key)
 
     def _shard(self, k: int, utt: str):
         from safetensors import safe_open

@@ -31,6 +31,7 @@ from kd.experiment import (Condition, StudentSize, evaluate_once, merge_sections
                            student_train_config, train_run, write_token_list)
 from kd.io import atomic_write_text, write_json
 from kd.model_dir import load_model_dir, save_model_dir
+from kd.parallel import Job, run_jobs
 from kd.plan import CompressionPlan
 from kd.plan_cli import PlanMethod, plan_from_report
 from kd.stages import Stage, load_preset, recipe_parser, run_recipe
@@ -43,10 +44,18 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "multidomain_ukd")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="training runs side by side, each on its share of the cores (default: the preset's "
+                             "workers, else 1; see kd.parallel)")
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args)
     if args.seeds:
         cfg["seeds"] = args.seeds
+    # how many training runs at once; not part of any stage's settings (the runs are the same runs,
+    # their floating-point sums taken over fewer threads)
+    workers = args.workers if args.workers is not None else cfg.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        parser.error(f"workers: expected an integer >= 1, found {workers!r}")
     corpus = out / "corpus"
     domains, target = cfg["teacher_domains"], cfg["target_domain"]
     tokens = out / "tokens.txt"
@@ -83,14 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         return {"tokens": len(tokens.read_text().splitlines())}
 
     def stage_teachers(done):
-        results = {}
+        jobs = []
         for d in domains:
             section = merge_sections(cfg["teacher"], {
                 "data": {"train": [str(data(d, "train"))], "dev": str(data(d, "dev"))},
                 "tokens": {"kind": "list", "path": str(tokens)}})
-            r = train(TrainConfig.from_dict(section), teacher_runs[d])
-            results[d] = {"steps": r.steps, "best_dev_loss": r.best_dev_loss, "wall_seconds": r.wall_seconds}
-        return results
+            jobs.append(Job(str(teacher_runs[d]), train, (TrainConfig.from_dict(section), teacher_runs[d])))
+        trained = run_jobs(jobs, workers=workers)
+        return {d: {"steps": r.steps, "best_dev_loss": r.best_dev_loss, "wall_seconds": r.wall_seconds}
+                for d, r in zip(domains, trained)}
 
     def stage_teacher_eval(done):
         results = {}
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     def stage_distill(done):
         train_dir = student_train()
         dev_wers = {d: done["teacher-eval"][d][f"target_dev_{metric}"] for d in domains}
+        jobs = []
         for size in sizes:
             for condition in conditions:
                 for seed in seeds:
@@ -157,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                         tokens=tokens, seed=seed, teacher_model=cfg["teacher"]["model"], size=size,
                         plan_student=plan_student(size, condition.plan), teacher_runs=teacher_runs,
                         dev_wers=dev_wers, cache_root=cache_root)
-                    train_run(config, run_dir(size, condition, seed))
-        return {"runs": len(sizes) * len(conditions) * len(seeds)}
+                    jobs.append(Job(str(run_dir(size, condition, seed)), train_run,
+                                    (config, run_dir(size, condition, seed))))
+        run_jobs(jobs, workers=workers)
+        return {"runs": len(jobs)}
 
     def stage_eval(done):
         rows = []

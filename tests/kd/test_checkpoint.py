@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from kd.training import checkpoint as ckpt
+from kd.training.config import Criterion
 from kd.training.checkpoint import (average_checkpoints, begin_checkpoint, capture_rng, finish_checkpoint,
                                     latest_checkpoint, list_checkpoints, load_weights, prune_checkpoints,
                                     restore_rng)
@@ -73,6 +74,8 @@ def test_ranking_by_dev_accuracy(tmp_path):
     assert [c.step for c in ckpt.best_checkpoints(found, 2)] == [1, 2]
     assert [c.step for c in ckpt.best_checkpoints(found, 2, by="acc")] == [5, 4]  # tie: the later first
     assert [c.step for c in ckpt.best_checkpoints(found, 3, by="acc")] == [5, 4, 6]
+    assert ckpt.best_checkpoints(found, 3, by=Criterion.ACC) == ckpt.best_checkpoints(found, 3, by="acc")
+    assert ckpt.best_checkpoints(found, 2, by=Criterion.LOSS) == ckpt.best_checkpoints(found, 2)
     with pytest.raises(ValueError, match="by must be 'loss' or 'acc'"):
         ckpt.best_checkpoints(found, 2, by="wer")
     prune_checkpoints(tmp_path, keep_last=1, keep_best=2, by="acc")

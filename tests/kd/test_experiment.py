@@ -39,6 +39,15 @@ def test_condition_validation_and_slug():
         Condition("x", init="random", plan="first-k")
     with pytest.raises(ValueError, match="unknown field 'teacher'"):
         Condition.from_dict({"name": "x", "teacher": ["us"]})
+    # mistakes that TrainConfig would only catch at the distillation stage, after the teachers
+    with pytest.raises(ValueError, match=r"Condition 'x': reduction: expected one of \['mean', 'sum_per_utterance'\]"):
+        Condition("x", teachers=("us",), reduction="sum")
+    with pytest.raises(ValueError, match="Condition 'x': weighting: expected one of"):
+        Condition("x", teachers=("us", "uk"), weighting="wer")
+    with pytest.raises(ValueError, match=r"alpha and beta must lie in \[0, 1\], found alpha=0.5, beta=1.5"):
+        Condition("x", teachers=("us",), beta=1.5)
+    with pytest.raises(ValueError, match="temperature must be > 0, found 0"):
+        Condition("x", teachers=("us",), temperature=0)
     with pytest.raises(ValueError, match="expected a mapping with encoder_layers and decoder_keep"):
         StudentSize.from_dict("S", {"encoder_layers": 2})
 

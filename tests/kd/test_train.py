@@ -429,3 +429,40 @@ def test_two_cpu_processes_resume_exactly(corpus, tmp_path):
     launch(4, tmp_path / "parts")
     assert all_equal(load_weights(tmp_path / "full/model.safetensors"),
                      load_weights(tmp_path / "parts/model.safetensors"))
+
+
+def test_a_second_process_training_into_a_busy_run_dir_fails_at_once(corpus, tmp_path):
+    from kd.io import LockedError, file_lock
+    from kd.train import RUN_LOCK, train
+
+    config = make_config([corpus / "us/train"], steps=1)
+    with file_lock(tmp_path / "run" / RUN_LOCK):  # as if another process trained into run/
+        with pytest.raises(LockedError, match=rf"training run {tmp_path / 'run'}: another process holds its lock"):
+            train(config, tmp_path / "run")
+    assert not (tmp_path / "run/checkpoints").exists()
+    assert train(config, tmp_path / "run").steps == 1  # the lock went with its holder
+
+
+def test_runs_sharing_a_teacher_cache_side_by_side_equal_the_runs_alone(corpus, teachers, tmp_path):
+    """Two distillation runs on two worker processes fill one cache dir once (under its lock) and
+    train exactly as they do one after the other in this process."""
+    from kd.parallel import Job, run_jobs
+    from kd.train import distill
+
+    t1, t2 = teachers
+    tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
+
+    def config(seed, cache):
+        return make_config([corpus / "target/train"], steps=2, max_seconds=8.0, tokens=tokens, seed=seed,
+                           kd={**_kd_section([t1, t2], "cached"), "cache_dir": str(cache)})
+
+    jobs = [Job(f"seed{s}", distill, (config(s, tmp_path / "shared_cache"), tmp_path / "side" / f"seed{s}"))
+            for s in (0, 1)]
+    results = run_jobs(jobs, workers=2, threads=1, log=None)
+    assert [r.steps for r in results] == [2, 2]
+    assert (tmp_path / "shared_cache/.done.json").is_file() and (tmp_path / "shared_cache.lock").is_file()
+    for s in (0, 1):
+        alone = distill(config(s, tmp_path / f"cache_alone{s}"), tmp_path / "alone" / f"seed{s}")
+        assert alone.steps == 2
+        assert all_equal(load_weights(tmp_path / "side" / f"seed{s}/model.safetensors"),
+                         load_weights(tmp_path / "alone" / f"seed{s}/model.safetensors"))
