@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from tests.recipes.conftest import RECIPES
@@ -122,3 +123,35 @@ def test_unknown_preset_is_refused(capsys, load_recipe):
     with pytest.raises(SystemExit):
         recipe.main(["--preset", "nope"])
     assert "--preset: expected one of" in capsys.readouterr().err
+
+
+def test_runs_on_two_worker_processes_equal_the_runs_one_after_another(tmp_path, capsys, load_recipe):
+    """--workers 2: the teachers and the student runs train side by side (one thread each, as the
+    tests' sequential runs) to the very same weights and table; conditions sharing a teacher cache
+    wait for the one that fills it."""
+    from kd.training.checkpoint import load_weights
+
+    recipe = load_recipe("multidomain_ukd")
+    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
+    smoke = {k: v for k, v in config["smoke"].items()}
+    smoke["student_sizes"] = {"S": smoke["student_sizes"]["S"]}
+    smoke["conditions"] = [c for c in config["x-conditions"]
+                           if c["name"] in ("no KD", "tok-KD (us)", "tok+unc-KD (us)", "tok+unc-KD (us+uk)")]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"smoke": smoke}))
+    for workers in ("1", "2"):
+        assert recipe.main(["--preset", "smoke", "--config", str(path), "--out", str(tmp_path / f"w{workers}"),
+                            "--seeds", "0", "--workers", workers]) == 0
+    assert "2 jobs on 2 worker processes" in capsys.readouterr().out
+    runs = sorted(p.relative_to(tmp_path / "w1") for p in (tmp_path / "w1").glob("*/*/*/seed0/model.safetensors"))
+    runs += [p.relative_to(tmp_path / "w1") for p in (tmp_path / "w1").glob("teachers/*/model.safetensors")]
+    assert len(runs) == 4 + 2
+    for run in runs:
+        one, two = load_weights(tmp_path / "w1" / run), load_weights(tmp_path / "w2" / run)
+        assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one), run
+    def table(w):  # the error rates; the real-time factor is a timing
+        return [{k: v for k, v in s.items() if k != "rtf"} for s in json.loads((tmp_path / w / "results.json").read_text())["students"]]
+
+    assert table("w1") == table("w2")
+    with pytest.raises(SystemExit):
+        recipe.main(["--preset", "smoke", "--config", str(path), "--out", str(tmp_path / "w0"), "--workers", "0"])
