@@ -189,10 +189,8 @@ def _bench_train(args: argparse.Namespace) -> int:
 def _distill_layers(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from kd.compression import compress, count_parameters
-    from kd.layer_distill import LayerDistillConfig, distill_layers
-    from kd.plan import CompressionPlan
-    from kd.ssl.common import load_speech_model
+    from kd.compression import count_parameters, load_student
+    from kd.layer_distill import LayerDistillConfig, distill_plan
     from kd.ssl.config import OptimSettings
 
     config = LayerDistillConfig.from_preset(args.preset)
@@ -203,10 +201,9 @@ def _distill_layers(args: argparse.Namespace) -> int:
             raise ValueError(f"--set: unknown OptimSettings field(s) {unknown}; expected some of "
                              f"{[f.name for f in dataclasses.fields(OptimSettings)]}")
         config = dataclasses.replace(config, optim=OptimSettings.from_dict({**config.optim.to_dict(), **optim}))
-    plan = CompressionPlan.load(args.plan)
-    teacher = load_speech_model(args.teacher)
-    student = load_speech_model(args.student) if args.student else compress(teacher, plan)
-    result = distill_layers(teacher, student, plan, args.data, args.out, config, progress=True)
+    result = distill_plan(args.teacher, args.plan, args.data, args.out, config, student_dir=args.student,
+                          progress=True)
+    student = load_student(result.model_dir)
     print(f"student ({count_parameters(student):,} parameters) after {result.steps} updates"
           f"{' (finished earlier; skipped)' if result.skipped else ''}: {result.model_dir}")
     return 0

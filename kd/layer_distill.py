@@ -49,7 +49,8 @@ from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir,
                            make_optimizer, speech_loader, train_loop, write_folder_atomic)
 from kd.ssl.config import CONFIG_VERSION, OptimSettings, config_from_dict
 
-__all__ = ["LayerDistillConfig", "LayerDistillLoss", "PredictionHeads", "distill_layers", "layer_distill_loss"]
+__all__ = ["LayerDistillConfig", "LayerDistillLoss", "PredictionHeads", "distill_layers", "distill_plan",
+           "layer_distill_loss"]
 
 STUDENT_DIR = "student"
 HEADS_FILE = "heads.safetensors"
@@ -277,3 +278,22 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
                   seconds=round(result.seconds, 3), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     accelerator.wait_for_everyone()
     return StageResult(out_dir, out_dir / STUDENT_DIR, result.steps, result.seconds, stopped_early=result.stopped_early)
+
+
+def distill_plan(teacher_dir: str | os.PathLike, plan: CompressionPlan | str | os.PathLike,
+                 data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, config: LayerDistillConfig, *,
+                 student_dir: str | os.PathLike | None = None, progress: bool = True) -> StageResult:
+    """:func:`distill_layers` from folders: the teacher loaded from ``teacher_dir``, the student
+    loaded from ``student_dir`` or, without one, built by ``kd.compress(teacher, plan)``.
+
+    ``plan``: a :class:`CompressionPlan` or its JSON file. Takes and returns only picklable values,
+    so recipes can run several plans side by side on worker processes (:mod:`kd.parallel`).
+    """
+    from kd.compression import compress
+    from kd.ssl.common import load_speech_model
+
+    if not isinstance(plan, CompressionPlan):
+        plan = CompressionPlan.load(plan)
+    teacher = load_speech_model(teacher_dir)
+    student = load_speech_model(student_dir) if student_dir is not None else compress(teacher, plan)
+    return distill_layers(teacher, student, plan, data_dirs, out_dir, config, progress=progress)

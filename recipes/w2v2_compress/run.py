@@ -23,13 +23,11 @@ from pathlib import Path
 
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.bench_speed import bench_speed
-from kd.compression import compress
 from kd.corpus.synth import build_corpus
 from kd.io import atomic_write_text, write_json
-from kd.layer_distill import LayerDistillConfig, distill_layers
-from kd.plan import CompressionPlan
+from kd.layer_distill import LayerDistillConfig, distill_plan
+from kd.parallel import Job, run_jobs
 from kd.plan_cli import PlanMethod, plan_from_report
-from kd.ssl.common import load_speech_model
 from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
 from kd.ssl.pretrain import pretrain
@@ -40,8 +38,15 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "w2v2_compress")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="plans distilled and fine-tuned side by side, each on its share of the cores "
+                             "(default: the preset's workers, else 1; see kd.parallel)")
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args)
+    # not part of any stage's settings: the same runs, their sums taken over fewer threads
+    workers = args.workers if args.workers is not None else cfg.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        parser.error(f"workers: expected an integer >= 1, found {workers!r}")
     corpus, domain = out / "corpus", cfg["asr_domain"]
     ssl_data = [corpus / d / "train" for d in cfg["ssl_domains"]]
     ctc_config = CTCConfig.from_dict({**CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
@@ -87,23 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     def stage_distill(done):
         config = LayerDistillConfig.from_dict({**LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(),
                                                **cfg.get("distill_overrides", {})})
-        results = {}
-        for name in plan_names:
-            plan = CompressionPlan.load(out / "plans" / f"{name}.json")
-            teacher = load_speech_model(teacher_dir)
-            student = compress(teacher, plan)
-            r = distill_layers(teacher, student, plan, ssl_data, out / "students" / name, config, progress=False)
-            results[name] = {"steps": r.steps, "seconds": r.seconds}
-        return results
+        jobs = [Job(name, distill_plan, (teacher_dir, out / "plans" / f"{name}.json", ssl_data, out / "students" / name,
+                                         config), {"progress": False}) for name in plan_names]
+        return {name: {"steps": r.steps, "seconds": r.seconds}
+                for name, r in zip(plan_names, run_jobs(jobs, workers=workers))}
 
     def stage_student_ctc(done):
-        results = {}
-        for name in plan_names:
-            r = finetune_ctc(out / "students" / name / "student", [corpus / domain / "train"],
-                             out / "students_ctc" / name, ctc_config, eval_dirs=[corpus / domain / "test"],
-                             progress=False)
-            results[name] = {"steps": r.steps, "eval": r.metrics}
-        return results
+        jobs = [Job(name, finetune_ctc, (out / "students" / name / "student", [corpus / domain / "train"],
+                                         out / "students_ctc" / name, ctc_config),
+                    {"eval_dirs": [corpus / domain / "test"], "progress": False}) for name in plan_names]
+        return {name: {"steps": r.steps, "eval": r.metrics}
+                for name, r in zip(plan_names, run_jobs(jobs, workers=workers))}
 
     def stage_speed(done):
         models = [out / "teacher_ctc/model"] + [out / "students_ctc" / n / "model" for n in plan_names]

@@ -22,3 +22,22 @@ def test_plans_students_and_table(tmp_path, capsys, load_recipe):
     assert (out / "results.md").read_text() in printed
     for name in names[1:]:
         assert (out / "students_ctc" / name / "model").is_dir()
+
+
+def test_plans_on_two_worker_processes_equal_the_plans_one_after_another(tmp_path, capsys, load_recipe):
+    """--workers 2: the six layer distillations and CTC fine-tunings run side by side (one thread
+    each, as the tests' sequential runs) to the very same students and error rates."""
+    import torch
+
+    from kd.compression import load_student
+
+    recipe = load_recipe("w2v2_compress")
+    for workers in ("1", "2"):
+        assert recipe.main(["--preset", "smoke", "--out", str(tmp_path / f"w{workers}"), "--workers", workers]) == 0
+    assert "6 jobs on 2 worker processes, 1 thread(s) each" in capsys.readouterr().out
+    names = ["analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
+    for name in names:
+        one, two = (load_student(tmp_path / w / "students" / name / "student").state_dict() for w in ("w1", "w2"))
+        assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one), name
+    wer = lambda w: json.loads((tmp_path / w / "results.json").read_text())["wer"]  # noqa: E731
+    assert wer("w1") == wer("w2")
