@@ -29,7 +29,7 @@ from kd.corpus.synth import build_corpus
 from kd.data.datadir import write_subset
 from kd.experiment import (Condition, StudentSize, evaluate_once, merge_sections, results_table,
                            student_train_config, train_run, write_token_list)
-from kd.io import atomic_write_text, write_json
+from kd.io import atomic_write_text, config_digest, write_json
 from kd.model_dir import load_model_dir, save_model_dir
 from kd.parallel import Job, run_jobs
 from kd.plan import CompressionPlan
@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     runs_root = out / cfg.get("runs_name", "runs")
     cache_root = out / ("teacher_cache" if runs_root.name == "runs" else f"teacher_cache-{runs_root.name}")
     device = cfg.get("device", "cpu")
+    # stage 4 ranks and weights the teachers by their target dev error under `decode`; stage 8 scores
+    # the test sets under `test_decode` (default: the same). A preset with another test decoding
+    # (e.g. joint CTC/attention beam search, which uses the attention decoder that token-level KD
+    # trains) keeps its reports apart: RUN/eval-<name>/, eval/teachers/DOMAIN/test-<name>/
+    test_decode = cfg.get("test_decode", cfg["decode"])
+    eval_name = "eval" if test_decode == cfg["decode"] else f"eval-{cfg.get('test_decode_name') or config_digest(test_decode)[:8]}"
     # how teachers are ranked (init teacher) and weighted (dev_wer weighting): "wer", or "cer"
     # where word error rates are saturated (the cpu preset's small teachers are near 100% WER)
     metric = cfg.get("teacher_metric", "wer")
@@ -148,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                                              "decoder_layers": list(size.decoder_keep)}
         return built
 
+    def teacher_test(domain: str) -> Path:
+        folder = "test" if eval_name == "eval" else eval_name.replace("eval", "test", 1)
+        return out / "eval/teachers" / domain / folder
+
     def run_dir(size: StudentSize, condition: Condition, seed: int) -> Path:
         return runs_root / size.name / condition.slug / f"seed{seed}"
 
@@ -174,18 +184,21 @@ def main(argv: list[str] | None = None) -> int:
         return {"runs": len(jobs)}
 
     def stage_eval(done):
-        rows = []
         test_dirs = [data(x, "test") for x in [target, *domains]]
-        for size in sizes:
-            for condition in conditions:
-                for seed in seeds:
-                    run = run_dir(size, condition, seed)
-                    r = evaluate_once(run / "model", test_dirs, cfg["decode"], run / "eval", device=device)
-                    rows.append({"size": size.name, "condition": condition.name, "seed": seed, "params": r["params"],
-                                 "rtf": r["rtf"], **{f"{x}_{m}": r["domains"][x][m] for x in [target, *domains]
-                                                     for m in ("wer", "cer")}})
+        cells = [(size, condition, seed) for size in sizes for condition in conditions for seed in seeds]
+        jobs = [Job(str(run_dir(*cell)), evaluate_once,
+                    (run_dir(*cell) / "model", test_dirs, test_decode, run_dir(*cell) / eval_name), {"device": device})
+                for cell in cells]
+        if eval_name != "eval":  # the teachers' test error rates under this preset's decoding too
+            jobs += [Job(f"teacher {d}", evaluate_once, (teacher_runs[d] / "model", test_dirs, test_decode,
+                                                         teacher_test(d)), {"device": device}) for d in domains]
+        reports = run_jobs(jobs, workers=workers if device == "cpu" else 1)
+        rates = lambda r: {f"{x}_{m}": r["domains"][x][m] for x in [target, *domains] for m in ("wer", "cer")}  # noqa: E731
+        rows = [{"size": size.name, "condition": condition.name, "seed": seed, "params": r["params"], "rtf": r["rtf"],
+                 **rates(r)} for (size, condition, seed), r in zip(cells, reports)]
         write_json(runs_file, rows)
-        return {"rows": len(rows)}
+        teachers = {d: {"params": r["params"], "rtf": r["rtf"], **rates(r)} for d, r in zip(domains, reports[len(cells):])}
+        return {"rows": len(rows), **({"teachers": teachers} if teachers else {})}
 
     def stage_table(done):
         rows = json.loads(runs_file.read_text(encoding="utf-8"))
@@ -193,13 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         metrics = [f"{target}_{metric}", f"{target}_{other}", *[f"{d}_{metric}" for d in domains]]
         summary, table = results_table(rows, group=("size", "condition"), metrics=metrics,
                                        relative_to=conditions[0].name if cfg.get("relative_to_first", True) else None)
-        teacher_eval = done["teacher-eval"]
+        # the teachers' test rates: under the test decoding when it is not stage 4's
+        teacher_eval = (done.get("eval") or {}).get("teachers") or done["teacher-eval"]
         lines = ["| teacher | " + " | ".join(f"{m} (%)" for m in metrics) + " | params |",
                  "|---|" + "---|" * (len(metrics) + 1)]
         for d in domains:
             t = teacher_eval[d]
             lines.append(f"| {d} | " + " | ".join(f"{t[m] * 100:.1f}" for m in metrics) + f" | {t['params'] / 1e6:.2f}M |")
-        text = (f"Teachers (decode: {cfg['decode']})\n\n" + "\n".join(lines) + "\n\n"
+        text = (f"Teachers (decode: {test_decode})\n\n" + "\n".join(lines) + "\n\n"
                 f"Students on the {target} domain, mean ± std over seeds {seeds}\n\n{table}")
         write_json(out / f"{tag}.json", {"teachers": teacher_eval, "students": summary, "seeds": seeds})
         atomic_write_text(out / f"{tag}.md", text)
@@ -209,13 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     def stage_conditions(done):
         manifest = read_manifest(corpus)
         target_rows = lambda path: [r for r in read_utterances(path) if r["domain"] == target]  # noqa: E731
-        results = {f"teacher {d}": error_by_condition(target_rows(out / "eval/teachers" / d / "test/utterances.jsonl"),
-                                                      manifest) for d in domains}
+        results = {f"teacher {d}": error_by_condition(target_rows(teacher_test(d) / "utterances.jsonl"), manifest)
+                   for d in domains}
         size = sizes[0]
         for condition in conditions:  # the seeds' utterances pooled: one corpus-level rate per condition
-            rows = [r for seed in seeds for r in target_rows(run_dir(size, condition, seed) / "eval/utterances.jsonl")]
+            rows = [r for seed in seeds for r in target_rows(run_dir(size, condition, seed) / eval_name / "utterances.jsonl")]
             results[f"{size.name} {condition.name}"] = error_by_condition(rows, manifest)
-        text = (f"{target} test set by recording condition, {metric.upper()} (%), CTC greedy; students of size "
+        text = (f"{target} test set by recording condition, {metric.upper()} (%), decode {test_decode}; students of size "
                 f"{size.name}, the utterances of seeds {seeds} pooled\n\n" + condition_table(results, metric))
         write_json(out / f"{tag}-conditions.json", results)
         atomic_write_text(out / f"{tag}-conditions.md", text)
@@ -235,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                                             **({"runs": runs_root.name} if runs_root.name != "runs" else {}),
                                             **({"target_train_utterances": subset} if subset else {})},
               f"{len(sizes) * len(conditions) * len(seeds)} student runs on {target}"),
-        Stage(8, "eval", stage_eval, {"decode": cfg["decode"], "seeds": seeds}, "student WER"),
+        Stage(8, "eval", stage_eval, {"decode": test_decode, "seeds": seeds,
+                                      **({"eval_name": eval_name} if eval_name != "eval" else {})}, "student WER"),
         Stage(9, "table", stage_table, {"seeds": seeds, "teacher_metric": metric}, "results table"),
         Stage(10, "conditions", stage_conditions, {"seeds": seeds, "teacher_metric": metric},
               "error rates by recording condition"),

@@ -155,3 +155,37 @@ def test_runs_on_two_worker_processes_equal_the_runs_one_after_another(tmp_path,
     assert table("w1") == table("w2")
     with pytest.raises(SystemExit):
         recipe.main(["--preset", "smoke", "--config", str(path), "--out", str(tmp_path / "w0"), "--workers", "0"])
+
+
+def test_a_test_decoding_preset_scores_finished_runs_into_its_own_reports(tmp_path, capsys, load_recipe):
+    """test_decode: stage 8 decodes the test sets another way (here joint CTC/attention beam search)
+    into RUN/eval-<name>/ and the teachers' test-<name>/; the CTC-greedy reports, the teacher
+    ranking of stage 4 and the trained runs stay as they were."""
+    recipe = load_recipe("multidomain_ukd")
+    out = tmp_path / "exp"
+    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
+    smoke = {k: v for k, v in config["smoke"].items()}
+    smoke["student_sizes"] = {"S": smoke["student_sizes"]["S"]}
+    smoke["conditions"] = [{"name": "no KD", "init": "plan"}]
+    joint = {**smoke, "test_decode": {"method": "beam", "beam_size": 2, "ctc_weight": 0.3, "maxlenratio": -5.0},
+             "test_decode_name": "joint", "results_name": "results-joint"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"smoke": smoke, "joint": joint}))
+    assert recipe.main(["--preset", "smoke", "--config", str(path), "--out", str(out), "--seeds", "0"]) == 0
+    greedy = (out / "runs/S/no-kd/seed0/eval/report.json").read_text()
+    weights = (out / "runs/S/no-kd/seed0/model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert recipe.main(["--preset", "joint", "--config", str(path), "--out", str(out), "--seeds", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "4 teacher-eval skipped" in err and "8 eval ran" in err
+    assert (out / "runs/S/no-kd/seed0/eval/report.json").read_text() == greedy
+    assert (out / "runs/S/no-kd/seed0/model.safetensors").stat().st_mtime_ns == weights  # not trained again
+    report = json.loads((out / "runs/S/no-kd/seed0/eval-joint/report.json").read_text())
+    assert report["decode"]["method"] == "beam" and report["decode"]["beam_size"] == 2
+    results = json.loads((out / "results-joint.json").read_text())
+    for d in ("us", "uk"):
+        teacher = json.loads((out / "eval/teachers" / d / "test-joint/report.json").read_text())
+        assert teacher["decode"]["method"] == "beam"
+        assert results["teachers"][d]["target_wer"] == teacher["domains"]["target"]["wer"]
+    assert results["students"][0]["target_wer"]["values"] == [report["domains"]["target"]["wer"]]
+    assert "'method': 'beam'" in (out / "results-joint-conditions.md").read_text()
