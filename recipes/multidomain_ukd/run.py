@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     # (e.g. joint CTC/attention beam search, which uses the attention decoder that token-level KD
     # trains) keeps its reports apart: RUN/eval-<name>/, eval/teachers/DOMAIN/test-<name>/
     test_decode = cfg.get("test_decode", cfg["decode"])
+    # test sets scored in stage 8: the target's and (test_teacher_domains, default true) the teachers'
+    test_teacher_domains = cfg.get("test_teacher_domains", True)
+    if not isinstance(test_teacher_domains, bool):
+        parser.error(f"test_teacher_domains: expected true or false, found {test_teacher_domains!r}")
+    scored = [target, *domains] if test_teacher_domains else [target]
     eval_name = "eval" if test_decode == cfg["decode"] else f"eval-{cfg.get('test_decode_name') or config_digest(test_decode)[:8]}"
     # how teachers are ranked (init teacher) and weighted (dev_wer weighting): "wer", or "cer"
     # where word error rates are saturated (the cpu preset's small teachers are near 100% WER)
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"runs": len(jobs)}
 
     def stage_eval(done):
-        test_dirs = [data(x, "test") for x in [target, *domains]]
+        test_dirs = [data(x, "test") for x in scored]
         cells = [(size, condition, seed) for size in sizes for condition in conditions for seed in seeds]
         jobs = [Job(str(run_dir(*cell)), evaluate_once,
                     (run_dir(*cell) / "model", test_dirs, test_decode, run_dir(*cell) / eval_name), {"device": device})
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs += [Job(f"teacher {d}", evaluate_once, (teacher_runs[d] / "model", test_dirs, test_decode,
                                                          teacher_test(d)), {"device": device}) for d in domains]
         reports = run_jobs(jobs, workers=workers if device == "cpu" else 1)
-        rates = lambda r: {f"{x}_{m}": r["domains"][x][m] for x in [target, *domains] for m in ("wer", "cer")}  # noqa: E731
+        rates = lambda r: {f"{x}_{m}": r["domains"][x][m] for x in scored for m in ("wer", "cer")}  # noqa: E731
         rows = [{"size": size.name, "condition": condition.name, "seed": seed, "params": r["params"], "rtf": r["rtf"],
                  **rates(r)} for (size, condition, seed), r in zip(cells, reports)]
         write_json(runs_file, rows)
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     def stage_table(done):
         rows = json.loads(runs_file.read_text(encoding="utf-8"))
         other = "cer" if metric == "wer" else "wer"
-        metrics = [f"{target}_{metric}", f"{target}_{other}", *[f"{d}_{metric}" for d in domains]]
+        metrics = [f"{target}_{metric}", f"{target}_{other}", *[f"{d}_{metric}" for d in scored[1:]]]
         summary, table = results_table(rows, group=("size", "condition"), metrics=metrics,
                                        relative_to=conditions[0].name if cfg.get("relative_to_first", True) else None)
         # the teachers' test rates: under the test decoding when it is not stage 4's
@@ -250,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                                             **({"target_train_utterances": subset} if subset else {})},
               f"{len(sizes) * len(conditions) * len(seeds)} student runs on {target}"),
         Stage(8, "eval", stage_eval, {"decode": test_decode, "seeds": seeds,
-                                      **({"eval_name": eval_name} if eval_name != "eval" else {})}, "student WER"),
+                                      **({"eval_name": eval_name} if eval_name != "eval" else {}),
+                                      **({"test_sets": scored} if not test_teacher_domains else {})}, "student WER"),
         Stage(9, "table", stage_table, {"seeds": seeds, "teacher_metric": metric}, "results table"),
         Stage(10, "conditions", stage_conditions, {"seeds": seeds, "teacher_metric": metric},
               "error rates by recording condition"),

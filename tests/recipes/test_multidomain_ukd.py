@@ -11,6 +11,13 @@ import yaml
 from tests.recipes.conftest import RECIPES
 
 
+def smoke_size_s(conditions):
+    """The recipe's config and a copy of its smoke preset with size S only and ``conditions``."""
+    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
+    smoke = {**config["smoke"], "student_sizes": {"S": config["smoke"]["student_sizes"]["S"]}, "conditions": conditions}
+    return config, smoke
+
+
 def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_recipe):
     recipe = load_recipe("multidomain_ukd")
     out = tmp_path / "exp"
@@ -60,10 +67,7 @@ def test_heuristic_plan_conditions_reuse_the_finished_runs(tmp_path, capsys, loa
     """A preset adding plan conditions to a finished folder trains only the new runs, into its own table."""
     recipe = load_recipe("multidomain_ukd")
     out = tmp_path / "exp"
-    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
-    smoke = {k: v for k, v in config["smoke"].items()}
-    smoke["student_sizes"] = {"S": smoke["student_sizes"]["S"]}
-    smoke["conditions"] = [{"name": "no KD", "init": "plan"}]
+    _, smoke = smoke_size_s([{"name": "no KD", "init": "plan"}])
     plans = {**smoke, "conditions": [{"name": "no KD", "init": "plan"},
                                      {"name": "no KD (first-k plan)", "plan": "first-k"},
                                      {"name": "no KD (linspace plan)", "plan": "linspace"}],
@@ -90,9 +94,7 @@ def test_a_low_resource_target_preset_trains_on_a_subset_in_its_own_folders(tmp_
     preset's runs and teacher cache untouched."""
     recipe = load_recipe("multidomain_ukd")
     out = tmp_path / "exp"
-    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
-    smoke = {k: v for k, v in config["smoke"].items()}
-    smoke["student_sizes"] = {"S": smoke["student_sizes"]["S"]}
+    _, smoke = smoke_size_s(None)
     smoke["conditions"] = [{"name": "no KD", "init": "plan"},
                            {"name": "tok-KD (us)", "teachers": ["us"], "beta": 1.0},
                            {"name": "frame-KD (us)", "teachers": ["us"], "beta": 0.5, "level": "frame"}]
@@ -132,9 +134,7 @@ def test_runs_on_two_worker_processes_equal_the_runs_one_after_another(tmp_path,
     from kd.training.checkpoint import load_weights
 
     recipe = load_recipe("multidomain_ukd")
-    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
-    smoke = {k: v for k, v in config["smoke"].items()}
-    smoke["student_sizes"] = {"S": smoke["student_sizes"]["S"]}
+    config, smoke = smoke_size_s(None)
     smoke["conditions"] = [c for c in config["x-conditions"]
                            if c["name"] in ("no KD", "tok-KD (us)", "tok+unc-KD (us)", "tok+unc-KD (us+uk)")]
     path = tmp_path / "config.yaml"
@@ -163,12 +163,9 @@ def test_a_test_decoding_preset_scores_finished_runs_into_its_own_reports(tmp_pa
     ranking of stage 4 and the trained runs stay as they were."""
     recipe = load_recipe("multidomain_ukd")
     out = tmp_path / "exp"
-    config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
-    smoke = {k: v for k, v in config["smoke"].items()}
-    smoke["student_sizes"] = {"S": smoke["student_sizes"]["S"]}
-    smoke["conditions"] = [{"name": "no KD", "init": "plan"}]
+    _, smoke = smoke_size_s([{"name": "no KD", "init": "plan"}])
     joint = {**smoke, "test_decode": {"method": "beam", "beam_size": 2, "ctc_weight": 0.3, "maxlenratio": -5.0},
-             "test_decode_name": "joint", "results_name": "results-joint"}
+             "test_decode_name": "joint", "test_teacher_domains": False, "results_name": "results-joint"}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"smoke": smoke, "joint": joint}))
     assert recipe.main(["--preset", "smoke", "--config", str(path), "--out", str(out), "--seeds", "0"]) == 0
@@ -182,10 +179,12 @@ def test_a_test_decoding_preset_scores_finished_runs_into_its_own_reports(tmp_pa
     assert (out / "runs/S/no-kd/seed0/model.safetensors").stat().st_mtime_ns == weights  # not trained again
     report = json.loads((out / "runs/S/no-kd/seed0/eval-joint/report.json").read_text())
     assert report["decode"]["method"] == "beam" and report["decode"]["beam_size"] == 2
+    assert list(report["domains"]) == ["target"]  # test_teacher_domains: false
     results = json.loads((out / "results-joint.json").read_text())
     for d in ("us", "uk"):
         teacher = json.loads((out / "eval/teachers" / d / "test-joint/report.json").read_text())
         assert teacher["decode"]["method"] == "beam"
         assert results["teachers"][d]["target_wer"] == teacher["domains"]["target"]["wer"]
     assert results["students"][0]["target_wer"]["values"] == [report["domains"]["target"]["wer"]]
+    assert "us_wer" not in results["students"][0] and "us_wer" not in results["teachers"]["us"]
     assert "'method': 'beam'" in (out / "results-joint-conditions.md").read_text()
