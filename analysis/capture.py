@@ -54,10 +54,14 @@ class HFSpeechEncoder:
     Models whose feature extractor uses group normalisation over time
     (``feat_extract_norm == "group"``, e.g. wav2vec 2.0 base) are not batch-consistent:
     padding changes the normalisation statistics, so they are run one utterance at a time.
+    ``normalize``: scale each utterance to zero mean and unit variance first, as the
+    checkpoint's feature extractor does when its ``do_normalize`` is set
+    (:mod:`kd.hf_input`; :func:`load_hf_encoder` reads it from the folder).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, *, normalize: bool = False):
         self.model = model.eval()
+        self.normalize = normalize
         config = model.config
         self.frame_rate = 16000.0 / float(torch.tensor(config.conv_stride).prod())
         self.num_layers = int(config.num_hidden_layers) + 1
@@ -77,6 +81,10 @@ class HFSpeechEncoder:
     def extract(self, speech: torch.Tensor, lengths: torch.Tensor, *, attentions: bool = False) -> LayerOutputs:
         base = self._base()
         mask = (torch.arange(speech.shape[1], device=speech.device)[None, :] < lengths[:, None]).long()
+        if self.normalize:
+            from kd.hf_input import normalize_waveforms
+
+            speech = normalize_waveforms(speech, lengths)
         out = base(speech, attention_mask=mask, output_hidden_states=True, output_attentions=attentions)
         frames = base._get_feat_extract_output_lengths(lengths).long()
         att = list(out.attentions) if attentions else None
@@ -86,8 +94,12 @@ class HFSpeechEncoder:
 
 
 def load_hf_encoder(model_dir: str, *, device: str | torch.device = "cpu") -> HFSpeechEncoder:
-    """Load a local Hugging Face checkpoint folder with eager attention."""
+    """Load a local Hugging Face checkpoint folder with eager attention and its input convention."""
     from transformers import AutoConfig, AutoModel
+
+    from kd.hf_input import read_input_spec
+
+    spec = read_input_spec(model_dir)
 
     config = AutoConfig.from_pretrained(model_dir)
     arch = (config.architectures or [""])[0]
@@ -97,7 +109,7 @@ def load_hf_encoder(model_dir: str, *, device: str | torch.device = "cpu") -> HF
         model = getattr(transformers, arch).from_pretrained(model_dir, attn_implementation="eager")
     else:
         model = AutoModel.from_pretrained(model_dir, attn_implementation="eager")
-    return HFSpeechEncoder(model.to(device))
+    return HFSpeechEncoder(model.to(device), normalize=spec.normalize)
 
 
 def _windowed(model: LayerwiseModel, utt: str, speech: torch.Tensor, window: int,
@@ -105,7 +117,8 @@ def _windowed(model: LayerwiseModel, utt: str, speech: torch.Tensor, window: int
     """Run one long utterance ``[samples]`` in consecutive windows of ``window`` samples.
 
     Each window is run on its own (no context across window edges) and the frames are
-    concatenated; attention maps are not kept (they would be block-diagonal). Memory then
+    concatenated; attention maps are not kept (they would be block-diagonal). A model that
+    normalises its input (``HFSpeechEncoder.normalize``) normalises each window on its own. Memory then
     grows with the window, not with the utterance. A model's frame count per window can be
     one less than window / hop, so frame times drift by up to one frame per window; a tail
     shorter than ``min_tail`` samples is dropped.

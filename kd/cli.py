@@ -103,7 +103,10 @@ def _eval(args: argparse.Namespace) -> int:
     from kd.decode import DecodeConfig, DecodeMethod
     from kd.evaluate import evaluate
 
-    config = DecodeConfig(method=DecodeMethod[args.method.upper().replace("-", "_")], beam_size=args.beam_size,
+    from kd.hf_ctc import is_hf_model_folder
+
+    method = args.method or ("ctc-greedy" if is_hf_model_folder(args.model_dir) else "beam")
+    config = DecodeConfig(method=DecodeMethod[method.upper().replace("-", "_")], beam_size=args.beam_size,
                           ctc_weight=args.ctc_weight, penalty=args.penalty, maxlenratio=args.maxlenratio)
     report = evaluate(args.model_dir, args.data, config, device=args.device, out_dir=args.out, progress=True)
     print(report.to_markdown())
@@ -397,11 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
     sf.set_defaults(run=_ssl_finetune)
 
-    ev = sub.add_parser("eval", help="WER/CER per domain, parameters and real-time factor of an ASR model dir")
-    ev.add_argument("model_dir")
+    ev = sub.add_parser("eval", help="WER/CER per domain, parameters and real-time factor of an ASR model dir "
+                                     "or a Hugging Face CTC checkpoint folder")
+    ev.add_argument("model_dir", help="a kd model dir (config.yaml), or a Hugging Face *ForCTC folder (config.json, "
+                                      "vocab.json or tokens.txt) or compressed student of one")
     ev.add_argument("--data", nargs="+", required=True, help="one or more data dirs")
     ev.add_argument("--out", default=None, help="folder for report.json, report.md, hyp.txt, utterances.jsonl")
-    ev.add_argument("--method", default="beam", choices=["beam", "ctc-greedy"])
+    ev.add_argument("--method", default=None, choices=["beam", "ctc-greedy"],
+                    help="default: beam for a kd model dir, ctc-greedy (the only one) for a Hugging Face CTC folder")
     ev.add_argument("--beam-size", type=int, default=10)
     ev.add_argument("--ctc-weight", type=float, default=0.3)
     ev.add_argument("--penalty", type=float, default=0.0)

@@ -30,7 +30,8 @@ from typing import Any, Sequence
 import torch
 
 from kd.data.text import normalize_text
-from kd.decode import DecodeConfig, decode_ids
+from kd.decode import DecodeConfig, DecodeMethod, decode_ids
+from kd.hf_ctc import CTCTranscriber, greedy_ctc_decode, is_hf_model_folder
 from kd.io import atomic_write_text, write_json
 
 __all__ = ["EvalReport", "Score", "UttResult", "evaluate", "score_texts"]
@@ -102,7 +103,7 @@ class EvalReport:
     decode: dict[str, Any]
     device: str
     torch_threads: int
-    num_parameters: int  # the ESPnet model that decoding runs
+    num_parameters: int  # the ESPnet model that decoding runs (a Hugging Face model: all, shared ones once)
     num_parameters_total: int  # plus the uncertainty head (training only)
     audio_seconds: float
     decode_seconds: float
@@ -172,7 +173,9 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
     """Decode every utterance of ``data_dirs`` with the model of ``model_dir`` and score it.
 
     Args:
-        model_dir: a model directory (:mod:`kd.model_dir`).
+        model_dir: a model directory (:mod:`kd.model_dir`), or a Hugging Face ``*ForCTC``
+            checkpoint folder or compressed student of one (:mod:`kd.hf_ctc`: greedy CTC
+            decoding only, inputs prepared as its ``preprocessor_config.json`` says).
         data_dirs: Kaldi/ESPnet data dirs (a list, even for one).
         config: decoding settings.
         device: where the model runs.
@@ -192,8 +195,30 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
     if not data_dirs:
         raise ValueError("data_dirs: expected at least one data dir, found none")
     device = torch.device(device)
-    model, tokenizer = load_model_dir(model_dir, device=str(device))
-    sample_rate = model.config.sample_rate
+    if is_hf_model_folder(model_dir):  # a Hugging Face CTC checkpoint: greedy CTC decoding
+        if config.method is not DecodeMethod.CTC_GREEDY or lm is not None:
+            raise ValueError(f"{model_dir}: a Hugging Face CTC model decodes with method ctc_greedy and no LM, found "
+                             f"method {config.method.value}{' with an LM' if lm is not None else ''}")
+        transcriber = CTCTranscriber.from_folder(model_dir, device=device)
+        sample_rate = transcriber.spec.sampling_rate
+        num_parameters = num_parameters_total = transcriber.num_parameters
+
+        def run(batch) -> list[list[int]]:
+            logits, frames = transcriber.logits(batch.speech, batch.speech_lengths)
+            return greedy_ctc_decode(logits, frames, blank=transcriber.blank, drop=transcriber.drop)
+
+        to_text = transcriber.decode
+    else:
+        model, tokenizer = load_model_dir(model_dir, device=str(device))
+        sample_rate = model.config.sample_rate
+        num_parameters = sum(p.numel() for p in model.espnet.parameters())
+        num_parameters_total = sum(p.numel() for p in model.parameters())
+
+        def run(batch) -> list[list[int]]:
+            return decode_ids(model, batch.speech.to(device), batch.speech_lengths.to(device), config, lm=lm,
+                              token_list=tokenizer.tokens)
+
+        to_text = tokenizer.decode
 
     datasets, seen = [], {}
     for d in data_dirs:
@@ -205,10 +230,6 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
         datasets.append(AudioDataset(data, sample_rate=sample_rate))
     if not seen:
         raise ValueError(f"data_dirs: expected utterances, found none in {[str(d) for d in data_dirs]}")
-
-    def run(batch) -> list[list[int]]:
-        return decode_ids(model, batch.speech.to(device), batch.speech_lengths.to(device), config, lm=lm,
-                          token_list=tokenizer.tokens)
 
     if warmup:  # first-call costs (allocator, kernels, lazy imports) are not the model's speed
         run(collate([datasets[0][0]]))
@@ -233,7 +254,7 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
             _sync(device)
             decode_seconds += time.perf_counter() - start
             for i, seq in zip(indices, ids):
-                hyps[i] = normalize_text(tokenizer.decode(seq))
+                hyps[i] = normalize_text(to_text(seq))
             if bar is not None:
                 bar.update(len(indices))
         for i, u in enumerate(dataset.data.utterances):
@@ -250,8 +271,8 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
         decode=config.to_dict(),
         device=str(device),
         torch_threads=torch.get_num_threads(),
-        num_parameters=sum(p.numel() for p in model.espnet.parameters()),
-        num_parameters_total=sum(p.numel() for p in model.parameters()),
+        num_parameters=num_parameters,
+        num_parameters_total=num_parameters_total,
         audio_seconds=audio_seconds,
         decode_seconds=decode_seconds,
         rtf=decode_seconds / audio_seconds,

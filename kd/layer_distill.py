@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kd.hf_input import InputSpec, read_input_spec, write_input_spec
 from kd.io import atomic_write_text, clear_done, is_done, mark_done
 from kd.plan import CompressionPlan
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, load_pooled, make_accelerator,
@@ -185,12 +186,14 @@ def _model_digest(model: nn.Module) -> list:
 
 def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan,
                    data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                   config: LayerDistillConfig, *, progress: bool = True) -> StageResult:
+                   config: LayerDistillConfig, *, input_spec: InputSpec = InputSpec(),
+                   progress: bool = True) -> StageResult:
     """Train ``student`` (in place) to predict ``teacher``'s layers as ``plan.teacher_to_student()`` maps them.
 
     teacher, student: Hugging Face wav2vec 2.0 / HuBERT / WavLM models (any head; their encoders
     are used) with the same feature encoder frame rate; the student has
-    ``plan.num_student_layers`` Transformer layers. A finished stage (same config, plan, data
+    ``plan.num_student_layers`` Transformer layers. ``input_spec``: the teacher's input
+    convention (:mod:`kd.hf_input`), used for both models and saved with the student. A finished stage (same config, plan, data
     and initial weights) is skipped, leaving ``student`` untouched: load the result from
     ``StageResult.model_dir`` with :func:`kd.compression.load_student`.
     """
@@ -206,6 +209,7 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
                          f"{list(plan.keep_layers)}), found {_depth(student)}")
     out_dir = Path(out_dir)
     key = {"stage": "layer-distill", "config": config.to_dict(), "plan": plan.to_dict(),
+           "input": dataclasses.asdict(input_spec),
            "data_dirs": [str(Path(d).resolve()) for d in data_dirs], "teacher": _model_digest(teacher),
            "student": _model_digest(student)}
     if is_done(out_dir, key):
@@ -240,9 +244,10 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
 
     def compute(batch):
         mask = attention_mask(batch.speech_lengths, batch.speech.shape[1])
+        speech = input_spec.prepare(batch.speech, batch.speech_lengths)
         with torch.no_grad(), accelerator.autocast():
-            hidden = t_base(batch.speech, attention_mask=mask, output_hidden_states=True).hidden_states
-        predictions = module(batch.speech, mask)
+            hidden = t_base(speech, attention_mask=mask, output_hidden_states=True).hidden_states
+        predictions = module(speech, mask)
         frames = next(iter(predictions.values())).shape[1]
         if hidden[0].shape[1] != frames:
             raise ValueError(f"teacher and student make different numbers of frames ({hidden[0].shape[1]} and "
@@ -266,7 +271,8 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
         from safetensors.torch import save_file
 
         student.eval()
-        write_folder_atomic(out_dir / STUDENT_DIR, lambda f: save_student(student, plan, f))
+        write_folder_atomic(out_dir / STUDENT_DIR,
+                            lambda f: (save_student(student, plan, f), write_input_spec(f, input_spec)))
         head_tensors = {k.removeprefix("heads."): v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
         tmp = out_dir / f".tmp-{HEADS_FILE}"
         save_file(head_tensors, str(tmp))
@@ -296,4 +302,5 @@ def distill_plan(teacher_dir: str | os.PathLike, plan: CompressionPlan | str | o
         plan = CompressionPlan.load(plan)
     teacher = load_speech_model(teacher_dir)
     student = load_speech_model(student_dir) if student_dir is not None else compress(teacher, plan)
-    return distill_layers(teacher, student, plan, data_dirs, out_dir, config, progress=progress)
+    return distill_layers(teacher, student, plan, data_dirs, out_dir, config, input_spec=read_input_spec(teacher_dir),
+                          progress=progress)

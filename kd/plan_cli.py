@@ -56,7 +56,9 @@ def compress_model_dir(model_dir: str | os.PathLike, plan_path: str | os.PathLik
 
     - A Hugging Face checkpoint folder (``config.json``): a pruned-only student is a standard
       checkpoint (plain ``from_pretrained`` loads it); one with sharing or attention reuse is
-      saved in the toolkit's format (``kd.load_student``).
+      saved in the toolkit's format (``kd.load_student``). The checkpoint's processor files
+      (``preprocessor_config.json``, a CTC model's vocabulary) are copied beside it, so the
+      student is prepared and decoded as the teacher is (``kd eval``, ``kd analyze``).
     - A toolkit ASR model dir (``config.yaml``, see :mod:`kd.model_dir`): the plan applies to the
       encoder, ``decoder_plan_path`` (optional) to the decoder (:func:`kd.compression.asr.asr_student`);
       the student is a model dir that ``kd eval`` reads and training starts from
@@ -79,6 +81,7 @@ def compress_model_dir(model_dir: str | os.PathLike, plan_path: str | os.PathLik
 
     import transformers
     from kd.compression import compress, save_student
+    from kd.hf_input import copy_processor_files
 
     plan = CompressionPlan.load(plan_path)
     config = AutoConfig.from_pretrained(model_dir)
@@ -86,4 +89,8 @@ def compress_model_dir(model_dir: str | os.PathLike, plan_path: str | os.PathLik
     cls = getattr(transformers, arch, None) or transformers.AutoModel
     teacher = cls.from_pretrained(model_dir)
     student = compress(teacher, plan)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    # the student takes the teacher's input convention and vocabulary; copied before the student
+    # file that marks a finished save
+    copy_processor_files(model_dir, out_dir)
     return save_student(student, plan, out_dir)

@@ -5,8 +5,9 @@ Vocabulary: characters of the normalised training transcripts in the toolkit's l
 Hugging Face's CTC head uses ``config.pad_token_id`` as the CTC blank, so ``pad_token_id = 0``
 (= ``<blank>``); label padding is -100; ``<sos/eos>`` is never a target (its logit is unused).
 The model folder holds ``tokens.txt`` (one token a line, id = line number, readable by
-``CharTokenizer.load``), ``vocab.json`` (token -> id) and ``preprocessor_config.json``
-(raw 16 kHz waveforms, no normalisation, attention mask on).
+``CharTokenizer.load``), ``vocab.json`` (token -> id) and ``preprocessor_config.json`` (16 kHz, attention mask on, and
+the pre-trained folder's waveform normalisation: :mod:`kd.hf_input`; the toolkit's own
+pre-training uses raw waveforms). ``kd eval`` scores such a folder (:mod:`kd.hf_ctc`).
 
 Greedy decoding: argmax per frame over the valid frames, repeats merged, blanks (and ``<unk>``)
 dropped. Scoring: jiwer WER and CER after :func:`kd.data.normalize_text` on both sides.
@@ -25,6 +26,8 @@ from typing import Any, Sequence
 
 import torch
 
+from kd.hf_ctc import CTCTranscriber, greedy_ctc_decode
+from kd.hf_input import InputSpec, read_input_spec, write_input_spec
 from kd.io import atomic_write_text, clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, folder_fingerprint, load_pooled,
                            load_speech_model, make_accelerator, make_optimizer, pool_data_dirs,
@@ -79,21 +82,6 @@ def build_ctc_model(source: torch.nn.Module, vocab_size: int, config: CTCConfig)
     return model
 
 
-def greedy_ctc_decode(logits: torch.Tensor, frames: torch.Tensor, *, blank: int = BLANK_ID,
-                      drop: Sequence[int] = ()) -> list[list[int]]:
-    """Best-path CTC decoding.
-
-    logits: [B, T, V]; frames: [B] valid frames per utterance. Returns per utterance the ids of
-    the argmax path with repeats merged and ``blank`` (and any id in ``drop``) removed.
-    """
-    best = logits.argmax(-1).cpu()  # [B, T]
-    out = []
-    for path, n in zip(best, frames.tolist()):
-        merged = torch.unique_consecutive(path[: int(n)]).tolist()
-        out.append([i for i in merged if i != blank and i not in drop])
-    return out
-
-
 def score(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
     """WER and CER (jiwer) after ``normalize_text`` on both sides."""
     import jiwer
@@ -108,34 +96,30 @@ def score(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, flo
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps)), "utterances": len(refs)}
 
 
-@torch.no_grad()
 def transcribe(model: torch.nn.Module, tokenizer, dataset, *, max_batch_seconds: float = 120.0,
-               device: str | torch.device | None = None) -> list[tuple[str, str, str]]:
-    """Greedy transcripts of every utterance of ``dataset``: ``(utt, reference, hypothesis)`` in data order."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+               device: str | torch.device | None = None,
+               spec: InputSpec = InputSpec()) -> list[tuple[str, str, str]]:
+    """Greedy transcripts of every utterance of ``dataset``: ``(utt, reference, hypothesis)`` in data order.
+
+    ``model``: a ``*ForCTC`` model whose blank is id 0 of ``tokenizer`` (a ``CharTokenizer``);
+    ``spec``: its input convention (:mod:`kd.hf_input`).
+    """
+    if device is not None:
+        model = model.to(device)
+    unk = [i for i, t in enumerate(tokenizer.tokens) if t == "<unk>"]
+    transcriber = CTCTranscriber(model, tokenizer.decode, blank=BLANK_ID, drop=unk, spec=spec)
     loader = speech_loader(dataset, dataset.durations(), max_seconds=max_batch_seconds, shuffle=False)
     results = {}
-    unk = [i for i, t in enumerate(tokenizer.tokens) if t == "<unk>"]
     for batch in loader:
-        speech = batch.speech.to(device)
-        mask = attention_mask(batch.speech_lengths, speech.shape[1]).to(device)
-        logits = model(speech, attention_mask=mask).logits  # [B, T, V]
-        frames = model._get_feat_extract_output_lengths(batch.speech_lengths)
-        for utt, ref, ids in zip(batch.utts, batch.texts, greedy_ctc_decode(logits.float(), frames, drop=unk)):
-            results[utt] = (utt, ref, tokenizer.decode(ids))
-    model.train(was_training)
+        for utt, ref, hyp in zip(batch.utts, batch.texts, transcriber(batch.speech, batch.speech_lengths)):
+            results[utt] = (utt, ref, hyp)
     return [results[u.utt] for u in dataset.data.utterances]
 
 
-def _write_vocab(folder: Path, tokenizer) -> None:
-    from transformers import Wav2Vec2FeatureExtractor
-
+def _write_vocab(folder: Path, tokenizer, spec: InputSpec) -> None:
     tokenizer.save(folder / TOKENS_FILE)
     atomic_write_text(folder / VOCAB_FILE, json.dumps({t: i for i, t in enumerate(tokenizer.tokens)}, indent=1) + "\n")
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
-                             return_attention_mask=True).save_pretrained(folder)
+    write_input_spec(folder, spec)
 
 
 def _eval_name(path: str | os.PathLike) -> str:
@@ -145,14 +129,15 @@ def _eval_name(path: str | os.PathLike) -> str:
 
 def evaluate_ctc(model_dir: str | os.PathLike, data_dir: str | os.PathLike, *, device: str = "cpu",
                  max_batch_seconds: float = 120.0) -> dict[str, Any]:
-    """WER/CER of a fine-tuned CTC model folder (with ``tokens.txt``) on one data dir."""
-    from kd.data import CharTokenizer
-
-    tokenizer = CharTokenizer.load(Path(model_dir) / TOKENS_FILE)
-    model = load_speech_model(model_dir).to(device)
-    rows = transcribe(model, tokenizer, load_pooled([data_dir], argument="data_dir"),
-                      max_batch_seconds=max_batch_seconds, device=device)
-    return score([r for _, r, _ in rows], [h for _, _, h in rows])
+    """WER/CER of a fine-tuned CTC model folder (``tokens.txt`` or a Hub ``vocab.json``) on one data dir."""
+    transcriber = CTCTranscriber.from_folder(model_dir, device=device)
+    dataset = load_pooled([data_dir], argument="data_dir")
+    loader = speech_loader(dataset, dataset.durations(), max_seconds=max_batch_seconds, shuffle=False)
+    refs, hyps = [], []
+    for batch in loader:
+        refs += batch.texts
+        hyps += transcriber(batch.speech, batch.speech_lengths)
+    return score(refs, hyps)
 
 
 def finetune_ctc(pretrained_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike],
@@ -200,14 +185,15 @@ def finetune_ctc(pretrained_dir: str | os.PathLike, data_dirs: Sequence[str | os
                            seed=config.optim.seed)
     is_student = (pretrained_dir / STUDENT_FILE).is_file()
     plan = CompressionPlan.load(pretrained_dir / PLAN_FILE) if is_student else None
+    spec = read_input_spec(pretrained_dir)  # the encoder's input convention, kept by the fine-tuned model
     model = build_ctc_model(load_speech_model(pretrained_dir), tokenizer.vocab_size, config)
     optimizer = make_optimizer(model.parameters(), config.optim)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
     def compute(batch):
         labels = batch.tokens.masked_fill(batch.tokens < 0, -100)  # [B, L]
-        out = model(batch.speech, attention_mask=attention_mask(batch.speech_lengths, batch.speech.shape[1]),
-                    labels=labels)
+        out = model(spec.prepare(batch.speech, batch.speech_lengths),
+                    attention_mask=attention_mask(batch.speech_lengths, batch.speech.shape[1]), labels=labels)
         return out.loss, {"loss": out.loss.detach(), "utterances": float(len(batch.utts))}
 
     result = train_loop(accelerator, model, optimizer, loader, config.optim, compute,
@@ -220,14 +206,14 @@ def finetune_ctc(pretrained_dir: str | os.PathLike, data_dirs: Sequence[str | os
             from kd.compression import save_student
 
             write_folder_atomic(out_dir / MODEL_DIR,
-                                lambda f: (save_student(inner, plan, f), _write_vocab(f, tokenizer)))
+                                lambda f: (save_student(inner, plan, f), _write_vocab(f, tokenizer, spec)))
         else:
-            save_pretrained_atomic(inner, out_dir / MODEL_DIR, extra=lambda f: _write_vocab(f, tokenizer))
+            save_pretrained_atomic(inner, out_dir / MODEL_DIR, extra=lambda f: _write_vocab(f, tokenizer, spec))
         for path in eval_dirs:
             name = _eval_name(path)
             with accelerator.autocast():
                 rows = transcribe(inner, tokenizer, load_pooled([path], argument="eval_dirs"),
-                                  max_batch_seconds=config.eval_batch_seconds, device=accelerator.device)
+                                  max_batch_seconds=config.eval_batch_seconds, device=accelerator.device, spec=spec)
             metrics[name] = score([r for _, r, _ in rows], [h for _, _, h in rows])
             atomic_write_text(out_dir / "decode" / f"{name.replace('/', '_')}.txt",
                               "".join(f"{u} {h}\n" for u, _, h in rows))

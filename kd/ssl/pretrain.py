@@ -23,6 +23,7 @@ Output folder::
                         lr, grad_norm, masked_frames, utterances, seconds
     ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
     model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
+                        each model folder with preprocessor_config.json: raw waveforms (kd.hf_input)
     .done.json          completion marker: a re-run with the same config and data skips the stage
 
 Codebook collapse (perplexity near G, contrastive loss near 0 because every negative equals its
@@ -40,6 +41,7 @@ from typing import Sequence
 
 import torch
 
+from kd.hf_input import InputSpec, write_input_spec
 from kd.io import clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
                            make_accelerator, make_optimizer, save_pretrained_atomic, speech_loader, train_loop)
@@ -96,6 +98,11 @@ def build_pretraining_model(config: SSLConfig):
     model.feature_tap = FeatureTap(config.feature_grad_mult)
     model.wav2vec2.feature_extractor.register_forward_hook(model.feature_tap)
     return model
+
+
+def _raw_input(folder: Path) -> None:
+    """Record the input convention of pre-training: raw waveforms, no normalisation (:mod:`kd.hf_input`)."""
+    write_input_spec(folder, InputSpec(normalize=False))
 
 
 def feature_penalty(features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -205,14 +212,14 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
         if step in config.checkpoint_steps:
             accelerator.wait_for_everyone()
             if main:
-                save_pretrained_atomic(inner, out_dir / f"ckpt-{step}")
+                save_pretrained_atomic(inner, out_dir / f"ckpt-{step}", extra=_raw_input)
 
     result = train_loop(accelerator, model, optimizer, loader, config.optim, compute,
                         log=CsvLog(out_dir / LOG_FILE, enabled=main), before_update=before_update,
                         after_update=after_update, desc="ssl pretrain", progress=progress)
     accelerator.wait_for_everyone()
     if main:
-        save_pretrained_atomic(inner, out_dir / MODEL_DIR)
+        save_pretrained_atomic(inner, out_dir / MODEL_DIR, extra=_raw_input)
         mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
                   seconds=round(result.seconds, 3), checkpoints=[s for s, _ in list_checkpoints(out_dir)],
                   finished=time.strftime("%Y-%m-%d %H:%M:%S"))
