@@ -56,7 +56,7 @@ class HFSpeechEncoder:
     padding changes the normalisation statistics, so they are run one utterance at a time.
     ``normalize``: scale each utterance to zero mean and unit variance first, as the
     checkpoint's feature extractor does when its ``do_normalize`` is set
-    (:mod:`kd.hf_input`; :func:`load_hf_encoder` reads it from the folder).
+    (:mod:`analysis.hf_input`; :func:`load_hf_encoder` reads it from the folder).
     """
 
     def __init__(self, model: torch.nn.Module, *, normalize: bool = False):
@@ -82,7 +82,7 @@ class HFSpeechEncoder:
         base = self._base()
         mask = (torch.arange(speech.shape[1], device=speech.device)[None, :] < lengths[:, None]).long()
         if self.normalize:
-            from kd.hf_input import normalize_waveforms
+            from analysis.hf_input import normalize_waveforms
 
             speech = normalize_waveforms(speech, lengths)
         out = base(speech, attention_mask=mask, output_hidden_states=True, output_attentions=attentions)
@@ -97,7 +97,7 @@ def load_hf_encoder(model_dir: str, *, device: str | torch.device = "cpu") -> HF
     """Load a local Hugging Face checkpoint folder with eager attention and its input convention."""
     from transformers import AutoConfig, AutoModel
 
-    from kd.hf_input import read_input_spec
+    from analysis.hf_input import read_input_spec
 
     spec = read_input_spec(model_dir)
 

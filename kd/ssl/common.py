@@ -8,8 +8,9 @@
   so a killed save never looks like a finished one;
 - :func:`load_speech_model`: a Hugging Face checkpoint folder or a compressed-student folder.
 
-Models take raw 16 kHz waveforms in [-1, 1] with zero padding and an attention mask (no
-per-utterance normalisation), the input the toolkit's analysis capture feeds them.
+Batches hold raw 16 kHz waveforms in [-1, 1] with zero padding; each stage passes them with an
+attention mask, normalised first where the model's folder asks for it (:mod:`kd.hf_input`; the
+toolkit's own pre-training uses raw waveforms).
 """
 
 from __future__ import annotations
