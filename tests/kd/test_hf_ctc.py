@@ -252,3 +252,21 @@ def test_normalising_teacher_convention_survives_distillation_and_finetuning(tes
     (metrics,) = result.metrics.values()
     report = evaluate(result.model_dir, [data], _greedy(), warmup=False)
     assert report.overall.wer == pytest.approx(metrics["wer"]) and report.overall.cer == pytest.approx(metrics["cer"])
+
+
+def test_ctc_folder_errors_name_the_file(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from kd.hf_ctc import CTCTranscriber
+
+    folder = _hub_ctc_folder(tmp_path / "hub")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "pad_token_id": 4}))
+    with pytest.raises(ValueError, match="the tokenizer's pad token \\(the CTC blank\\) has id 0, config.json's "
+                                         "pad_token_id is 4"):
+        CTCTranscriber.from_folder(folder)
+    Wav2Vec2Model(Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 conv_dim=(16,), conv_stride=(320,), conv_kernel=(400,), num_conv_pos_embeddings=8,
+                                 num_conv_pos_embedding_groups=2)).save_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match="expected a CTC model .*Wav2Vec2Model, which has no CTC output layer"):
+        CTCTranscriber.from_folder(tmp_path / "base")
