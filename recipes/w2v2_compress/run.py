@@ -36,6 +36,14 @@ from kd.stages import Stage, load_preset, recipe_parser, run_recipe
 HERE = Path(__file__).resolve().parent
 
 
+def _override(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` on top; an ``optim`` mapping is merged field by field."""
+    out = {**base, **overrides}
+    if isinstance(overrides.get("optim"), dict) and isinstance(base.get("optim"), dict):
+        out["optim"] = {**base["optim"], **overrides["optim"]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "w2v2_compress")
     parser.add_argument("--workers", type=int, default=None,
@@ -49,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"workers: expected an integer >= 1, found {workers!r}")
     corpus, domain = out / "corpus", cfg["asr_domain"]
     ssl_data = [corpus / d / "train" for d in cfg["ssl_domains"]]
-    ctc_config = CTCConfig.from_dict({**CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
-                                      **cfg.get("ctc_overrides", {})})
+    ctc_config = CTCConfig.from_dict(_override(CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
+                                               cfg.get("ctc_overrides", {})))
+    # the students' fine-tuning: the teacher's, with student_ctc_overrides on top (a shorter run)
+    student_ctc_config = CTCConfig.from_dict(_override(ctc_config.to_dict(), cfg.get("student_ctc_overrides", {})))
     teacher_dir = out / "ssl/model"
     k = cfg["budget_layers"]
     plan_names = ["analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
@@ -90,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return {name: plan.to_dict() for name, plan in plans.items()}
 
     def stage_distill(done):
-        config = LayerDistillConfig.from_dict({**LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(),
-                                               **cfg.get("distill_overrides", {})})
+        config = LayerDistillConfig.from_dict(_override(LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(),
+                                                        cfg.get("distill_overrides", {})))
         jobs = [Job(name, distill_plan, (teacher_dir, out / "plans" / f"{name}.json", ssl_data, out / "students" / name,
                                          config), {"progress": False}) for name in plan_names]
         return {name: {"steps": r.steps, "seconds": r.seconds}
@@ -99,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_student_ctc(done):
         jobs = [Job(name, finetune_ctc, (out / "students" / name / "student", [corpus / domain / "train"],
-                                         out / "students_ctc" / name, ctc_config),
+                                         out / "students_ctc" / name, student_ctc_config),
                     {"eval_dirs": [corpus / domain / "test"], "progress": False}) for name in plan_names]
         return {name: {"steps": r.steps, "eval": r.metrics}
                 for name, r in zip(plan_names, run_jobs(jobs, workers=workers))}
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         Stage(5, "plans", stage_plans, {"budget": k, "reuse": cfg["reuse_threshold"]}, "equal-budget plans"),
         Stage(6, "distill", stage_distill, {"preset": cfg["distill_preset"], "overrides": cfg.get("distill_overrides", {})},
               "layer-to-layer distillation"),
-        Stage(7, "student-ctc", stage_student_ctc, ctc_config.to_dict(), "CTC fine-tuning of every student"),
+        Stage(7, "student-ctc", stage_student_ctc, student_ctc_config.to_dict(), "CTC fine-tuning of every student"),
         Stage(8, "speed", stage_speed, cfg["speed"], "latency"),
         Stage(9, "table", stage_table, {}, "results table"),
     ]

@@ -22,6 +22,13 @@ def test_plans_students_and_table(tmp_path, capsys, load_recipe):
     assert (out / "results.md").read_text() in printed
     for name in names[1:]:
         assert (out / "students_ctc" / name / "model").is_dir()
+    # student_ctc_overrides: fewer updates for the students, every other setting the teacher's
+    teacher = json.loads((out / "teacher_ctc" / "ctc_config.json").read_text())
+    student = json.loads((out / "students_ctc" / "first-k" / "ctc_config.json").read_text())
+    assert teacher["optim"]["steps"] == 4 and student["optim"]["steps"] == 3
+    assert {**student["optim"], "steps": 4} == teacher["optim"] and {**student, "optim": None} == {
+        **teacher, "optim": None}
+    assert json.loads((out / "students_ctc" / "first-k" / "results.json").read_text())["steps"] == 3
 
 
 def test_plans_on_two_worker_processes_equal_the_plans_one_after_another(tmp_path, capsys, load_recipe):
