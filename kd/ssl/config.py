@@ -1,8 +1,9 @@
 """Configurations of the self-supervised teacher stages: pre-training, CTC fine-tuning, optimisation.
 
 Three frozen, versioned dataclasses, each with ``tiny`` (CPU unit tests, seconds), ``cpu`` (a few
-minutes on 2 CPU cores) and ``gpu`` (wav2vec 2.0 base, 12 x 768, each stage within about
-9 minutes on one H100) presets:
+minutes on 2 CPU cores; CTC fine-tuning about 40 minutes, the updates it needs to leave the
+blank-only plateau) and ``gpu`` (wav2vec 2.0 base, 12 x 768, each stage within about 9 minutes
+on one H100) presets:
 
 - :class:`OptimSettings`: the optimisation and batching part shared by every stage
   (AdamW, linear warmup then cosine decay, gradient accumulation, clipping, mixed precision);
