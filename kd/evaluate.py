@@ -31,7 +31,7 @@ import torch
 
 from kd.data.text import normalize_text
 from kd.decode import DecodeConfig, DecodeMethod, decode_ids
-from kd.hf_ctc import CTCTranscriber, greedy_ctc_decode, is_hf_model_folder
+from kd.hf_ctc import CTCTranscriber, is_hf_model_folder
 from kd.io import atomic_write_text, write_json
 
 __all__ = ["EvalReport", "Score", "UttResult", "evaluate", "score_texts"]
@@ -204,8 +204,7 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
         num_parameters = num_parameters_total = transcriber.num_parameters
 
         def run(batch) -> list[list[int]]:
-            logits, frames = transcriber.logits(batch.speech, batch.speech_lengths)
-            return greedy_ctc_decode(logits, frames, blank=transcriber.blank, drop=transcriber.drop)
+            return transcriber.ids(batch.speech, batch.speech_lengths)
 
         to_text = transcriber.decode
     else:

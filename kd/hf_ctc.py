@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from kd.hf_input import InputSpec, read_input_spec
+from kd.ssl.common import attention_mask
 
 __all__ = ["CTCTranscriber", "greedy_ctc_decode", "is_hf_model_folder"]
 
@@ -135,18 +136,30 @@ class CTCTranscriber:
             for i, p in enumerate(parts):
                 out[i, : p.shape[0]] = p
             return out, frames
-        prepared = self.spec.prepare(speech, lengths)
-        mask = None
-        if self.batch_consistent:
-            mask = (torch.arange(speech.shape[1], device=self.device)[None, :] < lengths[:, None]).long()
-        return self.model(prepared, attention_mask=mask).logits.float(), frames
+        mask = attention_mask(lengths, speech.shape[1]) if self.batch_consistent else None
+        return self.model(self.spec.prepare(speech, lengths), attention_mask=mask).logits.float(), frames
 
-    def __call__(self, speech: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """Greedy transcripts of a padded batch ``speech`` [B, S] with ``lengths`` [B] valid samples."""
+    def ids(self, speech: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """Greedy CTC ids (repeats merged; blanks and ``drop`` removed) of a padded batch, in eval mode."""
         was_training = self.model.training
         self.model.eval()
         try:
             logits, frames = self.logits(speech, lengths)
         finally:
             self.model.train(was_training)
-        return [self.decode(ids) for ids in greedy_ctc_decode(logits, frames, blank=self.blank, drop=self.drop)]
+        return greedy_ctc_decode(logits, frames, blank=self.blank, drop=self.drop)
+
+    def __call__(self, speech: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Greedy transcripts of a padded batch ``speech`` [B, S] with ``lengths`` [B] valid samples."""
+        return [self.decode(ids) for ids in self.ids(speech, lengths)]
+
+    def transcribe(self, dataset, *, max_batch_seconds: float = 120.0) -> list[tuple[str, str, str]]:
+        """``(utt, reference, hypothesis)`` for every utterance of ``dataset`` (an ``AudioDataset``), in data order."""
+        from kd.ssl.common import speech_loader
+
+        loader = speech_loader(dataset, dataset.durations(), max_seconds=max_batch_seconds, shuffle=False)
+        results = {}
+        for batch in loader:
+            for utt, ref, hyp in zip(batch.utts, batch.texts, self(batch.speech, batch.speech_lengths)):
+                results[utt] = (utt, ref, hyp)
+        return [results[u.utt] for u in dataset.data.utterances]

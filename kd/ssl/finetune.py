@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from kd.hf_ctc import CTCTranscriber, greedy_ctc_decode
+from kd.hf_ctc import CTCTranscriber, greedy_ctc_decode  # noqa: F401 (greedy_ctc_decode: re-exported)
 from kd.hf_input import InputSpec, read_input_spec, write_input_spec
 from kd.io import atomic_write_text, clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, folder_fingerprint, load_pooled,
@@ -108,12 +108,7 @@ def transcribe(model: torch.nn.Module, tokenizer, dataset, *, max_batch_seconds:
         model = model.to(device)
     unk = [i for i, t in enumerate(tokenizer.tokens) if t == "<unk>"]
     transcriber = CTCTranscriber(model, tokenizer.decode, blank=BLANK_ID, drop=unk, spec=spec)
-    loader = speech_loader(dataset, dataset.durations(), max_seconds=max_batch_seconds, shuffle=False)
-    results = {}
-    for batch in loader:
-        for utt, ref, hyp in zip(batch.utts, batch.texts, transcriber(batch.speech, batch.speech_lengths)):
-            results[utt] = (utt, ref, hyp)
-    return [results[u.utt] for u in dataset.data.utterances]
+    return transcriber.transcribe(dataset, max_batch_seconds=max_batch_seconds)
 
 
 def _write_vocab(folder: Path, tokenizer, spec: InputSpec) -> None:
@@ -130,14 +125,9 @@ def _eval_name(path: str | os.PathLike) -> str:
 def evaluate_ctc(model_dir: str | os.PathLike, data_dir: str | os.PathLike, *, device: str = "cpu",
                  max_batch_seconds: float = 120.0) -> dict[str, Any]:
     """WER/CER of a fine-tuned CTC model folder (``tokens.txt`` or a Hub ``vocab.json``) on one data dir."""
-    transcriber = CTCTranscriber.from_folder(model_dir, device=device)
-    dataset = load_pooled([data_dir], argument="data_dir")
-    loader = speech_loader(dataset, dataset.durations(), max_seconds=max_batch_seconds, shuffle=False)
-    refs, hyps = [], []
-    for batch in loader:
-        refs += batch.texts
-        hyps += transcriber(batch.speech, batch.speech_lengths)
-    return score(refs, hyps)
+    rows = CTCTranscriber.from_folder(model_dir, device=device).transcribe(
+        load_pooled([data_dir], argument="data_dir"), max_batch_seconds=max_batch_seconds)
+    return score([r for _, r, _ in rows], [h for _, _, h in rows])
 
 
 def finetune_ctc(pretrained_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike],
