@@ -29,12 +29,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from kd.io import MARKER_NAME, clear_done, is_done, mark_done
 
-__all__ = ["Stage", "StageOutcome", "add_stage_arguments", "load_preset", "recipe_parser", "run_recipe",
-           "run_stages", "stage_dir"]
+__all__ = ["Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument", "load_preset", "preset_workers",
+           "recipe_parser", "run_recipe", "run_stages", "stage_dir"]
 
 STAGES_DIR = "stages"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -147,6 +147,25 @@ def recipe_parser(doc: str, config: Path, name: str) -> argparse.ArgumentParser:
     parser.set_defaults(recipe=name)
     add_stage_arguments(parser)
     return parser
+
+
+def add_workers_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--workers N``: ``what`` (a recipe's independent runs) side by side (:mod:`kd.parallel`)."""
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"{what} side by side, each on its share of the cores (default: the preset's "
+                             f"workers, else 1; see kd.parallel)")
+
+
+def preset_workers(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: Mapping[str, Any]) -> int:
+    """``--workers``, else the preset's ``workers``, else 1; a parser error unless an integer >= 1.
+
+    Not part of any stage's settings: the runs are the same runs, their floating-point sums
+    taken over fewer threads.
+    """
+    workers = args.workers if args.workers is not None else cfg.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        parser.error(f"workers: expected an integer >= 1, found {workers!r}")
+    return workers
 
 
 def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:

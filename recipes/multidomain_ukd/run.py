@@ -34,7 +34,7 @@ from kd.model_dir import load_model_dir, save_model_dir
 from kd.parallel import Job, run_jobs
 from kd.plan import CompressionPlan
 from kd.plan_cli import PlanMethod, plan_from_report
-from kd.stages import Stage, load_preset, recipe_parser, run_recipe
+from kd.stages import Stage, add_workers_argument, load_preset, preset_workers, recipe_parser, run_recipe
 from kd.train import train
 from kd.training.config import TrainConfig
 
@@ -44,18 +44,12 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "multidomain_ukd")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="training runs side by side, each on its share of the cores (default: the preset's "
-                             "workers, else 1; see kd.parallel)")
+    add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args)
     if args.seeds:
         cfg["seeds"] = args.seeds
-    # how many training runs at once; not part of any stage's settings (the runs are the same runs,
-    # their floating-point sums taken over fewer threads)
-    workers = args.workers if args.workers is not None else cfg.get("workers", 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        parser.error(f"workers: expected an integer >= 1, found {workers!r}")
+    workers = preset_workers(parser, args, cfg)  # how many training runs at once
     corpus = out / "corpus"
     domains, target = cfg["teacher_domains"], cfg["target_domain"]
     tokens = out / "tokens.txt"

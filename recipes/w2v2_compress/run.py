@@ -31,7 +31,7 @@ from kd.plan_cli import PlanMethod, plan_from_report
 from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
 from kd.ssl.pretrain import pretrain
-from kd.stages import Stage, load_preset, recipe_parser, run_recipe
+from kd.stages import Stage, add_workers_argument, load_preset, preset_workers, recipe_parser, run_recipe
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,15 +46,10 @@ def _override(base: dict, overrides: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "w2v2_compress")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="plans distilled and fine-tuned side by side, each on its share of the cores "
-                             "(default: the preset's workers, else 1; see kd.parallel)")
+    add_workers_argument(parser, "plans distilled and fine-tuned")
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args)
-    # not part of any stage's settings: the same runs, their sums taken over fewer threads
-    workers = args.workers if args.workers is not None else cfg.get("workers", 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        parser.error(f"workers: expected an integer >= 1, found {workers!r}")
+    workers = preset_workers(parser, args, cfg)
     corpus, domain = out / "corpus", cfg["asr_domain"]
     ssl_data = [corpus / d / "train" for d in cfg["ssl_domains"]]
     ctc_config = CTCConfig.from_dict(_override(CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
