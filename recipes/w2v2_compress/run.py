@@ -24,6 +24,7 @@ from pathlib import Path
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.bench_speed import bench_speed
 from kd.corpus.synth import build_corpus
+from kd.experiment import merge_sections
 from kd.io import atomic_write_text, write_json
 from kd.layer_distill import LayerDistillConfig, distill_plan
 from kd.parallel import Job, run_jobs
@@ -36,14 +37,6 @@ from kd.stages import Stage, add_workers_argument, load_preset, preset_workers, 
 HERE = Path(__file__).resolve().parent
 
 
-def _override(base: dict, overrides: dict) -> dict:
-    """``base`` with ``overrides`` on top; an ``optim`` mapping is merged field by field."""
-    out = {**base, **overrides}
-    if isinstance(overrides.get("optim"), dict) and isinstance(base.get("optim"), dict):
-        out["optim"] = {**base["optim"], **overrides["optim"]}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "w2v2_compress")
     add_workers_argument(parser, "plans distilled and fine-tuned")
@@ -52,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     workers = preset_workers(parser, args, cfg)
     corpus, domain = out / "corpus", cfg["asr_domain"]
     ssl_data = [corpus / d / "train" for d in cfg["ssl_domains"]]
-    ctc_config = CTCConfig.from_dict(_override(CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
-                                               cfg.get("ctc_overrides", {})))
+    # overrides merge into the preset mapping by mapping (an optim override keeps the other optim fields)
+    ctc_config = CTCConfig.from_dict(merge_sections(CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
+                                                    cfg.get("ctc_overrides", {})))
     # the students' fine-tuning: the teacher's, with student_ctc_overrides on top (a shorter run)
-    student_ctc_config = CTCConfig.from_dict(_override(ctc_config.to_dict(), cfg.get("student_ctc_overrides", {})))
+    student_ctc_config = CTCConfig.from_dict(merge_sections(ctc_config.to_dict(), cfg.get("student_ctc_overrides", {})))
     teacher_dir = out / "ssl/model"
     k = cfg["budget_layers"]
     plan_names = ["analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
@@ -95,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return {name: plan.to_dict() for name, plan in plans.items()}
 
     def stage_distill(done):
-        config = LayerDistillConfig.from_dict(_override(LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(),
-                                                        cfg.get("distill_overrides", {})))
+        config = LayerDistillConfig.from_dict(merge_sections(
+            LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(), cfg.get("distill_overrides", {})))
         jobs = [Job(name, distill_plan, (teacher_dir, out / "plans" / f"{name}.json", ssl_data, out / "students" / name,
                                          config), {"progress": False}) for name in plan_names]
         return {name: {"steps": r.steps, "seconds": r.seconds}
