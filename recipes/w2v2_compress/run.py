@@ -8,10 +8,15 @@ Stages (each skipped when finished with the same settings; see kd.stages):
   3 teacher-ctc   CTC fine-tuning of the teacher: its WER is the reference
   4 analysis      kd analyze of the pre-trained teacher
   5 plans         equal-budget plans: analysis-driven, first-k, every-k, linspace; sharing; attention reuse
-  6 distill       per plan: student = compress(teacher, plan), then layer-to-layer distillation
+  6 distill       per plan and seed: student = compress(teacher, plan), then layer-to-layer distillation
   7 student-ctc   CTC fine-tuning of every student
   8 speed         parameters, latency and real-time factor (kd bench speed protocol)
-  9 table         results.md / results.json, printed
+  9 table         results.md / results.json (error rates: mean ± std over the seeds), printed
+
+Seeds (``seeds`` in the preset, or ``--seeds``) vary the student runs: the prediction and CTC
+heads' initialisation, batch order and dropout (``optim.seed`` of both trainings); the teacher,
+its analysis and the plans are one. Seed 0's runs are in ``students/`` and ``students_ctc/`` (the
+layout of a one-seed run), seed s's in ``students-seed<s>/`` and ``students_ctc-seed<s>/``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.bench_speed import bench_speed
 from kd.corpus.synth import build_corpus
-from kd.experiment import merge_sections
+from kd.experiment import mean_std, merge_sections
 from kd.io import atomic_write_text, write_json
 from kd.layer_distill import LayerDistillConfig, distill_plan
 from kd.parallel import Job, run_jobs
@@ -39,10 +44,14 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "w2v2_compress")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     add_workers_argument(parser, "plans distilled and fine-tuned")
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args)
     workers = preset_workers(parser, args, cfg)
+    seeds = list(args.seeds or cfg.get("seeds", [0]))
+    if not seeds or len(set(seeds)) != len(seeds):
+        parser.error(f"seeds: expected distinct integers, found {seeds}")
     corpus, domain = out / "corpus", cfg["asr_domain"]
     ssl_data = [corpus / d / "train" for d in cfg["ssl_domains"]]
     # overrides merge into the preset mapping by mapping (an optim override keeps the other optim fields)
@@ -51,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     # the students' fine-tuning: the teacher's, with student_ctc_overrides on top (a shorter run)
     student_ctc_config = CTCConfig.from_dict(merge_sections(ctc_config.to_dict(), cfg.get("student_ctc_overrides", {})))
     teacher_dir = out / "ssl/model"
+
+    def runs_dir(kind: str, seed: int) -> Path:  # students / students_ctc, per seed
+        return out / (kind if seed == 0 else f"{kind}-seed{seed}")
+
+    def seeded(config, seed: int):  # the same run with optim.seed = seed
+        return type(config).from_dict(merge_sections(config.to_dict(), {"optim": {"seed": seed}}))
+
+    cells = [(seed, name) for seed in seeds for name in ["analysis", "first-k", "every-k", "linspace",
+                                                         "analysis-shared", "attention-reuse"]]
     k = cfg["budget_layers"]
     plan_names = ["analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
 
@@ -91,20 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     def stage_distill(done):
         config = LayerDistillConfig.from_dict(merge_sections(
             LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(), cfg.get("distill_overrides", {})))
-        jobs = [Job(name, distill_plan, (teacher_dir, out / "plans" / f"{name}.json", ssl_data, out / "students" / name,
-                                         config), {"progress": False}) for name in plan_names]
-        return {name: {"steps": r.steps, "seconds": r.seconds}
-                for name, r in zip(plan_names, run_jobs(jobs, workers=workers))}
+        jobs = [Job(f"{name} seed {seed}", distill_plan,
+                    (teacher_dir, out / "plans" / f"{name}.json", ssl_data, runs_dir("students", seed) / name,
+                     seeded(config, seed)), {"progress": False}) for seed, name in cells]
+        results: dict[str, dict] = {str(seed): {} for seed in seeds}
+        for (seed, name), r in zip(cells, run_jobs(jobs, workers=workers)):
+            results[str(seed)][name] = {"steps": r.steps, "seconds": r.seconds}
+        return results
 
     def stage_student_ctc(done):
-        jobs = [Job(name, finetune_ctc, (out / "students" / name / "student", [corpus / domain / "train"],
-                                         out / "students_ctc" / name, student_ctc_config),
-                    {"eval_dirs": [corpus / domain / "test"], "progress": False}) for name in plan_names]
-        return {name: {"steps": r.steps, "eval": r.metrics}
-                for name, r in zip(plan_names, run_jobs(jobs, workers=workers))}
+        jobs = [Job(f"{name} seed {seed}", finetune_ctc,
+                    (runs_dir("students", seed) / name / "student", [corpus / domain / "train"],
+                     runs_dir("students_ctc", seed) / name, seeded(student_ctc_config, seed)),
+                    {"eval_dirs": [corpus / domain / "test"], "progress": False}) for seed, name in cells]
+        results: dict[str, dict] = {str(seed): {} for seed in seeds}
+        for (seed, name), r in zip(cells, run_jobs(jobs, workers=workers)):
+            results[str(seed)][name] = {"steps": r.steps, "eval": r.metrics}
+        return results
 
-    def stage_speed(done):
-        models = [out / "teacher_ctc/model"] + [out / "students_ctc" / n / "model" for n in plan_names]
+    def stage_speed(done):  # one seed's students: the seeds differ in weights, not in architecture
+        models = [out / "teacher_ctc/model"] + [runs_dir("students_ctc", seeds[0]) / n / "model" for n in plan_names]
         rows = bench_speed(models, names=["teacher", *plan_names], **cfg["speed"])
         write_json(out / "speed.json", rows)
         return {"rows": len(rows)}
@@ -112,24 +136,37 @@ def main(argv: list[str] | None = None) -> int:
     def stage_table(done):
         speed = json.loads((out / "speed.json").read_text(encoding="utf-8"))
         batch_sizes = sorted({r["batch_size"] for r in speed})
-        wer = {"teacher": done["teacher-ctc"]["eval"], **{n: done["student-ctc"][n]["eval"] for n in plan_names}}
+        first = lambda e: next(iter(e.values()))  # noqa: E731  (one eval dir: DOMAIN/test)
+        # per model, its runs' {wer, cer}: the teacher's one run, each student's per seed
+        runs = {"teacher": {"teacher": first(done["teacher-ctc"]["eval"])},
+                **{n: {str(seed): first(done["student-ctc"][str(seed)][n]["eval"]) for seed in seeds}
+                   for n in plan_names}}
+        summary = {name: {m: dict(zip(("mean", "std", "runs"), mean_std(r[m] for r in by_seed.values())))
+                          for m in ("wer", "cer")} for name, by_seed in runs.items()}
+        fmt = lambda s: f"{s['mean'] * 100:.1f}" + (f" ± {s['std'] * 100:.1f}" if s["runs"] > 1 else "")  # noqa: E731
         plans = done["plans"]
         header = ["model", "teacher layers kept", "shared / reuse groups", "params",
-                  *[f"latency b={b} (ms)" for b in batch_sizes], f"{domain} test WER (%)", "CER (%)"]
+                  *[f"latency b={b} (ms)" for b in batch_sizes], f"{domain} test WER (%)", "CER (%)", "runs"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name in ["teacher", *plan_names]:
             rows = {r["batch_size"]: r for r in speed if r["model"] == name}
-            scores = next(iter(wer[name].values()))
             plan = plans.get(name, {})
             groups = [g for g in plan.get("share_groups", []) + plan.get("attention_reuse", []) if len(g) > 1]
             lines.append("| " + " | ".join([
                 name, str(plan.get("keep_layers", "all")), str(groups) if groups else "",
                 f"{rows[batch_sizes[0]]['parameters'] / 1e6:.2f}M",
                 *[f"{rows[b]['latency_ms']:.1f}" for b in batch_sizes],
-                f"{scores['wer'] * 100:.1f}", f"{scores['cer'] * 100:.1f}"]) + " |")
+                fmt(summary[name]["wer"]), fmt(summary[name]["cer"]), str(summary[name]["wer"]["runs"])]) + " |")
+        per_seed = ["| model | " + " | ".join(f"seed {s} WER / CER (%)" for s in seeds) + " |",
+                    "|---|" + "---|" * len(seeds)]
+        for name in plan_names:
+            per_seed.append(f"| {name} | " + " | ".join(
+                f"{runs[name][str(s)]['wer'] * 100:.1f} / {runs[name][str(s)]['cer'] * 100:.1f}" for s in seeds) + " |")
         device = speed[0]["device"]
-        text = (f"wav2vec 2.0 teacher and students of {k} layers (speed on {device})\n\n" + "\n".join(lines) + "\n")
-        write_json(out / "results.json", {"wer": wer, "speed": speed, "plans": plans})
+        text = (f"wav2vec 2.0 teacher and students of {k} layers (speed on {device}); students' error rates: "
+                f"mean ± std over seeds {seeds}\n\n" + "\n".join(lines) + "\n\nPer seed\n\n" + "\n".join(per_seed) + "\n")
+        write_json(out / "results.json", {"wer": runs, "summary": summary, "seeds": seeds, "speed": speed,
+                                          "plans": plans})
         atomic_write_text(out / "results.md", text)
         print(text)
 
@@ -141,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         Stage(3, "teacher-ctc", stage_teacher_ctc, ctc_config.to_dict(), "CTC fine-tuning of the teacher"),
         Stage(4, "analysis", stage_analysis, cfg["analysis"], "analyse the pre-trained teacher"),
         Stage(5, "plans", stage_plans, {"budget": k, "reuse": cfg["reuse_threshold"]}, "equal-budget plans"),
-        Stage(6, "distill", stage_distill, {"preset": cfg["distill_preset"], "overrides": cfg.get("distill_overrides", {})},
-              "layer-to-layer distillation"),
-        Stage(7, "student-ctc", stage_student_ctc, student_ctc_config.to_dict(), "CTC fine-tuning of every student"),
-        Stage(8, "speed", stage_speed, cfg["speed"], "latency"),
+        Stage(6, "distill", stage_distill, {"preset": cfg["distill_preset"], "overrides": cfg.get("distill_overrides", {}),
+                                            "seeds": seeds}, "layer-to-layer distillation"),
+        Stage(7, "student-ctc", stage_student_ctc, {**student_ctc_config.to_dict(), "seeds": seeds},
+              "CTC fine-tuning of every student"),
+        Stage(8, "speed", stage_speed, {**cfg["speed"], "seed": seeds[0]}, "latency"),
         Stage(9, "table", stage_table, {}, "results table"),
     ]
     run_recipe(stages, out, args)

@@ -12,6 +12,16 @@ def test_plans_students_and_table(tmp_path, capsys, load_recipe):
     results = json.loads((out / "results.json").read_text())
     names = ["teacher", "analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
     assert sorted(results["wer"]) == sorted(names)
+    # the smoke preset's two seeds: every student twice, aggregated as mean and sample std
+    assert results["seeds"] == [0, 1] and list(results["wer"]["teacher"]) == ["teacher"]
+    for name in names[1:]:
+        assert list(results["wer"][name]) == ["0", "1"]
+        for m in ("wer", "cer"):
+            values = [results["wer"][name][s][m] for s in ("0", "1")]
+            summary = results["summary"][name][m]
+            assert summary["runs"] == 2 and abs(summary["mean"] - sum(values) / 2) < 1e-12
+            assert abs(summary["std"] - abs(values[0] - values[1]) / 2 ** 0.5) < 1e-12
+    assert results["summary"]["teacher"]["wer"]["std"] == 0.0
     plans = results["plans"]
     assert plans["first-k"]["keep_layers"] == [0, 1] and plans["linspace"]["keep_layers"] == [0, 2]
     assert len(plans["analysis"]["keep_layers"]) == 2
@@ -21,7 +31,15 @@ def test_plans_students_and_table(tmp_path, capsys, load_recipe):
     printed = capsys.readouterr().out
     assert (out / "results.md").read_text() in printed
     for name in names[1:]:
-        assert (out / "students_ctc" / name / "model").is_dir()
+        assert (out / "students_ctc" / name / "model").is_dir() and (out / "students_ctc-seed1" / name / "model").is_dir()
+    # the seed reaches both trainings; seed 1's distilled student has weights of its own
+    import torch
+
+    from kd.compression import load_student
+
+    assert json.loads((out / "students_ctc-seed1" / "first-k" / "ctc_config.json").read_text())["optim"]["seed"] == 1
+    zero, one = (load_student(out / d / "first-k" / "student").state_dict() for d in ("students", "students-seed1"))
+    assert zero.keys() == one.keys() and not all(torch.equal(zero[k], one[k]) for k in zero)
     # student_ctc_overrides: fewer updates for the students, every other setting the teacher's
     teacher = json.loads((out / "teacher_ctc" / "ctc_config.json").read_text())
     student = json.loads((out / "students_ctc" / "first-k" / "ctc_config.json").read_text())
@@ -40,7 +58,8 @@ def test_plans_on_two_worker_processes_equal_the_plans_one_after_another(tmp_pat
 
     recipe = load_recipe("w2v2_compress")
     for workers in ("1", "2"):
-        assert recipe.main(["--preset", "smoke", "--out", str(tmp_path / f"w{workers}"), "--workers", workers]) == 0
+        assert recipe.main(["--preset", "smoke", "--out", str(tmp_path / f"w{workers}"), "--workers", workers,
+                            "--seeds", "0"]) == 0
     assert "6 jobs on 2 worker processes, 1 thread(s) each" in capsys.readouterr().out
     names = ["analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
     for name in names:
