@@ -22,6 +22,7 @@ later stages can use earlier results without recomputing them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,12 +30,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from kd.io import MARKER_NAME, clear_done, is_done, mark_done
 
-__all__ = ["Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument", "load_preset", "preset_workers",
-           "recipe_parser", "run_recipe", "run_stages", "stage_dir"]
+__all__ = ["CORPUS_KEYS", "PresetKeys", "Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument",
+           "check_keys", "check_stage_range", "keyword_names", "load_preset", "preset_section", "preset_workers", "recipe_parser",
+           "run_recipe", "run_stages", "stage_dir"]
 
 STAGES_DIR = "stages"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -72,6 +74,18 @@ def _stored_result(directory: Path) -> Any:
     return json.loads((directory / MARKER_NAME).read_text(encoding="utf-8")).get("result")
 
 
+def check_stage_range(stages: Sequence[Stage], start: int, stop: int | None) -> None:
+    """A ValueError unless the stage numbers are unique and ``start..stop`` overlaps them."""
+    numbers = [s.number for s in stages]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"stages: expected unique stage numbers, found {numbers}")
+    if stop is not None and stop < start:
+        raise ValueError(f"stop stage: expected >= start stage {start}, found {stop}")
+    known = sorted(numbers)
+    if known and (start > known[-1] or (stop is not None and stop < known[0])):
+        raise ValueError(f"stage range {start}..{stop}: expected an overlap with the recipe's stages {known}")
+
+
 def run_stages(stages: Sequence[Stage], work_dir: str | os.PathLike, *, start: int = 1, stop: int | None = None,
                force: bool = False, log: Callable[[str], None] | None = None) -> list[StageOutcome]:
     """Run the stages numbered ``start..stop`` (inclusive; ``stop=None``: to the last) in order.
@@ -87,14 +101,7 @@ def run_stages(stages: Sequence[Stage], work_dir: str | os.PathLike, *, start: i
         One :class:`StageOutcome` per stage, in order (stages outside the range: ``outside``).
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    numbers = [s.number for s in stages]
-    if len(set(numbers)) != len(numbers):
-        raise ValueError(f"stages: expected unique stage numbers, found {numbers}")
-    if stop is not None and stop < start:
-        raise ValueError(f"stop stage: expected >= start stage {start}, found {stop}")
-    known = sorted(numbers)
-    if known and (start > known[-1] or (stop is not None and stop < known[0])):
-        raise ValueError(f"stage range {start}..{stop}: expected an overlap with the recipe's stages {known}")
+    check_stage_range(stages, start, stop)
     outcomes: list[StageOutcome] = []
     results: dict[str, Any] = {}
     for stage in sorted(stages, key=lambda s: s.number):
@@ -168,21 +175,109 @@ def preset_workers(parser: argparse.ArgumentParser, args: argparse.Namespace, cf
     return workers
 
 
-def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+def check_keys(section: Any, where: str, *, required: Sequence[str] = (), optional: Sequence[str] = ()) -> None:
+    """A ValueError naming ``where`` unless ``section`` is a mapping with every ``required`` key
+    and no key outside ``required`` + ``optional`` (a misspelt key gets a suggestion)."""
+    import difflib
+
+    if not isinstance(section, Mapping):
+        raise ValueError(f"{where}: expected a mapping of settings, found {type(section).__name__} {section!r}")
+    known = [*required, *optional]
+    def likeness(candidate: str, key: str) -> tuple[float, int]:  # similarity, then the common prefix
+        return difflib.SequenceMatcher(None, key, candidate).ratio(), len(os.path.commonprefix([key, candidate]))
+
+    for key in section:
+        if key not in known:
+            close = max(known, key=lambda k: likeness(k, str(key)), default=None)
+            hint = f" (did you mean {close!r}?)" if close and likeness(close, str(key))[0] >= 0.6 else ""
+            raise ValueError(f"{where}: unknown key {key!r}{hint}; expected keys: {', '.join(sorted(known))}")
+    missing = [key for key in required if key not in section]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}")
+
+
+def keyword_names(function: Callable, *, exclude: Sequence[str] = ()) -> list[str]:
+    """The keyword parameters of ``function`` (those with defaults), less ``exclude``: the keys
+    a preset section passed as ``function(..., **section)`` may hold."""
+    import inspect
+
+    return [name for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty and name not in exclude]
+
+
+@dataclass(frozen=True)
+class PresetKeys:
+    """The top-level keys of a recipe's presets; an unknown or missing key is a command-line error
+    before any stage runs, so a misspelt setting cannot be silently ignored by a long run."""
+
+    required: Sequence[str]
+    optional: Sequence[str] = ()
+    # nested sections checked the same way: key -> (required, optional) keys of its mapping
+    sections: Mapping[str, tuple[Sequence[str], Sequence[str]]] = field(default_factory=dict)
+
+    def check(self, preset: Any, where: str) -> None:
+        check_keys(preset, where, required=self.required, optional=self.optional)
+        for key, (required, optional) in self.sections.items():
+            if key in preset:
+                check_keys(preset[key], f"{where}: {key}", required=required, optional=optional)
+
+
+CORPUS_KEYS = (("preset",), ("seed",))  # every recipe's ``corpus`` section: kd.corpus.synth.build_corpus
+
+
+def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                keys: PresetKeys | None = None) -> tuple[dict[str, Any], Path]:
     """The preset section of the recipe's YAML (``x-...`` keys hold shared anchors, not presets) and
-    the output folder."""
+    the output folder.
+
+    A file that is not YAML, not a mapping of presets, or (given ``keys``) a preset with an
+    unknown or missing key is a parser error naming the file and the preset.
+    """
     import yaml
 
-    presets = {k: v for k, v in yaml.safe_load(args.config.read_text(encoding="utf-8")).items()
-               if not k.startswith("x-")}
+    path = args.config
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        parser.error(f"--config {path}: cannot read the recipe's YAML: {e}")
+    if not isinstance(data, Mapping):
+        parser.error(f"--config {path}: expected a mapping of preset names to settings, found {type(data).__name__}")
+    presets = {k: v for k, v in data.items() if not str(k).startswith("x-")}
     if args.preset not in presets:
         parser.error(f"--preset: expected one of {sorted(presets)}, found {args.preset!r}")
+    if keys is not None:
+        try:
+            keys.check(presets[args.preset], f"{path}: preset {args.preset!r}")
+        except ValueError as e:
+            parser.error(str(e))
+    elif not isinstance(presets[args.preset], Mapping):
+        parser.error(f"{path}: preset {args.preset!r}: expected a mapping of settings")
     out = (args.out or Path("exp") / args.recipe / args.preset).resolve()
-    return presets[args.preset], out
+    return dict(presets[args.preset]), out
+
+
+@contextlib.contextmanager
+def preset_section(parser: argparse.ArgumentParser, args: argparse.Namespace, key: str) -> Iterator[None]:
+    """Build a preset section's configuration inside this block: its ValueError / TypeError /
+    KeyError becomes a parser error naming the file, the preset and the section, before any stage runs."""
+    try:
+        yield
+    except KeyError as e:
+        parser.error(f"{args.config}: preset {args.preset!r}: {key}: missing key {e.args[0]!r}")
+    except (ValueError, TypeError) as e:
+        parser.error(f"{args.config}: preset {args.preset!r}: {key}: {e}")
 
 
 def run_recipe(stages: Sequence[Stage], out: Path, args: argparse.Namespace) -> list[StageOutcome]:
-    """:func:`run_stages` over the range the command line asked for; one summary line on stderr."""
+    """:func:`run_stages` over the range the command line asked for; one summary line on stderr.
+
+    A range outside the recipe's stages is a command-line error (exit status 2), like a bad option.
+    """
+    try:
+        check_stage_range(stages, args.stage, args.stop_stage)
+    except ValueError as e:
+        print(f"error: --stage / --stop-stage: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     outcomes = run_stages(stages, out, start=args.stage, stop=args.stop_stage, force=args.force)
     print("stages: " + ", ".join(f"{o.number} {o.name} {o.status}" for o in outcomes), file=sys.stderr)
     return outcomes

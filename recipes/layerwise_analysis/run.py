@@ -26,12 +26,15 @@ from kd.io import atomic_write_text
 from kd.ssl.common import list_checkpoints
 from kd.ssl.config import SSLConfig
 from kd.ssl.pretrain import pretrain
-from kd.stages import Stage, load_preset, recipe_parser, run_recipe
+from kd.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
 from kd.summary import peak_layers_markdown
 from kd.train import train
 from kd.training.config import TrainConfig
 
 HERE = Path(__file__).resolve().parent
+PRESET_KEYS = PresetKeys(
+    required=["corpus", "asr_domain", "asr_teacher", "analysis", "ssl_preset", "ssl_domains", "compare_utterances"],
+    optional=["asr_teacher_run", "ssl_run"], sections={"corpus": CORPUS_KEYS})
 CURVES = {  # report key -> y label
     "cca_phone": "CCA with phones (frame level)",
     "cca_word": "CCA with words (frame level)",
@@ -45,9 +48,12 @@ CURVES = {  # report key -> y label
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "layerwise_analysis")
     args = parser.parse_args(argv)
-    cfg, out = load_preset(parser, args)
+    cfg, out = load_preset(parser, args, PRESET_KEYS)
     corpus, domain = out / "corpus", cfg["asr_domain"]
-    analysis = AnalyzeConfig(**cfg["analysis"])
+    with preset_section(parser, args, "analysis"):
+        analysis = AnalyzeConfig(**cfg["analysis"])
+    with preset_section(parser, args, "ssl_preset"):
+        ssl_config = SSLConfig.from_preset(cfg["ssl_preset"])
     dev = corpus / domain / "dev"
 
     def stage_corpus(done):
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         existing = cfg.get("ssl_run")
         if existing and (Path(existing) / ".done.json").is_file():  # finished pre-training with these settings
             return {"run": str(Path(existing).resolve()), "reused": True}
-        r = pretrain(SSLConfig.from_preset(cfg["ssl_preset"]), [corpus / d / "train" for d in cfg["ssl_domains"]],
+        r = pretrain(ssl_config, [corpus / d / "train" for d in cfg["ssl_domains"]],
                      out / "ssl", progress=False)
         return {"run": str(out / "ssl"), "steps": r.steps}
 

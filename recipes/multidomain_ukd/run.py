@@ -27,6 +27,7 @@ from kd.compression.asr import asr_student
 from kd.corpus.conditions import condition_table, error_by_condition, read_manifest, read_utterances
 from kd.corpus.synth import build_corpus
 from kd.data.datadir import write_subset
+from kd.decode import DecodeConfig
 from kd.experiment import (Condition, StudentSize, evaluate_once, merge_sections, results_table,
                            student_train_config, train_run, write_token_list)
 from kd.io import atomic_write_text, config_digest, write_json
@@ -34,11 +35,18 @@ from kd.model_dir import load_model_dir, save_model_dir
 from kd.parallel import Job, run_jobs
 from kd.plan import CompressionPlan
 from kd.plan_cli import PlanMethod, plan_from_report
-from kd.stages import Stage, add_workers_argument, load_preset, preset_workers, recipe_parser, run_recipe
+from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section, preset_workers,
+                       recipe_parser, run_recipe)
 from kd.train import train
 from kd.training.config import TrainConfig
 
 HERE = Path(__file__).resolve().parent
+PRESET_KEYS = PresetKeys(
+    required=["corpus", "teacher_domains", "target_domain", "teacher", "student", "student_sizes", "conditions",
+              "seeds", "decode"],
+    optional=["analysis", "device", "relative_to_first", "results_name", "runs_name", "target_train_utterances",
+              "teacher_metric", "test_decode", "test_decode_name", "test_teacher_domains", "workers"],
+    sections={"corpus": CORPUS_KEYS})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
-    cfg, out = load_preset(parser, args)
+    cfg, out = load_preset(parser, args, PRESET_KEYS)
     if args.seeds:
         cfg["seeds"] = args.seeds
     workers = preset_workers(parser, args, cfg)  # how many training runs at once
@@ -54,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     domains, target = cfg["teacher_domains"], cfg["target_domain"]
     tokens = out / "tokens.txt"
     teacher_runs = {d: out / "teachers" / d for d in domains}
-    sizes = [StudentSize.from_dict(name, spec) for name, spec in cfg["student_sizes"].items()]
-    conditions = [Condition.from_dict(c) for c in cfg["conditions"]]
+    with preset_section(parser, args, "student_sizes"):
+        sizes = [StudentSize.from_dict(name, spec) for name, spec in cfg["student_sizes"].items()]
+    with preset_section(parser, args, "conditions"):
+        conditions = [Condition.from_dict(c) for c in cfg["conditions"]]
     seeds = list(cfg["seeds"])
     # results.md/.json and runs.json; a preset that adds conditions to another preset's output
     # folder (--out) names its own files, e.g. results-plans.md
@@ -68,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     runs_root = out / cfg.get("runs_name", "runs")
     cache_root = out / ("teacher_cache" if runs_root.name == "runs" else f"teacher_cache-{runs_root.name}")
     device = cfg.get("device", "cpu")
+    # settings used by later stages, built now so that a bad value stops the run before stage 1
+    with preset_section(parser, args, "analysis"):
+        analyze = AnalyzeConfig(**cfg.get("analysis", {}), device=device)
+    for key in ("decode", "test_decode"):
+        with preset_section(parser, args, key):
+            DecodeConfig.from_dict(cfg.get(key, cfg["decode"]))
     # stage 4 ranks and weights the teachers by their target dev error under `decode`; stage 8 scores
     # the test sets under `test_decode` (default: the same). A preset with another test decoding
     # (e.g. joint CTC/attention beam search, which uses the attention decoder that token-level KD
@@ -96,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         write_token_list([data(d, "train") for d in [*domains, target]], tokens)
         return {"tokens": len(tokens.read_text().splitlines())}
 
+    def teacher_config(d: str) -> TrainConfig:
+        return TrainConfig.from_dict(merge_sections(cfg["teacher"], {
+            "data": {"train": [str(data(d, "train"))], "dev": str(data(d, "dev"))},
+            "tokens": {"kind": "list", "path": str(tokens)}}))
+
     def stage_teachers(done):
         jobs = []
         for d in domains:
-            section = merge_sections(cfg["teacher"], {
-                "data": {"train": [str(data(d, "train"))], "dev": str(data(d, "dev"))},
-                "tokens": {"kind": "list", "path": str(tokens)}})
-            jobs.append(Job(str(teacher_runs[d]), train, (TrainConfig.from_dict(section), teacher_runs[d])))
+            jobs.append(Job(str(teacher_runs[d]), train, (teacher_config(d), teacher_runs[d])))
         trained = run_jobs(jobs, workers=workers)
         return {d: {"steps": r.steps, "best_dev_loss": r.best_dev_loss, "wall_seconds": r.wall_seconds}
                 for d, r in zip(domains, trained)}
@@ -121,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         return results
 
     def stage_analysis(done):
-        analyze = AnalyzeConfig(**cfg.get("analysis", {}), device=device)
         for d in domains:
             analyze_model_dir(teacher_runs[d] / "model", data(d, "dev"), out / "analysis" / d, analyze)
         return {d: str(out / "analysis" / d / "report.md") for d in domains}
@@ -165,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
             return data(target, "train")
         return write_subset(data(target, "train"), corpus / target / f"train-{subset}", subset, seed=0)
 
+    def cell_config(size: StudentSize, condition: Condition, seed: int, train_dir: Path,
+                    dev_wers: dict[str, float]) -> TrainConfig:
+        return student_train_config(
+            cfg["student"], condition, train=[train_dir], dev=data(target, "dev"), tokens=tokens, seed=seed,
+            teacher_model=cfg["teacher"]["model"], size=size, plan_student=plan_student(size, condition.plan),
+            teacher_runs=teacher_runs, dev_wers=dev_wers, cache_root=cache_root)
+
     def stage_distill(done):
         train_dir = student_train()
         dev_wers = {d: done["teacher-eval"][d][f"target_dev_{metric}"] for d in domains}
@@ -172,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             for condition in conditions:
                 for seed in seeds:
-                    config = student_train_config(
-                        cfg["student"], condition, train=[train_dir], dev=data(target, "dev"),
-                        tokens=tokens, seed=seed, teacher_model=cfg["teacher"]["model"], size=size,
-                        plan_student=plan_student(size, condition.plan), teacher_runs=teacher_runs,
-                        dev_wers=dev_wers, cache_root=cache_root)
+                    config = cell_config(size, condition, seed, train_dir, dev_wers)
                     jobs.append(Job(str(run_dir(size, condition, seed)), train_run,
                                     (config, run_dir(size, condition, seed))))
         run_jobs(jobs, workers=workers)
@@ -233,6 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / f"{tag}-conditions.json", results)
         atomic_write_text(out / f"{tag}-conditions.md", text)
         return {"conditions": str(out / f"{tag}-conditions.md")}
+
+    # every training run's settings built now (placeholder teacher dev error rates), so that a bad
+    # `teacher` / `student` / `conditions` value stops the run before stage 1, not hours later
+    with preset_section(parser, args, "teacher"):
+        for d in domains:
+            teacher_config(d)
+    with preset_section(parser, args, "student / conditions"):
+        for size in sizes:
+            for condition in conditions:
+                cell_config(size, condition, seeds[0], data(target, "train"), {d: 1.0 for d in domains})
 
     stages = [
         Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),

@@ -21,7 +21,6 @@ layout of a one-seed run), seed s's in ``students-seed<s>/`` and ``students_ctc-
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -37,9 +36,15 @@ from kd.plan_cli import PlanMethod, plan_from_report
 from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
 from kd.ssl.pretrain import pretrain
-from kd.stages import Stage, add_workers_argument, load_preset, preset_workers, recipe_parser, run_recipe
+from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, keyword_names, load_preset, preset_section,
+                       preset_workers, recipe_parser, run_recipe)
 
 HERE = Path(__file__).resolve().parent
+PRESET_KEYS = PresetKeys(
+    required=["corpus", "ssl_domains", "asr_domain", "ssl_preset", "ctc_preset", "distill_preset", "analysis",
+              "budget_layers", "reuse_threshold", "speed"],
+    optional=["ssl_overrides", "ctc_overrides", "student_ctc_overrides", "distill_overrides", "seeds", "workers"],
+    sections={"corpus": CORPUS_KEYS, "speed": ((), keyword_names(bench_speed, exclude=("names", "dtype")))})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,18 +52,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     add_workers_argument(parser, "plans distilled and fine-tuned")
     args = parser.parse_args(argv)
-    cfg, out = load_preset(parser, args)
+    cfg, out = load_preset(parser, args, PRESET_KEYS)
     workers = preset_workers(parser, args, cfg)
     seeds = list(args.seeds or cfg.get("seeds", [0]))
     if not seeds or len(set(seeds)) != len(seeds):
         parser.error(f"seeds: expected distinct integers, found {seeds}")
     corpus, domain = out / "corpus", cfg["asr_domain"]
     ssl_data = [corpus / d / "train" for d in cfg["ssl_domains"]]
+    # every stage's settings built here, so that a bad value is an error before the first stage;
     # overrides merge into the preset mapping by mapping (an optim override keeps the other optim fields)
-    ctc_config = CTCConfig.from_dict(merge_sections(CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
-                                                    cfg.get("ctc_overrides", {})))
-    # the students' fine-tuning: the teacher's, with student_ctc_overrides on top (a shorter run)
-    student_ctc_config = CTCConfig.from_dict(merge_sections(ctc_config.to_dict(), cfg.get("student_ctc_overrides", {})))
+    with preset_section(parser, args, "ssl_preset / ssl_overrides"):
+        ssl_config = SSLConfig.from_preset(cfg["ssl_preset"], **cfg.get("ssl_overrides", {}))
+    with preset_section(parser, args, "ctc_preset / ctc_overrides"):
+        ctc_config = CTCConfig.from_dict(merge_sections(CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
+                                                        cfg.get("ctc_overrides", {})))
+    with preset_section(parser, args, "student_ctc_overrides"):
+        # the students' fine-tuning: the teacher's, with student_ctc_overrides on top (a shorter run)
+        student_ctc_config = CTCConfig.from_dict(merge_sections(ctc_config.to_dict(),
+                                                                cfg.get("student_ctc_overrides", {})))
+    with preset_section(parser, args, "distill_preset / distill_overrides"):
+        distill_config = LayerDistillConfig.from_dict(merge_sections(
+            LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(), cfg.get("distill_overrides", {})))
+    with preset_section(parser, args, "analysis"):
+        analyze_config = AnalyzeConfig(**cfg["analysis"])
     teacher_dir = out / "ssl/model"
 
     def runs_dir(kind: str, seed: int) -> Path:  # students / students_ctc, per seed
@@ -76,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))
 
     def stage_pretrain(done):
-        r = pretrain(SSLConfig.from_preset(cfg["ssl_preset"], **cfg.get("ssl_overrides", {})), ssl_data, out / "ssl",
-                     progress=False)
+        r = pretrain(ssl_config, ssl_data, out / "ssl", progress=False)
         return {"steps": r.steps, "seconds": r.seconds}
 
     def stage_teacher_ctc(done):
@@ -86,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"steps": r.steps, "eval": r.metrics}
 
     def stage_analysis(done):
-        analyze_model_dir(teacher_dir, corpus / domain / "dev", out / "analysis", AnalyzeConfig(**cfg["analysis"]))
+        analyze_model_dir(teacher_dir, corpus / domain / "dev", out / "analysis", analyze_config)
 
     def stage_plans(done):
         report = out / "analysis/report.json"
@@ -107,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         return {name: plan.to_dict() for name, plan in plans.items()}
 
     def stage_distill(done):
-        config = LayerDistillConfig.from_dict(merge_sections(
-            LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(), cfg.get("distill_overrides", {})))
         jobs = [Job(f"{name} seed {seed}", distill_plan,
                     (teacher_dir, out / "plans" / f"{name}.json", ssl_data, runs_dir("students", seed) / name,
-                     seeded(config, seed)), {"progress": False}) for seed, name in cells]
+                     seeded(distill_config, seed)), {"progress": False}) for seed, name in cells]
         results: dict[str, dict] = {str(seed): {} for seed in seeds}
         for (seed, name), r in zip(cells, run_jobs(jobs, workers=workers)):
             results[str(seed)][name] = {"steps": r.steps, "seconds": r.seconds}

@@ -1,0 +1,101 @@
+"""Every recipe preset is checked before stage 1: known keys only, and every stage's settings built.
+
+A misspelt or malformed setting is a command-line error (exit status 2) that names the config
+file, the preset and the key, before any stage runs, instead of being ignored (an unknown key) or
+failing hours into a run (a bad value used by a late stage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kd.stages import check_keys
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+ALL_PRESETS = [(recipe, preset) for recipe in ("multidomain_ukd", "layerwise_analysis", "w2v2_compress")
+               for preset in yaml.safe_load((RECIPES / recipe / "config.yaml").read_text()) if not preset.startswith("x-")]
+
+
+def run_error(recipe, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe_name,preset", ALL_PRESETS)
+def test_every_shipped_preset_passes_the_checks(recipe_name, preset, tmp_path, capsys, load_recipe):
+    """--stage past the last stage: the run stops at the range check, after the preset's key check
+    and every stage's settings were built, and before any stage ran."""
+    err = run_error(load_recipe(recipe_name), ["--preset", preset, "--out", str(tmp_path), "--stage", "99"], capsys)
+    assert "stage range 99" in err and "unknown key" not in err
+    assert not (tmp_path / "stages").exists()
+
+
+def _with_preset(tmp_path, recipe: str, edit) -> Path:
+    data = yaml.safe_load((RECIPES / recipe / "config.yaml").read_text())
+    edit(data["smoke"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("recipe_name,edit,expected", [
+    ("w2v2_compress", lambda p: p.update(seed=[0, 1]), "unknown key 'seed' (did you mean 'seeds'?)"),
+    ("multidomain_ukd", lambda p: p.update(target_domian="us"), "unknown key 'target_domian' (did you mean 'target_domain'?)"),
+    ("layerwise_analysis", lambda p: p.pop("asr_domain"), "missing key(s) ['asr_domain']"),
+    ("w2v2_compress", lambda p: p["corpus"].update(sed=1), "corpus: unknown key 'sed' (did you mean 'seed'?)"),
+    ("w2v2_compress", lambda p: p["speed"].update(repeat=3), "speed: unknown key 'repeat' (did you mean 'repeats'?)"),
+    ("multidomain_ukd", lambda p: p.update(corpus="tests"), "corpus: expected a mapping of settings, found str"),
+])
+def test_unknown_missing_and_misshapen_keys_name_the_file_preset_and_key(recipe_name, edit, expected, tmp_path, capsys,
+                                                                        load_recipe):
+    config = _with_preset(tmp_path, recipe_name, edit)
+    out = tmp_path / "exp"
+    err = run_error(load_recipe(recipe_name), ["--preset", "smoke", "--config", str(config), "--out", str(out)], capsys)
+    assert f"{config}: preset 'smoke'" in err and expected in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("recipe_name,edit,section,expected", [
+    # a late stage's settings (layer distillation: stage 6 of 9) fail before stage 1
+    ("w2v2_compress", lambda p: p.update(distill_overrides={"optim": {"stepz": 5}}), "distill_preset / distill_overrides",
+     "unknown field(s) ['stepz']"),
+    ("w2v2_compress", lambda p: p.update(ssl_overrides={"num_layer": 3}), "ssl_preset / ssl_overrides", "num_layer"),
+    ("w2v2_compress", lambda p: p["analysis"].update(probe_epoch=3), "analysis", "probe_epoch"),
+    ("layerwise_analysis", lambda p: p.update(ssl_preset="huge"), "ssl_preset", "'huge'"),
+    ("multidomain_ukd", lambda p: p["student"]["optim"].update(lr_max=1.0), "student / conditions", "lr_max"),
+    ("multidomain_ukd", lambda p: p.update(test_decode={"method": "beem"}), "test_decode", "'beem'"),
+    ("multidomain_ukd", lambda p: p["teacher"].pop("model"), "student / conditions", "missing key 'model'"),
+])
+def test_bad_values_of_late_stages_fail_before_the_first_stage(recipe_name, edit, section, expected, tmp_path, capsys,
+                                                               load_recipe):
+    config = _with_preset(tmp_path, recipe_name, edit)
+    out = tmp_path / "exp"
+    err = run_error(load_recipe(recipe_name), ["--preset", "smoke", "--config", str(config), "--out", str(out)], capsys)
+    assert f"{config}: preset 'smoke': {section}: " in err and expected in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("smoke: [unclosed\n", "cannot read the recipe's YAML"),
+    ("- smoke\n- cpu\n", "expected a mapping of preset names to settings, found list"),
+    ("smoke: 3\n", "preset 'smoke': expected a mapping of settings, found int"),
+])
+def test_malformed_config_files(text, expected, tmp_path, capsys, load_recipe):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    err = run_error(load_recipe("w2v2_compress"), ["--preset", "smoke", "--config", str(config),
+                                                   "--out", str(tmp_path / "exp")], capsys)
+    assert expected in err
+
+
+def test_check_keys():
+    check_keys({"a": 1}, "where", required=["a"], optional=["b"])
+    with pytest.raises(ValueError, match=r"^where: unknown key 'zzz'; expected keys: a, b$"):
+        check_keys({"a": 1, "zzz": 2}, "where", required=["a"], optional=["b"])
+    with pytest.raises(ValueError, match=r"where: missing key\(s\) \['a'\]"):
+        check_keys({"b": 1}, "where", required=["a"], optional=["b"])
