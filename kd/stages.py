@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from kd.io import MARKER_NAME, clear_done, is_done, mark_done
 
 __all__ = ["CORPUS_KEYS", "PresetKeys", "Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument",
-           "check_keys", "check_stage_range", "keyword_names", "load_preset", "preset_section", "preset_workers", "recipe_parser",
-           "run_recipe", "run_stages", "stage_dir"]
+           "check_keys", "check_stage_range", "keyword_names", "load_preset", "preset_section", "preset_workers",
+           "recipe_parser", "run_recipe", "run_stages", "stage_dir"]
 
 STAGES_DIR = "stages"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")

@@ -35,8 +35,8 @@ from kd.model_dir import load_model_dir, save_model_dir
 from kd.parallel import Job, run_jobs
 from kd.plan import CompressionPlan
 from kd.plan_cli import PlanMethod, plan_from_report
-from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section, preset_workers,
-                       recipe_parser, run_recipe)
+from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
+                       preset_workers, recipe_parser, run_recipe)
 from kd.train import train
 from kd.training.config import TrainConfig
 
