@@ -28,8 +28,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from kd.losses import KDLevel, KDReduction, TeacherWeighting
 from kd.training.config import TrainConfig
 
-__all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "merge_sections", "results_table",
-           "student_train_config", "train_run", "write_token_list"]
+__all__ = ["Condition", "StudentSize", "evaluate_once", "mean_std", "merge_sections", "paired_differences",
+           "results_table", "seed_summary", "student_train_config", "train_run", "write_token_list"]
 
 _INITS = ("random", "plan")
 _PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod
@@ -191,6 +191,44 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
         return mean, 0.0, 1
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
     return mean, math.sqrt(var), len(values)
+
+
+def seed_summary(runs: Mapping[str, Mapping[str, Mapping[str, float]]],
+                 metrics: Sequence[str] = ("wer", "cer")) -> dict[str, dict[str, dict[str, float]]]:
+    """Per model and metric, ``{"mean", "std", "runs"}`` (:func:`mean_std`) over its runs.
+
+    ``runs``: model name -> run name (e.g. a seed) -> metric -> value.
+    """
+    out = {}
+    for name, by_run in runs.items():
+        if not by_run:
+            raise ValueError(f"runs[{name!r}]: expected at least one run, found none")
+        out[name] = {m: dict(zip(("mean", "std", "runs"), mean_std(r[m] for r in by_run.values()))) for m in metrics}
+    return out
+
+
+def paired_differences(runs: Mapping[str, Mapping[str, Mapping[str, float]]], reference: str,
+                       metrics: Sequence[str] = ("wer", "cer")) -> dict[str, dict[str, dict[str, float]]]:
+    """Per model other than ``reference`` and metric: mean, sample std and count of the per-run
+    differences ``model - reference`` (runs paired by name, e.g. by seed).
+
+    Paired differences remove what a seed does to every model alike (batch order, head
+    initialisation), so their spread is the noise that a difference between models must beat.
+    Every model must have exactly the reference's runs.
+    """
+    if reference not in runs:
+        raise ValueError(f"reference: expected one of {sorted(runs)}, found {reference!r}")
+    base = runs[reference]
+    out = {}
+    for name, by_run in runs.items():
+        if name == reference:
+            continue
+        if set(by_run) != set(base):
+            raise ValueError(f"runs[{name!r}]: expected the runs of {reference!r} {sorted(base)} to pair with, "
+                             f"found {sorted(by_run)}")
+        out[name] = {m: dict(zip(("mean", "std", "runs"), mean_std(by_run[r][m] - base[r][m] for r in base)))
+                     for m in metrics}
+    return out
 
 
 def _fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.bench_speed import bench_speed
 from kd.corpus.synth import build_corpus
-from kd.experiment import mean_std, merge_sections
+from kd.experiment import merge_sections, paired_differences, seed_summary
 from kd.io import atomic_write_text, write_json
 from kd.layer_distill import LayerDistillConfig, distill_plan
 from kd.parallel import Job, run_jobs
@@ -154,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = {"teacher": {"teacher": first(done["teacher-ctc"]["eval"])},
                 **{n: {str(seed): first(done["student-ctc"][str(seed)][n]["eval"]) for seed in seeds}
                    for n in plan_names}}
-        summary = {name: {m: dict(zip(("mean", "std", "runs"), mean_std(r[m] for r in by_seed.values())))
-                          for m in ("wer", "cer")} for name, by_seed in runs.items()}
+        summary = seed_summary(runs)
         fmt = lambda s: f"{s['mean'] * 100:.1f}" + (f" ± {s['std'] * 100:.1f}" if s["runs"] > 1 else "")  # noqa: E731
         plans = done["plans"]
         header = ["model", "teacher layers kept", "shared / reuse groups", "params",
@@ -175,11 +174,19 @@ def main(argv: list[str] | None = None) -> int:
         for name in plan_names:
             per_seed.append(f"| {name} | " + " | ".join(
                 f"{runs[name][str(s)]['wer'] * 100:.1f} / {runs[name][str(s)]['cer'] * 100:.1f}" for s in seeds) + " |")
+        # paired by seed (one seed: the same batch order and head initialisation for every plan):
+        # each plan's error rate minus the analysis plan's, so a difference can be told from noise
+        paired = paired_differences({n: runs[n] for n in plan_names}, "analysis")
+        diff = lambda d: f"{d['mean'] * 100:+.1f}" + (f" ± {d['std'] * 100:.1f}" if d["runs"] > 1 else "")  # noqa: E731
+        paired_lines = ["| model | WER - analysis WER (points) | CER - analysis CER (points) |", "|---|---|---|"]
+        paired_lines += [f"| {n} | {diff(paired[n]['wer'])} | {diff(paired[n]['cer'])} |" for n in plan_names[1:]]
         device = speed[0]["device"]
         text = (f"wav2vec 2.0 teacher and students of {k} layers (speed on {device}); students' error rates: "
-                f"mean ± std over seeds {seeds}\n\n" + "\n".join(lines) + "\n\nPer seed\n\n" + "\n".join(per_seed) + "\n")
-        write_json(out / "results.json", {"wer": runs, "summary": summary, "seeds": seeds, "speed": speed,
-                                          "plans": plans})
+                f"mean ± std over seeds {seeds}\n\n" + "\n".join(lines) + "\n\nPer seed\n\n" + "\n".join(per_seed)
+                + "\n\nAgainst the analysis plan, paired by seed (mean ± std of the per-seed differences; "
+                  "positive: more errors than the analysis plan)\n\n" + "\n".join(paired_lines) + "\n")
+        write_json(out / "results.json", {"wer": runs, "summary": summary, "paired_vs_analysis": paired,
+                                          "seeds": seeds, "speed": speed, "plans": plans})
         atomic_write_text(out / "results.md", text)
         print(text)
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import yaml
 
-from kd.experiment import Condition, StudentSize, mean_std, results_table, student_train_config, train_run
+from kd.experiment import (Condition, StudentSize, mean_std, paired_differences, results_table, seed_summary,
+                           student_train_config, train_run)
 
 
 def test_mean_std_is_the_sample_statistic():
@@ -27,6 +28,27 @@ def test_results_table_groups_seeds_and_gives_relative_change():
     assert summary[1]["cer"]["mean"] == pytest.approx(0.42) and summary[1]["seeds"] == 2
     assert summary[1]["relative"] == pytest.approx((0.42 - 0.52) / 0.52)
     assert "| S | KD | 42.0 ± 2.8 | -19.2% | 1.50M | 0.010 | 2 |" in table
+
+
+def test_seed_summary_and_paired_differences_by_hand():
+    runs = {"A": {"0": {"wer": 0.90, "cer": 0.40}, "1": {"wer": 0.80, "cer": 0.50}, "2": {"wer": 0.70, "cer": 0.45}},
+            "B": {"0": {"wer": 0.95, "cer": 0.42}, "1": {"wer": 0.84, "cer": 0.51}, "2": {"wer": 0.76, "cer": 0.46}},
+            "T": {"only": {"wer": 0.5, "cer": 0.2}}}
+    summary = seed_summary(runs)
+    assert summary["A"]["wer"] == {"mean": pytest.approx(0.8), "std": pytest.approx(0.1), "runs": 3}
+    assert summary["T"]["cer"] == {"mean": 0.2, "std": 0.0, "runs": 1}
+    # B - A per seed: wer 0.05, 0.04, 0.06 (std 0.01, though each model's own spread is 0.1 and more)
+    paired = paired_differences({"A": runs["A"], "B": runs["B"]}, "A")
+    assert list(paired) == ["B"]
+    assert paired["B"]["wer"] == {"mean": pytest.approx(0.05), "std": pytest.approx(0.01), "runs": 3}
+    assert paired["B"]["cer"]["mean"] == pytest.approx(0.0133333333) and paired["B"]["cer"]["runs"] == 3
+    assert summary["B"]["wer"]["std"] > 5 * paired["B"]["wer"]["std"]
+    with pytest.raises(ValueError, match=r"runs\['T'\]: expected the runs of 'A' \['0', '1', '2'\]"):
+        paired_differences(runs, "A")
+    with pytest.raises(ValueError, match="reference: expected one of"):
+        paired_differences(runs, "C")
+    with pytest.raises(ValueError, match=r"runs\['E'\]: expected at least one run"):
+        seed_summary({"E": {}})
 
 
 def test_condition_validation_and_slug():
