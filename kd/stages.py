@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from kd.io import MARKER_NAME, clear_done, is_done, mark_done
 
 __all__ = ["CORPUS_KEYS", "PresetKeys", "Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument",
-           "check_keys", "check_stage_range", "keyword_names", "load_preset", "preset_section", "preset_workers",
-           "recipe_parser", "run_recipe", "run_stages", "stage_dir"]
+           "check_keys", "check_stage_range", "keyword_names", "load_preset", "preset_section", "preset_seeds",
+           "preset_workers", "recipe_parser", "run_recipe", "run_stages", "stage_dir"]
 
 STAGES_DIR = "stages"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -223,6 +223,19 @@ class PresetKeys:
 
 
 CORPUS_KEYS = (("preset",), ("seed",))  # every recipe's ``corpus`` section: kd.corpus.synth.build_corpus
+
+
+def preset_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: Mapping[str, Any],
+                 default: Sequence[int] | None = None) -> list[int]:
+    """``--seeds``, else the preset's ``seeds``, else ``default``: a parser error unless a non-empty
+    list of distinct integers >= 0 (``default=None``: the preset must give them)."""
+    seeds = args.seeds or cfg.get("seeds", default)
+    valid = (isinstance(seeds, (list, tuple)) and len(seeds) > 0 and len(set(seeds)) == len(seeds)
+             and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds))
+    if not valid:
+        parser.error(f"{args.config}: preset {args.preset!r}: seeds: expected a list of distinct integers >= 0, "
+                     f"found {seeds!r}")
+    return list(seeds)
 
 
 def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace,

@@ -36,7 +36,7 @@ from kd.parallel import Job, run_jobs
 from kd.plan import CompressionPlan
 from kd.plan_cli import PlanMethod, plan_from_report
 from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
-                       preset_workers, recipe_parser, run_recipe)
+                       preset_seeds, preset_workers, recipe_parser, run_recipe)
 from kd.train import train
 from kd.training.config import TrainConfig
 
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args, PRESET_KEYS)
-    if args.seeds:
-        cfg["seeds"] = args.seeds
+    cfg["seeds"] = preset_seeds(parser, args, cfg)  # --seeds, else the preset's
     workers = preset_workers(parser, args, cfg)  # how many training runs at once
     corpus = out / "corpus"
     domains, target = cfg["teacher_domains"], cfg["target_domain"]

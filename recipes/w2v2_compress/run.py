@@ -37,7 +37,7 @@ from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
 from kd.ssl.pretrain import pretrain
 from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, keyword_names, load_preset, preset_section,
-                       preset_workers, recipe_parser, run_recipe)
+                       preset_seeds, preset_workers, recipe_parser, run_recipe)
 
 HERE = Path(__file__).resolve().parent
 PRESET_KEYS = PresetKeys(
@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args, PRESET_KEYS)
     workers = preset_workers(parser, args, cfg)
-    seeds = list(args.seeds or cfg.get("seeds", [0]))
-    if not seeds or len(set(seeds)) != len(seeds):
-        parser.error(f"seeds: expected distinct integers, found {seeds}")
+    seeds = preset_seeds(parser, args, cfg, default=[0])
     corpus, domain = out / "corpus", cfg["asr_domain"]
     ssl_data = [corpus / d / "train" for d in cfg["ssl_domains"]]
     # every stage's settings built here, so that a bad value is an error before the first stage;
@@ -83,10 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     def seeded(config, seed: int):  # the same run with optim.seed = seed
         return type(config).from_dict(merge_sections(config.to_dict(), {"optim": {"seed": seed}}))
 
-    cells = [(seed, name) for seed in seeds for name in ["analysis", "first-k", "every-k", "linspace",
-                                                         "analysis-shared", "attention-reuse"]]
     k = cfg["budget_layers"]
     plan_names = ["analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
+    cells = [(seed, name) for seed in seeds for name in plan_names]  # seed-major: seed by seed
 
     def stage_corpus(done):
         build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))

@@ -53,6 +53,8 @@ def _with_preset(tmp_path, recipe: str, edit) -> Path:
     ("w2v2_compress", lambda p: p["corpus"].update(sed=1), "corpus: unknown key 'sed' (did you mean 'seed'?)"),
     ("w2v2_compress", lambda p: p["speed"].update(repeat=3), "speed: unknown key 'repeat' (did you mean 'repeats'?)"),
     ("multidomain_ukd", lambda p: p.update(corpus="tests"), "corpus: expected a mapping of settings, found str"),
+    ("multidomain_ukd", lambda p: p.update(seeds=[0, 0]), "seeds: expected a list of distinct integers >= 0, found [0, 0]"),
+    ("w2v2_compress", lambda p: p.update(seeds=3), "seeds: expected a list of distinct integers >= 0, found 3"),
     # bad values of late stages (layer distillation is stage 6 of 9) fail before the first stage
     ("w2v2_compress", lambda p: p.update(distill_overrides={"optim": {"stepz": 5}}),
      "distill_preset / distill_overrides: LayerDistillConfig.optim: unknown field(s) ['stepz']"),
