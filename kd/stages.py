@@ -225,6 +225,10 @@ class PresetKeys:
 CORPUS_KEYS = (("preset",), ("seed",))  # every recipe's ``corpus`` section: kd.corpus.synth.build_corpus
 
 
+def _where(args: argparse.Namespace) -> str:  # what a preset error names first: the file and the preset
+    return f"{args.config}: preset {args.preset!r}"
+
+
 def preset_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: Mapping[str, Any],
                  default: Sequence[int] | None = None) -> list[int]:
     """``--seeds``, else the preset's ``seeds``, else ``default``: a parser error unless a non-empty
@@ -233,7 +237,7 @@ def preset_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg:
     valid = (isinstance(seeds, (list, tuple)) and len(seeds) > 0 and len(set(seeds)) == len(seeds)
              and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds))
     if not valid:
-        parser.error(f"{args.config}: preset {args.preset!r}: seeds: expected a list of distinct integers >= 0, "
+        parser.error(f"{_where(args)}: seeds: expected a list of distinct integers >= 0, "
                      f"found {seeds!r}")
     return list(seeds)
 
@@ -260,11 +264,11 @@ def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error(f"--preset: expected one of {sorted(presets)}, found {args.preset!r}")
     if keys is not None:
         try:
-            keys.check(presets[args.preset], f"{path}: preset {args.preset!r}")
+            keys.check(presets[args.preset], _where(args))
         except ValueError as e:
             parser.error(str(e))
     elif not isinstance(presets[args.preset], Mapping):
-        parser.error(f"{path}: preset {args.preset!r}: expected a mapping of settings")
+        parser.error(f"{_where(args)}: expected a mapping of settings")
     out = (args.out or Path("exp") / args.recipe / args.preset).resolve()
     return dict(presets[args.preset]), out
 
@@ -276,9 +280,9 @@ def preset_section(parser: argparse.ArgumentParser, args: argparse.Namespace, ke
     try:
         yield
     except KeyError as e:
-        parser.error(f"{args.config}: preset {args.preset!r}: {key}: missing key {e.args[0]!r}")
+        parser.error(f"{_where(args)}: {key}: missing key {e.args[0]!r}")
     except (ValueError, TypeError) as e:
-        parser.error(f"{args.config}: preset {args.preset!r}: {key}: {e}")
+        parser.error(f"{_where(args)}: {key}: {e}")
 
 
 def run_recipe(stages: Sequence[Stage], out: Path, args: argparse.Namespace) -> list[StageOutcome]:

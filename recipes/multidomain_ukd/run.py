@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args, PRESET_KEYS)
-    cfg["seeds"] = preset_seeds(parser, args, cfg)  # --seeds, else the preset's
+    seeds = preset_seeds(parser, args, cfg)  # --seeds, else the preset's
     workers = preset_workers(parser, args, cfg)  # how many training runs at once
     corpus = out / "corpus"
     domains, target = cfg["teacher_domains"], cfg["target_domain"]
@@ -65,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [StudentSize.from_dict(name, spec) for name, spec in cfg["student_sizes"].items()]
     with preset_section(parser, args, "conditions"):
         conditions = [Condition.from_dict(c) for c in cfg["conditions"]]
-    seeds = list(cfg["seeds"])
     # results.md/.json and runs.json; a preset that adds conditions to another preset's output
     # folder (--out) names its own files, e.g. results-plans.md
     tag = cfg.get("results_name", "results")

@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     plan_names = ["analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
     cells = [(seed, name) for seed in seeds for name in plan_names]  # seed-major: seed by seed
 
+    def by_seed(results, summary) -> dict[str, dict]:  # run_jobs' results over cells -> {seed: {plan: summary}}
+        grouped: dict[str, dict] = {str(seed): {} for seed in seeds}
+        for (seed, name), r in zip(cells, results):
+            grouped[str(seed)][name] = summary(r)
+        return grouped
+
     def stage_corpus(done):
         build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))
 
@@ -122,20 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [Job(f"{name} seed {seed}", distill_plan,
                     (teacher_dir, out / "plans" / f"{name}.json", ssl_data, runs_dir("students", seed) / name,
                      seeded(distill_config, seed)), {"progress": False}) for seed, name in cells]
-        results: dict[str, dict] = {str(seed): {} for seed in seeds}
-        for (seed, name), r in zip(cells, run_jobs(jobs, workers=workers)):
-            results[str(seed)][name] = {"steps": r.steps, "seconds": r.seconds}
-        return results
+        return by_seed(run_jobs(jobs, workers=workers), lambda r: {"steps": r.steps, "seconds": r.seconds})
 
     def stage_student_ctc(done):
         jobs = [Job(f"{name} seed {seed}", finetune_ctc,
                     (runs_dir("students", seed) / name / "student", [corpus / domain / "train"],
                      runs_dir("students_ctc", seed) / name, seeded(student_ctc_config, seed)),
                     {"eval_dirs": [corpus / domain / "test"], "progress": False}) for seed, name in cells]
-        results: dict[str, dict] = {str(seed): {} for seed in seeds}
-        for (seed, name), r in zip(cells, run_jobs(jobs, workers=workers)):
-            results[str(seed)][name] = {"steps": r.steps, "eval": r.metrics}
-        return results
+        return by_seed(run_jobs(jobs, workers=workers), lambda r: {"steps": r.steps, "eval": r.metrics})
 
     def stage_speed(done):  # one seed's students: the seeds differ in weights, not in architecture
         models = [out / "teacher_ctc/model"] + [runs_dir("students_ctc", seeds[0]) / n / "model" for n in plan_names]
@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                 **{n: {str(seed): first(done["student-ctc"][str(seed)][n]["eval"]) for seed in seeds}
                    for n in plan_names}}
         summary = seed_summary(runs)
-        fmt = lambda s: f"{s['mean'] * 100:.1f}" + (f" ± {s['std'] * 100:.1f}" if s["runs"] > 1 else "")  # noqa: E731
+        def fmt(stats, sign: str = "") -> str:  # a {mean, std, runs} of fractions, in percent (points)
+            return f"{stats['mean'] * 100:{sign}.1f}" + (f" ± {stats['std'] * 100:.1f}" if stats["runs"] > 1 else "")
+
         plans = done["plans"]
         header = ["model", "teacher layers kept", "shared / reuse groups", "params",
                   *[f"latency b={b} (ms)" for b in batch_sizes], f"{domain} test WER (%)", "CER (%)", "runs"]
@@ -174,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         # paired by seed (one seed: the same batch order and head initialisation for every plan):
         # each plan's error rate minus the analysis plan's, so a difference can be told from noise
         paired = paired_differences({n: runs[n] for n in plan_names}, "analysis")
-        diff = lambda d: f"{d['mean'] * 100:+.1f}" + (f" ± {d['std'] * 100:.1f}" if d["runs"] > 1 else "")  # noqa: E731
         paired_lines = ["| model | WER - analysis WER (points) | CER - analysis CER (points) |", "|---|---|---|"]
-        paired_lines += [f"| {n} | {diff(paired[n]['wer'])} | {diff(paired[n]['cer'])} |" for n in plan_names[1:]]
+        paired_lines += [f"| {n} | {fmt(paired[n]['wer'], '+')} | {fmt(paired[n]['cer'], '+')} |" for n in plan_names[1:]]
         device = speed[0]["device"]
         text = (f"wav2vec 2.0 teacher and students of {k} layers (speed on {device}); students' error rates: "
                 f"mean ± std over seeds {seeds}\n\n" + "\n".join(lines) + "\n\nPer seed\n\n" + "\n".join(per_seed)
