@@ -28,7 +28,7 @@ from kd.corpus.conditions import condition_table, error_by_condition, read_manif
 from kd.corpus.synth import build_corpus
 from kd.data.datadir import write_subset
 from kd.decode import DecodeConfig
-from kd.experiment import (Condition, StudentSize, evaluate_once, merge_sections, results_table,
+from kd.experiment import (Condition, StudentSize, comparison_table, evaluate_once, merge_sections, results_table,
                            student_train_config, train_run, write_token_list)
 from kd.io import atomic_write_text, config_digest, write_json
 from kd.model_dir import load_model_dir, save_model_dir
@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 PRESET_KEYS = PresetKeys(
     required=["corpus", "teacher_domains", "target_domain", "teacher", "student", "student_sizes", "conditions",
               "seeds", "decode"],
-    optional=["analysis", "device", "relative_to_first", "results_name", "runs_name", "target_train_utterances",
+    optional=["analysis", "comparisons", "device", "relative_to_first", "results_name", "runs_name", "target_train_utterances",
               "teacher_metric", "test_decode", "test_decode_name", "test_teacher_domains", "workers"],
     sections={"corpus": CORPUS_KEYS})
 
@@ -65,6 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [StudentSize.from_dict(name, spec) for name, spec in cfg["student_sizes"].items()]
     with preset_section(parser, args, "conditions"):
         conditions = [Condition.from_dict(c) for c in cfg["conditions"]]
+    # pairs of conditions [a, b] whose per-seed differences a - b the table stage reports with a
+    # confidence interval (kd.experiment.comparison_table): the papers' claims, seed noise removed
+    comparisons = cfg.get("comparisons", [])
+    with preset_section(parser, args, "comparisons"):
+        names = [c.name for c in conditions]
+        if not isinstance(comparisons, list):
+            raise ValueError(f"expected a list of [a, b] condition pairs, found {comparisons!r}")
+        for pair in comparisons:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)):
+                raise ValueError(f"expected [a, b] condition names, found {pair!r}")
+            for name in pair:
+                if name not in names:
+                    raise ValueError(f"{name!r} is not a condition of this preset; expected one of {names}")
     # results.md/.json and runs.json; a preset that adds conditions to another preset's output
     # folder (--out) names its own files, e.g. results-plans.md
     tag = cfg.get("results_name", "results")
@@ -232,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {d} | " + " | ".join(f"{t[m] * 100:.1f}" for m in metrics) + f" | {t['params'] / 1e6:.2f}M |")
         text = (f"Teachers (decode: {test_decode})\n\n" + "\n".join(lines) + "\n\n"
                 f"Students on the {target} domain, mean ± std over seeds {seeds}\n\n{table}")
-        write_json(out / f"{tag}.json", {"teachers": teacher_eval, "students": summary, "seeds": seeds})
+        compared = []
+        if comparisons:
+            compared, pairs = comparison_table(rows, comparisons, metric=metrics[0])
+            text += (f"\nPaired differences of {metrics[0]} over seeds {seeds} (a - b, seed by seed; "
+                     f"negative: a makes fewer errors)\n\n{pairs}")
+        write_json(out / f"{tag}.json", {"teachers": teacher_eval, "students": summary, "comparisons": compared,
+                                         "seeds": seeds})
         atomic_write_text(out / f"{tag}.md", text)
         print(text)
         return {"results": str(out / f"{tag}.md")}
@@ -279,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         Stage(8, "eval", stage_eval, {"decode": test_decode, "seeds": seeds,
                                       **({"eval_name": eval_name} if eval_name != "eval" else {}),
                                       **({"test_sets": scored} if not test_teacher_domains else {})}, "student WER"),
-        Stage(9, "table", stage_table, {"seeds": seeds, "teacher_metric": metric}, "results table"),
+        Stage(9, "table", stage_table, {"seeds": seeds, "teacher_metric": metric,
+                                        **({"comparisons": comparisons} if comparisons else {})}, "results table"),
         Stage(10, "conditions", stage_conditions, {"seeds": seeds, "teacher_metric": metric},
               "error rates by recording condition"),
     ]

@@ -14,7 +14,8 @@ from tests.recipes.conftest import RECIPES
 def smoke_size_s(conditions):
     """The recipe's config and a copy of its smoke preset with size S only and ``conditions``."""
     config = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())
-    smoke = {**config["smoke"], "student_sizes": {"S": config["smoke"]["student_sizes"]["S"]}, "conditions": conditions}
+    smoke = {**config["smoke"], "student_sizes": {"S": config["smoke"]["student_sizes"]["S"]}, "conditions": conditions,
+             "comparisons": []}
     return config, smoke
 
 
@@ -61,6 +62,26 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
     assert recipe.main(["--preset", "smoke", "--out", str(out), "--seeds", "0"]) == 0
     err = capsys.readouterr().err
     assert "stages: 1 corpus skipped, 2 tokens skipped" in err and "8 eval skipped, 9 table ran" in err
+    # a second seed: the table pairs every condition with `no KD` seed by seed, and the preset's
+    # comparisons (the papers' claims) get paired differences with a confidence interval
+    assert recipe.main(["--preset", "smoke", "--out", str(out), "--seeds", "0", "1"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    # the smoke preset ranks and reports by WER (teacher_metric: wer, the default)
+    runs = {(r["size"], r["condition"], r["seed"]): r["target_wer"] for r in json.loads((out / "runs.json").read_text())}
+    assert len(runs) == 2 * len(conditions) * 2
+    for s in results["students"]:
+        assert s["seeds"] == 2
+        if s["condition"] != "no KD":
+            diffs = [runs[s["size"], s["condition"], k] - runs[s["size"], "no KD", k] for k in (0, 1)]
+            assert s["paired"]["mean"] == pytest.approx(sum(diffs) / 2) and s["paired"]["runs"] == 2
+    pairs = config["smoke"]["comparisons"]
+    assert [(c["size"], c["a"], c["b"]) for c in results["comparisons"]] == [
+        (size, a, b) for size in ("S", "XS") for a, b in pairs]
+    for c in results["comparisons"]:
+        diffs = [runs[c["size"], c["a"], k] - runs[c["size"], c["b"], k] for k in (0, 1)]
+        assert c["mean"] == pytest.approx(sum(diffs) / 2) and c["a_lower"] == sum(d < 0 for d in diffs)
+    assert "Paired differences of target_wer over seeds [0, 1]" in printed and "Δ paired (points)" in printed
 
 
 def test_heuristic_plan_conditions_reuse_the_finished_runs(tmp_path, capsys, load_recipe):
@@ -137,6 +158,7 @@ def test_runs_on_two_worker_processes_equal_the_runs_one_after_another(tmp_path,
     config, smoke = smoke_size_s(None)
     smoke["conditions"] = [c for c in config["x-conditions"]
                            if c["name"] in ("no KD", "tok-KD (us)", "tok+unc-KD (us)", "tok+unc-KD (us+uk)")]
+    smoke["comparisons"] = [["tok+unc-KD (us)", "tok-KD (us)"]]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"smoke": smoke}))
     for workers in ("1", "2"):
@@ -153,6 +175,7 @@ def test_runs_on_two_worker_processes_equal_the_runs_one_after_another(tmp_path,
         return [{k: v for k, v in s.items() if k != "rtf"} for s in json.loads((tmp_path / w / "results.json").read_text())["students"]]
 
     assert table("w1") == table("w2")
+    assert [c["a"] for c in json.loads((tmp_path / "w1/results.json").read_text())["comparisons"]] == ["tok+unc-KD (us)"]
     with pytest.raises(SystemExit):
         recipe.main(["--preset", "smoke", "--config", str(path), "--out", str(tmp_path / "w0"), "--workers", "0"])
 

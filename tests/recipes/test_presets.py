@@ -66,6 +66,10 @@ def _with_preset(tmp_path, recipe: str, edit) -> Path:
     ("multidomain_ukd", lambda p: p["student"]["optim"].update(lr_max=1.0),
      "student / conditions: TrainConfig.optim: unknown field 'lr_max'"),
     ("multidomain_ukd", lambda p: p.update(test_decode={"method": "beem"}), "test_decode: DecodeConfig.method"),
+    ("multidomain_ukd", lambda p: p.update(comparisons=[["tok-KD (us)", "tok KD (uk)"]]),
+     "comparisons: 'tok KD (uk)' is not a condition of this preset"),
+    ("multidomain_ukd", lambda p: p.update(comparisons=[["tok-KD (us)"]]),
+     "comparisons: expected [a, b] condition names, found ['tok-KD (us)']"),
     ("multidomain_ukd", lambda p: p["teacher"].pop("model"), "student / conditions: missing key 'model'"),
 ])
 def test_bad_keys_and_values_fail_before_the_first_stage_naming_file_preset_and_key(recipe_name, edit, expected,
