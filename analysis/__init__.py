@@ -40,6 +40,8 @@ _LAZY = {
     "AttentionRedundancy": "analysis.attention",
     "ProbeConfig": "analysis.probing",
     "ProbeKind": "analysis.probing",
+    "ProbeIntervals": "analysis.probing",
+    "ProbeResult": "analysis.probing",
     "probe_frames": "analysis.probing",
     "probe_utterances": "analysis.probing",
     "probe_weighted_sum": "analysis.probing",

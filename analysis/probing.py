@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -114,11 +115,67 @@ class ProbeResult:
     num_train: int
     num_heldout: int
     num_classes: int
+    # per held-out example, whether each layer's probe got it right: [layers, num_heldout] bool
+    heldout_correct: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    # the utterance (group) of each held-out example [num_heldout], where the caller gave one
+    heldout_groups: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            key: value.tolist() if isinstance(value, torch.Tensor) else value for key, value in asdict(self).items()
-        }
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("heldout_correct", "heldout_groups")}
+        return {key: value.tolist() if isinstance(value, torch.Tensor) else value for key, value in data.items()}
+
+    def intervals(self, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> "ProbeIntervals":
+        """Bootstrap intervals of each layer's held-out accuracy and of its difference to the last
+        layer's, resampling whole held-out utterances (``heldout_groups``; default: each example).
+
+        The difference is paired (the same resampled utterances for both layers), so it is far
+        tighter than the two accuracies' intervals: it says whether an intermediate layer beats
+        the last one beyond what the choice of held-out utterances does.
+        """
+        if self.heldout_correct is None:
+            raise ValueError("intervals: this result holds no per-example held-out scores (heldout_correct)")
+        correct = self.heldout_correct.to(torch.float64)  # [L, m]
+        groups = self.heldout_groups if self.heldout_groups is not None else torch.arange(correct.shape[1])
+        ids, inverse = torch.unique(torch.as_tensor(groups).cpu(), return_inverse=True)
+        if ids.numel() < 2:
+            raise ValueError(f"intervals: expected at least 2 held-out utterances, found {ids.numel()}")
+        # per held-out utterance: correct examples per layer and its number of examples
+        counts = torch.zeros(ids.numel(), correct.shape[0], dtype=torch.float64).index_add_(0, inverse, correct.T)
+        sizes = torch.bincount(inverse, minlength=ids.numel()).to(torch.float64)
+        items = list(zip(counts.numpy(), sizes.numpy()))
+
+        def statistic(chosen):
+            total = sum(c for c, _ in chosen)
+            accuracy = total / sum(n for _, n in chosen)
+            return np.concatenate([accuracy, accuracy - accuracy[-1]])
+
+        from analysis.stats import bootstrap_interval
+
+        boot = bootstrap_interval(items, statistic, n_boot=n_boot, seed=seed, level=level)
+        layers = correct.shape[0]
+        return ProbeIntervals(
+            level=level, n_boot=n_boot, heldout_utterances=int(ids.numel()),
+            accuracy_low=boot.low[:layers].tolist(), accuracy_high=boot.high[:layers].tolist(),
+            vs_last=boot.estimate[layers:].tolist(), vs_last_low=boot.low[layers:].tolist(),
+            vs_last_high=boot.high[layers:].tolist())
+
+
+@dataclass(frozen=True)
+class ProbeIntervals:
+    """Percentile bootstrap intervals over held-out utterances (``ProbeResult.intervals``): per
+    layer, of the accuracy and of the paired difference accuracy - last layer's accuracy."""
+
+    level: float
+    n_boot: int
+    heldout_utterances: int
+    accuracy_low: list[float]
+    accuracy_high: list[float]
+    vs_last: list[float]
+    vs_last_low: list[float]
+    vs_last_high: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -281,8 +338,9 @@ def _train_and_score(
     config: ProbeConfig,
     num_classes: int,
     weighted_sum: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Shared training loop: held-out CE in nats ``[P]``, accuracy ``[P]``, layer logits ``[L]``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shared training loop: held-out CE in nats ``[P]``, accuracy ``[P]``, layer logits ``[L]`` and
+    per-example correctness ``[P, m]`` (bool)."""
     layers, n, dim = features.shape
     if targets.shape != (layers, n):
         raise ValueError(f"Expected targets of shape [{n}] or [{layers}, {n}], found {tuple(targets.shape)}")
@@ -327,15 +385,17 @@ def _train_and_score(
             logger.debug("probe epoch %d/%d: last batch loss %.4f nats", epoch + 1, config.epochs, loss.item())
 
     ce_sum = torch.zeros(num_probes, dtype=torch.float64, device=device)
-    correct = torch.zeros(num_probes, dtype=torch.float64, device=device)
+    hits = []
     with torch.no_grad():
         for start in range(0, heldout_index.numel(), 4 * config.batch_size):
             x, y = batch(heldout_index[start : start + 4 * config.batch_size])
             logits = probes(x).float()
             ce_sum += F.cross_entropy(logits.transpose(1, 2), y, reduction="none").to(torch.float64).sum(1)
-            correct += (logits.argmax(-1) == y).to(torch.float64).sum(1)
+            hits.append((logits.argmax(-1) == y).cpu())
     m = heldout_index.numel()
-    return (ce_sum / m).cpu(), (correct / m).cpu(), layer_logits.detach().cpu()
+    correct = torch.cat(hits, dim=1)  # [P, m]
+    accuracy = correct.to(torch.float64).sum(1) / m
+    return (ce_sum / m).cpu(), accuracy, layer_logits.detach().cpu(), correct
 
 
 def _as_index(index: torch.Tensor) -> torch.Tensor:
@@ -350,6 +410,7 @@ def fit_probes(
     config: ProbeConfig,
     *,
     num_classes: int,
+    groups: torch.Tensor | None = None,
 ) -> ProbeResult:
     """Train one probe per layer on ``train_index`` and score it on ``heldout_index``.
 
@@ -358,13 +419,15 @@ def fit_probes(
         targets: ``[n]`` class per example, shared by all layers, or ``[layers, n]`` one
             target per layer (e.g. per-layer cluster ids); values in [0, num_classes).
         train_index, heldout_index: ``[n_train]`` / ``[n_heldout]`` example indices.
+        groups: ``[n]`` utterance of each example, kept for the held-out examples so that
+            ``ProbeResult.intervals`` resamples whole utterances.
     """
     layers, n, _ = features.shape
     targets = torch.as_tensor(targets).cpu().long()
     if targets.dim() == 1:
         targets = targets.unsqueeze(0).expand(layers, -1)
     train_index, heldout_index = _as_index(train_index), _as_index(heldout_index)
-    ce, accuracy, _ = _train_and_score(
+    ce, accuracy, _, correct = _train_and_score(
         features, targets, train_index, heldout_index, config, num_classes, weighted_sum=False
     )
     held = targets[:, heldout_index]
@@ -378,6 +441,8 @@ def fit_probes(
         num_train=train_index.numel(),
         num_heldout=m,
         num_classes=num_classes,
+        heldout_correct=correct,
+        heldout_groups=None if groups is None else torch.as_tensor(groups).cpu()[heldout_index],
     )
 
 
@@ -403,7 +468,7 @@ def fit_weighted_sum_probe(
         raise ValueError(f"Expected targets of shape [{n}] for the weighted layer sum, found {tuple(targets.shape)}")
     train_index, heldout_index = _as_index(train_index), _as_index(heldout_index)
     shared = targets.unsqueeze(0).expand(layers, -1)
-    ce, accuracy, layer_logits = _train_and_score(
+    ce, accuracy, layer_logits, _ = _train_and_score(
         features, shared, train_index, heldout_index, config, num_classes, weighted_sum=True
     )
     return WeightedSumProbeResult(
@@ -461,7 +526,7 @@ def probe_frames(
         num_classes: number of classes; default ``labels.max() + 1``.
     """
     x, y, train_index, heldout_index, c = _prepare(features, labels, utterance_ids, config, num_classes)
-    return fit_probes(x, y, train_index, heldout_index, config, num_classes=c)
+    return fit_probes(x, y, train_index, heldout_index, config, num_classes=c, groups=utterance_ids)
 
 
 def probe_utterances(
@@ -484,7 +549,7 @@ def probe_utterances(
     if groups is None:
         groups = torch.arange(pooled.shape[0])
     x, y, train_index, heldout_index, c = _prepare(pooled.transpose(0, 1), labels, groups, config, num_classes)
-    return fit_probes(x, y, train_index, heldout_index, config, num_classes=c)
+    return fit_probes(x, y, train_index, heldout_index, config, num_classes=c, groups=groups)
 
 
 def probe_weighted_sum(

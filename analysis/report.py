@@ -116,14 +116,14 @@ class AnalysisReport:
                 hi, lo = max(adjacent), min(adjacent)
                 lines += [f"- Most similar adjacent layers (linear CKA): {hi[1]}-{hi[1] + 1} ({hi[0]:.3f}); "
                           f"least similar: {lo[1]}-{lo[1] + 1} ({lo[0]:.3f})."]
-        for key, label in (("probe_phone_accuracy", "phone probe"), ("cca_phone", "CCA with phones"),
-                           ("mi_cluster_bits", "label-free MI bound")):
+        for key, label in (("probe_phone_accuracy", "phone probe"), ("probe_speaker_accuracy", "speaker probe"),
+                           ("cca_phone", "CCA with phones"), ("mi_cluster_bits", "label-free MI bound")):
             values = self.per_layer.get(key)
             if values and any(v is not None for v in values):
                 best = max((v, i) for i, v in enumerate(values) if v is not None)
                 last = values[-1]
                 lines.append(f"- Best layer for {label}: {best[1]} ({best[0]:.3f}); last layer: "
-                             f"{'n/a' if last is None else f'{last:.3f}'}.")
+                             f"{'n/a' if last is None else f'{last:.3f}'}." + self._probe_note(key, best[1]))
         jsd = self.attention.get("jsd_head_averaged")
         if jsd:
             pairs = [(jsd[i][i + 1], i) for i in range(len(jsd) - 1) if jsd[i][i + 1] is not None]
@@ -147,6 +147,27 @@ class AnalysisReport:
         if self.undefined:
             lines += ["", "Undefined values (stored as null):"] + [f"- {k}: {v}" for k, v in sorted(self.undefined.items())]
         return "\n".join(lines) + "\n"
+
+    def probe_intervals(self, key: str) -> dict[str, Any] | None:
+        """The bootstrap intervals stored for a per-layer probe curve (``probe_phone_accuracy`` ->
+        ``extras["probe_phone_intervals"]``), or None."""
+        if not key.startswith("probe_") or not key.endswith("_accuracy"):
+            return None
+        return self.extras.get(key[: -len("_accuracy")] + "_intervals")
+
+    def _probe_note(self, key: str, best: int) -> str:
+        """For a probe: the best layer's interval and whether it beats the last layer beyond the
+        choice of held-out utterances (paired bootstrap interval of the difference)."""
+        iv = self.probe_intervals(key)
+        if not iv or best == self.num_layers - 1 or iv["accuracy_low"][best] is None:
+            return ""
+        pct = f"{iv['level'] * 100:g}%"
+        lo, hi = iv["vs_last_low"][best], iv["vs_last_high"][best]
+        verdict = "an intermediate layer beats the last" if lo > 0 else "not resolved: the interval holds 0"
+        return (f" Layer {best}: {pct} interval {iv['accuracy_low'][best]:.3f}-{iv['accuracy_high'][best]:.3f}; "
+                f"layer {best} - last: {iv['vs_last'][best] * 100:+.1f} points, paired {pct} interval "
+                f"[{lo * 100:+.1f}, {hi * 100:+.1f}] over {iv['heldout_utterances']} held-out utterances "
+                f"({verdict}).")
 
     def save_figures(self, out_dir: str | os.PathLike) -> list[Path]:
         """Heatmaps of the layer x layer matrices and curves of the per-layer scores."""
@@ -194,7 +215,12 @@ class AnalysisReport:
             fig, ax = plt.subplots(figsize=(5.5, 3.6))
             for key in keys:
                 ys = [np.nan if v is None else v for v in self.per_layer[key]]
-                ax.plot(range(len(ys)), ys, marker="o", label=PER_LAYER_LABELS[key][1])
+                line, = ax.plot(range(len(ys)), ys, marker="o", label=PER_LAYER_LABELS[key][1])
+                iv = self.probe_intervals(key)
+                if iv:  # bootstrap interval over held-out utterances
+                    low = [np.nan if v is None else v for v in iv["accuracy_low"]]
+                    high = [np.nan if v is None else v for v in iv["accuracy_high"]]
+                    ax.fill_between(range(len(low)), low, high, color=line.get_color(), alpha=0.2, linewidth=0)
             ax.set_xlabel("layer")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=7)

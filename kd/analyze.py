@@ -34,6 +34,8 @@ class AnalyzeConfig:
     cca_folds: int = 5  # utterance-grouped folds of the held-out CCA
     top_words: int = 200  # word labels: the most frequent words; others are left out
     probe_epochs: int = 20
+    # bootstrap replicates over held-out utterances for the probes' intervals (0: none)
+    probe_bootstrap: int = 1000
     mi_clusters: int = 8  # k of the label-free MI bound
     seed: int = 0
     device: str = "cpu"
@@ -42,6 +44,8 @@ class AnalyzeConfig:
     def __post_init__(self) -> None:
         if self.frames_per_utterance < 2:
             raise ValueError(f"frames_per_utterance: expected >= 2, found {self.frames_per_utterance}")
+        if self.probe_bootstrap < 0:
+            raise ValueError(f"probe_bootstrap: expected >= 0 (0: no intervals), found {self.probe_bootstrap}")
         if self.max_utterances is not None and self.max_utterances < self.cca_folds:
             raise ValueError(f"max_utterances: expected >= cca_folds ({self.cca_folds}), found {self.max_utterances}")
 
@@ -192,6 +196,17 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
     return moments, redundancy, sample, frames_total, sum(durations)
 
 
+def _probe_intervals(report, key: str, result, config: AnalyzeConfig) -> None:
+    """``extras[key + "_intervals"]``: bootstrap intervals over held-out utterances of each layer's
+    probe accuracy and of its paired difference to the last layer (or why there are none)."""
+    if config.probe_bootstrap == 0:
+        return
+    try:
+        report.extras[f"{key}_intervals"] = result.intervals(n_boot=config.probe_bootstrap, seed=config.seed).to_dict()
+    except ValueError as e:  # e.g. a single held-out utterance
+        report.skipped[f"{key}_intervals"] = str(e)
+
+
 def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = AnalyzeConfig(), *, model_name: str = "",
             data_name: str = ""):
     """Run all analyses. ``model``: an ``analysis.capture.LayerwiseModel``; ``data``: a ``DataDir``."""
@@ -259,6 +274,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
         phone_probe = probe_frames(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
         report.per_layer["probe_phone_accuracy"] = list(map(float, phone_probe.accuracy))
         report.extras["probe_phone_majority_accuracy"] = float(phone_probe.majority_accuracy.ravel()[0])
+        _probe_intervals(report, "probe_phone", phone_probe, config)
         ws = probe_weighted_sum(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
         report.extras["superb_phone_layer_weights"] = list(map(float, ws.layer_weights))
         report.extras["superb_phone_accuracy"] = float(ws.accuracy)
@@ -279,6 +295,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
         report.per_layer["probe_speaker_accuracy"] = list(map(float, spk.accuracy))
         clock.lap("speaker_probe")
         report.extras["probe_speaker_majority_accuracy"] = float(spk.majority_accuracy.ravel()[0])
+        _probe_intervals(report, "probe_speaker", spk, config)
     else:
         report.skipped["speaker_probe"] = f"needs at least 2 speakers, found {len(spk_ids)}"
     mi_conf = MIBoundConfig(kmeans=KMeansConfig(num_clusters=config.mi_clusters, seed=config.seed),

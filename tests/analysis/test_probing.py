@@ -6,6 +6,7 @@ import torch
 
 from analysis.probing import (
     ProbeConfig,
+    ProbeResult,
     fit_probes,
     ProbeKind,
     grouped_split,
@@ -147,3 +148,58 @@ def test_fit_probes_with_per_layer_targets_checks_their_range():
         fit_probes(features, per_layer, train, heldout, FAST, num_classes=3)
     with pytest.raises(ValueError, match=r"targets of shape \[200\] or \[2, 200\]"):
         fit_probes(features, per_layer[:, :5], train, heldout, FAST, num_classes=4)
+
+
+def test_probe_intervals_resample_heldout_utterances_by_hand():
+    """Percentile bootstrap over held-out utterances, checked against the resampling written out."""
+    g = torch.Generator().manual_seed(0)
+    utts, per_utt, layers = 12, 5, 3
+    groups = torch.arange(utts * per_utt) // per_utt
+    correct = torch.rand(layers, utts * per_utt, generator=g) < torch.tensor([[0.7], [0.5], [0.45]])
+    result = ProbeResult(accuracy=correct.double().mean(1), cross_entropy_nats=torch.zeros(layers),
+                         cross_entropy_bits=torch.zeros(layers), majority_accuracy=torch.zeros(layers),
+                         num_train=0, num_heldout=utts * per_utt, num_classes=2,
+                         heldout_correct=correct, heldout_groups=groups)
+    got = result.intervals(n_boot=500, seed=3, level=0.9)
+    counts = correct.double().reshape(layers, utts, per_utt).sum(2).T.numpy()  # [utts, layers]
+    draws = np.random.default_rng(3).integers(0, utts, size=(500, utts))
+    acc = counts[draws].sum(1) / (per_utt * utts)  # [boot, layers]: every utterance has per_utt examples
+    diff = acc - acc[:, -1:]
+    np.testing.assert_allclose(got.accuracy_low, np.quantile(acc, 0.05, axis=0), atol=1e-12)
+    np.testing.assert_allclose(got.accuracy_high, np.quantile(acc, 0.95, axis=0), atol=1e-12)
+    np.testing.assert_allclose(got.vs_last_low, np.quantile(diff, 0.05, axis=0), atol=1e-12)
+    np.testing.assert_allclose(got.vs_last_high, np.quantile(diff, 0.95, axis=0), atol=1e-12)
+    np.testing.assert_allclose(got.vs_last, (result.accuracy - result.accuracy[-1]).numpy(), atol=1e-12)
+    assert got.vs_last_low[-1] == got.vs_last_high[-1] == 0.0  # the last layer against itself
+    assert got.heldout_utterances == utts and got.level == 0.9 and got.to_dict()["n_boot"] == 500
+    # without groups every held-out example is its own item
+    alone = ProbeResult(**{**result.__dict__, "heldout_groups": None}).intervals(n_boot=50)
+    assert alone.heldout_utterances == utts * per_utt
+
+
+def test_probe_intervals_pair_the_layers():
+    """Layer 2 carries the labels, the last layer does not: the paired difference is clearly positive,
+    and it is tighter than the spread of the accuracies for two similar layers."""
+    features, labels, utts = _frames(utts=40)
+    result = probe_frames(features, labels, utts, FAST)
+    intervals = result.intervals(n_boot=300)
+    assert intervals.heldout_utterances == torch.unique(result.heldout_groups).numel() and 2 <= intervals.heldout_utterances < 40
+    assert intervals.vs_last_low[2] > 0.5
+    for layer in range(4):
+        assert intervals.accuracy_low[layer] <= float(result.accuracy[layer]) <= intervals.accuracy_high[layer]
+    # a layer copied from the last one: per-example correctness nearly equal, the paired interval narrow
+    features[0] = features[3] + 0.01 * torch.randn_like(features[3])
+    twin = probe_frames(features, labels, utts, FAST).intervals(n_boot=300)
+    assert twin.vs_last_high[0] - twin.vs_last_low[0] < 0.5 * (twin.accuracy_high[0] - twin.accuracy_low[0])
+    assert "heldout_correct" not in result.to_dict() and len(result.to_dict()["accuracy"]) == 4
+
+
+def test_probe_intervals_need_per_example_scores_and_two_utterances():
+    result = ProbeResult(accuracy=torch.ones(2), cross_entropy_nats=torch.zeros(2), cross_entropy_bits=torch.zeros(2),
+                         majority_accuracy=torch.zeros(2), num_train=1, num_heldout=3, num_classes=2)
+    with pytest.raises(ValueError, match="holds no per-example held-out scores"):
+        result.intervals()
+    one = ProbeResult(**{**result.__dict__, "heldout_correct": torch.ones(2, 3, dtype=torch.bool),
+                         "heldout_groups": torch.tensor([7, 7, 7])})
+    with pytest.raises(ValueError, match="expected at least 2 held-out utterances, found 1"):
+        one.intervals()

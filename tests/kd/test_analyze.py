@@ -90,6 +90,13 @@ def test_kd_analyze_end_to_end(tests_corpus, tmp_path, capsys):
     for key in ("cca_fbank", "cca_phone", "cca_word", "probe_phone_accuracy", "mi_phone_bits"):
         assert len(report.per_layer[key]) == 4
     assert "mi_cluster" in report.skipped  # too few utterances for 16 clusters: reported, not silent
+    # the probes' bootstrap intervals over held-out utterances: each layer's accuracy inside its own
+    phone = report.extras["probe_phone_intervals"]
+    assert phone["n_boot"] == 1000 and phone["heldout_utterances"] >= 2
+    for layer, acc in enumerate(report.per_layer["probe_phone_accuracy"]):
+        assert phone["accuracy_low"][layer] <= acc <= phone["accuracy_high"][layer]
+        assert phone["vs_last"][layer] == pytest.approx(acc - report.per_layer["probe_phone_accuracy"][-1])
+    assert phone["vs_last_low"][-1] == phone["vs_last_high"][-1] == 0.0
     timing = report.extras["timing"]
     assert list(timing["seconds"]) == ["forward_and_statistics", "similarity", "attention", "feature_cca",
                                        "phone_probes_and_mi", "speaker_probe", "mi_cluster"]
@@ -116,6 +123,39 @@ def test_report_never_carries_silent_nan(tmp_path):
     assert AnalysisReport.load(tmp_path / "r.json").per_layer["mi_cluster_normalized"][1] is None
 
 
+def test_report_summary_says_whether_an_intermediate_probe_layer_beats_the_last():
+    intervals = {"level": 0.95, "n_boot": 1000, "heldout_utterances": 20, "accuracy_low": [0.30, 0.50, 0.40],
+                 "accuracy_high": [0.40, 0.58, 0.50], "vs_last": [-0.1, 0.09, 0.0], "vs_last_low": [-0.15, 0.05, 0.0],
+                 "vs_last_high": [-0.05, 0.13, 0.0]}
+    report = AnalysisReport(model="m", data="d", num_utterances=100, num_frames=10, frame_rate=50.0, num_layers=3,
+                            per_layer={"probe_phone_accuracy": [0.35, 0.54, 0.45]},
+                            extras={"probe_phone_intervals": intervals})
+    text = report.to_markdown()
+    assert ("- Best layer for phone probe: 1 (0.540); last layer: 0.450. Layer 1: 95% interval 0.500-0.580; "
+            "layer 1 - last: +9.0 points, paired 95% interval [+5.0, +13.0] over 20 held-out utterances "
+            "(an intermediate layer beats the last).") in text
+    unresolved = {**intervals, "vs_last_low": [-0.15, -0.01, 0.0]}
+    report.extras["probe_phone_intervals"] = unresolved
+    assert "[-1.0, +13.0] over 20 held-out utterances (not resolved: the interval holds 0)" in report.to_markdown()
+    assert report.probe_intervals("cca_phone") is None and report.probe_intervals("probe_speaker_accuracy") is None
+
+
+def test_peak_layer_summary_gives_the_paired_probe_interval(tmp_path):
+    from kd.summary import peak_layers_markdown
+
+    intervals = {"level": 0.95, "n_boot": 1000, "heldout_utterances": 20, "accuracy_low": [0.30, 0.50, 0.40],
+                 "accuracy_high": [0.40, 0.58, 0.50], "vs_last": [-0.1, 0.09, 0.0], "vs_last_low": [-0.15, 0.05, 0.0],
+                 "vs_last_high": [-0.05, 0.13, 0.0]}
+    for name, low in (("a", 0.05), ("b", -0.01)):
+        AnalysisReport(model=name, data="d", num_utterances=100, num_frames=10, frame_rate=50.0, num_layers=3,
+                       per_layer={"probe_phone_accuracy": [0.35, 0.54, 0.45], "cca_phone": [0.1, 0.2, 0.3]},
+                       extras={"probe_phone_intervals": {**intervals, "vs_last_low": [-0.15, low, 0.0]}}
+                       ).save(tmp_path / f"{name}.json")
+    table = peak_layers_markdown({"A": tmp_path / "a.json", "B": tmp_path / "b.json"})
+    assert "| A | 2 | 2 (0.300; last 0.300) | 1 (0.540; last 0.450; peak - last [+5.0, +13.0] points *) |" in table
+    assert "| B | 2 | 2 (0.300; last 0.300) | 1 (0.540; last 0.450; peak - last [-1.0, +13.0] points) |" in table
+
+
 def test_malformed_report_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json: not a JSON analysis report"):
@@ -128,6 +168,8 @@ def test_malformed_report_errors(tmp_path):
 def test_analyze_config_validation():
     with pytest.raises(ValueError, match="frames_per_utterance: expected >= 2, found 1"):
         AnalyzeConfig(frames_per_utterance=1)
+    with pytest.raises(ValueError, match=r"probe_bootstrap: expected >= 0 \(0: no intervals\), found -1"):
+        AnalyzeConfig(probe_bootstrap=-1)
 
 
 def test_plan_and_compress_from_report(tests_corpus, tmp_path):
