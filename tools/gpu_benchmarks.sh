@@ -14,7 +14,8 @@
 # (tests/test_gpu_benchmarks.py runs it so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KD="${KD:-.venv/bin/kd}"
+# KD may be a command with arguments ("python3 -m kd.cli" where there is no .venv)
+read -ra KD <<< "${KD:-.venv/bin/kd}"
 PY="${PY:-.venv/bin/python}"
 WORK="${WORK:-exp/gpu_bench}"
 SMOKE="${SMOKE:-0}"
@@ -27,7 +28,7 @@ mkdir -p "$DOCS" "$WORK"
 CORPUS="$WORK/corpus-$PRESET"
 
 corpus() {
-    [ -f "$CORPUS/corpus.json" ] || "$KD" corpus synth --preset "$PRESET" --out "$CORPUS" --quiet
+    [ -f "$CORPUS/corpus.json" ] || "${KD[@]}" corpus synth --preset "$PRESET" --out "$CORPUS" --quiet
 }
 
 # a wav2vec 2.0 base with random weights (timing only), or a tiny one in smoke mode
@@ -51,9 +52,9 @@ part_analysis() {
     else
         scale=()
     fi
-    "$KD" bench analysis --no-similarity --gpu-scale "${scale[@]}" \
+    "${KD[@]}" bench analysis --no-similarity --gpu-scale "${scale[@]}" \
         --out "$DOCS/analysis_gpu.json" --table "$DOCS/analysis_gpu.md"
-    "$KD" bench analyze "$WORK/w2v2-base" --data "$CORPUS/$ANALYZE_DATA" --device "$DEVICE" \
+    "${KD[@]}" bench analyze "$WORK/w2v2-base" --data "$CORPUS/$ANALYZE_DATA" --device "$DEVICE" \
         --work "$WORK/analyze" --out "$DOCS/analyze_gpu.json" --table "$DOCS/analyze_gpu.md"
 }
 
@@ -70,14 +71,14 @@ CompressionPlan(keep_layers=(0, 2, 4, 6, 8, 11)).save(work / "plan-6of12.json") 
 CompressionPlan(keep_layers=tuple(range(12)),
                 attention_reuse=tuple((i, i + 1) for i in range(0, 12, 2))).save(work / "plan-reuse.json")
 EOF
-    "$KD" compress "$WORK/w2v2-base" "$WORK/plan-6of12.json" --out "$WORK/student-6of12"
-    "$KD" compress "$WORK/w2v2-base" "$WORK/plan-reuse.json" --out "$WORK/student-reuse"
+    "${KD[@]}" compress "$WORK/w2v2-base" "$WORK/plan-6of12.json" --out "$WORK/student-6of12"
+    "${KD[@]}" compress "$WORK/w2v2-base" "$WORK/plan-reuse.json" --out "$WORK/student-reuse"
     if [ "$SMOKE" = 1 ]; then
         speed=(--seconds 1 --repeats 2 --warmup 1)
     else
         speed=(--repeats 20)
     fi
-    "$KD" bench speed "$WORK/w2v2-base" "$WORK/student-6of12" "$WORK/student-reuse" --device "$DEVICE" \
+    "${KD[@]}" bench speed "$WORK/w2v2-base" "$WORK/student-6of12" "$WORK/student-reuse" --device "$DEVICE" \
         --batch-sizes 1 16 "${speed[@]}" --out "$DOCS/speed_gpu.json" --table "$DOCS/speed_gpu.md"
 }
 
@@ -94,8 +95,8 @@ optim: {max_steps: $steps, mixed_precision: $([ "$SMOKE" = 1 ] && echo 'no' || e
 checkpoint: {at_epoch_end: false}
 logging: {progress: false, tensorboard: false}
 EOF
-    "$KD" train "$WORK/teacher.yaml" "$teacher"
-    "$KD" bench train --data "$CORPUS/target/train" --teacher "$teacher" --preset "$preset" \
+    "${KD[@]}" train "$WORK/teacher.yaml" "$teacher"
+    "${KD[@]}" bench train --data "$CORPUS/target/train" --teacher "$teacher" --preset "$preset" \
         --window "$window" --windows 3 --max-seconds "$max_seconds" --out "$WORK/bench_train" \
         --table "$DOCS/train_gpu.md"
     cp "$WORK/bench_train/train.json" "$DOCS/train_gpu.json"
