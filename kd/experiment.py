@@ -379,7 +379,8 @@ def comparison_table(rows: Sequence[Mapping[str, Any]], pairs: Sequence[Sequence
         lo, hi = (c["mean"] - c["half_width"]) * 100, (c["mean"] + c["half_width"]) * 100
         interval = "" if c["runs"] < 2 else f"[{lo:+.1f}, {hi:+.1f}]"
         verdict = "" if c["runs"] < 2 else ("yes" if lo > 0 or hi < 0 else "no")
-        lines.append(f"| {c[within]} | {c['a']} | {c['b']} | {c['mean'] * 100:+.1f} ± {c['std'] * 100:.1f} | "
+        spread = f" ± {c['std'] * 100:.1f}" if c["runs"] > 1 else ""  # one seed: no spread to show
+        lines.append(f"| {c[within]} | {c['a']} | {c['b']} | {c['mean'] * 100:+.1f}{spread} | "
                      f"{interval} | {c['a_lower']} of {c['runs']} seeds | {verdict} |")
     return out, "\n".join(lines) + "\n"
 

@@ -248,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         compared = []
         if comparisons:
             compared, pairs = comparison_table(rows, comparisons, metric=metrics[0])
+            one = "; one seed gives no interval: add seeds (--seeds 0 1 2) to tell a difference from noise"
             text += (f"\nPaired differences of {metrics[0]} over seeds {seeds} (a - b, seed by seed; "
-                     f"negative: a makes fewer errors)\n\n{pairs}")
+                     f"negative: a makes fewer errors{one if len(seeds) < 2 else ''})\n\n{pairs}")
         write_json(out / f"{tag}.json", {"teachers": teacher_eval, "students": summary, "comparisons": compared,
                                          "seeds": seeds})
         atomic_write_text(out / f"{tag}.md", text)

@@ -75,6 +75,8 @@ def test_comparison_table_pairs_conditions_by_seed():
     assert "| S | tok+unc | tok | +0.0 ± 0.2 | [-0.5, +0.6] | 1 of 3 seeds | no |" in table
     assert "| S | tok | no KD | -2.0 ± 0.5 | [-3.2, -0.8] | 3 of 3 seeds | yes |" in table
     assert "| XS | tok | no KD | +2.0 ± 0.0 | [+2.0, +2.0] | 0 of 3 seeds | yes |" in table
+    _, single = comparison_table([r for r in rows if r["seed"] == 0], [("tok", "no KD")], metric="cer")
+    assert "| S | tok | no KD | -2.0 |  | 1 of 1 seeds |  |" in single  # one seed: no spread, no interval
     with pytest.raises(ValueError, match=r"pairs: no runs of condition 'tok-KD'; expected one of"):
         comparison_table(rows, [("tok-KD", "no KD")], metric="cer")
     with pytest.raises(ValueError, match=r"pairs: expected \[a, b\] condition names, found \['tok'\]"):
