@@ -120,7 +120,9 @@ class AnalysisReport:
                            ("cca_phone", "CCA with phones"), ("mi_cluster_bits", "label-free MI bound")):
             values = self.per_layer.get(key)
             if values and any(v is not None for v in values):
-                best = max((v, i) for i, v in enumerate(values) if v is not None)
+                # the earliest layer among equal values, as kd.summary.peak_layers picks it
+                value, index = max((v, -i) for i, v in enumerate(values) if v is not None)
+                best = (value, -index)
                 last = values[-1]
                 lines.append(f"- Best layer for {label}: {best[1]} ({best[0]:.3f}); last layer: "
                              f"{'n/a' if last is None else f'{last:.3f}'}." + self._probe_note(key, best[1]))
@@ -215,8 +217,11 @@ class AnalysisReport:
             fig, ax = plt.subplots(figsize=(5.5, 3.6))
             for key in keys:
                 ys = [np.nan if v is None else v for v in self.per_layer[key]]
-                line, = ax.plot(range(len(ys)), ys, marker="o", label=PER_LAYER_LABELS[key][1])
                 iv = self.probe_intervals(key)
+                label = PER_LAYER_LABELS[key][1]
+                if iv:
+                    label += f"; shaded: {iv['level'] * 100:g}% interval, {iv['heldout_utterances']} held-out utts"
+                line, = ax.plot(range(len(ys)), ys, marker="o", label=label)
                 if iv:  # bootstrap interval over held-out utterances
                     low = [np.nan if v is None else v for v in iv["accuracy_low"]]
                     high = [np.nan if v is None else v for v in iv["accuracy_high"]]

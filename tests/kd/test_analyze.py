@@ -251,3 +251,9 @@ def test_protocol_model_without_attention_is_reported_as_skipped(tests_corpus):
     cka = report.similarity["linear_cka"]
     assert cka[0][1] == pytest.approx(1.0, abs=1e-9)  # CKA is invariant to isotropic scaling and offsets
     assert cka[0][2] < 1.0
+
+
+def test_report_summary_names_the_earliest_of_equally_good_layers():
+    report = AnalysisReport(model="m", data="d", num_utterances=10, num_frames=10, frame_rate=50.0, num_layers=3,
+                            per_layer={"probe_speaker_accuracy": [1.0, 1.0, 0.95]})
+    assert "- Best layer for speaker probe: 0 (1.000); last layer: 0.950." in report.to_markdown()
