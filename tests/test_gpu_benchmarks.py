@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,6 +33,7 @@ def test_gpu_benchmark_script_smoke(tmp_path):
     assert student["num_hidden_layers"] == 6
 
 
+@pytest.mark.slow  # about a minute: two smoke runs of the device script; pytest -m slow
 def test_gpu_session_packs_results_after_each_part_and_reports_a_part_cut_off(tmp_path):
     """tools/gpu_session.sh (one device call): each part under its own limit; the archive holds the
     tables and logs written so far, also after a part is stopped at its limit."""
