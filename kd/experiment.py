@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from kd.losses import KDLevel, KDReduction, TeacherWeighting
 from kd.training.config import TrainConfig
 
-__all__ = ["Condition", "StudentSize", "comparison_table", "evaluate_once", "mean_std", "merge_sections",
+__all__ = ["Condition", "StudentSize", "check_pairs", "comparison_table", "evaluate_once", "mean_std", "merge_sections",
            "paired_differences", "results_table", "seed_summary", "student_train_config", "t_interval", "train_run",
            "write_token_list"]
 
@@ -133,7 +133,7 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
                          dev: str | os.PathLike, tokens: str | os.PathLike, seed: int,
                          teacher_model: Mapping[str, Any], size: StudentSize, plan_student: str | os.PathLike | None,
                          teacher_runs: Mapping[str, str | os.PathLike], dev_wers: Mapping[str, float],
-                         cache_root: str | os.PathLike) -> TrainConfig:
+                         cache_root: str | os.PathLike, freeze: Sequence[str] = ()) -> TrainConfig:
     """The run config of one (size, condition, seed) cell.
 
     Args:
@@ -147,6 +147,8 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
         teacher_runs: domain name -> teacher run dir.
         dev_wers: domain name -> the teacher's WER on the target dev set (for ``dev_wer``).
         cache_root: folder for cached teacher outputs, shared by every run with the same teachers.
+        freeze: parameter names or prefixes (``TrainConfig.model.freeze``) that a student built
+            from the teacher's layers keeps as the teacher trained them; a random student trains all.
     """
     section = merge_sections(base, {
         "data": {"train": [str(d) for d in train], "dev": str(dev)},
@@ -156,7 +158,7 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
     if condition.init == "plan":
         if plan_student is None:
             raise ValueError(f"condition {condition.name!r}: init 'plan' needs the student built from the plan")
-        section["model"] = {"preset": None, "init_from": str(plan_student)}
+        section["model"] = {"preset": None, "init_from": str(plan_student), "freeze": list(freeze)}
     else:
         model = merge_sections(teacher_model, {"overrides": {"encoder_layers": size.encoder_layers,
                                                      "decoder_layers": len(size.decoder_keep)}})
@@ -329,6 +331,23 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, group: Sequence[str], me
     return summary, "\n".join(lines) + "\n"
 
 
+def check_pairs(pairs: Any, names: Sequence[str], *, what: str = "a condition") -> None:
+    """Check ``pairs``: a list of ``[a, b]`` lists of two names, each one of ``names``.
+
+    The error names the offending pair or name and what was expected, e.g. ``'tok KD' is not a
+    condition; expected one of [...]``.
+    """
+    if not isinstance(pairs, (list, tuple)):
+        raise ValueError(f"expected a list of [a, b] condition pairs, found {pairs!r}")
+    for pair in pairs:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(n, str) for n in pair)):
+            shown = list(pair) if isinstance(pair, tuple) else pair
+            raise ValueError(f"expected [a, b] condition names, found {shown!r}")
+        for name in pair:
+            if name not in names:
+                raise ValueError(f"{name!r} is not {what}; expected one of {list(names)}")
+
+
 def comparison_table(rows: Sequence[Mapping[str, Any]], pairs: Sequence[Sequence[str]], *, metric: str,
                      within: str = "size", level: float = 0.95) -> tuple[list[dict], str]:
     """Paired differences between named conditions, per value of ``within``, over seeds.
@@ -346,13 +365,10 @@ def comparison_table(rows: Sequence[Mapping[str, Any]], pairs: Sequence[Sequence
     ``std``, ``half_width``, ``runs``, ``a_lower``: in how many seeds ``a`` had fewer errors) and a
     markdown table whose last column says whether the interval excludes zero.
     """
-    names = {row["condition"] for row in rows}
-    for pair in pairs:
-        if len(pair) != 2:
-            raise ValueError(f"pairs: expected [a, b] condition names, found {list(pair)!r}")
-        for name in pair:
-            if name not in names:
-                raise ValueError(f"pairs: no runs of condition {name!r}; expected one of {sorted(names)}")
+    try:
+        check_pairs(pairs, sorted({row["condition"] for row in rows}), what="a condition with runs")
+    except ValueError as e:
+        raise ValueError(f"pairs: {e}") from None
     values: dict[tuple[Any, str], dict[Any, float]] = {}
     order: list[Any] = []
     for row in rows:

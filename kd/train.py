@@ -71,8 +71,8 @@ from kd.training.checkpoint import (CHECKPOINTS_DIR, WEIGHTS, average_checkpoint
                                     save_rng)
 from kd.training.config import TrainConfig
 from kd.training.logs import CsvLog, open_tensorboard
-from kd.training.setup import (RESUMABLE_FIELDS, LenientTokenizer, load_data_dir, load_train_data, model_config_for,
-                               pool, prepare_run_dir, setup_teachers)
+from kd.training.setup import (RESUMABLE_FIELDS, LenientTokenizer, freeze_parameters, load_data_dir, load_train_data,
+                               model_config_for, pool, prepare_run_dir, setup_teachers)
 from kd.training.steps import DevScores, accumulate, evaluate, forward_backward, reduce_window
 
 __all__ = ["RESUMABLE_FIELDS", "TrainResult", "distill", "distill_from_yaml", "main", "train", "train_from_yaml"]
@@ -214,10 +214,11 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
     model = build_asr_model(model_config, list(tokenizer.tokens))
     if init_state is not None:
         model.load_state_dict(init_state)
+    freeze_parameters(model, config.model.freeze)
     if is_main:
         atomic_write_text(out / "model_config.yaml", model_config.to_yaml())
     o = config.optim
-    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                  weight_decay=o.weight_decay, fused=o.fused and device.type == "cuda")
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)

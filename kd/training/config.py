@@ -47,7 +47,8 @@ CONFIG_VERSION = 1
 # that gives what runs without the field did (speed settings change only floating-point rounding);
 # see TrainConfig.identity
 ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None,
-                ("kd", "loss", "reduction"): "mean", ("checkpoint", "best_by"): "loss"}
+                ("kd", "loss", "reduction"): "mean", ("checkpoint", "best_by"): "loss",
+                ("model", "freeze"): []}
 
 
 class TokenKind(enum.Enum):
@@ -112,6 +113,10 @@ class ModelConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # AsrConfig fields on top of the preset
     init_from: str | None = None  # a run dir or a model dir (kd.model_dir): architecture and weights from it
     init_weights: str = "model_avg.safetensors"  # weights file inside init_from
+    # parameters left as they are (ESPnet's --freeze_param): names or dotted prefixes of the model's
+    # parameters, e.g. espnet.encoder.embed (the convolutional subsampling a student took from its
+    # teacher); they get no gradient and no optimizer state
+    freeze: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,9 @@ def _validate(c: TrainConfig) -> None:
         fail("model.overrides", m.overrides, "none with model.init_from (the run fixes the architecture)")
     if "vocab_size" in m.overrides:
         fail("model.overrides.vocab_size", m.overrides["vocab_size"], "no value: it comes from the token list")
+    for prefix in m.freeze:
+        if not prefix or prefix.startswith(".") or prefix.endswith("."):
+            fail("model.freeze", list(m.freeze), "parameter names or dotted prefixes such as espnet.encoder.embed")
     o = c.optim
     if not o.lr > 0:
         fail("optim.lr", o.lr, "> 0")

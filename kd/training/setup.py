@@ -9,10 +9,10 @@ import yaml
 
 from kd.io import atomic_write_text, clear_done
 from kd.training.checkpoint import CHECKPOINTS_DIR, list_checkpoints, load_weights, remove_partial_checkpoints
-from kd.training.config import TeacherOutputs, TrainConfig
+from kd.training.config import ADDED_FIELDS, TeacherOutputs, TrainConfig
 
-__all__ = ["RESUMABLE_FIELDS", "LenientTokenizer", "load_train_data", "model_config_for", "prepare_run_dir",
-           "setup_teachers"]
+__all__ = ["RESUMABLE_FIELDS", "LenientTokenizer", "freeze_parameters", "load_train_data", "model_config_for",
+           "prepare_run_dir", "setup_teachers"]
 
 # config fields a resumed run may change: when to stop, when to save, what to log
 RESUMABLE_FIELDS = ("optim.max_steps", "optim.max_epochs", "optim.fused", "optim.tf32", "checkpoint.", "logging.",
@@ -90,6 +90,29 @@ def model_config_for(config: TrainConfig, tokenizer):
     return model_config, load_weights(run / m.init_weights)
 
 
+def freeze_parameters(model, prefixes) -> int:
+    """Stop training the parameters named by ``prefixes`` (``TrainConfig.model.freeze``).
+
+    A prefix names a parameter or a module (``espnet.encoder.embed`` covers
+    ``espnet.encoder.embed.conv.0.weight``, ...). Sets ``requires_grad=False`` and returns the
+    number of values frozen; a prefix that names no parameter is an error that lists the
+    model's top-level modules.
+    """
+    named = dict(model.named_parameters())
+    frozen = 0
+    for prefix in prefixes:
+        hits = [n for n in named if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            modules = sorted({".".join(n.split(".")[:3]) for n in named})
+            raise ValueError(f"TrainConfig.model.freeze: {prefix!r} names no parameter of the model; expected a "
+                             f"parameter name or a prefix such as one of {modules}")
+        for n in hits:
+            if named[n].requires_grad:
+                named[n].requires_grad_(False)
+                frozen += named[n].numel()
+    return frozen
+
+
 def setup_teachers(config: TrainConfig, tokenizer, train_set, buckets, accelerator, out: Path):
     """``(teachers, None)`` for online outputs, ``(None, cache)`` for cached ones, ``(None, None)`` without kd."""
     from kd.training.teachers import TeacherCache, load_teachers
@@ -128,6 +151,10 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
         raise ValueError(f"{out}: holds checkpoints of an earlier run; resume it or choose another out_dir")
     if resume and saved.is_file() and list_checkpoints(ckpt_root):
         old = _flatten(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
+        for (*sections, name), default in ADDED_FIELDS.items():  # written before the option existed
+            parent = "".join(f"{s}." for s in sections)
+            if any(k.startswith(parent) for k in old):
+                old.setdefault(parent + name, default)
         new = _flatten(config.to_dict())
         changed = sorted(k for k in old.keys() | new.keys()
                          if old.get(k) != new.get(k) and not any(k.startswith(f) for f in RESUMABLE_FIELDS))

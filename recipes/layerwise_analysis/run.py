@@ -45,6 +45,17 @@ CURVES = {  # report key -> y label
 }
 
 
+def training_differs(saved_config: Path, section: dict) -> list[str]:
+    """The sections of the run config ``saved_config`` that differ from the training ``section``,
+    data dirs and token inventory apart (another recipe's run trains on its own copy of the corpus)."""
+    saved = TrainConfig.from_yaml(saved_config)
+    mine = saved.to_dict()
+    wanted = TrainConfig.from_dict(merge_sections(section, {
+        "data": {"train": mine["data"]["train"], "dev": mine["data"]["dev"]}, "tokens": mine["tokens"]}))
+    a, b = saved.identity(), wanted.identity()
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "layerwise_analysis")
     args = parser.parse_args(argv)
@@ -61,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_asr_teacher(done):
         existing = cfg.get("asr_teacher_run")
-        if existing and (Path(existing) / "model/config.yaml").is_file():  # a finished run with these settings
-            return {"run": str(Path(existing).resolve()), "reused": True}
+        if existing and (Path(existing) / "model/config.yaml").is_file():  # a finished run ...
+            differs = training_differs(Path(existing) / "config.yaml", cfg["asr_teacher"])
+            if not differs:  # ... with these settings
+                return {"run": str(Path(existing).resolve()), "reused": True}
+            print(f"asr_teacher_run {existing}: trained with other settings (sections {differs} differ); "
+                  "training the teacher here", flush=True)
         section = merge_sections(cfg["asr_teacher"], {"data": {"train": [str(corpus / domain / "train")],
                                                                "dev": str(dev)}})
         r = train(TrainConfig.from_dict(section), out / "asr_teacher")

@@ -28,8 +28,8 @@ from kd.corpus.conditions import condition_table, error_by_condition, read_manif
 from kd.corpus.synth import build_corpus
 from kd.data.datadir import write_subset
 from kd.decode import DecodeConfig
-from kd.experiment import (Condition, StudentSize, comparison_table, evaluate_once, merge_sections, results_table,
-                           student_train_config, train_run, write_token_list)
+from kd.experiment import (Condition, StudentSize, check_pairs, comparison_table, evaluate_once, merge_sections,
+                           results_table, student_train_config, train_run, write_token_list)
 from kd.io import atomic_write_text, config_digest, write_json
 from kd.model_dir import load_model_dir, save_model_dir
 from kd.parallel import Job, run_jobs
@@ -39,13 +39,15 @@ from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, loa
                        preset_seeds, preset_workers, recipe_parser, run_recipe)
 from kd.train import train
 from kd.training.config import TrainConfig
+from kd.training.setup import freeze_parameters
 
 HERE = Path(__file__).resolve().parent
 PRESET_KEYS = PresetKeys(
     required=["corpus", "teacher_domains", "target_domain", "teacher", "student", "student_sizes", "conditions",
               "seeds", "decode"],
-    optional=["analysis", "comparisons", "device", "relative_to_first", "results_name", "runs_name", "target_train_utterances",
-              "teacher_metric", "test_decode", "test_decode_name", "test_teacher_domains", "workers"],
+    optional=["analysis", "comparisons", "device", "relative_to_first", "results_name", "runs_name", "student_freeze",
+              "target_train_utterances", "teacher_metric", "test_decode", "test_decode_name", "test_teacher_domains",
+              "workers"],
     sections={"corpus": CORPUS_KEYS})
 
 
@@ -69,15 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # confidence interval (kd.experiment.comparison_table): the papers' claims, seed noise removed
     comparisons = cfg.get("comparisons", [])
     with preset_section(parser, args, "comparisons"):
-        names = [c.name for c in conditions]
-        if not isinstance(comparisons, list):
-            raise ValueError(f"expected a list of [a, b] condition pairs, found {comparisons!r}")
-        for pair in comparisons:
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)):
-                raise ValueError(f"expected [a, b] condition names, found {pair!r}")
-            for name in pair:
-                if name not in names:
-                    raise ValueError(f"{name!r} is not a condition of this preset; expected one of {names}")
+        check_pairs(comparisons, [c.name for c in conditions], what="a condition of this preset")
     # results.md/.json and runs.json; a preset that adds conditions to another preset's output
     # folder (--out) names its own files, e.g. results-plans.md
     tag = cfg.get("results_name", "results")
@@ -111,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     metric = cfg.get("teacher_metric", "wer")
     if metric not in ("wer", "cer"):
         parser.error(f"teacher_metric: expected 'wer' or 'cer', found {metric!r}")
+
+    # parameters that students built from a teacher's layers (init: plan) keep as the teacher trained
+    # them, e.g. [espnet.encoder.embed], the convolutional subsampling: 1.4x faster steps on a CPU
+    student_freeze = cfg.get("student_freeze", [])
+    with preset_section(parser, args, "student_freeze"):
+        if not (isinstance(student_freeze, list) and all(isinstance(n, str) and n for n in student_freeze)):
+            raise ValueError(f"expected a list of parameter names or prefixes, found {student_freeze!r}")
 
     def data(domain: str, split: str) -> Path:
         return corpus / domain / split
@@ -176,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                 plan.save(out / "students" / size.name / f"encoder_plan{suffix}.json")
                 student = asr_student(teacher, plan, CompressionPlan(keep_layers=list(size.decoder_keep)))
                 save_model_dir(student, tokenizer, plan_student(size, method))
+                try:  # a name that the student lacks stops the run here, before the distillation
+                    freeze_parameters(student, student_freeze)
+                except ValueError as e:
+                    raise ValueError(f"student_freeze: {e}") from None
                 built[size.name + suffix] = {"encoder_layers": list(plan.keep_layers),
                                              "share_groups": plan.share_groups,
                                              "decoder_layers": list(size.decoder_keep)}
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return student_train_config(
             cfg["student"], condition, train=[train_dir], dev=data(target, "dev"), tokens=tokens, seed=seed,
             teacher_model=cfg["teacher"]["model"], size=size, plan_student=plan_student(size, condition.plan),
-            teacher_runs=teacher_runs, dev_wers=dev_wers, cache_root=cache_root)
+            teacher_runs=teacher_runs, dev_wers=dev_wers, cache_root=cache_root, freeze=student_freeze)
 
     def stage_distill(done):
         train_dir = student_train()

@@ -77,7 +77,7 @@ def test_comparison_table_pairs_conditions_by_seed():
     assert "| XS | tok | no KD | +2.0 ± 0.0 | [+2.0, +2.0] | 0 of 3 seeds | yes |" in table
     _, single = comparison_table([r for r in rows if r["seed"] == 0], [("tok", "no KD")], metric="cer")
     assert "| S | tok | no KD | -2.0 |  | 1 of 1 seeds |  |" in single  # one seed: no spread, no interval
-    with pytest.raises(ValueError, match=r"pairs: no runs of condition 'tok-KD'; expected one of"):
+    with pytest.raises(ValueError, match=r"pairs: 'tok-KD' is not a condition with runs; expected one of"):
         comparison_table(rows, [("tok-KD", "no KD")], metric="cer")
     with pytest.raises(ValueError, match=r"pairs: expected \[a, b\] condition names, found \['tok'\]"):
         comparison_table(rows, [("tok",)], metric="cer")
@@ -184,6 +184,7 @@ def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, t
         del old["optim"][name]
     del old["data"]["augment"]  # added later still
     del old["checkpoint"]["best_by"]  # and later
+    del old["model"]["freeze"]  # tenth session
     (tmp_path / "run/config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
     mark_done(tmp_path / "run", old, steps=1)  # the marker as that version wrote it
     messages.clear()

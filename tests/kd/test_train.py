@@ -154,6 +154,10 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_weights(corpus, tmp_pat
     full = train(config(9), tmp_path / "full")
     first = train(config(4), tmp_path / "parts")  # stops mid-epoch (3 steps per epoch)
     assert first.steps == 4 and 0 < first.epochs % 1
+    import yaml  # the run as a version without model.freeze / data.augment wrote it: resumable all the same
+    saved = yaml.safe_load((tmp_path / "parts/config.yaml").read_text())
+    del saved["model"]["freeze"], saved["data"]["augment"]
+    (tmp_path / "parts/config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     second = train(config(9), tmp_path / "parts")  # max_steps may change on resume
     assert second.resumed_from == 4 and second.steps == full.steps == 9
     a, b = load_weights(tmp_path / "full/model.safetensors"), load_weights(tmp_path / "parts/model.safetensors")
@@ -306,6 +310,48 @@ def test_init_from_a_run_starts_from_its_weights(corpus, teachers, tmp_path):
     assert (tmp_path / "student/model_config.yaml").read_text() == (t1 / "model_config.yaml").read_text()
     with pytest.raises(ValueError, match="TrainConfig.model.preset: expected a preset name or model.init_from"):
         make_config([corpus / "target/train"], steps=1, model={"preset": "tiny", "init_from": str(t1)})
+
+
+def test_frozen_parameters_keep_the_teachers_values_and_the_rest_train(corpus, teachers, tmp_path):
+    """model.freeze: the named module keeps its initial values bit for bit, everything else moves;
+    a name that matches no parameter is refused with the model's module names."""
+    from kd.train import train
+    from kd.training.checkpoint import load_optimizer_state, latest_checkpoint
+
+    t1, _ = teachers
+    tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
+    config = make_config([corpus / "target/train"], steps=2, tokens=tokens,
+                         model={"preset": None, "init_from": str(t1), "init_weights": "model.safetensors",
+                                "freeze": ["espnet.encoder.embed", "uncertainty"]})
+    train(config, tmp_path / "student")
+    start, after = load_weights(t1 / "model.safetensors"), load_weights(tmp_path / "student/model.safetensors")
+    frozen = [k for k in start if k.startswith(("espnet.encoder.embed.", "uncertainty."))]
+    assert any(".conv." in k for k in frozen) and any(k.startswith("uncertainty.") for k in frozen)
+    for k in frozen:
+        assert torch.equal(after[k], start[k]), k
+    moved = [k for k in start if k not in frozen and not torch.equal(after[k], start[k])]
+    assert any(k.startswith("espnet.encoder.encoders.") for k in moved) and any("decoder" in k for k in moved)
+    # the optimizer holds state for the trained parameters only
+    state = load_optimizer_state(latest_checkpoint(tmp_path / "student/checkpoints"))["optimizer"]["state"]
+    named = dict(_named_parameters(t1))
+    assert len(state) == sum(1 for k in named if k not in frozen) < len(named)
+
+    bad = make_config([corpus / "target/train"], steps=1, tokens=tokens,
+                      model={"preset": None, "init_from": str(t1), "init_weights": "model.safetensors",
+                             "freeze": ["espnet.encoder.embd"]})
+    with pytest.raises(ValueError, match=r"TrainConfig.model.freeze: 'espnet.encoder.embd' names no parameter of the "
+                                         r"model; expected a parameter name or a prefix such as one of \[.*"
+                                         r"'espnet.encoder.embed'"):
+        train(bad, tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"TrainConfig.model.freeze: expected parameter names or dotted prefixes"):
+        make_config([corpus / "target/train"], steps=1, model={"preset": "tiny", "freeze": ["espnet.encoder."]})
+
+
+def _named_parameters(run_dir):
+    from kd.training.teachers import load_run_model
+
+    model, _ = load_run_model(run_dir, "model.safetensors")
+    return model.named_parameters()
 
 
 def test_bf16_run_logs_to_tensorboard_what_it_logs_to_csv(corpus, tmp_path):

@@ -20,3 +20,22 @@ def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys, load_recip
     summary = (out / "summary.md").read_text()
     assert "| ESPnet ASR teacher | 3 |" in summary and "| wav2vec 2.0, final | 2 |" in summary
     assert summary in capsys.readouterr().out
+
+
+def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp_path, load_recipe):
+    """asr_teacher_run: a run with other data dirs and tokens but the same model, optimiser and
+    limits is reused; one trained for other epochs is not (its differing section is named)."""
+    import yaml
+
+    from kd.training.config import TrainConfig
+
+    recipe = load_recipe("layerwise_analysis")
+    section = yaml.safe_load((recipe.HERE / "config.yaml").read_text())["cpu"]["asr_teacher"]
+    other = {**section, "data": {**section["data"], "train": ["/elsewhere/us/train"], "dev": "/elsewhere/us/dev"},
+             "tokens": {"kind": "list", "path": "/elsewhere/tokens.txt"}}
+    saved = tmp_path / "config.yaml"
+    saved.write_text(TrainConfig.from_dict(other).to_yaml())
+    assert recipe.training_differs(saved, section) == []
+    fewer = {**other, "optim": {**other["optim"], "max_epochs": 8}}
+    saved.write_text(TrainConfig.from_dict(fewer).to_yaml())
+    assert recipe.training_differs(saved, section) == ["optim"]

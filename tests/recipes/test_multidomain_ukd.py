@@ -43,6 +43,18 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
     assert len(xs["encoder_share_groups"][0]) == 3
     plan_student = json.loads((out / "runs/S/no-kd/seed0/result.json").read_text())
     assert plan_student["steps"] == 1
+    # student_freeze: a student built from the teacher's layers keeps the teacher's convolutional
+    # subsampling and trains the rest; a random-init student trains everything
+    from kd.training.checkpoint import load_weights
+
+    init = load_weights(out / "students/S/init/model.safetensors")
+    trained = load_weights(out / "runs/S/no-kd/seed0/model.safetensors")
+    embed = [k for k in init if k.startswith("espnet.encoder.embed.")]
+    assert embed and all(torch.equal(init[k], trained[k]) for k in embed)
+    assert not torch.equal(init["espnet.ctc.ctc_lo.weight"], trained["espnet.ctc.ctc_lo.weight"])
+    run_model = {c: yaml.safe_load((out / f"runs/S/{c}/seed0/config.yaml").read_text())["model"]
+                 for c in ("no-kd", "no-kd-random-init")}
+    assert run_model["no-kd"]["freeze"] == ["espnet.encoder.embed"] and run_model["no-kd-random-init"]["freeze"] == []
     # the two-teacher condition weights teachers by their target dev WER and caches their outputs
     both = (out / "runs/S/tok-unc-kd-us-uk/seed0/config.yaml").read_text()
     assert "dev_wer" in both and "teacher_cache/us+uk" in both

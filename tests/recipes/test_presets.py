@@ -71,6 +71,8 @@ def _with_preset(tmp_path, recipe: str, edit) -> Path:
     ("multidomain_ukd", lambda p: p.update(comparisons=[["tok-KD (us)"]]),
      "comparisons: expected [a, b] condition names, found ['tok-KD (us)']"),
     ("multidomain_ukd", lambda p: p["teacher"].pop("model"), "student / conditions: missing key 'model'"),
+    ("multidomain_ukd", lambda p: p.update(student_freeze="espnet.encoder.embed"),
+     "student_freeze: expected a list of parameter names or prefixes, found 'espnet.encoder.embed'"),
 ])
 def test_bad_keys_and_values_fail_before_the_first_stage_naming_file_preset_and_key(recipe_name, edit, expected,
                                                                                    tmp_path, capsys, load_recipe):
