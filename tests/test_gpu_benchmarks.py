@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about two minutes on the 2-core machine (ten processes, each importing torch); pytest -m slow
 def test_gpu_benchmark_script_smoke(tmp_path):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "SMOKE": "1", "WORK": str(tmp_path), "KD": str(bin_dir / "kd"), "PY": sys.executable,
