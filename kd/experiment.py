@@ -28,9 +28,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from kd.losses import KDLevel, KDReduction, TeacherWeighting
 from kd.training.config import TrainConfig
 
-__all__ = ["Condition", "StudentSize", "check_pairs", "comparison_table", "evaluate_once", "mean_std", "merge_sections",
-           "paired_differences", "results_table", "seed_summary", "student_train_config", "t_interval", "train_run",
-           "write_token_list"]
+__all__ = ["Condition", "StudentSize", "check_pairs", "comparison_table", "evaluate_once", "mean_std",
+           "merge_sections", "paired_differences", "results_table", "seed_summary", "student_train_config",
+           "t_interval", "train_run", "write_token_list"]
 
 _INITS = ("random", "plan")
 _PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod

@@ -218,7 +218,8 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
     if is_main:
         atomic_write_text(out / "model_config.yaml", model_config.to_yaml())
     o = config.optim
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+    trained = [p for p in model.parameters() if p.requires_grad]  # model.freeze leaves the rest out
+    optimizer = torch.optim.Adam(trained, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                  weight_decay=o.weight_decay, fused=o.fused and device.type == "cuda")
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
