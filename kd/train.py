@@ -97,6 +97,7 @@ class TrainResult:
     steps_per_second: float  # of this invocation
     audio_seconds_per_second: float  # seconds of training audio (all processes) per wall second
     skipped: bool = False  # True when the run was already finished and nothing was done
+    frozen_parameters: int = 0  # values that model.freeze kept as they were
 
     @property
     def model_path(self) -> Path:
@@ -214,7 +215,7 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
     model = build_asr_model(model_config, list(tokenizer.tokens))
     if init_state is not None:
         model.load_state_dict(init_state)
-    freeze_parameters(model, config.model.freeze)
+    frozen = freeze_parameters(model, config.model.freeze)
     if is_main:
         atomic_write_text(out / "model_config.yaml", model_config.to_yaml())
     o = config.optim
@@ -351,7 +352,7 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
         best_dev_loss=min(dev_losses) if dev_losses else None,
         best_dev_acc=max(dev_accs) if dev_accs else None, averaged_steps=tuple(c.step for c in best),
         resumed_from=resumed_from, wall_seconds=wall, steps_per_second=run_steps / wall if wall > 0 else 0.0,
-        audio_seconds_per_second=run_audio / wall if wall > 0 else 0.0,
+        audio_seconds_per_second=run_audio / wall if wall > 0 else 0.0, frozen_parameters=frozen,
     )
     if is_main:
         from kd.training.checkpoint import weights_bytes

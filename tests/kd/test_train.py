@@ -323,9 +323,10 @@ def test_frozen_parameters_keep_the_teachers_values_and_the_rest_train(corpus, t
     config = make_config([corpus / "target/train"], steps=2, tokens=tokens,
                          model={"preset": None, "init_from": str(t1), "init_weights": "model.safetensors",
                                 "freeze": ["espnet.encoder.embed", "uncertainty"]})
-    train(config, tmp_path / "student")
+    result = train(config, tmp_path / "student")
     start, after = load_weights(t1 / "model.safetensors"), load_weights(tmp_path / "student/model.safetensors")
     frozen = [k for k in start if k.startswith(("espnet.encoder.embed.", "uncertainty."))]
+    assert result.frozen_parameters == sum(start[k].numel() for k in frozen) > 0
     assert any(".conv." in k for k in frozen) and any(k.startswith("uncertainty.") for k in frozen)
     for k in frozen:
         assert torch.equal(after[k], start[k]), k
