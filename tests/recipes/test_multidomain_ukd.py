@@ -120,6 +120,14 @@ def test_heuristic_plan_conditions_reuse_the_finished_runs(tmp_path, capsys, loa
     rows = [s["condition"] for s in json.loads((out / "results-plans.json").read_text())["students"]]
     assert rows == ["no KD", "no KD (first-k plan)", "no KD (linspace plan)"]
     assert (out / "results.md").is_file() and (out / "results-plans.md").is_file()  # each preset its own table
+    # another student_freeze is another distillation: stage 7 runs again and the run trains anew
+    path.write_text(yaml.safe_dump({"smoke": smoke, "unfrozen": {**smoke, "student_freeze": []}}))
+    assert recipe.main(["--preset", "smoke", "--config", str(path), "--out", str(out), "--seeds", "0"]) == 0
+    capsys.readouterr()
+    assert recipe.main(["--preset", "unfrozen", "--config", str(path), "--out", str(out), "--seeds", "0"]) == 0
+    assert "6 students skipped, 7 distill ran" in capsys.readouterr().err
+    assert yaml.safe_load((out / "runs/S/no-kd/seed0/config.yaml").read_text())["model"]["freeze"] == []
+    assert [p.name for p in (out / "runs/S/no-kd").iterdir() if p.name.startswith("seed0.replaced-")]
 
 
 def test_a_low_resource_target_preset_trains_on_a_subset_in_its_own_folders(tmp_path, capsys, load_recipe):
