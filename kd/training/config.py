@@ -40,6 +40,7 @@ __all__ = [
     "TokenKind",
     "TokenConfig",
     "TrainConfig",
+    "without_added_defaults",
 ]
 
 CONFIG_VERSION = 1
@@ -49,6 +50,19 @@ CONFIG_VERSION = 1
 ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None,
                 ("kd", "loss", "reduction"): "mean", ("checkpoint", "best_by"): "loss",
                 ("model", "freeze"): []}
+
+
+def without_added_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config as plain dicts, changed in place and returned) without the fields of
+    ADDED_FIELDS that hold their default or are absent: a config written before a field existed
+    and one written after, with the field at its default, come out equal."""
+    for (*sections, name), default in ADDED_FIELDS.items():
+        holder = data
+        for section in sections:
+            holder = holder.get(section) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and holder.get(name, default) == default:
+            holder.pop(name, None)
+    return data
 
 
 class TokenKind(enum.Enum):
@@ -198,14 +212,7 @@ class TrainConfig:
         """What completion markers and run comparisons use: :meth:`to_dict` without the fields of
         ADDED_FIELDS that hold their default, so a finished run stays finished when the toolkit
         gains an option (a config written before the option existed compares equal)."""
-        data = self.to_dict()
-        for (*sections, name), default in ADDED_FIELDS.items():
-            holder = data
-            for section in sections:
-                holder = holder.get(section) if isinstance(holder, dict) else None
-            if isinstance(holder, dict) and holder.get(name, default) == default:
-                holder.pop(name, None)
-        return data
+        return without_added_defaults(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

@@ -9,7 +9,7 @@ import yaml
 
 from kd.io import atomic_write_text, clear_done
 from kd.training.checkpoint import CHECKPOINTS_DIR, list_checkpoints, load_weights, remove_partial_checkpoints
-from kd.training.config import ADDED_FIELDS, TeacherOutputs, TrainConfig
+from kd.training.config import TeacherOutputs, TrainConfig, without_added_defaults
 
 __all__ = ["RESUMABLE_FIELDS", "LenientTokenizer", "freeze_parameters", "load_train_data", "model_config_for",
            "prepare_run_dir", "setup_teachers"]
@@ -150,12 +150,9 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
     if not resume and list_checkpoints(ckpt_root):
         raise ValueError(f"{out}: holds checkpoints of an earlier run; resume it or choose another out_dir")
     if resume and saved.is_file() and list_checkpoints(ckpt_root):
-        old = _flatten(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
-        for (*sections, name), default in ADDED_FIELDS.items():  # written before the option existed
-            parent = "".join(f"{s}." for s in sections)
-            if any(k.startswith(parent) for k in old):
-                old.setdefault(parent + name, default)
-        new = _flatten(config.to_dict())
+        # identities: a run written before an option existed compares equal to one with its default
+        old = _flatten(without_added_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}))
+        new = _flatten(config.identity())
         changed = sorted(k for k in old.keys() | new.keys()
                          if old.get(k) != new.get(k) and not any(k.startswith(f) for f in RESUMABLE_FIELDS))
         if changed:
