@@ -19,8 +19,10 @@ initialisation). Per micro-batch:
 Output folder::
 
     ssl_config.json     the SSLConfig
-    log.csv             per update: loss, contrastive, diversity, feature_penalty, perplexity, temperature,
-                        lr, grad_norm, masked_frames, utterances, seconds
+    log.csv             per update: loss, contrastive, chance (the contrastive loss of a model that
+                        cannot tell targets apart: :func:`contrastive_chance`), diversity,
+                        feature_penalty, perplexity, temperature, lr, grad_norm, masked_frames,
+                        utterances, seconds
     ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
     model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
                         each model folder with preprocessor_config.json: raw waveforms (kd.hf_input)
@@ -47,8 +49,8 @@ from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir,
                            make_accelerator, make_optimizer, save_pretrained_atomic, speech_loader, train_loop)
 from kd.ssl.config import SSLConfig
 
-__all__ = ["FeatureTap", "build_pretraining_model", "conv_output_frames", "feature_penalty", "pretrain",
-           "sample_masks"]
+__all__ = ["FeatureTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames", "feature_penalty",
+           "pretrain", "sample_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,28 @@ def feature_penalty(features: torch.Tensor, frames: torch.Tensor) -> torch.Tenso
     valid = torch.arange(features.shape[-1], device=features.device)[None, :] < frames.to(features.device)[:, None]
     per_frame = features.float().pow(2).mean(1)  # [B, T]
     return torch.where(valid, per_frame, torch.zeros((), device=features.device)).sum() / valid.sum()
+
+
+def contrastive_chance(quantized: torch.Tensor, mask: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Contrastive loss of a model that cannot tell a target from its distractors, per masked frame.
+
+    A negative equal to its positive is taken out of the softmax (its logit is set to -inf), so a
+    masked frame whose K negatives hold n distinct from the positive scores ln(1 + n) when all
+    candidates get the same logit. The mean of that over masked frames is the chance level the
+    logged contrastive loss should be read against: a loss below it is learning, while a loss
+    that falls only because the chance level falls is codebook collapse (n -> 0 as the codes
+    become equal).
+
+    quantized: [B, T, D] projected quantised targets; mask: [B, T] bool masked frames;
+    negatives: [B, T, K] indices into the flattened [B * T] frames. Returns a 0-d float tensor.
+    """
+    b, t, d = quantized.shape
+    mask = mask.to(quantized.device)
+    flat = quantized.detach().reshape(b * t, d)
+    positives = flat[mask.flatten()]  # [M, D]
+    drawn = flat[negatives.to(quantized.device)[mask].flatten()].view(positives.shape[0], -1, d)  # [M, K, D]
+    distinct = (drawn != positives[:, None, :]).any(-1).sum(-1)  # [M]
+    return torch.log1p(distinct.double()).mean().float()
 
 
 def sample_masks(speech_lengths: torch.Tensor, num_samples: int,
@@ -198,7 +222,8 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
         penalty = feature_penalty(inner.feature_tap.output, frames)
         inner.feature_tap.output = None  # do not keep this batch's graph alive
         loss = out.loss / n + config.feature_penalty_weight * penalty  # L_m + alpha * L_d + beta * L_f per frame
-        return loss, {"loss": loss.detach(), "contrastive": out.contrastive_loss.detach() / n,
+        chance = contrastive_chance(out.projected_quantized_states, mask, negatives)
+        return loss, {"loss": loss.detach(), "contrastive": out.contrastive_loss.detach() / n, "chance": chance,
                       "diversity": out.diversity_loss.detach() / n, "feature_penalty": penalty.detach(),
                       "perplexity": out.codevector_perplexity.detach(), "masked_frames": float(n),
                       "utterances": float(len(batch.utts))}

@@ -169,6 +169,39 @@ def test_feature_grad_mult_scales_only_the_feature_encoder_gradient():
     torch.testing.assert_close(grads[0.1][q], grads[1.0][q])
 
 
+def test_contrastive_chance_counts_negatives_distinct_from_the_positive():
+    from kd.ssl.pretrain import contrastive_chance
+
+    q = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [2.0, 0.0], [3.0, 0.0]]])  # frames 0 and 1 share a code
+    mask = torch.tensor([[True, True, True, False]])
+    negatives = torch.tensor([[[1, 2], [0, 2], [0, 1], [0, 0]]])  # row 3 is unmasked and unused
+    # frame 0: negatives 1 (equal), 2 (distinct) -> ln 2; frame 1 the same; frame 2: two distinct -> ln 3
+    expected = (2 * math.log(2) + math.log(3)) / 3
+    assert contrastive_chance(q, mask, negatives).item() == pytest.approx(expected, rel=1e-6)
+    collapsed = torch.ones(1, 4, 2)  # one code for every frame: every negative is masked out
+    assert contrastive_chance(collapsed, mask, negatives).item() == 0.0
+
+
+def test_contrastive_chance_is_the_loss_of_an_uninformative_model():
+    """With the context projection zeroed every candidate gets logit 0: the model's own contrastive
+    loss per masked frame is then exactly the chance level."""
+    from kd.ssl.pretrain import build_pretraining_model, contrastive_chance, sample_masks
+
+    config = SSLConfig.from_preset("tiny", num_codevectors_per_group=2)  # few codes: many repeats
+    torch.manual_seed(0)
+    model = build_pretraining_model(config).eval()
+    torch.nn.init.zeros_(model.project_hid.weight)
+    torch.nn.init.zeros_(model.project_hid.bias)
+    lengths = torch.tensor([16000, 12000])
+    x = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(1))
+    mask, negatives = sample_masks(lengths, 16000, config)
+    with torch.no_grad():
+        out = model(x, mask_time_indices=mask, sampled_negative_indices=negatives)
+    chance = contrastive_chance(out.projected_quantized_states, mask, negatives).item()
+    assert 0.0 < chance < math.log(1 + config.num_negatives)  # some negatives repeat their positive
+    assert out.contrastive_loss.item() / mask.sum().item() == pytest.approx(chance, rel=1e-5)
+
+
 # ---- pre-training ---------------------------------------------------------------------------
 def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
     from transformers import Wav2Vec2ForPreTraining
@@ -178,8 +211,8 @@ def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
     rows = read_csv_log(result.out_dir / "log.csv")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
-        for column in ("loss", "contrastive", "diversity", "feature_penalty", "perplexity", "temperature", "lr",
-                       "grad_norm"):
+        for column in ("loss", "contrastive", "chance", "diversity", "feature_penalty", "perplexity", "temperature",
+                       "lr", "grad_norm"):
             assert math.isfinite(r[column]), column
         # the optimised loss is the per-frame contrastive loss + alpha * diversity + beta * feature penalty
         expected = (r["contrastive"] + TINY.diversity_weight * r["diversity"]
