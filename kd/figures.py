@@ -1,4 +1,5 @@
-"""Figures that put several analysis reports side by side (checkpoints of a run, teacher vs student)."""
+"""Figures that put several analysis reports side by side (checkpoints of a run, teacher vs student),
+and the learning curves of a wav2vec 2.0 pre-training run."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["plot_layer_curves", "report_curves"]
+__all__ = ["plot_layer_curves", "plot_pretraining_curves", "report_curves"]
 
 
 def report_curves(reports: Mapping[str, str | os.PathLike], key: str) -> dict[str, list[float | None]]:
@@ -43,6 +44,76 @@ def plot_layer_curves(curves: Mapping[str, Sequence[float | None]], out_path: st
         ax.set_ylim(*ylim)
     ax.set_title(title)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each position (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathLike, *, codebook_size: int,
+                            smooth: int = 10, title: str = "wav2vec 2.0 pre-training") -> Path:
+    """Learning curves of a ``kd.ssl.pretrain`` run from its ``log.csv``; saved as PNG.
+
+    Left: the contrastive loss per masked frame against its chance level (the loss of a model
+    that cannot tell a target from its distractors; absent from logs written before it was
+    logged): learning shows as the loss falling below the chance line, codebook collapse as both
+    falling together. Right: the codebook perplexity against its maximum ``codebook_size`` (G x V)
+    and the Gumbel temperature. Thin lines are per update, thick ones a moving average over
+    ``smooth`` updates.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kd.ssl.common import read_csv_log
+
+    rows = read_csv_log(log_csv)
+    if not rows:
+        raise ValueError(f"{log_csv}: expected at least one logged update, found none")
+    for column in ("step", "contrastive", "perplexity", "temperature"):
+        if column not in rows[0]:
+            raise ValueError(f"{log_csv}: column {column!r} missing (columns: {sorted(rows[0])})")
+    steps = [r["step"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    lines = [("contrastive", "contrastive loss", "tab:blue")]
+    if "chance" in rows[0]:
+        lines.append(("chance", "chance level", "tab:gray"))
+    for column, label, color in lines:
+        values = [r[column] for r in rows]
+        left.plot(steps, values, color=color, alpha=0.3, linewidth=0.8)
+        left.plot(steps, _moving_average(values, smooth), color=color, linewidth=1.8, label=label)
+    left.set_xlabel("update")
+    left.set_ylabel("nats per masked frame")
+    left.legend(fontsize=8)
+    left.set_title("contrastive task")
+    perplexity = [r["perplexity"] for r in rows]
+    right.plot(steps, perplexity, color="tab:green", alpha=0.3, linewidth=0.8)
+    right.plot(steps, _moving_average(perplexity, smooth), color="tab:green", linewidth=1.8, label="perplexity")
+    right.axhline(codebook_size, color="tab:green", linestyle=":", linewidth=1, label=f"maximum ({codebook_size})")
+    right.set_xlabel("update")
+    right.set_ylabel("codebook perplexity")
+    right.set_ylim(0, codebook_size * 1.05)
+    twin = right.twinx()
+    twin.plot(steps, [r["temperature"] for r in rows], color="tab:red", linewidth=1.2, label="Gumbel temperature")
+    twin.set_ylabel("Gumbel temperature")
+    handles = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    right.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")
+    right.set_title("quantiser")
+    fig.suptitle(title)
     fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

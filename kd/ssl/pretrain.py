@@ -23,6 +23,7 @@ Output folder::
                         cannot tell targets apart: :func:`contrastive_chance`), diversity,
                         feature_penalty, perplexity, temperature, lr, grad_norm, masked_frames,
                         utterances, seconds
+    curves.png          the learning curves (:func:`kd.figures.plot_pretraining_curves`)
     ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
     model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
                         each model folder with preprocessor_config.json: raw waveforms (kd.hf_input)
@@ -43,6 +44,7 @@ from typing import Sequence
 
 import torch
 
+from kd.figures import plot_pretraining_curves
 from kd.hf_input import InputSpec, write_input_spec
 from kd.io import clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
@@ -57,6 +59,7 @@ logger = logging.getLogger(__name__)
 MODEL_DIR = "model"
 LOG_FILE = "log.csv"
 CONFIG_FILE = "ssl_config.json"
+CURVES_FILE = "curves.png"
 
 
 def conv_output_frames(samples: torch.Tensor | int, kernels: Sequence[int], strides: Sequence[int]):
@@ -189,7 +192,7 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         clear_done(out_dir)
-        clean_stage_dir(out_dir, [MODEL_DIR, LOG_FILE, CONFIG_FILE])
+        clean_stage_dir(out_dir, [MODEL_DIR, LOG_FILE, CONFIG_FILE, CURVES_FILE])
         write_json(out_dir / CONFIG_FILE, config.to_dict())
     accelerator.wait_for_everyone()
 
@@ -245,6 +248,8 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
     accelerator.wait_for_everyone()
     if main:
         save_pretrained_atomic(inner, out_dir / MODEL_DIR, extra=_raw_input)
+        plot_pretraining_curves(out_dir / LOG_FILE, out_dir / CURVES_FILE,
+                                codebook_size=config.num_codevector_groups * config.num_codevectors_per_group)
         mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
                   seconds=round(result.seconds, 3), checkpoints=[s for s, _ in list_checkpoints(out_dir)],
                   finished=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -223,12 +223,29 @@ def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
         temperature = max(TINY.gumbel_min, TINY.gumbel_max * TINY.gumbel_decay ** (r["step"] - 1))
         assert r["temperature"] == pytest.approx(temperature, rel=1e-5)
     assert [s for s, _ in list_checkpoints(result.out_dir)] == [2, 4]
+    assert (result.out_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the learning curves
     models = {s: Wav2Vec2ForPreTraining.from_pretrained(p) for s, p in list_checkpoints(result.out_dir)}
     final = Wav2Vec2ForPreTraining.from_pretrained(result.model_dir)
     assert final.config.num_hidden_layers == TINY.num_layers
     w = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
     assert torch.equal(models[4].state_dict()[w], final.state_dict()[w])  # the last update is step 4
     assert not torch.equal(models[2].state_dict()[w], final.state_dict()[w])  # training moved the weights
+
+
+def test_pretraining_curves_need_the_logged_columns(tmp_path):
+    from kd.figures import plot_pretraining_curves
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("step,contrastive,perplexity,temperature\n")
+    with pytest.raises(ValueError, match="empty.csv: expected at least one logged update"):
+        plot_pretraining_curves(empty, tmp_path / "a.png", codebook_size=8)
+    old = tmp_path / "old.csv"  # a log without the chance column still plots; one without perplexity does not
+    old.write_text("step,contrastive,perplexity,temperature\n1,3.9,5.0,2.0\n2,3.8,6.0,1.9\n")
+    assert plot_pretraining_curves(old, tmp_path / "old.png", codebook_size=8).is_file()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,contrastive,temperature\n1,3.9,2.0\n")
+    with pytest.raises(ValueError, match="bad.csv: column 'perplexity' missing"):
+        plot_pretraining_curves(bad, tmp_path / "b.png", codebook_size=8)
 
 
 def test_rerun_skips_a_finished_stage(pretrained):
