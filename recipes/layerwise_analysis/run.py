@@ -8,12 +8,14 @@ Stages (each skipped when finished with the same settings; see kd.stages):
   3 asr-analysis  kd analyze: CKA/SVCCA/PWCCA, CCA with FBANK/phones/words, attention JSD, probes, MI
   4 ssl-pretrain  wav2vec 2.0 pre-training, keeping checkpoints
   5 ssl-analysis  kd analyze of every pre-training checkpoint
-  6 dynamics      per-layer curves across checkpoints and same-layer CKA against the final model
+  6 dynamics      pre-training curves; per-layer curves across checkpoints and same-layer CKA against
+                  the final model
   7 summary       summary.md: where each property peaks, per model
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.compare import compare_models, save_comparison
 from kd.corpus.synth import build_corpus
 from kd.experiment import merge_sections
-from kd.figures import plot_layer_curves, report_curves
+from kd.figures import plot_layer_curves, plot_pretraining_curves, report_curves
 from kd.io import atomic_write_text
 from kd.ssl.common import list_checkpoints
 from kd.ssl.config import SSLConfig
@@ -106,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_dynamics(done):
         reports = {label: out / "analysis/ssl" / label.replace(" ", "-") / "report.json" for label in checkpoints(done)}
-        figures = []
+        ssl = Path(done["ssl-pretrain"]["run"])
+        saved = json.loads((ssl / "ssl_config.json").read_text(encoding="utf-8"))
+        figures = [str(plot_pretraining_curves(
+            ssl / "log.csv", out / "figures/pretraining_curves.png",
+            codebook_size=saved["num_codevector_groups"] * saved["num_codevectors_per_group"]))]
         for key, ylabel in CURVES.items():
             curves = report_curves(reports, key)
             if curves:

@@ -15,6 +15,7 @@ def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys, load_recip
     assert ssl_reports == ["final", "step-2", "step-4"]
     dynamics = json.loads((out / "stages/06-dynamics/.done.json").read_text())["result"]["figures"]
     assert any(f.endswith("dynamics_cca_phone.png") for f in dynamics)
+    assert any(f.endswith("pretraining_curves.png") for f in dynamics)
     cka = json.loads((out / "figures/dynamics_cka/comparison.json").read_text())
     assert len(cka["same_layer_cka"]) == 2 and all(len(c) == 3 for c in cka["same_layer_cka"])
     summary = (out / "summary.md").read_text()
