@@ -10,6 +10,18 @@ from typing import Mapping, Sequence
 __all__ = ["plot_layer_curves", "plot_pretraining_curves", "report_curves"]
 
 
+def _save(fig, out_path: str | os.PathLike) -> Path:
+    """Lay out ``fig``, write it as a PNG at ``out_path`` (parent folders made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def report_curves(reports: Mapping[str, str | os.PathLike], key: str) -> dict[str, list[float | None]]:
     """``per_layer[key]`` of each ``kd analyze`` report (label -> report.json); missing keys are skipped."""
     from analysis.report import AnalysisReport
@@ -44,12 +56,7 @@ def plot_layer_curves(curves: Mapping[str, Sequence[float | None]], out_path: st
         ax.set_ylim(*ylim)
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out_path)
 
 
 def _moving_average(values: Sequence[float], window: int) -> list[float]:
@@ -114,9 +121,4 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
     right.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")
     right.set_title("quantiser")
     fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out_path)
