@@ -248,6 +248,34 @@ def test_pretraining_curves_need_the_logged_columns(tmp_path):
         plot_pretraining_curves(bad, tmp_path / "b.png", codebook_size=8)
 
 
+def test_cli_pretrain_takes_settings_over_the_preset(tests_corpus, tmp_path, capsys):
+    from kd.cli import main
+
+    root, _ = tests_corpus
+    out = tmp_path / "ssl"
+    args = ["ssl", "pretrain", "--data", str(root / "us" / "train"), "--out", str(out), "--preset", "tiny",
+            "--seed", "3", "--set", "diversity_weight=0.3", "checkpoint_steps=[1]", "optim.steps=2",
+            "optim.max_batch_seconds=8"]
+    assert main(args) == 0
+    saved = SSLConfig.from_dict(json.loads((out / "ssl_config.json").read_text()))
+    tiny = SSLConfig.from_preset("tiny")
+    assert saved == dataclasses.replace(tiny, diversity_weight=0.3, checkpoint_steps=(1,), optim=dataclasses.replace(
+        tiny.optim, steps=2, max_batch_seconds=8.0, seed=3))
+    assert [s for s, _ in list_checkpoints(out)] == [1] and len(read_csv_log(out / "log.csv")) == 2
+    capsys.readouterr()
+    for setting, message in (("diversity_wieght=0.3", "SSLConfig: unknown field(s) ['diversity_wieght']"),
+                             ("optim.lr=fast", "SSLConfig.optim.lr: expected a finite number, found 'fast'"),
+                             ("model.lr=1", "--set: 'model.lr': only optim.FIELD names a nested setting"),
+                             ("mask_prob=1.5", "SSLConfig.mask_prob")):
+        assert main(args[:args.index("--set") + 1] + [setting]) == 2, setting
+        assert message in capsys.readouterr().err, setting
+    finetune = ["ssl", "finetune", str(out), "--data", str(root / "us" / "train"), "--out", str(tmp_path / "ft"),
+                "--preset", "tiny", "--set", "optim.stepz=3"]
+    assert main(finetune) == 2
+    assert "unknown field(s) ['stepz']" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()  # the settings are checked before anything is written
+
+
 def test_rerun_skips_a_finished_stage(pretrained):
     from kd.ssl.pretrain import pretrain
 
