@@ -3,6 +3,7 @@ and the learning curves of a wav2vec 2.0 pre-training run."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -60,13 +61,12 @@ def plot_layer_curves(curves: Mapping[str, Sequence[float | None]], out_path: st
 
 
 def _moving_average(values: Sequence[float], window: int) -> list[float]:
-    """Mean of the last ``window`` values at each position (fewer at the start)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+    """Mean of the finite values among the last ``window`` at each position (fewer at the start;
+    NaN where none is finite), so a diverged update leaves a gap instead of spoiling the rest."""
+    out = []
+    for i in range(len(values)):
+        finite = [v for v in values[max(0, i + 1 - window):i + 1] if math.isfinite(v)]
+        out.append(sum(finite) / len(finite) if finite else float("nan"))
     return out
 
 

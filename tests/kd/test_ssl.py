@@ -232,6 +232,14 @@ def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
     assert not torch.equal(models[2].state_dict()[w], final.state_dict()[w])  # training moved the weights
 
 
+def test_moving_average_skips_non_finite_values():
+    from kd.figures import _moving_average
+
+    assert _moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    smoothed = _moving_average([1.0, float("nan"), float("nan"), 3.0, 5.0], 2)
+    assert smoothed[:2] == [1.0, 1.0] and math.isnan(smoothed[2]) and smoothed[3:] == [3.0, 4.0]
+
+
 def test_pretraining_curves_need_the_logged_columns(tmp_path):
     from kd.figures import plot_pretraining_curves
 
