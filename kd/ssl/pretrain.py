@@ -30,7 +30,9 @@ Output folder::
     .done.json          completion marker: a re-run with the same config and data skips the stage
 
 Codebook collapse (perplexity near G, contrastive loss near 0 because every negative equals its
-positive and is masked out) shows in the log; it is the usual failure of small-batch runs.
+positive and is masked out) shows in the log; it is the usual failure of small-batch runs. The
+``chance`` column tells it from learning: collapse lowers the chance level with the loss, learning
+takes the loss below it.
 """
 
 from __future__ import annotations
