@@ -253,6 +253,11 @@ class SSLConfig:
     def samples_per_frame(self) -> int:
         return math.prod(self.conv_stride)
 
+    @property
+    def codebook_size(self) -> int:
+        """G x V: the number of codewords, the codebook perplexity's maximum."""
+        return self.num_codevector_groups * self.num_codevectors_per_group
+
     def gumbel_temperature(self, step: int) -> float:
         """Temperature used for update ``step`` (0 before the first update)."""
         return max(self.gumbel_min, self.gumbel_max * self.gumbel_decay ** step)

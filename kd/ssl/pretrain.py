@@ -250,8 +250,7 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
     accelerator.wait_for_everyone()
     if main:
         save_pretrained_atomic(inner, out_dir / MODEL_DIR, extra=_raw_input)
-        plot_pretraining_curves(out_dir / LOG_FILE, out_dir / CURVES_FILE,
-                                codebook_size=config.num_codevector_groups * config.num_codevectors_per_group)
+        plot_pretraining_curves(out_dir / LOG_FILE, out_dir / CURVES_FILE, codebook_size=config.codebook_size)
         mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
                   seconds=round(result.seconds, 3), checkpoints=[s for s, _ in list_checkpoints(out_dir)],
                   finished=time.strftime("%Y-%m-%d %H:%M:%S"))

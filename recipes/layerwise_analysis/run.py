@@ -109,10 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     def stage_dynamics(done):
         reports = {label: out / "analysis/ssl" / label.replace(" ", "-") / "report.json" for label in checkpoints(done)}
         ssl = Path(done["ssl-pretrain"]["run"])
-        saved = json.loads((ssl / "ssl_config.json").read_text(encoding="utf-8"))
-        figures = [str(plot_pretraining_curves(
-            ssl / "log.csv", out / "figures/pretraining_curves.png",
-            codebook_size=saved["num_codevector_groups"] * saved["num_codevectors_per_group"]))]
+        saved = SSLConfig.from_dict(json.loads((ssl / "ssl_config.json").read_text(encoding="utf-8")))
+        figures = [str(plot_pretraining_curves(ssl / "log.csv", out / "figures/pretraining_curves.png",
+                                               codebook_size=saved.codebook_size))]
         for key, ylabel in CURVES.items():
             curves = report_curves(reports, key)
             if curves:

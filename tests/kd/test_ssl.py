@@ -219,7 +219,7 @@ def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
                     + TINY.feature_penalty_weight * r["feature_penalty"])
         assert r["loss"] == pytest.approx(expected, rel=1e-4)
         assert 0.0 <= r["diversity"] <= 1.0
-        assert 1.0 <= r["perplexity"] <= TINY.num_codevector_groups * TINY.num_codevectors_per_group
+        assert 1.0 <= r["perplexity"] <= TINY.codebook_size == 2 * 16
         temperature = max(TINY.gumbel_min, TINY.gumbel_max * TINY.gumbel_decay ** (r["step"] - 1))
         assert r["temperature"] == pytest.approx(temperature, rel=1e-5)
     assert [s for s, _ in list_checkpoints(result.out_dir)] == [2, 4]
