@@ -166,14 +166,14 @@ def _bench_speed(args: argparse.Namespace) -> int:
 
 def _key_values(items: list[str], option: str) -> dict:
     """``["d_model=256", "encoder_layers=12"]`` -> a dict, each value read as YAML (numbers, booleans)."""
-    import yaml
+    from kd.io import load_yaml
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"{option}: expected KEY=VALUE, found {item!r}")
-        out[key] = yaml.safe_load(value)
+        out[key] = load_yaml(value)
     return out
 
 

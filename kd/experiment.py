@@ -438,13 +438,13 @@ def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
     """
     import yaml
 
-    from kd.io import config_digest
+    from kd.io import config_digest, load_yaml
     from kd.train import train
 
     out = Path(out_dir)
     old_config = out / "config.yaml"
     if old_config.is_file():
-        old = yaml.safe_load(old_config.read_text(encoding="utf-8"))
+        old = load_yaml(old_config.read_text(encoding="utf-8"))
         try:  # compared as configs: fields added to the toolkit since the old run do not count
             same = TrainConfig.from_dict(old).identity() == config.identity()
         except (TypeError, ValueError):  # not a readable config any more: not the same run

@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: atomic writes and completion markers.
+"""Small file helpers shared by every stage: atomic writes, completion markers and YAML reading.
 
 A stage writes its outputs through these helpers, so a file is either absent or
 complete (written to a temporary name in the same folder, flushed, then renamed), and
@@ -12,11 +12,34 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
+
 MARKER_NAME = ".done.json"
+
+
+class YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads exponent floats without a dot (``3e-5``, ``1E+4``).
+
+    YAML 1.1, which PyYAML follows, reads a float only with a dot (``3.0e-5``) and leaves ``3e-5`` a
+    string, so a learning rate written the usual way would fail a number check. YAML 1.2 reads it as
+    a float; so does this loader. It adds no tags: Python objects are refused as by ``yaml.safe_load``.
+    """
+
+
+# add_implicit_resolver copies the resolver table for the subclass: yaml.SafeLoader is unchanged
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text safely with :class:`YamlLoader`; every config, plan and recipe file is read so."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:

@@ -31,6 +31,7 @@ Choices this module makes where the paper leaves them open:
 from __future__ import annotations
 
 from kd.config_fields import fields_from_dict  # noqa: E402
+from kd.io import load_yaml  # noqa: E402
 
 import dataclasses
 import enum
@@ -186,7 +187,7 @@ class KDLossConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> "KDLossConfig":
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
         if not isinstance(data, Mapping):
             raise ValueError(f"KDLossConfig YAML: expected a mapping, found {type(data).__name__}")
         return cls.from_dict(data)

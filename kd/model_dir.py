@@ -26,7 +26,7 @@ from typing import Any, Mapping, Union
 import yaml
 
 from kd.data.text import CharTokenizer, SentencePieceTokenizer
-from kd.io import atomic_write_bytes, atomic_write_text
+from kd.io import atomic_write_bytes, atomic_write_text, load_yaml
 
 __all__ = [
     "CONFIG_NAME",
@@ -112,7 +112,7 @@ def read_model_dir_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ModelDirError(f"{path}: missing; expected {CONFIG_NAME}, {TOKENS_NAME} and {WEIGHTS_NAME} "
                             "(a folder without config.yaml is an unfinished write)")
-    meta = yaml.safe_load(path.read_text(encoding="utf-8"))
+    meta = load_yaml(path.read_text(encoding="utf-8"))
     if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, Mapping) else type(meta).__name__
         raise ModelDirError(f"{path}: expected format {FORMAT!r}, found {found!r}")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from kd.io import MARKER_NAME, clear_done, is_done, mark_done
+from kd.io import MARKER_NAME, clear_done, is_done, load_yaml, mark_done
 
 __all__ = ["CORPUS_KEYS", "PresetKeys", "Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument",
            "check_keys", "check_stage_range", "keyword_names", "load_preset", "preset_section", "preset_seeds",
@@ -254,7 +254,7 @@ def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
     path = args.config
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         parser.error(f"--config {path}: cannot read the recipe's YAML: {e}")
     if not isinstance(data, Mapping):

@@ -27,6 +27,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from kd.io import load_yaml
 from kd.models.uncertainty import AleatoricMode, UncertaintyHead, aleatoric_nll
 
 __all__ = [
@@ -223,7 +224,7 @@ class AsrConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> "AsrConfig":
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
         if not isinstance(data, Mapping):
             raise ValueError(f"AsrConfig YAML: expected a mapping, found {type(data).__name__}")
         return cls.from_dict(data)

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import yaml
 
 from kd.data.augment import AugmentConfig
+from kd.io import load_yaml
 from kd.losses import KDLossConfig
 
 __all__ = [
@@ -228,7 +229,7 @@ class TrainConfig:
         if not path.is_file():
             raise FileNotFoundError(f"Expected a YAML config at {path}, found no such file")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(data, Mapping):

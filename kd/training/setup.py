@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from kd.io import atomic_write_text, clear_done
+from kd.io import atomic_write_text, clear_done, load_yaml
 from kd.training.checkpoint import CHECKPOINTS_DIR, list_checkpoints, load_weights, remove_partial_checkpoints
 from kd.training.config import TeacherOutputs, TrainConfig, without_added_defaults
 
@@ -151,7 +151,7 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> None:
         raise ValueError(f"{out}: holds checkpoints of an earlier run; resume it or choose another out_dir")
     if resume and saved.is_file() and list_checkpoints(ckpt_root):
         # identities: a run written before an option existed compares equal to one with its default
-        old = _flatten(without_added_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}))
+        old = _flatten(without_added_defaults(load_yaml(saved.read_text(encoding="utf-8")) or {}))
         new = _flatten(config.identity())
         changed = sorted(k for k in old.keys() | new.keys()
                          if old.get(k) != new.get(k) and not any(k.startswith(f) for f in RESUMABLE_FIELDS))

@@ -414,6 +414,24 @@ def test_config_yaml_round_trip_and_unquoted_no(tmp_path):
     assert TrainConfig.from_yaml(path) == config
 
 
+def test_yaml_reads_exponent_floats_without_a_dot(tmp_path):
+    """PyYAML (YAML 1.1) leaves ``3e-5`` a string; configs are read as YAML 1.2 does, as a float."""
+    import yaml
+
+    from kd.io import load_yaml
+
+    assert yaml.safe_load("lr: 3e-5") == {"lr": "3e-5"}  # the trap
+    assert load_yaml("a: 3e-5\nb: 1E+4\nc: -2e3\nd: 1.5e3\ne: 1_000\nf: '1e2'\ng: 3e\nh: e5\ni: 0.5") == {
+        "a": 3e-5, "b": 1e4, "c": -2000.0, "d": 1500.0, "e": 1000, "f": "1e2", "g": "3e", "h": "e5", "i": 0.5}
+    assert yaml.safe_load("lr: 3e-5") == {"lr": "3e-5"}  # the library's own loader is left as it was
+    with pytest.raises(yaml.constructor.ConstructorError):  # still safe: no Python objects
+        load_yaml("x: !!python/object/apply:os.getcwd []")
+    path = tmp_path / "config.yaml"
+    path.write_text("data: {train: [a]}\noptim: {max_steps: 2, lr: 3e-5, weight_decay: 1e-2}\n")
+    config = TrainConfig.from_yaml(path)
+    assert config.optim.lr == 3e-5 and config.optim.weight_decay == 0.01
+
+
 # ---------------------------------------------------------------- several processes
 
 
