@@ -77,8 +77,10 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
     Left: the contrastive loss per masked frame against its chance level (the loss of a model
     that cannot tell a target from its distractors; absent from logs written before it was
     logged): learning shows as the loss falling below the chance line, codebook collapse as both
-    falling together. Right: the codebook perplexity against its maximum ``codebook_size`` (G x V)
-    and the Gumbel temperature. Thin lines are per update, thick ones a moving average over
+    falling together. Right: the codebook perplexity against its maximum ``codebook_size`` (G x V),
+    the perplexity of one frame's code distribution (``frame_perplexity``, where logged: near the
+    pooled perplexity, the codes are drawn at random and the targets cannot be predicted) and the
+    Gumbel temperature. Thin lines are per update, thick ones a moving average over
     ``smooth`` updates.
     """
     import matplotlib
@@ -110,6 +112,11 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
     perplexity = [r["perplexity"] for r in rows]
     right.plot(steps, perplexity, color="tab:green", alpha=0.3, linewidth=0.8)
     right.plot(steps, _moving_average(perplexity, smooth), color="tab:green", linewidth=1.8, label="perplexity")
+    if "frame_perplexity" in rows[0]:
+        drawn = [r["frame_perplexity"] for r in rows]
+        right.plot(steps, drawn, color="tab:olive", alpha=0.3, linewidth=0.8)
+        right.plot(steps, _moving_average(drawn, smooth), color="tab:olive", linewidth=1.8,
+                   label="per frame (drawn from)")
     right.axhline(codebook_size, color="tab:green", linestyle=":", linewidth=1, label=f"maximum ({codebook_size})")
     right.set_xlabel("update")
     right.set_ylabel("codebook perplexity")

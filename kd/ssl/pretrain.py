@@ -21,7 +21,8 @@ Output folder::
     ssl_config.json     the SSLConfig
     log.csv             per update: loss, contrastive, chance (the contrastive loss of a model that
                         cannot tell targets apart: :func:`contrastive_chance`), diversity,
-                        feature_penalty, perplexity, temperature, lr, grad_norm, masked_frames,
+                        feature_penalty, perplexity, frame_perplexity (:func:`frame_perplexity`: how
+                        random each frame's drawn code is), temperature, lr, grad_norm, masked_frames,
                         utterances, seconds
     curves.png          the learning curves (:func:`kd.figures.plot_pretraining_curves`)
     ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
@@ -53,8 +54,8 @@ from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir,
                            make_accelerator, make_optimizer, save_pretrained_atomic, speech_loader, train_loop)
 from kd.ssl.config import SSLConfig
 
-__all__ = ["FeatureTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames", "feature_penalty",
-           "pretrain", "sample_masks"]
+__all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",
+           "feature_penalty", "frame_perplexity", "pretrain", "sample_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +97,28 @@ class FeatureTap:
         return self.output
 
 
+class QuantizerTap:
+    """Forward hook on the quantiser's ``weight_proj``: keeps its output, the code logits ``[B, T, G * V]``
+    (detached: only read for :func:`frame_perplexity`)."""
+
+    def __init__(self):
+        self.logits = None
+
+    def __call__(self, _module, _inputs, output: torch.Tensor) -> None:
+        self.logits = output.detach()
+
+
 def build_pretraining_model(config: SSLConfig):
     """A randomly initialised ``Wav2Vec2ForPreTraining`` with a :class:`FeatureTap` on its feature encoder
-    (``model.feature_tap``; a hook, not saved with the model)."""
+    (``model.feature_tap``) and a :class:`QuantizerTap` on its quantiser (``model.quantizer_tap``);
+    hooks, not saved with the model."""
     from transformers import Wav2Vec2ForPreTraining
 
     model = Wav2Vec2ForPreTraining(config.to_wav2vec2_config())
     model.feature_tap = FeatureTap(config.feature_grad_mult)
     model.wav2vec2.feature_extractor.register_forward_hook(model.feature_tap)
+    model.quantizer_tap = QuantizerTap()
+    model.quantizer.weight_proj.register_forward_hook(model.quantizer_tap)
     return model
 
 
@@ -142,6 +157,31 @@ def contrastive_chance(quantized: torch.Tensor, mask: torch.Tensor, negatives: t
     drawn = flat[negatives.to(quantized.device)[mask].flatten()].view(positives.shape[0], -1, d)  # [M, K, D]
     distinct = (drawn != positives[:, None, :]).any(-1).sum(-1)  # [M]
     return torch.log1p(distinct.double()).mean().float()
+
+
+def frame_perplexity(logits: torch.Tensor, mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """How many codes one masked frame's quantiser chooses among, summed over the G groups.
+
+    In training the quantiser draws each frame's code with the hard Gumbel-softmax, that is
+    argmax(logits + Gumbel noise): a sample from softmax(logits) whatever the temperature. Per
+    group this is exp of the mean (over masked frames) entropy of softmax(logits), in nats; the
+    sum over groups is G when every frame's code is certain and G x V when every draw is uniform.
+    Read against the logged ``perplexity`` (the same measure of the codes' distribution pooled over
+    frames): a frame perplexity near it means each frame's code is drawn at random from the codes
+    in use, so the contrastive targets cannot be predicted.
+
+    logits: [B, T, G * V] code logits (the quantiser's ``weight_proj`` output); mask: [B, T] bool
+    masked frames. Returns a 0-d float tensor.
+    """
+    b, t, gv = logits.shape
+    if gv % groups:
+        raise ValueError(f"logits: last dimension {gv} is not a multiple of groups={groups}")
+    mask = mask.to(logits.device)
+    if not mask.any():
+        raise ValueError("mask: no masked frame")
+    logp = torch.log_softmax(logits.detach().double()[mask].view(-1, groups, gv // groups), dim=-1)  # [M, G, V]
+    entropy = -(logp.exp() * logp).sum(-1)  # [M, G]
+    return entropy.mean(0).exp().sum().float()
 
 
 def sample_masks(speech_lengths: torch.Tensor, num_samples: int,
@@ -228,9 +268,12 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
         inner.feature_tap.output = None  # do not keep this batch's graph alive
         loss = out.loss / n + config.feature_penalty_weight * penalty  # L_m + alpha * L_d + beta * L_f per frame
         chance = contrastive_chance(out.projected_quantized_states, mask, negatives)
+        drawn = frame_perplexity(inner.quantizer_tap.logits, mask, config.num_codevector_groups)
+        inner.quantizer_tap.logits = None
         return loss, {"loss": loss.detach(), "contrastive": out.contrastive_loss.detach() / n, "chance": chance,
                       "diversity": out.diversity_loss.detach() / n, "feature_penalty": penalty.detach(),
-                      "perplexity": out.codevector_perplexity.detach(), "masked_frames": float(n),
+                      "perplexity": out.codevector_perplexity.detach(), "frame_perplexity": drawn,
+                      "masked_frames": float(n),
                       "utterances": float(len(batch.utts))}
 
     def before_update(step: int) -> dict[str, float]:

@@ -202,6 +202,53 @@ def test_contrastive_chance_is_the_loss_of_an_uninformative_model():
     assert out.contrastive_loss.item() / mask.sum().item() == pytest.approx(chance, rel=1e-5)
 
 
+def test_frame_perplexity_counts_the_codes_one_frame_draws_from():
+    from kd.ssl.pretrain import frame_perplexity
+
+    mask = torch.tensor([[True, True, False]])
+    certain = torch.full((1, 3, 2 * 4), -1e4)
+    certain[..., 1] = certain[..., 6] = 0.0  # one code per group, every frame
+    assert frame_perplexity(certain, mask, 2).item() == pytest.approx(2.0)  # G: each draw is certain
+    assert frame_perplexity(torch.zeros(1, 3, 8), mask, 2).item() == pytest.approx(8.0)  # G x V: uniform draws
+    two = torch.full((1, 3, 8), -1e4)
+    two[0, :, :2] = 0.0  # group 0: two codes at even odds (perplexity 2); group 1: uniform over 4
+    two[0, :, 4:] = 0.0
+    two[0, 2] = 5.0  # the unmasked frame does not count
+    assert frame_perplexity(two, mask, 2).item() == pytest.approx(2.0 + 4.0)
+    # exp of the mean entropy, not the mean of per-frame perplexities
+    mixed = torch.full((1, 2, 2), -1e4)
+    mixed[0, 0] = 0.0  # frame 0: entropy ln 2; frame 1: certain (entropy 0)
+    mixed[0, 1, 0] = 0.0
+    assert frame_perplexity(mixed, torch.ones(1, 2, dtype=torch.bool), 1).item() == pytest.approx(math.sqrt(2.0))
+    with pytest.raises(ValueError, match="last dimension 8 is not a multiple of groups=3"):
+        frame_perplexity(certain, mask, 3)
+    with pytest.raises(ValueError, match="no masked frame"):
+        frame_perplexity(certain, torch.zeros(1, 3, dtype=torch.bool), 2)
+
+
+def test_frame_perplexity_reads_the_quantiser_the_model_runs():
+    """The tap sees the logits the quantiser draws from: their pooled distribution is what the
+    model reports as its codevector perplexity, and no frame draws from more codes than that."""
+    from kd.ssl.pretrain import build_pretraining_model, frame_perplexity, sample_masks
+
+    config = SSLConfig.from_preset("tiny")
+    torch.manual_seed(0)
+    model = build_pretraining_model(config).train()
+    lengths = torch.tensor([16000, 12000])
+    x = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(1))
+    mask, negatives = sample_masks(lengths, 16000, config)
+    with torch.no_grad():
+        out = model(x, mask_time_indices=mask, sampled_negative_indices=negatives)
+    logits = model.quantizer_tap.logits
+    assert logits.shape == (2, mask.shape[1], config.codebook_size)
+    probs = torch.softmax(logits[mask].view(-1, config.num_codevector_groups, config.num_codevectors_per_group), -1)
+    pooled = probs.mean(0)
+    assert out.codevector_perplexity.item() == pytest.approx(
+        torch.exp(-(pooled * torch.log(pooled + 1e-7)).sum(-1)).sum().item(), rel=1e-4)
+    drawn = frame_perplexity(logits, mask, config.num_codevector_groups).item()
+    assert config.num_codevector_groups <= drawn <= out.codevector_perplexity.item() + 1e-4  # concavity of entropy
+
+
 # ---- pre-training ---------------------------------------------------------------------------
 def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
     from transformers import Wav2Vec2ForPreTraining
@@ -211,8 +258,8 @@ def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
     rows = read_csv_log(result.out_dir / "log.csv")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
-        for column in ("loss", "contrastive", "chance", "diversity", "feature_penalty", "perplexity", "temperature",
-                       "lr", "grad_norm"):
+        for column in ("loss", "contrastive", "chance", "diversity", "feature_penalty", "perplexity",
+                       "frame_perplexity", "temperature", "lr", "grad_norm"):
             assert math.isfinite(r[column]), column
         # the optimised loss is the per-frame contrastive loss + alpha * diversity + beta * feature penalty
         expected = (r["contrastive"] + TINY.diversity_weight * r["diversity"]
@@ -220,6 +267,7 @@ def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
         assert r["loss"] == pytest.approx(expected, rel=1e-4)
         assert 0.0 <= r["diversity"] <= 1.0
         assert 1.0 <= r["perplexity"] <= TINY.codebook_size == 2 * 16
+        assert TINY.num_codevector_groups <= r["frame_perplexity"] <= r["perplexity"] + 1e-3
         temperature = max(TINY.gumbel_min, TINY.gumbel_max * TINY.gumbel_decay ** (r["step"] - 1))
         assert r["temperature"] == pytest.approx(temperature, rel=1e-5)
     assert [s for s, _ in list_checkpoints(result.out_dir)] == [2, 4]
@@ -263,12 +311,12 @@ def test_cli_pretrain_takes_settings_over_the_preset(tests_corpus, tmp_path, cap
     out = tmp_path / "ssl"
     args = ["ssl", "pretrain", "--data", str(root / "us" / "train"), "--out", str(out), "--preset", "tiny",
             "--seed", "3", "--set", "diversity_weight=0.3", "checkpoint_steps=[1]", "optim.steps=2",
-            "optim.max_batch_seconds=8"]
+            "optim.max_batch_seconds=8", "optim.lr=3e-4"]
     assert main(args) == 0
     saved = SSLConfig.from_dict(json.loads((out / "ssl_config.json").read_text()))
     tiny = SSLConfig.from_preset("tiny")
     assert saved == dataclasses.replace(tiny, diversity_weight=0.3, checkpoint_steps=(1,), optim=dataclasses.replace(
-        tiny.optim, steps=2, max_batch_seconds=8.0, seed=3))
+        tiny.optim, steps=2, max_batch_seconds=8.0, lr=3e-4, seed=3))
     assert [s for s, _ in list_checkpoints(out)] == [1] and len(read_csv_log(out / "log.csv")) == 2
     capsys.readouterr()
     for setting, message in (("diversity_wieght=0.3", "SSLConfig: unknown field(s) ['diversity_wieght']"),
