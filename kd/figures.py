@@ -119,8 +119,9 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
                    label="per frame (drawn from)")
     right.axhline(codebook_size, color="tab:green", linestyle=":", linewidth=1, label=f"maximum ({codebook_size})")
     right.set_xlabel("update")
-    right.set_ylabel("codebook perplexity")
-    right.set_ylim(0, codebook_size * 1.05)
+    right.set_ylabel("codebook perplexity (log scale)")
+    right.set_yscale("log", base=2)  # from 1 (one code) to G x V: collapse and spread both stay readable
+    right.set_ylim(1, codebook_size * 1.5)
     twin = right.twinx()
     twin.plot(steps, [r["temperature"] for r in rows], color="tab:red", linewidth=1.2, label="Gumbel temperature")
     twin.set_ylabel("Gumbel temperature")
