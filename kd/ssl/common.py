@@ -263,8 +263,18 @@ def make_accelerator(optim: OptimSettings, *, find_unused_parameters: bool = Fal
 
 
 def make_optimizer(parameters, optim: OptimSettings) -> torch.optim.Optimizer:
-    params = [p for p in parameters if p.requires_grad]
-    return torch.optim.AdamW(params, lr=optim.learning_rate(1), betas=optim.betas, eps=optim.eps,
+    """AdamW over ``parameters``: tensors, or parameter groups (dicts with ``params``) as torch takes
+    them. A group's ``lr_scale`` (default 1) multiplies the scheduled learning rate in
+    :func:`train_loop`. Parameters that need no gradient are left out."""
+    items = list(parameters)
+    if items and isinstance(items[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]
+    else:
+        groups = [{"params": [p for p in items if p.requires_grad]}]
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["lr"] = optim.learning_rate(1) * g.get("lr_scale", 1.0)
+    return torch.optim.AdamW(groups, lr=optim.learning_rate(1), betas=optim.betas, eps=optim.eps,
                              weight_decay=optim.weight_decay)
 
 
@@ -307,7 +317,7 @@ def train_loop(accelerator, model: torch.nn.Module, optimizer, loader, optim: Op
             if micro == 0:
                 lr = optim.learning_rate(step + 1)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may run at a fixed fraction
                 extra = before_update(step + 1) if before_update is not None else {}
             with accelerator.accumulate(model):
                 loss, numbers = compute(batch)

@@ -189,6 +189,10 @@ class SSLConfig:
     dropout: float = 0.1  # hidden, attention and activation dropout
     layerdrop: float = 0.05  # probability of skipping a Transformer layer in training
     feature_grad_mult: float = 0.1  # gradient scale into the conv feature encoder (wav2vec 2.0: 0.1 for stability)
+    # learning rate of the conv feature encoder as a fraction of optim.lr. Under Adam, feature_grad_mult
+    # hardly slows the encoder (each parameter's step is divided by its own gradient scale; only
+    # clipping and eps see it); this does (recipes/w2v2_compress/README.md, twelfth session)
+    feature_lr_scale: float = 1.0
     # --- quantiser and contrastive task
     num_codevector_groups: int = 2  # G
     num_codevectors_per_group: int = 320  # V
@@ -234,6 +238,8 @@ class SSLConfig:
         _fraction(self, "dropout", "layerdrop", "mask_prob", upper_open=True)
         if not 0.0 <= self.feature_grad_mult <= 1.0:
             _fail("SSLConfig.feature_grad_mult", self.feature_grad_mult, "a value in [0, 1]")
+        if not 0.0 < self.feature_lr_scale <= 1.0:
+            _fail("SSLConfig.feature_lr_scale", self.feature_lr_scale, "a value in (0, 1]")
         for name in ("diversity_weight", "feature_penalty_weight"):
             if getattr(self, name) < 0:
                 _fail(f"SSLConfig.{name}", getattr(self, name), "a value >= 0")

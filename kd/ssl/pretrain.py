@@ -13,7 +13,8 @@ initialisation). Per micro-batch:
    number of masked frames and add the paper's L2 penalty on the feature-encoder output
    L_f = mean over valid frames and channels of its squared activations, so the optimised loss
    is L_m (per masked frame) + alpha * L_d + beta * L_f;
-4. the gradient into the feature encoder is scaled by ``feature_grad_mult`` (0.1 in the paper);
+4. the gradient into the feature encoder is scaled by ``feature_grad_mult`` (0.1 in the paper) and
+   its learning rate by ``feature_lr_scale`` (1 by default; under Adam only the second slows it);
 5. the Gumbel-softmax temperature of update s is max(gumbel_min, gumbel_max * gumbel_decay^(s-1)).
 
 Output folder::
@@ -55,7 +56,7 @@ from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir,
 from kd.ssl.config import SSLConfig
 
 __all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",
-           "feature_penalty", "frame_perplexity", "pretrain", "sample_masks"]
+           "feature_penalty", "frame_perplexity", "pretrain", "pretraining_param_groups", "sample_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,15 @@ def build_pretraining_model(config: SSLConfig):
     model.quantizer_tap = QuantizerTap()
     model.quantizer.weight_proj.register_forward_hook(model.quantizer_tap)
     return model
+
+
+def pretraining_param_groups(model, config: SSLConfig) -> list[dict]:
+    """Optimizer groups of a pre-training model: the conv feature encoder at ``config.feature_lr_scale``
+    times the learning rate (``lr_scale``, read by the training loop), everything else at 1."""
+    encoder = list(model.wav2vec2.feature_extractor.parameters())
+    ids = {id(p) for p in encoder}
+    return [{"params": [p for p in model.parameters() if id(p) not in ids]},
+            {"params": encoder, "lr_scale": config.feature_lr_scale}]
 
 
 def _raw_input(folder: Path) -> None:
@@ -253,7 +263,7 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
                            num_workers=config.optim.num_workers, seed=config.optim.seed)
 
     model = build_pretraining_model(config)
-    optimizer = make_optimizer(model.parameters(), config.optim)
+    optimizer = make_optimizer(pretraining_param_groups(model, config), config.optim)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     inner = accelerator.unwrap_model(model)
 

@@ -169,6 +169,47 @@ def test_feature_grad_mult_scales_only_the_feature_encoder_gradient():
     torch.testing.assert_close(grads[0.1][q], grads[1.0][q])
 
 
+def test_feature_lr_scale_slows_the_encoder_where_feature_grad_mult_does_not():
+    """AdamW's first update moves each parameter by lr * g / (|g| + eps): a gradient scale
+    (feature_grad_mult) leaves the encoder's step as it was, a learning-rate scale shrinks it."""
+    import numpy as np
+
+    from kd.ssl.common import make_optimizer
+    from kd.ssl.pretrain import build_pretraining_model, pretraining_param_groups, sample_masks
+
+    x = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([16000, 12000])
+
+    def first_step(**settings):
+        config = SSLConfig.from_preset("tiny", **settings)
+        torch.manual_seed(0)
+        np.random.seed(0)  # masks and negatives
+        model = build_pretraining_model(config).train()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer = make_optimizer(pretraining_param_groups(model, config), config.optim)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
+            [config.optim.learning_rate(1), config.optim.learning_rate(1) * config.feature_lr_scale])
+        mask, negatives = sample_masks(lengths, 16000, config)
+        out = model(x, mask_time_indices=mask, sampled_negative_indices=negatives)
+        (out.loss / mask.sum()).backward()
+        optimizer.step()
+        return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+    full = first_step(feature_grad_mult=1.0)
+    grad_scaled = first_step(feature_grad_mult=0.1)
+    lr_scaled = first_step(feature_grad_mult=1.0, feature_lr_scale=0.1)
+    conv = "wav2vec2.feature_extractor.conv_layers.1.conv.weight"
+    q = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
+    assert full[conv].abs().max() > 0
+    torch.testing.assert_close(lr_scaled[conv], 0.1 * full[conv], rtol=1e-4, atol=1e-7)  # float32 p - p0
+    # a tenth of the gradient: nearly the same step (it differs only where |g| is near eps)
+    assert (grad_scaled[conv] - full[conv]).norm() < 0.05 * full[conv].norm()
+    for steps in (grad_scaled, lr_scaled):  # the rest of the model takes the same step
+        torch.testing.assert_close(steps[q], full[q])
+    with pytest.raises(ValueError, match="SSLConfig.feature_lr_scale"):
+        SSLConfig.from_preset("tiny", feature_lr_scale=0.0)
+
+
 def test_contrastive_chance_counts_negatives_distinct_from_the_positive():
     from kd.ssl.pretrain import contrastive_chance
 
