@@ -234,6 +234,8 @@ def _ssl_pretrain(args: argparse.Namespace) -> int:
     config = _preset_with_settings(SSLConfig, args.preset, args.set + [f"optim.seed={args.seed}"])
     result = pretrain(config, args.data, args.out)
     print(result)
+    if "message" in result.metrics:
+        print(f"pre-training outcome: {result.metrics['message']}")
     return 0
 
 

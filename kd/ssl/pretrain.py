@@ -29,7 +29,9 @@ Output folder::
     ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
     model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
                         each model folder with preprocessor_config.json: raw waveforms (kd.hf_input)
-    .done.json          completion marker: a re-run with the same config and data skips the stage
+    .done.json          completion marker: a re-run with the same config and data skips the stage;
+                        holds the run's outcome (:func:`pretraining_outcome`: learning, at chance or
+                        collapsed), also returned as the result's ``metrics`` and logged
 
 Codebook collapse (perplexity near G, contrastive loss near 0 because every negative equals its
 positive and is masked out) shows in the log; it is the usual failure of small-batch runs. The
@@ -44,7 +46,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -56,7 +58,8 @@ from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir,
 from kd.ssl.config import SSLConfig
 
 __all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",
-           "feature_penalty", "frame_perplexity", "pretrain", "pretraining_param_groups", "sample_masks"]
+           "feature_penalty", "frame_perplexity", "pretrain", "pretraining_outcome", "pretraining_param_groups",
+           "sample_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,9 @@ MODEL_DIR = "model"
 LOG_FILE = "log.csv"
 CONFIG_FILE = "ssl_config.json"
 CURVES_FILE = "curves.png"
+OUTCOME_WINDOW = 20  # updates at the end of a run that pretraining_outcome reads
+CHANCE_MARGIN = 0.05  # nats below the chance level that count as learning
+COLLAPSE_PERPLEXITY = 1.5  # pooled perplexity per group at or below which the codebook has collapsed
 
 
 def conv_output_frames(samples: torch.Tensor | int, kernels: Sequence[int], strides: Sequence[int]):
@@ -194,6 +200,50 @@ def frame_perplexity(logits: torch.Tensor, mask: torch.Tensor, groups: int) -> t
     return entropy.mean(0).exp().sum().float()
 
 
+def pretraining_outcome(log_csv: str | os.PathLike, *, groups: int, codebook_size: int,
+                        window: int = OUTCOME_WINDOW) -> dict[str, Any]:
+    """What the last updates of a pre-training run say about it, read from its ``log.csv``.
+
+    Means over the last ``window`` updates (all of them in a shorter run) of the contrastive loss,
+    its chance level (:func:`contrastive_chance`), ``below_chance`` = chance - contrastive (nats),
+    and the pooled and per-frame (:func:`frame_perplexity`) codebook perplexities, with a ``state``:
+
+    - ``"collapsed"``: the pooled perplexity is at most 1.5 per group (one code per group nearly
+      always), so the loss is low because the negatives equal their positive;
+    - ``"at chance"``: less than 0.05 nats below chance, the context network does not tell its
+      targets from the distractors (the model has not learned, or has unlearned, the task);
+    - ``"learning"``: otherwise.
+
+    ``message`` says it in a line. Raises ValueError naming the file for an empty log or one without
+    the columns (logs from before the chance level was logged).
+    """
+    from kd.ssl.common import read_csv_log
+
+    if window < 1:
+        raise ValueError(f"window: expected at least 1 update, found {window}")
+    rows = read_csv_log(log_csv)
+    if not rows:
+        raise ValueError(f"{log_csv}: expected at least one logged update, found none")
+    columns = ("contrastive", "chance", "perplexity", "frame_perplexity")
+    missing = [c for c in columns if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{log_csv}: column(s) {missing} missing (columns: {sorted(rows[0])})")
+    last = rows[-window:]
+    mean = {c: sum(r[c] for r in last) / len(last) for c in columns}
+    below = mean["chance"] - mean["contrastive"]
+    if mean["perplexity"] <= COLLAPSE_PERPLEXITY * groups:
+        state = "collapsed"
+    elif below < CHANCE_MARGIN:
+        state = "at chance"
+    else:
+        state = "learning"
+    side = f"{below:.3f} nats below" if below >= 0 else f"{-below:.3f} nats above"
+    message = (f"{state}: over the last {len(last)} updates the contrastive loss is {mean['contrastive']:.3f} "
+               f"against a chance level of {mean['chance']:.3f} ({side}), codebook "
+               f"perplexity {mean['perplexity']:.1f} of {codebook_size} ({mean['frame_perplexity']:.1f} per frame)")
+    return {"state": state, "updates": len(last), "below_chance": below, **mean, "message": message}
+
+
 def sample_masks(speech_lengths: torch.Tensor, num_samples: int,
                  config: SSLConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked frames and negative indices for one padded batch.
@@ -238,7 +288,7 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
     if is_done(out_dir, key):
         info = json.loads((out_dir / ".done.json").read_text(encoding="utf-8"))
         return StageResult(out_dir, out_dir / MODEL_DIR, info.get("steps", 0), 0.0, skipped=True,
-                           stopped_early=info.get("stopped_early", False))
+                           stopped_early=info.get("stopped_early", False), metrics=info.get("outcome", {}))
     accelerator = make_accelerator(config.optim, find_unused_parameters=config.layerdrop > 0)
     main = accelerator.is_main_process
     if main:
@@ -301,11 +351,16 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
                         log=CsvLog(out_dir / LOG_FILE, enabled=main), before_update=before_update,
                         after_update=after_update, desc="ssl pretrain", progress=progress)
     accelerator.wait_for_everyone()
+    outcome: dict[str, Any] = {}
     if main:
         save_pretrained_atomic(inner, out_dir / MODEL_DIR, extra=_raw_input)
         plot_pretraining_curves(out_dir / LOG_FILE, out_dir / CURVES_FILE, codebook_size=config.codebook_size)
+        outcome = pretraining_outcome(out_dir / LOG_FILE, groups=config.num_codevector_groups,
+                                      codebook_size=config.codebook_size)
+        (logger.info if outcome["state"] == "learning" else logger.warning)("pretrain: %s", outcome["message"])
         mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
                   seconds=round(result.seconds, 3), checkpoints=[s for s, _ in list_checkpoints(out_dir)],
-                  finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+                  outcome=outcome, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     accelerator.wait_for_everyone()
-    return StageResult(out_dir, out_dir / MODEL_DIR, result.steps, result.seconds, stopped_early=result.stopped_early)
+    return StageResult(out_dir, out_dir / MODEL_DIR, result.steps, result.seconds, stopped_early=result.stopped_early,
+                       metrics=outcome)

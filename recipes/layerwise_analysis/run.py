@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             return {"run": str(Path(existing).resolve()), "reused": True}
         r = pretrain(ssl_config, [corpus / d / "train" for d in cfg["ssl_domains"]],
                      out / "ssl", progress=False)
-        return {"run": str(out / "ssl"), "steps": r.steps}
+        return {"run": str(out / "ssl"), "steps": r.steps, "outcome": r.metrics.get("message")}
 
     def checkpoints(done) -> dict[str, Path]:
         ssl = Path(done["ssl-pretrain"]["run"])

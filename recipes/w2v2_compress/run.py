@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_pretrain(done):
         r = pretrain(ssl_config, ssl_data, out / "ssl", progress=False)
-        return {"steps": r.steps, "seconds": r.seconds}
+        return {"steps": r.steps, "seconds": r.seconds, "outcome": r.metrics.get("message")}
 
     def stage_teacher_ctc(done):
         r = finetune_ctc(teacher_dir, [corpus / domain / "train"], out / "teacher_ctc", ctc_config,

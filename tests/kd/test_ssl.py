@@ -313,12 +313,47 @@ def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
         assert r["temperature"] == pytest.approx(temperature, rel=1e-5)
     assert [s for s, _ in list_checkpoints(result.out_dir)] == [2, 4]
     assert (result.out_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the learning curves
+    # the outcome of the last updates, returned, kept in the completion marker and logged
+    assert result.metrics["state"] in ("learning", "at chance", "collapsed") and result.metrics["updates"] == 4
+    assert result.metrics["contrastive"] == pytest.approx(sum(r["contrastive"] for r in rows) / 4)
+    assert json.loads((result.out_dir / ".done.json").read_text())["outcome"] == result.metrics
     models = {s: Wav2Vec2ForPreTraining.from_pretrained(p) for s, p in list_checkpoints(result.out_dir)}
     final = Wav2Vec2ForPreTraining.from_pretrained(result.model_dir)
     assert final.config.num_hidden_layers == TINY.num_layers
     w = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
     assert torch.equal(models[4].state_dict()[w], final.state_dict()[w])  # the last update is step 4
     assert not torch.equal(models[2].state_dict()[w], final.state_dict()[w])  # training moved the weights
+
+
+def test_pretraining_outcome_tells_learning_from_chance_and_collapse(tmp_path):
+    from kd.ssl.pretrain import pretraining_outcome
+
+    def log(name, rows):
+        path = tmp_path / f"{name}.csv"
+        path.write_text("step,contrastive,chance,perplexity,frame_perplexity\n"
+                        + "".join(f"{i + 1},{c},{ch},{p},{f}\n" for i, (c, ch, p, f) in enumerate(rows)))
+        return path
+
+    # learnt early, back at chance for the last 20 updates: the verdict reads the end only
+    unlearnt = log("unlearnt", [(2.9, 3.3, 5.0, 2.5)] * 30 + [(3.90, 3.88, 12.0, 4.0)] * 20)
+    out = pretraining_outcome(unlearnt, groups=2, codebook_size=128)
+    assert out["state"] == "at chance" and out["updates"] == 20
+    assert out["below_chance"] == pytest.approx(-0.02) and out["perplexity"] == pytest.approx(12.0)
+    assert out["message"].startswith("at chance: over the last 20 updates the contrastive loss is 3.900 against "
+                                     "a chance level of 3.880 (0.020 nats above), codebook perplexity 12.0 of 128")
+    learning = log("learning", [(3.5, 3.6, 9.0, 3.0), (3.3, 3.6, 9.0, 3.0)])  # mean 0.2 below chance
+    out = pretraining_outcome(learning, groups=2, codebook_size=128)
+    assert out["state"] == "learning" and out["updates"] == 2 and out["below_chance"] == pytest.approx(0.2)
+    collapsed = log("collapsed", [(0.4, 0.5, 2.1, 2.0)] * 5)  # low loss, low chance: one code per group
+    assert pretraining_outcome(collapsed, groups=2, codebook_size=128)["state"] == "collapsed"
+    assert pretraining_outcome(learning, groups=2, codebook_size=128, window=1)["below_chance"] == pytest.approx(0.3)
+    old = tmp_path / "old.csv"
+    old.write_text("step,contrastive,perplexity,temperature\n1,3.9,5.0,2.0\n")
+    with pytest.raises(ValueError, match=r"old.csv: column\(s\) \['chance', 'frame_perplexity'\] missing"):
+        pretraining_outcome(old, groups=2, codebook_size=128)
+    empty = log("empty", [])
+    with pytest.raises(ValueError, match="empty.csv: expected at least one logged update"):
+        pretraining_outcome(empty, groups=2, codebook_size=128)
 
 
 def test_moving_average_skips_non_finite_values():
@@ -381,6 +416,7 @@ def test_rerun_skips_a_finished_stage(pretrained):
     before = weights.stat().st_mtime_ns
     again = pretrain(TINY, data, result.out_dir, progress=False)
     assert again.skipped and again.steps == 4 and again.model_dir == result.model_dir
+    assert again.metrics == result.metrics  # the outcome, read back from the completion marker
     assert weights.stat().st_mtime_ns == before
 
 
