@@ -193,6 +193,9 @@ class SSLConfig:
     # hardly slows the encoder (each parameter's step is divided by its own gradient scale; only
     # clipping and eps see it); this does (recipes/w2v2_compress/README.md, twelfth session)
     feature_lr_scale: float = 1.0
+    # feed each utterance at zero mean and unit variance (what published checkpoints with a layer-norm
+    # feature encoder expect); recorded in the saved folders' preprocessor_config.json
+    normalize_waveforms: bool = False
     # --- quantiser and contrastive task
     num_codevector_groups: int = 2  # G
     num_codevectors_per_group: int = 320  # V

@@ -28,7 +28,8 @@ Output folder::
     curves.png          the learning curves (:func:`kd.figures.plot_pretraining_curves`)
     ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
     model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
-                        each model folder with preprocessor_config.json: raw waveforms (kd.hf_input)
+                        each model folder with preprocessor_config.json: raw waveforms, or normalised
+                        per utterance under ``normalize_waveforms`` (kd.hf_input)
     .done.json          completion marker: a re-run with the same config and data skips the stage;
                         holds the run's outcome (:func:`pretraining_outcome`: learning, at chance or
                         collapsed), also returned as the result's ``metrics`` and logged
@@ -51,7 +52,7 @@ from typing import Any, Sequence
 import torch
 
 from kd.figures import plot_pretraining_curves
-from kd.hf_input import InputSpec, write_input_spec
+from kd.hf_input import InputSpec, normalize_waveforms, write_input_spec
 from kd.io import clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
                            make_accelerator, make_optimizer, save_pretrained_atomic, speech_loader, train_loop)
@@ -138,9 +139,15 @@ def pretraining_param_groups(model, config: SSLConfig) -> list[dict]:
             {"params": encoder, "lr_scale": config.feature_lr_scale}]
 
 
-def _raw_input(folder: Path) -> None:
-    """Record the input convention of pre-training: raw waveforms, no normalisation (:mod:`kd.hf_input`)."""
-    write_input_spec(folder, InputSpec(normalize=False))
+def _input_convention(config: SSLConfig):
+    """A writer of the input convention of pre-training into a model folder (:mod:`kd.hf_input`): raw
+    waveforms, or each utterance at zero mean and unit variance (``config.normalize_waveforms``), so
+    that fine-tuning and analysis feed the model what it was trained on."""
+
+    def write(folder: Path) -> None:
+        write_input_spec(folder, InputSpec(normalize=config.normalize_waveforms))
+
+    return write
 
 
 def feature_penalty(features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -320,7 +327,9 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
     def compute(batch):
         mask, negatives = sample_masks(batch.speech_lengths, batch.speech.shape[1], config)
         device = batch.speech.device
-        out = model(batch.speech, attention_mask=attention_mask(batch.speech_lengths, batch.speech.shape[1]),
+        speech = (normalize_waveforms(batch.speech, batch.speech_lengths) if config.normalize_waveforms
+                  else batch.speech)
+        out = model(speech, attention_mask=attention_mask(batch.speech_lengths, batch.speech.shape[1]),
                     mask_time_indices=mask.to(device), sampled_negative_indices=negatives.to(device))
         n = mask.sum().item()
         frames = conv_output_frames(batch.speech_lengths, config.conv_kernel, config.conv_stride)
@@ -345,7 +354,7 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
         if step in config.checkpoint_steps:
             accelerator.wait_for_everyone()
             if main:
-                save_pretrained_atomic(inner, out_dir / f"ckpt-{step}", extra=_raw_input)
+                save_pretrained_atomic(inner, out_dir / f"ckpt-{step}", extra=_input_convention(config))
 
     result = train_loop(accelerator, model, optimizer, loader, config.optim, compute,
                         log=CsvLog(out_dir / LOG_FILE, enabled=main), before_update=before_update,
@@ -353,7 +362,7 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
     accelerator.wait_for_everyone()
     outcome: dict[str, Any] = {}
     if main:
-        save_pretrained_atomic(inner, out_dir / MODEL_DIR, extra=_raw_input)
+        save_pretrained_atomic(inner, out_dir / MODEL_DIR, extra=_input_convention(config))
         plot_pretraining_curves(out_dir / LOG_FILE, out_dir / CURVES_FILE, codebook_size=config.codebook_size)
         outcome = pretraining_outcome(out_dir / LOG_FILE, groups=config.num_codevector_groups,
                                       codebook_size=config.codebook_size)

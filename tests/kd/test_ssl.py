@@ -408,6 +408,36 @@ def test_cli_pretrain_takes_settings_over_the_preset(tests_corpus, tmp_path, cap
     assert not (tmp_path / "ft").exists()  # the settings are checked before anything is written
 
 
+def test_pretraining_records_and_applies_its_input_convention(pretrained, tests_corpus, tmp_path, monkeypatch):
+    """Raw waveforms by default; with normalize_waveforms every utterance reaches the model at zero
+    mean and unit variance over its valid samples, and the saved folders say so."""
+    import kd.ssl.pretrain as P
+    from kd.hf_input import read_input_spec
+
+    result, data = pretrained
+    assert not read_input_spec(result.model_dir).normalize
+    assert not read_input_spec(result.out_dir / "ckpt-2").normalize
+    seen = []
+    build = P.build_pretraining_model
+
+    def build_and_watch(config):
+        model = build(config)
+        model.wav2vec2.feature_extractor.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].clone()))
+        return model
+
+    monkeypatch.setattr(P, "build_pretraining_model", build_and_watch)
+    config = dataclasses.replace(TINY, normalize_waveforms=True, checkpoint_steps=(1,),
+                                 optim=dataclasses.replace(TINY.optim, steps=1))
+    out = P.pretrain(config, data, tmp_path / "normalised", progress=False)
+    assert read_input_spec(out.model_dir).normalize and read_input_spec(out.out_dir / "ckpt-1").normalize
+    speech = seen[0]  # [B, S] the first batch as the feature encoder got it
+    assert speech.shape[0] >= 2
+    for row in speech:
+        valid = row[: int((row != 0).nonzero().max()) + 1]  # padding is set to 0 after normalising
+        assert valid.double().mean().item() == pytest.approx(0.0, abs=1e-4)
+        assert valid.double().std(unbiased=False).item() == pytest.approx(1.0, abs=1e-3)
+
+
 def test_rerun_skips_a_finished_stage(pretrained):
     from kd.ssl.pretrain import pretrain
 
