@@ -38,7 +38,8 @@ YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
 
 
 def load_yaml(text: str) -> Any:
-    """Parse YAML text safely with :class:`YamlLoader`; every config, plan and recipe file is read so."""
+    """Parse YAML text safely with :class:`YamlLoader`; the toolkit reads every YAML config, recipe
+    file and model-folder metadata so."""
     return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 

@@ -262,6 +262,11 @@ def make_accelerator(optim: OptimSettings, *, find_unused_parameters: bool = Fal
     return accelerator
 
 
+def _group_lr(group: dict, lr: float) -> float:
+    """The learning rate of one parameter group: the scheduled ``lr`` times its ``lr_scale`` (default 1)."""
+    return lr * group.get("lr_scale", 1.0)
+
+
 def make_optimizer(parameters, optim: OptimSettings) -> torch.optim.Optimizer:
     """AdamW over ``parameters``: tensors, or parameter groups (dicts with ``params``) as torch takes
     them. A group's ``lr_scale`` (default 1) multiplies the scheduled learning rate in
@@ -273,7 +278,7 @@ def make_optimizer(parameters, optim: OptimSettings) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in items if p.requires_grad]}]
     groups = [g for g in groups if g["params"]]
     for g in groups:
-        g["lr"] = optim.learning_rate(1) * g.get("lr_scale", 1.0)
+        g["lr"] = _group_lr(g, optim.learning_rate(1))
     return torch.optim.AdamW(groups, lr=optim.learning_rate(1), betas=optim.betas, eps=optim.eps,
                              weight_decay=optim.weight_decay)
 
@@ -317,7 +322,7 @@ def train_loop(accelerator, model: torch.nn.Module, optimizer, loader, optim: Op
             if micro == 0:
                 lr = optim.learning_rate(step + 1)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may run at a fixed fraction
+                    group["lr"] = _group_lr(group, lr)
                 extra = before_update(step + 1) if before_update is not None else {}
             with accelerator.accumulate(model):
                 loss, numbers = compute(batch)

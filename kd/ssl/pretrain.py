@@ -55,7 +55,8 @@ from kd.figures import plot_pretraining_curves
 from kd.hf_input import InputSpec, normalize_waveforms, write_input_spec
 from kd.io import clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
-                           make_accelerator, make_optimizer, save_pretrained_atomic, speech_loader, train_loop)
+                           make_accelerator, make_optimizer, read_csv_log, save_pretrained_atomic, speech_loader,
+                           train_loop)
 from kd.ssl.config import SSLConfig
 
 __all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",
@@ -224,8 +225,6 @@ def pretraining_outcome(log_csv: str | os.PathLike, *, groups: int, codebook_siz
     ``message`` says it in a line. Raises ValueError naming the file for an empty log or one without
     the columns (logs from before the chance level was logged).
     """
-    from kd.ssl.common import read_csv_log
-
     if window < 1:
         raise ValueError(f"window: expected at least 1 update, found {window}")
     rows = read_csv_log(log_csv)
