@@ -80,7 +80,9 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
     falling together. Right: the codebook perplexity against its maximum ``codebook_size`` (G x V),
     the perplexity of one frame's code distribution (``frame_perplexity``, where logged: near the
     pooled perplexity, the codes are drawn at random and the targets cannot be predicted) and the
-    Gumbel temperature. Thin lines are per update, thick ones a moving average over
+    Gumbel temperature. Third panel, where logged: how often neighbouring frames share their code
+    against how often they would by chance (``neighbour_codes``; at chance the targets change like
+    noise from frame to frame and cannot be predicted from context). Thin lines are per update, thick ones a moving average over
     ``smooth`` updates.
     """
     import matplotlib
@@ -97,7 +99,9 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
         if column not in rows[0]:
             raise ValueError(f"{log_csv}: column {column!r} missing (columns: {sorted(rows[0])})")
     steps = [r["step"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    neighbours = all(c in rows[0] for c in ("neighbour_codes", "neighbour_codes_chance"))
+    fig, axes = plt.subplots(1, 3 if neighbours else 2, figsize=(15 if neighbours else 10, 3.8))
+    left, right = axes[:2]
     lines = [("contrastive", "contrastive loss", "tab:blue")]
     if "chance" in rows[0]:
         lines.append(("chance", "chance level", "tab:gray"))
@@ -128,5 +132,17 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
     handles = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     right.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")
     right.set_title("quantiser")
+    if neighbours:
+        ax = axes[2]
+        for column, label, color in (("neighbour_codes", "neighbouring frames", "tab:purple"),
+                                     ("neighbour_codes_chance", "by chance (codes shuffled in time)", "tab:gray")):
+            values = [100 * r[column] for r in rows]
+            ax.plot(steps, values, color=color, alpha=0.3, linewidth=0.8)
+            ax.plot(steps, _moving_average(values, smooth), color=color, linewidth=1.8, label=label)
+        ax.set_xlabel("update")
+        ax.set_ylabel("same code (%, mean over groups)")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=8)
+        ax.set_title("targets in time")
     fig.suptitle(title)
     return _save(fig, out_path)

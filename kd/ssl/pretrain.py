@@ -23,8 +23,9 @@ Output folder::
     log.csv             per update: loss, contrastive, chance (the contrastive loss of a model that
                         cannot tell targets apart: :func:`contrastive_chance`), diversity,
                         feature_penalty, perplexity, frame_perplexity (:func:`frame_perplexity`: how
-                        random each frame's drawn code is), temperature, lr, grad_norm, masked_frames,
-                        utterances, seconds
+                        random each frame's drawn code is), neighbour_codes and neighbour_codes_chance
+                        (:func:`neighbour_codes`: whether the codes carry structure in time),
+                        temperature, lr, grad_norm, masked_frames, utterances, seconds
     curves.png          the learning curves (:func:`kd.figures.plot_pretraining_curves`)
     ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
     model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
@@ -60,8 +61,8 @@ from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir,
 from kd.ssl.config import SSLConfig
 
 __all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",
-           "feature_penalty", "frame_perplexity", "pretrain", "pretraining_outcome", "pretraining_param_groups",
-           "sample_masks"]
+           "feature_penalty", "frame_perplexity", "neighbour_codes", "pretrain", "pretraining_outcome",
+           "pretraining_param_groups", "sample_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -208,13 +209,53 @@ def frame_perplexity(logits: torch.Tensor, mask: torch.Tensor, groups: int) -> t
     return entropy.mean(0).exp().sum().float()
 
 
+def neighbour_codes(logits: torch.Tensor, frames: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """How often two neighbouring frames of an utterance get the same code, and how often by chance.
+
+    The contrastive task asks the context network to tell a masked frame's code from codes of
+    other frames of its utterance, which it can learn only if the codes carry structure in time:
+    a frame's code should say something about its neighbours'. Per group, ``agreement`` is the
+    fraction of pairs of adjacent real frames (padding left out) whose most likely codes (argmax
+    of the quantiser's logits) are the same; ``chance`` is that fraction if each utterance's codes
+    were drawn independently from their frequencies in it (sum over codes of the squared
+    frequency, averaged with the same weight, adjacent pairs, per utterance). Both are means over
+    the G groups. Agreement near chance: the codes change from frame to frame like noise, and the
+    targets cannot be predicted from context (a random feature encoder gives such codes;
+    recipes/w2v2_compress/README.md).
+
+    logits: [B, T, G * V] code logits (the quantiser's ``weight_proj`` output); frames: [B] real
+    frames per utterance. Returns two 0-d float tensors, ``(agreement, chance)``.
+    """
+    b, t, gv = logits.shape
+    if gv % groups:
+        raise ValueError(f"logits: last dimension {gv} is not a multiple of groups={groups}")
+    frames = frames.to(logits.device)
+    if frames.shape != (b,) or frames.min().item() < 0 or frames.max().item() > t:
+        raise ValueError(f"frames: expected {b} counts in [0, {t}], found {frames.tolist()}")
+    pairs = (frames - 1).clamp(min=0)  # [B] adjacent pairs per utterance
+    if pairs.sum().item() == 0:
+        raise ValueError(f"frames: no utterance has two frames ({frames.tolist()})")
+    codes = logits.detach().view(b, t, groups, gv // groups).argmax(-1)  # [B, T, G]
+    valid = torch.arange(t, device=logits.device)[None, :] < frames[:, None]  # [B, T]
+    pair_valid = valid[:, 1:] & valid[:, :-1]  # [B, T - 1]
+    same = (codes[:, 1:] == codes[:, :-1]) & pair_valid[..., None]  # [B, T - 1, G]
+    agreement = same.double().sum() / (pairs.sum() * groups)
+    counts = torch.nn.functional.one_hot(codes, gv // groups).double() * valid[:, :, None, None]  # [B, T, G, V]
+    freq = counts.sum(1) / frames.clamp(min=1)[:, None, None]  # [B, G, V]
+    per_utterance = freq.pow(2).sum(-1).mean(-1)  # [B]
+    chance = (per_utterance * pairs).sum() / pairs.sum()
+    return agreement.float(), chance.float()
+
+
 def pretraining_outcome(log_csv: str | os.PathLike, *, groups: int, codebook_size: int,
                         window: int = OUTCOME_WINDOW) -> dict[str, Any]:
     """What the last updates of a pre-training run say about it, read from its ``log.csv``.
 
     Means over the last ``window`` updates (all of them in a shorter run) of the contrastive loss,
     its chance level (:func:`contrastive_chance`), ``below_chance`` = chance - contrastive (nats),
-    and the pooled and per-frame (:func:`frame_perplexity`) codebook perplexities, with a ``state``:
+    the pooled and per-frame (:func:`frame_perplexity`) codebook perplexities and, in logs that have
+    them, how often neighbouring frames share their code and how often by chance
+    (:func:`neighbour_codes`), with a ``state``:
 
     - ``"collapsed"``: the pooled perplexity is at most 1.5 per group (one code per group nearly
       always), so the loss is low because the negatives equal their positive;
@@ -234,6 +275,9 @@ def pretraining_outcome(log_csv: str | os.PathLike, *, groups: int, codebook_siz
     missing = [c for c in columns if c not in rows[0]]
     if missing:
         raise ValueError(f"{log_csv}: column(s) {missing} missing (columns: {sorted(rows[0])})")
+    neighbours = ("neighbour_codes", "neighbour_codes_chance")
+    if all(c in rows[0] for c in neighbours):  # logged since the thirteenth session
+        columns += neighbours
     last = rows[-window:]
     mean = {c: sum(r[c] for r in last) / len(last) for c in columns}
     below = mean["chance"] - mean["contrastive"]
@@ -247,6 +291,9 @@ def pretraining_outcome(log_csv: str | os.PathLike, *, groups: int, codebook_siz
     message = (f"{state}: over the last {len(last)} updates the contrastive loss is {mean['contrastive']:.3f} "
                f"against a chance level of {mean['chance']:.3f} ({side}), codebook "
                f"perplexity {mean['perplexity']:.1f} of {codebook_size} ({mean['frame_perplexity']:.1f} per frame)")
+    if "neighbour_codes" in mean:
+        message += (f"; neighbouring frames share their code {100 * mean['neighbour_codes']:.1f}% of the time "
+                    f"({100 * mean['neighbour_codes_chance']:.1f}% by chance)")
     return {"state": state, "updates": len(last), "below_chance": below, **mean, "message": message}
 
 
@@ -337,10 +384,13 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
         loss = out.loss / n + config.feature_penalty_weight * penalty  # L_m + alpha * L_d + beta * L_f per frame
         chance = contrastive_chance(out.projected_quantized_states, mask, negatives)
         drawn = frame_perplexity(inner.quantizer_tap.logits, mask, config.num_codevector_groups)
+        agreement, agreement_chance = neighbour_codes(inner.quantizer_tap.logits, frames,
+                                                      config.num_codevector_groups)
         inner.quantizer_tap.logits = None
         return loss, {"loss": loss.detach(), "contrastive": out.contrastive_loss.detach() / n, "chance": chance,
                       "diversity": out.diversity_loss.detach() / n, "feature_penalty": penalty.detach(),
                       "perplexity": out.codevector_perplexity.detach(), "frame_perplexity": drawn,
+                      "neighbour_codes": agreement, "neighbour_codes_chance": agreement_chance,
                       "masked_frames": float(n),
                       "utterances": float(len(batch.utts))}
 

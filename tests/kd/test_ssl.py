@@ -290,6 +290,38 @@ def test_frame_perplexity_reads_the_quantiser_the_model_runs():
     assert config.num_codevector_groups <= drawn <= out.codevector_perplexity.item() + 1e-4  # concavity of entropy
 
 
+def test_neighbour_codes_counts_adjacent_frames_that_share_a_code():
+    from kd.ssl.pretrain import neighbour_codes
+
+    def logits_of(codes, v):  # [B, T, G] code indices -> logits whose argmax they are
+        return torch.nn.functional.one_hot(torch.tensor(codes), v).float().flatten(2)
+
+    # utterance 0: group 0 holds one code (agreement 1, chance 1), group 1 alternates two codes
+    # (agreement 0, chance 1/2); utterance 1 is padding after 2 frames: one pair, and its padded
+    # frames (which would agree with each other) are left out
+    codes = [[[0, 1], [0, 2], [0, 1], [0, 2], [0, 1]],
+             [[3, 3], [3, 0], [1, 1], [1, 1], [1, 1]]]
+    agreement, chance = neighbour_codes(logits_of(codes, 4), torch.tensor([5, 2]), 2)
+    # pairs: 4 in utterance 0 (group 0 all agree, group 1 none), 1 in utterance 1 (group 0 agrees, group 1 not)
+    assert agreement.item() == pytest.approx((4 + 0 + 1 + 0) / (5 * 2))
+    # chance per utterance: (1 + (0.6^2 + 0.4^2)) / 2 = 0.76 and (1 + 0.5) / 2 = 0.75, weighted 4 : 1
+    assert chance.item() == pytest.approx((4 * 0.76 + 1 * 0.75) / 5)
+    # codes drawn at random: agreement near chance; codes held for runs of 10 frames: far above it
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(8, 200, 2 * 16, generator=g)
+    a, c = neighbour_codes(noise, torch.full((8,), 200), 2)
+    assert c.item() == pytest.approx(1 / 16, abs=0.01) and abs(a.item() - c.item()) < 0.03
+    held = noise[:, ::10].repeat_interleave(10, dim=1)
+    a, c = neighbour_codes(held, torch.full((8,), 200), 2)
+    assert a.item() == pytest.approx(0.9 + 0.1 * c.item(), abs=0.03)
+    with pytest.raises(ValueError, match="last dimension 8 is not a multiple of groups=3"):
+        neighbour_codes(logits_of(codes, 4), torch.tensor([5, 2]), 3)
+    with pytest.raises(ValueError, match=r"frames: expected 2 counts in \[0, 5\], found \[6, 2\]"):
+        neighbour_codes(logits_of(codes, 4), torch.tensor([6, 2]), 2)
+    with pytest.raises(ValueError, match="no utterance has two frames"):
+        neighbour_codes(logits_of(codes, 4), torch.tensor([1, 1]), 2)
+
+
 # ---- pre-training ---------------------------------------------------------------------------
 def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
     from transformers import Wav2Vec2ForPreTraining
@@ -300,8 +332,10 @@ def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
         for column in ("loss", "contrastive", "chance", "diversity", "feature_penalty", "perplexity",
-                       "frame_perplexity", "temperature", "lr", "grad_norm"):
+                       "frame_perplexity", "neighbour_codes", "neighbour_codes_chance", "temperature", "lr",
+                       "grad_norm"):
             assert math.isfinite(r[column]), column
+        assert 0.0 <= r["neighbour_codes"] <= 1.0 and 0.0 < r["neighbour_codes_chance"] <= 1.0
         # the optimised loss is the per-frame contrastive loss + alpha * diversity + beta * feature penalty
         expected = (r["contrastive"] + TINY.diversity_weight * r["diversity"]
                     + TINY.feature_penalty_weight * r["feature_penalty"])
@@ -347,6 +381,14 @@ def test_pretraining_outcome_tells_learning_from_chance_and_collapse(tmp_path):
     collapsed = log("collapsed", [(0.4, 0.5, 2.1, 2.0)] * 5)  # low loss, low chance: one code per group
     assert pretraining_outcome(collapsed, groups=2, codebook_size=128)["state"] == "collapsed"
     assert pretraining_outcome(learning, groups=2, codebook_size=128, window=1)["below_chance"] == pytest.approx(0.3)
+    # where the log has them, how often neighbouring frames share a code (and by chance) joins the line
+    timed = tmp_path / "timed.csv"
+    timed.write_text("step,contrastive,chance,perplexity,frame_perplexity,neighbour_codes,neighbour_codes_chance\n"
+                     "1,3.93,3.93,120.0,3.5,0.034,0.026\n2,3.93,3.93,120.0,3.5,0.036,0.028\n")
+    out = pretraining_outcome(timed, groups=2, codebook_size=128)
+    assert out["state"] == "at chance" and out["neighbour_codes"] == pytest.approx(0.035)
+    assert out["message"].endswith("(3.5 per frame); neighbouring frames share their code 3.5% of the time "
+                                   "(2.7% by chance)")
     old = tmp_path / "old.csv"
     old.write_text("step,contrastive,perplexity,temperature\n1,3.9,5.0,2.0\n")
     with pytest.raises(ValueError, match=r"old.csv: column\(s\) \['chance', 'frame_perplexity'\] missing"):
