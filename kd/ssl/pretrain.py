@@ -61,7 +61,7 @@ from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir,
 from kd.ssl.config import SSLConfig
 
 __all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",
-           "feature_penalty", "frame_perplexity", "neighbour_codes", "pretrain", "pretraining_outcome",
+           "feature_penalty", "finished_config", "frame_perplexity", "neighbour_codes", "pretrain", "pretraining_outcome",
            "pretraining_param_groups", "sample_masks"]
 
 logger = logging.getLogger(__name__)
@@ -318,6 +318,15 @@ def sample_masks(speech_lengths: torch.Tensor, num_samples: int,
                                  attention_mask=frame_mask, min_masks=config.min_masks)
     negatives = _sample_negative_indices((len(frames), total), config.num_negatives, mask_time_indices=mask)
     return torch.from_numpy(mask), torch.from_numpy(negatives).long()
+
+
+def finished_config(run_dir: str | os.PathLike) -> SSLConfig | None:
+    """The :class:`SSLConfig` of a finished pre-training run in ``run_dir`` (its completion marker and
+    ``ssl_config.json`` present), or None; for reusing another recipe's run only when its settings match."""
+    run_dir = Path(run_dir)
+    if not (run_dir / ".done.json").is_file() or not (run_dir / CONFIG_FILE).is_file():
+        return None
+    return SSLConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
 
 
 def _stage_key(config: SSLConfig, data_dirs: Sequence[str | os.PathLike]) -> dict:

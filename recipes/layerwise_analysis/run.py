@@ -27,7 +27,7 @@ from kd.figures import plot_layer_curves, plot_pretraining_curves, report_curves
 from kd.io import atomic_write_text
 from kd.ssl.common import list_checkpoints
 from kd.ssl.config import SSLConfig
-from kd.ssl.pretrain import pretrain
+from kd.ssl.pretrain import finished_config, pretrain
 from kd.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
 from kd.summary import peak_layers_markdown
 from kd.train import train
@@ -90,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_ssl_pretrain(done):
         existing = cfg.get("ssl_run")
-        if existing and (Path(existing) / ".done.json").is_file():  # finished pre-training with these settings
-            return {"run": str(Path(existing).resolve()), "reused": True}
+        if existing and (found := finished_config(existing)) is not None:  # a finished pre-training ...
+            if found == ssl_config:  # ... with these settings
+                return {"run": str(Path(existing).resolve()), "reused": True}
+            differs = sorted(k for k, v in ssl_config.to_dict().items() if found.to_dict().get(k) != v)
+            print(f"ssl_run {existing}: pre-trained with other settings ({differs} differ); "
+                  "pre-training the teacher here", flush=True)
         r = pretrain(ssl_config, [corpus / d / "train" for d in cfg["ssl_domains"]],
                      out / "ssl", progress=False)
         return {"run": str(out / "ssl"), "steps": r.steps, "outcome": r.metrics.get("message")}

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     # every stage's settings built here, so that a bad value is an error before the first stage;
     # overrides merge into the preset mapping by mapping (an optim override keeps the other optim fields)
     with preset_section(parser, args, "ssl_preset / ssl_overrides"):
-        ssl_config = SSLConfig.from_preset(cfg["ssl_preset"], **cfg.get("ssl_overrides", {}))
+        ssl_config = SSLConfig.from_dict(merge_sections(SSLConfig.from_preset(cfg["ssl_preset"]).to_dict(),
+                                                        cfg.get("ssl_overrides", {})))
     with preset_section(parser, args, "ctc_preset / ctc_overrides"):
         ctc_config = CTCConfig.from_dict(merge_sections(CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
                                                         cfg.get("ctc_overrides", {})))

@@ -492,6 +492,18 @@ def test_rerun_skips_a_finished_stage(pretrained):
     assert weights.stat().st_mtime_ns == before
 
 
+def test_finished_config_reads_a_finished_run_only(pretrained, tmp_path):
+    from kd.ssl.pretrain import finished_config
+
+    result, _ = pretrained
+    assert finished_config(result.out_dir) == TINY
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "ssl_config.json").write_text((result.out_dir / "ssl_config.json").read_text())
+    assert finished_config(unfinished) is None  # no completion marker: a run that did not finish
+    assert finished_config(tmp_path / "missing") is None
+
+
 def test_unfinished_checkpoint_is_never_listed(tmp_path):
     def crash(folder: Path) -> None:
         (folder / "config.json").write_text("{}")

@@ -40,3 +40,32 @@ def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp
     fewer = {**other, "optim": {**other["optim"], "max_epochs": 8}}
     saved.write_text(TrainConfig.from_dict(fewer).to_yaml())
     assert recipe.training_differs(saved, section) == ["optim"]
+
+
+def test_a_pretraining_from_another_recipe_is_reused_only_with_the_same_settings(tmp_path, capsys, load_recipe):
+    """ssl_run: a finished pre-training is analysed in place only when its SSLConfig is the preset's;
+    one with other settings (here the preset's before the thirteenth session) is trained again, saying why."""
+    import yaml
+
+    from kd.io import mark_done, write_json
+    from kd.ssl.config import SSLConfig
+
+    recipe = load_recipe("layerwise_analysis")
+    presets = yaml.safe_load((recipe.HERE / "config.yaml").read_text())
+    other = tmp_path / "other_ssl"
+    other.mkdir()
+    write_json(other / "ssl_config.json", SSLConfig.from_preset("tiny", normalize_waveforms=True).to_dict())
+    mark_done(other, {"stage": "ssl-pretrain"})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"smoke": {**presets["smoke"], "ssl_run": str(other)}}))
+    out = tmp_path / "exp"
+    args = ["--preset", "smoke", "--config", str(config), "--out", str(out), "--stop-stage", "4"]
+    assert recipe.main(args) == 0
+    assert f"ssl_run {other}: pre-trained with other settings (['normalize_waveforms'] differ)" in capsys.readouterr().out
+    result = json.loads((out / "stages/04-ssl-pretrain/.done.json").read_text())["result"]
+    assert result["run"] == str(out / "ssl") and (out / "ssl/model/config.json").is_file()
+    # the same settings: reused, not trained
+    write_json(other / "ssl_config.json", SSLConfig.from_preset("tiny").to_dict())
+    assert recipe.main(args + ["--stage", "4", "--force"]) == 0
+    result = json.loads((out / "stages/04-ssl-pretrain/.done.json").read_text())["result"]
+    assert result == {"run": str(other.resolve()), "reused": True}
