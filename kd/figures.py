@@ -82,8 +82,8 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
     pooled perplexity, the codes are drawn at random and the targets cannot be predicted) and the
     Gumbel temperature. Third panel, where logged: how often neighbouring frames share their code
     against how often they would by chance (``neighbour_codes``; at chance the targets change like
-    noise from frame to frame and cannot be predicted from context). Thin lines are per update, thick ones a moving average over
-    ``smooth`` updates.
+    noise from frame to frame and cannot be predicted from context). Thin lines are per update,
+    thick ones a moving average over ``smooth`` updates.
     """
     import matplotlib
 

@@ -2,8 +2,8 @@
 
 Three frozen, versioned dataclasses, each with ``tiny`` (CPU unit tests, seconds), ``cpu`` (2 CPU
 cores: pre-training about 40 minutes, the updates it needs to leave the chance-level plateau; CTC
-fine-tuning about 40 minutes, the updates it needs to leave the blank-only plateau) and ``gpu`` (wav2vec 2.0 base, 12 x 768, each stage within about 9 minutes
-on one H100) presets:
+fine-tuning about 40 minutes, the updates it needs to leave the blank-only plateau) and ``gpu``
+(wav2vec 2.0 base, 12 x 768, each stage within about 9 minutes on one H100) presets:
 
 - :class:`OptimSettings`: the optimisation and batching part shared by every stage
   (AdamW, linear warmup then cosine decay, gradient accumulation, clipping, mixed precision);

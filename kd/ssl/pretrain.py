@@ -61,8 +61,8 @@ from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir,
 from kd.ssl.config import SSLConfig
 
 __all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",
-           "feature_penalty", "finished_config", "frame_perplexity", "neighbour_codes", "pretrain", "pretraining_outcome",
-           "pretraining_param_groups", "sample_masks"]
+           "feature_penalty", "finished_config", "frame_perplexity", "neighbour_codes", "pretrain",
+           "pretraining_outcome", "pretraining_param_groups", "sample_masks"]
 
 logger = logging.getLogger(__name__)
 

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         if existing and (found := finished_config(existing)) is not None:  # a finished pre-training ...
             if found == ssl_config:  # ... with these settings
                 return {"run": str(Path(existing).resolve()), "reused": True}
-            differs = sorted(k for k, v in ssl_config.to_dict().items() if found.to_dict().get(k) != v)
+            theirs = found.to_dict()
+            differs = sorted(k for k, v in ssl_config.to_dict().items() if theirs.get(k) != v)
             print(f"ssl_run {existing}: pre-trained with other settings ({differs} differ); "
                   "pre-training the teacher here", flush=True)
         r = pretrain(ssl_config, [corpus / d / "train" for d in cfg["ssl_domains"]],
