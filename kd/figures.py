@@ -99,28 +99,24 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
         if column not in rows[0]:
             raise ValueError(f"{log_csv}: column {column!r} missing (columns: {sorted(rows[0])})")
     steps = [r["step"] for r in rows]
+
+    def curve(ax, values, color, label):  # thin per update, thick moving average
+        ax.plot(steps, values, color=color, alpha=0.3, linewidth=0.8)
+        ax.plot(steps, _moving_average(values, smooth), color=color, linewidth=1.8, label=label)
+
     neighbours = all(c in rows[0] for c in ("neighbour_codes", "neighbour_codes_chance"))
     fig, axes = plt.subplots(1, 3 if neighbours else 2, figsize=(15 if neighbours else 10, 3.8))
     left, right = axes[:2]
-    lines = [("contrastive", "contrastive loss", "tab:blue")]
+    curve(left, [r["contrastive"] for r in rows], "tab:blue", "contrastive loss")
     if "chance" in rows[0]:
-        lines.append(("chance", "chance level", "tab:gray"))
-    for column, label, color in lines:
-        values = [r[column] for r in rows]
-        left.plot(steps, values, color=color, alpha=0.3, linewidth=0.8)
-        left.plot(steps, _moving_average(values, smooth), color=color, linewidth=1.8, label=label)
+        curve(left, [r["chance"] for r in rows], "tab:gray", "chance level")
     left.set_xlabel("update")
     left.set_ylabel("nats per masked frame")
     left.legend(fontsize=8)
     left.set_title("contrastive task")
-    perplexity = [r["perplexity"] for r in rows]
-    right.plot(steps, perplexity, color="tab:green", alpha=0.3, linewidth=0.8)
-    right.plot(steps, _moving_average(perplexity, smooth), color="tab:green", linewidth=1.8, label="perplexity")
+    curve(right, [r["perplexity"] for r in rows], "tab:green", "perplexity")
     if "frame_perplexity" in rows[0]:
-        drawn = [r["frame_perplexity"] for r in rows]
-        right.plot(steps, drawn, color="tab:olive", alpha=0.3, linewidth=0.8)
-        right.plot(steps, _moving_average(drawn, smooth), color="tab:olive", linewidth=1.8,
-                   label="per frame (drawn from)")
+        curve(right, [r["frame_perplexity"] for r in rows], "tab:olive", "per frame (drawn from)")
     right.axhline(codebook_size, color="tab:green", linestyle=":", linewidth=1, label=f"maximum ({codebook_size})")
     right.set_xlabel("update")
     right.set_ylabel("codebook perplexity (log scale)")
@@ -134,11 +130,8 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
     right.set_title("quantiser")
     if neighbours:
         ax = axes[2]
-        for column, label, color in (("neighbour_codes", "neighbouring frames", "tab:purple"),
-                                     ("neighbour_codes_chance", "by chance (codes shuffled in time)", "tab:gray")):
-            values = [100 * r[column] for r in rows]
-            ax.plot(steps, values, color=color, alpha=0.3, linewidth=0.8)
-            ax.plot(steps, _moving_average(values, smooth), color=color, linewidth=1.8, label=label)
+        curve(ax, [100 * r["neighbour_codes"] for r in rows], "tab:purple", "neighbouring frames")
+        curve(ax, [100 * r["neighbour_codes_chance"] for r in rows], "tab:gray", "by chance (codes shuffled in time)")
         ax.set_xlabel("update")
         ax.set_ylabel("same code (%, mean over groups)")
         ax.set_ylim(0, 100)

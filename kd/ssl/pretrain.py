@@ -54,7 +54,7 @@ import torch
 
 from kd.figures import plot_pretraining_curves
 from kd.hf_input import InputSpec, normalize_waveforms, write_input_spec
-from kd.io import clear_done, is_done, mark_done, write_json
+from kd.io import MARKER_NAME, clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
                            make_accelerator, make_optimizer, read_csv_log, save_pretrained_atomic, speech_loader,
                            train_loop)
@@ -240,8 +240,9 @@ def neighbour_codes(logits: torch.Tensor, frames: torch.Tensor, groups: int) -> 
     pair_valid = valid[:, 1:] & valid[:, :-1]  # [B, T - 1]
     same = (codes[:, 1:] == codes[:, :-1]) & pair_valid[..., None]  # [B, T - 1, G]
     agreement = same.double().sum() / (pairs.sum() * groups)
-    counts = torch.nn.functional.one_hot(codes, gv // groups).double() * valid[:, :, None, None]  # [B, T, G, V]
-    freq = counts.sum(1) / frames.clamp(min=1)[:, None, None]  # [B, G, V]
+    counts = torch.zeros(b, groups, gv // groups, dtype=torch.float64, device=logits.device)
+    counts.scatter_add_(2, codes.transpose(1, 2), valid[:, None, :].expand(b, groups, t).double())  # [B, G, V]
+    freq = counts / frames.clamp(min=1)[:, None, None]
     per_utterance = freq.pow(2).sum(-1).mean(-1)  # [B]
     chance = (per_utterance * pairs).sum() / pairs.sum()
     return agreement.float(), chance.float()
@@ -324,7 +325,7 @@ def finished_config(run_dir: str | os.PathLike) -> SSLConfig | None:
     """The :class:`SSLConfig` of a finished pre-training run in ``run_dir`` (its completion marker and
     ``ssl_config.json`` present), or None; for reusing another recipe's run only when its settings match."""
     run_dir = Path(run_dir)
-    if not (run_dir / ".done.json").is_file() or not (run_dir / CONFIG_FILE).is_file():
+    if not (run_dir / MARKER_NAME).is_file() or not (run_dir / CONFIG_FILE).is_file():
         return None
     return SSLConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
 
@@ -348,7 +349,7 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
     out_dir = Path(out_dir)
     key = _stage_key(config, data_dirs)
     if is_done(out_dir, key):
-        info = json.loads((out_dir / ".done.json").read_text(encoding="utf-8"))
+        info = json.loads((out_dir / MARKER_NAME).read_text(encoding="utf-8"))
         return StageResult(out_dir, out_dir / MODEL_DIR, info.get("steps", 0), 0.0, skipped=True,
                            stopped_early=info.get("stopped_early", False), metrics=info.get("outcome", {}))
     accelerator = make_accelerator(config.optim, find_unused_parameters=config.layerdrop > 0)
