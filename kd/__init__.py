@@ -18,6 +18,7 @@ _LAZY = {
     "every_k": "kd.planners",
     "linspace": "kd.planners",
     "plan_from_similarity": "kd.planners",
+    "stand_in_dissimilarity": "kd.planners",
     "compress": "kd.compression",
     "asr_student": "kd.compression.asr",
     "apply_structure": "kd.compression",

@@ -132,6 +132,27 @@ def segment_layers(sim: Any, num_blocks: int) -> list[tuple[int, int]]:
     return blocks[::-1]
 
 
+def stand_in_dissimilarity(sim: Any, keep_layers: Sequence[int]) -> dict[str, float]:
+    """How well the kept layers stand in for all the teacher's layers, on a similarity matrix.
+
+    Every layer ``i`` (kept ones included, at 0 when the diagonal is 1) is scored by
+    ``1 - max_{r in keep_layers} sim[i, r]``; returns the ``mean`` and ``max`` over layers. It
+    lets plans from any planner be compared on one analysis: a plan that leaves no layer far
+    from a kept one scores low, and plans whose scores differ by a few thousandths are not told
+    apart by that analysis. ``sim`` covers Transformer layers only (drop the input row and
+    column of an analysis report first).
+    """
+    s = _square_matrix(sim, "sim")
+    keep = list(keep_layers)
+    if not keep:
+        raise ValueError("keep_layers: expected at least one layer, found an empty list")
+    bad = [r for r in keep if isinstance(r, bool) or not isinstance(r, Integral) or not 0 <= r < s.shape[0]]
+    if bad:
+        raise ValueError(f"keep_layers: {bad} are not layers of the {s.shape[0]}-layer similarity matrix")
+    gap = 1.0 - s[:, keep].max(axis=1)
+    return {"mean": float(gap.mean()), "max": float(gap.max())}
+
+
 def layers_for_param_budget(layer_params: Sequence[int], budget_params: int) -> int:
     """How many Transformer layers fit in ``budget_params`` parameters.
 

@@ -33,6 +33,7 @@ from kd.io import atomic_write_text, write_json
 from kd.layer_distill import LayerDistillConfig, distill_plan
 from kd.parallel import Job, run_jobs
 from kd.plan_cli import PlanMethod, plan_from_report
+from kd.planners import stand_in_dissimilarity
 from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
 from kd.ssl.pretrain import pretrain
@@ -157,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             return f"{stats['mean'] * 100:{sign}.1f}" + (f" ± {stats['std'] * 100:.1f}" if stats["runs"] > 1 else "")
 
         plans = done["plans"]
-        header = ["model", "teacher layers kept", "shared / reuse groups", "params",
+        # how far each teacher layer is from its nearest kept layer on the analysis (pruning plans only)
+        report = json.loads((out / "analysis/report.json").read_text(encoding="utf-8"))
+        cka = [row[1:] for row in report["similarity"]["linear_cka"][1:]]  # Transformer layers only
+        stand_in = {n: stand_in_dissimilarity(cka, p["keep_layers"]) for n, p in plans.items()
+                    if not p.get("share_groups") and not p.get("attention_reuse")}
+        header = ["model", "teacher layers kept", "shared / reuse groups", "1 - CKA to nearest kept (mean)", "params",
                   *[f"latency b={b} (ms)" for b in batch_sizes], f"{domain} test WER (%)", "CER (%)", "runs"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name in ["teacher", *plan_names]:
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             groups = [g for g in plan.get("share_groups", []) + plan.get("attention_reuse", []) if len(g) > 1]
             lines.append("| " + " | ".join([
                 name, str(plan.get("keep_layers", "all")), str(groups) if groups else "",
+                f"{stand_in[name]['mean']:.4f}" if name in stand_in else "",
                 f"{rows[batch_sizes[0]]['parameters'] / 1e6:.2f}M",
                 *[f"{rows[b]['latency_ms']:.1f}" for b in batch_sizes],
                 fmt(summary[name]["wer"]), fmt(summary[name]["cer"]), str(summary[name]["wer"]["runs"])]) + " |")
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 + "\n\nAgainst the analysis plan, paired by seed (mean ± std of the per-seed differences; "
                   "positive: more errors than the analysis plan)\n\n" + "\n".join(paired_lines) + "\n")
         write_json(out / "results.json", {"wer": runs, "summary": summary, "paired_vs_analysis": paired,
-                                          "seeds": seeds, "speed": speed, "plans": plans})
+                                          "seeds": seeds, "speed": speed, "plans": plans,
+                                          "stand_in_dissimilarity": stand_in})
         atomic_write_text(out / "results.md", text)
         print(text)
 

@@ -165,3 +165,28 @@ def test_latency_budget_fits_a_line_through_measured_depths():
         layers_for_latency_budget([(12, 70.0), (12, 71.0)], 40.0, 12)
     with pytest.raises(ValueError, match="latency does not grow with depth"):
         layers_for_latency_budget([(12, 30.0), (6, 40.0)], 40.0, 12)
+
+
+def test_stand_in_dissimilarity_scores_each_layer_by_its_nearest_kept_layer():
+    sim = np.array([[1.0, 0.9, 0.5, 0.4],
+                    [0.9, 1.0, 0.6, 0.5],
+                    [0.5, 0.6, 1.0, 0.8],
+                    [0.4, 0.5, 0.8, 1.0]])
+    # keep [1, 2]: layer 0 -> 1 (0.1), 1 -> itself (0), 2 -> itself (0), 3 -> 2 (0.2)
+    assert planners.stand_in_dissimilarity(sim, [1, 2]) == pytest.approx({"mean": 0.3 / 4, "max": 0.2})
+    # first-k [0, 1] leaves layer 3 far from any kept layer
+    assert planners.stand_in_dissimilarity(sim, [0, 1]) == pytest.approx({"mean": (0.4 + 0.5) / 4, "max": 0.5})
+    # the analysis planner's choice on block-structured similarities is at least as good as the heuristics'
+    sim = _block_similarity([2, 5, 1], np.random.default_rng(0), noise=0.05)
+    chosen = planners.plan_from_similarity(sim, budget_layers=3).keep_layers
+    for plan in (planners.first_k(8, 3), planners.linspace(8, 3)):
+        assert (planners.stand_in_dissimilarity(sim, chosen)["mean"]
+                <= planners.stand_in_dissimilarity(sim, plan.keep_layers)["mean"])
+    assert planners.stand_in_dissimilarity(sim, range(8)) == pytest.approx({"mean": 0.0, "max": 0.0}, abs=1e-12)
+
+
+def test_stand_in_dissimilarity_rejects_layers_outside_the_matrix():
+    with pytest.raises(ValueError, match=r"keep_layers: \[4\] are not layers of the 4-layer similarity matrix"):
+        planners.stand_in_dissimilarity(np.eye(4), [0, 4])
+    with pytest.raises(ValueError, match="keep_layers: expected at least one layer"):
+        planners.stand_in_dissimilarity(np.eye(4), [])
