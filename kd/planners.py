@@ -132,17 +132,28 @@ def segment_layers(sim: Any, num_blocks: int) -> list[tuple[int, int]]:
     return blocks[::-1]
 
 
-def stand_in_dissimilarity(sim: Any, keep_layers: Sequence[int]) -> dict[str, float]:
+def _layer_similarity(sim: Any, includes_input: bool) -> np.ndarray:
+    """``sim`` as a square array over Transformer layers; with ``includes_input`` row and column 0
+    (the input of the first layer, as in Hugging Face ``hidden_states``) are dropped."""
+    s = _square_matrix(sim, "sim")
+    if includes_input:
+        s = s[1:, 1:]
+        if s.shape[0] == 0:
+            raise ValueError("sim: with includes_input=True expected at least a 2 x 2 matrix, found 1 x 1")
+    return s
+
+
+def stand_in_dissimilarity(sim: Any, keep_layers: Sequence[int], *, includes_input: bool = False) -> dict[str, float]:
     """How well the kept layers stand in for all the teacher's layers, on a similarity matrix.
 
     Every layer ``i`` (kept ones included, at 0 when the diagonal is 1) is scored by
     ``1 - max_{r in keep_layers} sim[i, r]``; returns the ``mean`` and ``max`` over layers. It
     lets plans from any planner be compared on one analysis: a plan that leaves no layer far
     from a kept one scores low, and plans whose scores differ by a few thousandths are not told
-    apart by that analysis. ``sim`` covers Transformer layers only (drop the input row and
-    column of an analysis report first).
+    apart by that analysis. ``sim`` and ``includes_input`` as in :func:`plan_from_similarity`
+    (an analysis report's matrices include the input: pass ``includes_input=True``).
     """
-    s = _square_matrix(sim, "sim")
+    s = _layer_similarity(sim, includes_input)
     keep = list(keep_layers)
     if not keep:
         raise ValueError("keep_layers: expected at least one layer, found an empty list")
@@ -251,11 +262,7 @@ def plan_from_similarity(
         attention_jsd: ``[L, L]`` attention JSD between teacher layers; with ``reuse_threshold``
             adds attention-reuse groups by :func:`reuse_groups_from_jsd`.
     """
-    s = _square_matrix(sim, "sim")
-    if includes_input:
-        s = s[1:, 1:]
-        if s.shape[0] == 0:
-            raise ValueError("sim: with includes_input=True expected at least a 2 x 2 matrix, found 1 x 1")
+    s = _layer_similarity(sim, includes_input)
     n = s.shape[0]
     if (budget_layers is None) == (budget_params is None):
         raise ValueError("give exactly one of budget_layers and budget_params, "

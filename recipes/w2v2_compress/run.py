@@ -159,9 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
         plans = done["plans"]
         # how far each teacher layer is from its nearest kept layer on the analysis (pruning plans only)
-        report = json.loads((out / "analysis/report.json").read_text(encoding="utf-8"))
-        cka = [row[1:] for row in report["similarity"]["linear_cka"][1:]]  # Transformer layers only
-        stand_in = {n: stand_in_dissimilarity(cka, p["keep_layers"]) for n, p in plans.items()
+        cka = json.loads((out / "analysis/report.json").read_text(encoding="utf-8"))["similarity"]["linear_cka"]
+        stand_in = {n: stand_in_dissimilarity(cka, p["keep_layers"], includes_input=True) for n, p in plans.items()
                     if not p.get("share_groups") and not p.get("attention_reuse")}
         header = ["model", "teacher layers kept", "shared / reuse groups", "1 - CKA to nearest kept (mean)", "params",
                   *[f"latency b={b} (ms)" for b in batch_sizes], f"{domain} test WER (%)", "CER (%)", "runs"]

@@ -183,6 +183,10 @@ def test_stand_in_dissimilarity_scores_each_layer_by_its_nearest_kept_layer():
         assert (planners.stand_in_dissimilarity(sim, chosen)["mean"]
                 <= planners.stand_in_dissimilarity(sim, plan.keep_layers)["mean"])
     assert planners.stand_in_dissimilarity(sim, range(8)) == pytest.approx({"mean": 0.0, "max": 0.0}, abs=1e-12)
+    # a report's matrix with the input at index 0 scores like the Transformer layers' alone
+    padded = np.pad(sim, ((1, 0), (1, 0)), constant_values=0.3)
+    assert (planners.stand_in_dissimilarity(padded, chosen, includes_input=True)
+            == planners.stand_in_dissimilarity(sim, chosen))
 
 
 def test_stand_in_dissimilarity_rejects_layers_outside_the_matrix():
