@@ -255,13 +255,15 @@ def _ssl_finetune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kd.corpus.domains import PRESETS  # plain Python: no torch import for `kd --help`
+
     parser = argparse.ArgumentParser(prog="kd", description="Analyse, compress and distil speech Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     corpus = sub.add_parser("corpus", help="the built-in synthetic multi-domain corpus")
     corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
     synth = corpus_sub.add_parser("synth", help="synthesise the corpus with eSpeak NG")
-    synth.add_argument("--preset", default="cpu", choices=["tests", "cpu", "gpu"], help="size preset")
+    synth.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="size preset")
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from kd.corpus.sentences import Task
+
 # eSpeak NG voice variants that sound like people. Left out: robotic and whispered ones,
 # and those with "breath" noise (Alicia, Reed, Storm, caleb, f2, f3, f5, sandro, victor),
 # whose output differs from one process to the next, which would break "same seed, same bytes".
@@ -95,17 +97,21 @@ class CorpusPreset:
     sizes: dict[str, dict[str, SplitSize]] = field(hash=False)
     min_words: int = 4
     max_words: int = 20
+    task: Task = Task.SENTENCES  # the grammar: large-vocabulary sentences or the alphanumeric task
 
     def total_utterances(self) -> int:
         return sum(s.utterances for d in self.sizes.values() for s in d.values())
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "min_words": self.min_words,
             "max_words": self.max_words,
             "sizes": {d: {s: [v.utterances, v.speakers] for s, v in sp.items()} for d, sp in self.sizes.items()},
         }
+        if self.task is not Task.SENTENCES:  # written only where it differs, so that the settings (and
+            out["task"] = self.task.value  # the completion markers) of the large-vocabulary corpora stay as they were
+        return out
 
 
 PRESETS: dict[str, CorpusPreset] = {
@@ -118,6 +124,14 @@ PRESETS: dict[str, CorpusPreset] = {
     "cpu_large": CorpusPreset("cpu_large", _sizes((4000, 200, 200), (300, 100, 200), (40, 4, 4), (8, 4, 4))),
     # tens of hours of audio, for GPU runs
     "gpu": CorpusPreset("gpu", _sizes((24000, 500, 500), (3000, 500, 1000), (40, 8, 8), (16, 8, 8))),
+    # the alphanumeric task (kd.corpus.alnum, 150 words, 2-12 words an utterance): seconds, for tests
+    "alnum_tests": CorpusPreset("alnum_tests", _sizes((12, 4, 4), (8, 4, 4), (3, 2, 2), (2, 2, 2)), min_words=2,
+                                max_words=12, task=Task.ALNUM),
+    # what two CPU cores can learn: each teacher domain has 13x the target's training utterances
+    # (LibriSpeech to WSJ is about 12 to 1 in Kim et al. 2021); test sets of 300 (teacher domains)
+    # and 500 (target) utterances
+    "alnum_cpu": CorpusPreset("alnum_cpu", _sizes((4000, 300, 300), (300, 200, 500), (40, 6, 8), (10, 6, 8)),
+                              min_words=2, max_words=12, task=Task.ALNUM),
 }
 
 

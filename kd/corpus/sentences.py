@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from kd.corpus import vocab as V
+from kd.corpus.alnum import AlnumGenerator
 from kd.corpus.vocab import Kind, Noun, Verb
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz' "
@@ -725,6 +726,13 @@ class _Grammar:
         return " ".join(template(rng))
 
 
+class Task(enum.Enum):
+    """Which grammar a corpus speaks."""
+
+    SENTENCES = "sentences"  # the large-vocabulary sentence grammar of this module (about 3500 words)
+    ALNUM = "alnum"  # digits, letters, numbers, dates, times, commands (kd.corpus.alnum, 150 words)
+
+
 def _split_seed(seed: int, name: str) -> int:
     """Seed of one split's sentence stream, stable across processes (no `hash()`)."""
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
@@ -745,12 +753,15 @@ class SentenceGenerator:
     Args:
         seed: seeds the generator's own stream, used by `sentence()` when no `rng` is given
             and by `generate_splits` when no `seed` is given.
+        task: the grammar: large-vocabulary sentences (default) or the alphanumeric task.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, task: Task = Task.SENTENCES) -> None:
         self.seed = _check_int("seed", seed)
+        if not isinstance(task, Task):
+            raise ValueError(f"task: expected a Task ({', '.join(t.value for t in Task)}), found {task!r}")
         self._rng = random.Random(seed)
-        self._grammar = _Grammar(_lexicon())
+        self._grammar = _Grammar(_lexicon()) if task is Task.SENTENCES else AlnumGenerator()
 
     def sentence(self, rng: random.Random | None = None) -> str:
         """One sentence drawn with `rng` (default: the generator's own seeded stream)."""
@@ -832,6 +843,7 @@ def generate_splits(
     min_words: int = 4,
     max_words: int = 20,
     exclude: Collection[str] | None = None,
+    task: Task = Task.SENTENCES,
 ) -> dict[str, list[str]]:
-    """`SentenceGenerator(seed).generate_splits(counts, ...)`; see there."""
-    return SentenceGenerator(seed).generate_splits(counts, seed, min_words, max_words, exclude)
+    """`SentenceGenerator(seed, task).generate_splits(counts, ...)`; see there."""
+    return SentenceGenerator(seed, task).generate_splits(counts, seed, min_words, max_words, exclude)

@@ -173,7 +173,8 @@ def plan_corpus(preset: CorpusPreset, seed: int) -> list[UttSpec]:
 
     counts = {f"{d}/{s}": preset.sizes[d][s].utterances for d in preset.sizes for s in SPLITS}
     counts["babble"] = BABBLE_SENTENCES
-    sentences = generate_splits(counts, seed=seed, min_words=preset.min_words, max_words=preset.max_words)
+    sentences = generate_splits(counts, seed=seed, min_words=preset.min_words, max_words=preset.max_words,
+                                task=preset.task)
     babble_pool = sentences["babble"]
     specs: list[UttSpec] = []
     for d_index, domain in enumerate(DOMAINS):
