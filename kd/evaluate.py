@@ -14,7 +14,8 @@ real time.
 
 Files written with ``out_dir`` (each atomically): ``report.json``, ``report.md``, ``hyp.txt``
 (Kaldi text format: ``<utt> <normalised hypothesis>``) and ``utterances.jsonl`` (per
-utterance: domain, reference, hypothesis, word errors and reference words).
+utterance: domain, reference, hypothesis, word errors and reference words, character errors and
+reference characters: the counts whose sums give the corpus-level WER and CER).
 """
 
 from __future__ import annotations
@@ -294,9 +295,12 @@ def write_outputs(report: EvalReport, out_dir: str | os.PathLike) -> None:
     lines = []
     for r in report.utterances:
         w = jiwer.process_words(r.ref, r.hyp)
+        c = jiwer.process_characters(r.ref, r.hyp)  # the alignment jiwer.cer sums over a corpus
         lines.append(json.dumps({"utt": r.utt, "domain": r.domain, "ref": r.ref, "hyp": r.hyp,
                                  "ref_words": len(r.ref.split()),
-                                 "errors": w.substitutions + w.deletions + w.insertions}, ensure_ascii=False))
+                                 "errors": w.substitutions + w.deletions + w.insertions,
+                                 "ref_chars": c.hits + c.substitutions + c.deletions,
+                                 "char_errors": c.substitutions + c.deletions + c.insertions}, ensure_ascii=False))
     atomic_write_text(out_dir / "utterances.jsonl", "".join(line + "\n" for line in lines))
     report.to_markdown(out_dir / "report.md")
     report.to_json(out_dir / "report.json")  # last: its presence marks a finished evaluation
