@@ -1,4 +1,9 @@
-"""The ``kd`` command. Each subcommand is a thin wrapper over one library function."""
+"""The ``kd`` command. Each subcommand is a thin wrapper over one library function.
+
+The library modules (and through them torch, transformers, ESPnet) are imported inside the
+functions that run the subcommands, and no parser default calls into them, so that ``kd --help``
+and ``kd corpus ...`` start in a fraction of a second (tests/test_cli_startup.py).
+"""
 
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from kd.analyze import AnalyzeConfig, analyze_model_dir
 
-    config = AnalyzeConfig(max_utterances=args.max_utterances, device=args.device, seed=args.seed,
+    config = AnalyzeConfig(max_utterances=args.max_utterances, device=_device(args.device), seed=args.seed,
                            attention=not args.no_attention, frames_per_utterance=args.frames_per_utterance)
     report = analyze_model_dir(args.model_dir, args.data, args.out, config)
     print(report.to_markdown())
@@ -91,7 +96,7 @@ def _compare(args: argparse.Namespace) -> int:
     from kd.compare import compare_models, save_comparison
 
     result = compare_models(args.models, args.reference, args.data, max_utterances=args.max_utterances,
-                            device=args.device, seed=args.seed, progress=True)
+                            device=_device(args.device), seed=args.seed, progress=True)
     paths = save_comparison(result, args.out)
     for model, curve in zip(result.models, (result.same_layer(i) for i in range(len(result.models)))):
         print(f"{model}: same-layer CKA " + " ".join(f"{v:.3f}" for v in curve))
@@ -108,7 +113,8 @@ def _eval(args: argparse.Namespace) -> int:
     method = args.method or ("ctc-greedy" if is_hf_model_folder(args.model_dir) else "beam")
     config = DecodeConfig(method=DecodeMethod[method.upper().replace("-", "_")], beam_size=args.beam_size,
                           ctc_weight=args.ctc_weight, penalty=args.penalty, maxlenratio=args.maxlenratio)
-    report = evaluate(args.model_dir, args.data, config, device=args.device, out_dir=args.out, progress=True)
+    report = evaluate(args.model_dir, args.data, config, device=_device(args.device), out_dir=args.out,
+                      progress=True)
     print(report.to_markdown())
     return 0
 
@@ -147,7 +153,7 @@ def _bench_analyze(args: argparse.Namespace) -> int:
     model = args.model_dir
     if model == "random-base":
         model = random_base_checkpoint(Path(args.work) / "random-base")
-    result = bench_analyze(model, args.data, Path(args.work) / "report", device=args.device,
+    result = bench_analyze(model, args.data, Path(args.work) / "report", device=_device(args.device),
                            max_utterances=args.max_utterances, out_json=args.out, out_md=args.table,
                            command="kd " + " ".join(sys.argv[1:]))
     print(analyze_table(result))
@@ -254,6 +260,9 @@ def _ssl_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEVICE_HELP = "torch device (default: cuda when available, else cpu)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kd.corpus.domains import PRESETS  # plain Python: no torch import for `kd --help`
 
@@ -286,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--max-utterances", type=int, default=200)
     an.add_argument("--frames-per-utterance", type=int, default=48)
     an.add_argument("--no-attention", action="store_true", help="skip attention analyses")
-    an.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    an.add_argument("--device", default=None, help=_DEVICE_HELP)
     an.add_argument("--seed", type=int, default=0)
     an.set_defaults(run=_analyze)
 
@@ -316,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--data", required=True, help="data dir whose utterances all models run")
     cm.add_argument("--out", required=True, help="folder for comparison.json and same_layer_cka.png")
     cm.add_argument("--max-utterances", type=int, default=100)
-    cm.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    cm.add_argument("--device", default=None, help=_DEVICE_HELP)
     cm.add_argument("--seed", type=int, default=0)
     cm.set_defaults(run=_compare)
 
@@ -361,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     bz = bench_sub.add_parser("analyze", help="kd analyze end to end: seconds of audio analysed per second, per phase")
     bz.add_argument("model_dir", help="a model folder, or 'random-base' (a randomly initialised wav2vec 2.0 base)")
     bz.add_argument("--data", required=True, help="data dir (alignments.jsonl enables the phone/word analyses)")
-    bz.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    bz.add_argument("--device", default=None, help=_DEVICE_HELP)
     bz.add_argument("--max-utterances", type=int, default=200)
     bz.add_argument("--work", default="exp/bench_analyze", help="folder for the report (and the random model)")
     bz.add_argument("--out", default="docs/bench/analyze.json")
@@ -372,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("model_dirs", nargs="+", help="Hugging Face checkpoint folders or kd students")
     bs.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     bs.add_argument("--seconds", type=float, default=8.0, help="audio per utterance")
-    bs.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    bs.add_argument("--device", default=None, help=_DEVICE_HELP)
     bs.add_argument("--warmup", type=int, default=3)
     bs.add_argument("--repeats", type=int, default=10)
     bs.add_argument("--attn-implementation", choices=["sdpa", "eager"], default=None,
@@ -434,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ctc-weight", type=float, default=0.3)
     ev.add_argument("--penalty", type=float, default=0.0)
     ev.add_argument("--maxlenratio", type=float, default=0.0)
-    ev.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ev.add_argument("--device", default=None, help=_DEVICE_HELP)
     ev.set_defaults(run=_eval)
 
     ex = sub.add_parser("export", help="export a model dir to another toolkit's format")
@@ -446,14 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cuda() -> bool:
+def _device(name: str | None) -> str:
+    """``--device`` as given, or CUDA when available, else the CPU. Resolved when a command runs,
+    not as the parser's default, so that ``kd --help`` imports no torch and probes no driver."""
+    if name is not None:
+        return name
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
-        return False
+        return "cpu"
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def main(argv: list[str] | None = None) -> int:

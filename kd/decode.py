@@ -142,6 +142,9 @@ def build_beam_search(model: Any, config: DecodeConfig, token_list: Sequence[str
         lm: optional ESPnet language-model scorer (an ``espnet.nets.scorer_interface.ScorerInterface``,
             e.g. ``ESPnetLanguageModel.lm``), fused with weight ``config.lm_weight``.
     """
+    from kd.quiet import espnet_imports
+
+    espnet_imports()
     from espnet.nets.batch_beam_search import BatchBeamSearch
     from espnet.nets.beam_search import BeamSearch
     from espnet.nets.scorer_interface import BatchScorerInterface, ScorerInterface

@@ -138,6 +138,9 @@ def _verify(conf: dict[str, Any], state: dict[str, torch.Tensor], config_path: P
     import argparse
     import copy
 
+    from kd.quiet import espnet_imports
+
+    espnet_imports()
     from espnet2.tasks.asr import ASRTask
 
     model = ASRTask.build_model(argparse.Namespace(**copy.deepcopy(conf)))

@@ -461,6 +461,9 @@ def build_asr_model(config: AsrConfig, token_list: list[str] | None = None) -> A
         config: the model configuration.
         token_list: V symbols with <blank> first and <sos/eos> last; placeholders when None.
     """
+    from kd.quiet import espnet_imports
+
+    espnet_imports()
     from espnet2.asr.ctc import CTC
     from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
     from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
