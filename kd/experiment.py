@@ -130,7 +130,7 @@ def merge_sections(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict
 
 
 def student_train_config(base: Mapping[str, Any], condition: Condition, *, train: Sequence[str | os.PathLike],
-                         dev: str | os.PathLike, tokens: str | os.PathLike, seed: int,
+                         dev: str | os.PathLike, tokens: str | os.PathLike | Mapping[str, Any], seed: int,
                          teacher_model: Mapping[str, Any], size: StudentSize, plan_student: str | os.PathLike | None,
                          teacher_runs: Mapping[str, str | os.PathLike], dev_wers: Mapping[str, float],
                          cache_root: str | os.PathLike, freeze: Sequence[str] = ()) -> TrainConfig:
@@ -140,7 +140,7 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
         base: the recipe's ``student`` training section (optim, data limits, checkpoint, logging).
         condition: what to distil and how to initialise.
         train, dev: target-domain data dirs.
-        tokens: the shared token list.
+        tokens: the shared token list (a file of characters), or the tokens section of the run.
         teacher_model: the teachers' ``model`` section (preset + overrides); a random student
             takes it with the student's depth.
         plan_student: the model dir of the student built from the teacher's layers (``plan`` init).
@@ -152,7 +152,8 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
     """
     section = merge_sections(base, {
         "data": {"train": [str(d) for d in train], "dev": str(dev)},
-        "tokens": {"kind": "list", "path": str(tokens)},
+        # a token list file (characters), or a whole tokens section (e.g. a SentencePiece model)
+        "tokens": dict(tokens) if isinstance(tokens, Mapping) else {"kind": "list", "path": str(tokens)},
         "seed": seed,
     })
     if condition.init == "plan":

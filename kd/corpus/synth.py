@@ -241,6 +241,14 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
+def task_vocabulary(preset: str | CorpusPreset) -> list[str]:
+    """Every word that a corpus preset's grammar can produce, sorted."""
+    from kd.corpus import alnum, sentences
+
+    task = (PRESETS[preset] if isinstance(preset, str) else preset).task
+    return sorted(alnum.vocabulary() if task is sentences.Task.ALNUM else sentences.vocabulary())
+
+
 def build_corpus(out_dir: str | os.PathLike, preset: str | CorpusPreset = "cpu", seed: int = 0,
                  jobs: int | None = None, progress: bool = True) -> dict:
     """Synthesise the corpus into ``out_dir`` (skipped if already built with the same settings).

@@ -50,11 +50,19 @@ class TeacherOutput:
 
 
 def load_run_model(run_dir: str | os.PathLike, weights: str = "model_avg.safetensors"):
-    """Rebuild the model a training run saved: ``(AsrModel, tokenizer)``, weights loaded."""
+    """Rebuild the model a training run saved: ``(AsrModel, tokenizer)``, weights loaded.
+
+    ``run_dir`` may also be a model dir (:mod:`kd.model_dir`, e.g. a run's ``model/`` folder or a
+    shipped teacher); its own weights file is read then and ``weights`` is not used.
+    """
     from kd.models.asr import AsrConfig, build_asr_model
 
     run_dir = Path(run_dir)
     config_path = run_dir / MODEL_CONFIG_FILE
+    if not config_path.is_file() and (run_dir / "model.safetensors").is_file() and (run_dir / "config.yaml").is_file():
+        from kd.model_dir import load_model_dir
+
+        return load_model_dir(run_dir)
     if not config_path.is_file():
         raise FileNotFoundError(f"Expected a training run dir with {MODEL_CONFIG_FILE} at {run_dir}, found none")
     config = AsrConfig.from_yaml(config_path.read_text(encoding="utf-8"))

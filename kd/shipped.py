@@ -1,0 +1,93 @@
+"""Models that a recipe ships with the repository, like a recipe that starts from published checkpoints.
+
+A shipped model is a model dir (:mod:`kd.model_dir`) that the toolkit itself trained, committed
+next to a ``provenance.json``::
+
+    {"fingerprint": {...},   what must match for the model to stand in for a training run: the digests
+                             of the training and dev data, of the training config and of the token
+                             inventory (see :func:`fingerprint`)
+     "command": "...",       the command that retrains it
+     "trained": {"date", "machine", "commit", "wall_seconds"}}
+
+:func:`restore` copies the shipped model into a recipe's run dir when the fingerprint of the run the
+recipe is about to train equals the shipped one, and says so; otherwise the recipe trains the model
+as usual. Nothing is trusted by name alone: a corpus built with another seed or version, a changed
+config or another token inventory has another fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from kd.io import atomic_write_text, config_digest, write_json
+
+__all__ = ["data_digest", "fingerprint", "restore", "ship", "PROVENANCE"]
+
+PROVENANCE = "provenance.json"
+
+
+def data_digest(data_dir: str | os.PathLike) -> str:
+    """SHA-256 (16 hex digits) of a data dir's transcripts and audio bytes, in utterance order."""
+    from kd.data.datadir import load_data_dir
+
+    data = load_data_dir(data_dir)
+    h = hashlib.sha256()
+    for u in data.utterances:
+        h.update(f"{u.utt} {u.text}\n".encode("utf-8"))
+        h.update(Path(u.path).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(*, train: list[str | os.PathLike], dev: str | os.PathLike | None, config: Mapping[str, Any],
+                tokens: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a training run's outcome: its data (content, not paths), its settings without
+    the data paths, and its token inventory file."""
+    settings = json.loads(json.dumps(config))
+    settings.get("data", {}).pop("train", None)
+    settings.get("data", {}).pop("dev", None)
+    settings.get("tokens", {}).pop("path", None)
+    return {"train": [data_digest(d) for d in train], "dev": data_digest(dev) if dev else None,
+            "config": config_digest(settings),
+            "tokens": hashlib.sha256(Path(tokens).read_bytes()).hexdigest()[:16]}
+
+
+def ship(model_dir: str | os.PathLike, target: str | os.PathLike, *, fingerprint: Mapping[str, Any], command: str,
+         trained: Mapping[str, Any]) -> Path:
+    """Copy a trained model dir to ``target`` (in the repository) with its provenance."""
+    target = Path(target)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(model_dir, target)
+    write_json(target / PROVENANCE, {"fingerprint": dict(fingerprint), "command": command, "trained": dict(trained)})
+    return target
+
+
+def restore(shipped: str | os.PathLike, model_dir: str | os.PathLike, expected: Mapping[str, Any]) -> str | None:
+    """Copy the shipped model to ``model_dir`` if its fingerprint equals ``expected``.
+
+    Returns None when it was restored, else the reason it was not (no shipped model; which part
+    of the fingerprint differs), for the recipe's log.
+    """
+    shipped = Path(shipped)
+    if not (shipped / PROVENANCE).is_file():
+        return f"no shipped model at {shipped}"
+    provenance = json.loads((shipped / PROVENANCE).read_text(encoding="utf-8"))
+    found = provenance.get("fingerprint", {})
+    differs = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    if differs:
+        return f"{shipped}: the shipped model was trained with other {', '.join(differs)}"
+    model_dir = Path(model_dir)
+    tmp = model_dir.with_name(model_dir.name + ".restoring")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(shipped, tmp, ignore=shutil.ignore_patterns(PROVENANCE))
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    os.replace(tmp, model_dir)
+    atomic_write_text(model_dir.parent / "restored-from.txt", f"{shipped}\n")
+    return None
