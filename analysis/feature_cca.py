@@ -10,8 +10,10 @@ phone or word segment against the segment's one-hot label).
 Conventions:
 - Folds are groups of whole utterances (never frames of one utterance in two folds),
   assigned by a seeded shuffle, round-robin.
-- Fitting is ``similarity.cca``'s: centred, 1/(n-1) covariances, ``epsilon`` ridge on both,
-  rank-deficient directions dropped. The top ``max_dims`` canonical pairs (by training
+- Fitting is ``similarity.cca``'s: centred, 1/(n-1) covariances, ``epsilon`` ridge on both
+  (added to the diagonal, in the activations' units), rank-deficient directions dropped after
+  standardising each neuron (so the rank decision does not depend on any neuron's scale; see
+  ``similarity.covariance_whitener``). The top ``max_dims`` canonical pairs (by training
   correlation) are kept.
 - Held-out score of a fold: the mean over kept pairs of the Pearson correlation of the
   projected held-out views (computed from the fold's own moments, so nothing is stored per
@@ -51,7 +53,7 @@ class FeatureCCAConfig:
     """Options of the held-out CCA."""
 
     n_folds: int = 5  # utterance-grouped folds; each is held out once
-    epsilon: float = 0.0  # ridge added to both training covariances (covariance units)
+    epsilon: float = 0.0  # ridge added to both training covariances' diagonals (covariance units)
     max_dims: int | None = None  # keep at most this many canonical pairs; None: all
     seed: int = 0  # seed of the utterance shuffle that forms the folds
     version: int = 1  # format version of this config

@@ -28,7 +28,7 @@ class AnalyzeConfig:
     max_seconds: float = 30.0  # longer utterances run in windows of this length (bounded memory)
     frames_per_utterance: int = 48  # frames sampled per utterance for CCA-with-features and probes
     svcca_keep: float = 0.99  # SVCCA: variance kept by the SVD step
-    epsilon: float = 1e-6  # ridge on covariances (relative to their scale: see analysis.streaming)
+    epsilon: float = 1e-6  # ridge added to covariance diagonals, in activation units (see analysis.similarity)
     attention: bool = True  # attention JSD and diagonality (needs attention maps)
     diagonality_band: int = 2  # frames either side of the diagonal
     cca_folds: int = 5  # utterance-grouped folds of the held-out CCA

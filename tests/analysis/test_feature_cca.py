@@ -162,3 +162,18 @@ def test_input_errors():
         one_hot(torch.tensor([0, 5]), 3)
     with pytest.raises(ValueError, match="labels of utterance 0"):
         label_cca(xs, [torch.zeros(1, dtype=torch.long)] * 6, 3)
+
+
+@pytest.mark.parametrize("factor", (1e-8, 1e-5, 1e2, 1e8))
+def test_heldout_cca_invariant_to_rescaling_a_neuron(factor):
+    # the fitted projections are CCA's, which no per-neuron scale may change (the rank decision
+    # is made on correlations); the held-out Pearson correlations are scale-free too
+    xs, ys = related_utterances()
+    xs = [x.to(torch.float64) for x in xs]
+    config = FeatureCCAConfig(n_folds=3)
+    base = heldout_cca(xs, ys, config)
+    column = torch.ones(5, dtype=torch.float64)
+    column[2] = factor
+    got = heldout_cca([x * column for x in xs], ys, config)
+    assert got.score == pytest.approx(base.score, abs=1e-6)
+    assert got.n_dims == base.n_dims
