@@ -5,12 +5,23 @@ CE = E[-log q(C | Z)] upper-bounds the conditional entropy H(C | Z), hence
 
     I(Z; C) = H(C) - H(C | Z) >= H(C) - CE.
 
-Label-free bound: Z_a and Z_b are the mean-pooled representations of two different segments
-of one utterance (here its first and second halves, optionally with ``gap_frames`` dropped
-between them so that frames sharing a receptive field at the boundary are not split across
-the two); C_b is the k-means cluster of Z_b, with k-means fitted per layer on a separate
+Label-free bound: Z_a and Z_b are the mean-pooled representations of two different sections
+of one utterance; C_b is the k-means cluster of Z_b, with k-means fitted per layer on a separate
 split of utterances used for nothing else; a linear probe predicts C_b from Z_a. Labelled
 bound: H(Y) - CE(probe predicting Y), through the same code path.
+
+Sections. As in the paper, each section is fed through the model on its own
+(``section_pairs`` draws the pairs, ``pool_sections`` runs and pools them): pooled from one
+forward pass over the whole utterance, the first half of a model with global self-attention
+(or with convolutional context across the boundary) has already seen the second, and the
+bound then measures that leak as well as what the two sections share. ``split_halves`` pools
+frames that are already computed (one pass) and is kept for such inputs; its ``gap_frames``
+only removes the frames at the boundary, not the attention across it. Several pairs per
+utterance give the bound more samples; their ``groups`` (the utterance) keep all pairs of
+one utterance on the same side of every split.
+
+A bound at or below 0 bits says nothing about the layer (the probe did no better than the
+held-out marginal): it is vacuous, not a finding (``vacuous_layers``).
 
 Conventions: everything in bits. H is the plug-in entropy of the targets on the held-out
 split, and CE is measured on that same split, so a probe that only learned the training
@@ -26,6 +37,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from analysis.kmeans import KMeans, KMeansConfig
@@ -185,6 +197,79 @@ def split_halves(
     sizes = torch.stack([half, counts - half - gap_frames], dim=1).flatten().to(sums.device, torch.float64)
     means = (sums / sizes[None, :, None]).to(torch.float32)
     return means[:, 0::2].transpose(0, 1), means[:, 1::2].transpose(0, 1), unique
+
+
+def vacuous_layers(bound_bits: torch.Tensor | Sequence[float | None]) -> list[bool]:
+    """Per layer, whether the bound is vacuous: at or below 0 bits (or undefined)."""
+    values = bound_bits.tolist() if isinstance(bound_bits, torch.Tensor) else list(bound_bits)
+    return [v is None or not v > 0.0 for v in values]
+
+
+def section_pairs(
+    num_samples: int, num_pairs: int, section_samples: int, rng: np.random.Generator
+) -> list[tuple[int, int, int]]:
+    """Up to ``num_pairs`` distinct pairs of non-overlapping sections of one utterance.
+
+    Each pair is ``(start_a, start_b, length)`` in samples, section a before section b:
+    length = min(section_samples, num_samples // 3) (at most a third of the utterance, so that
+    a pair can be placed in more than one way), start_a uniform in [0, n - 2 length] and
+    start_b uniform in [start_a + length, n - length]. Repeated draws are dropped, so a short
+    utterance can give fewer pairs.
+
+    Returns:
+        The pairs sorted by (start_a, start_b); empty when the utterance is shorter than 3 samples.
+    """
+    if num_pairs < 1:
+        raise ValueError(f"Expected num_pairs >= 1, found {num_pairs}")
+    if section_samples < 1:
+        raise ValueError(f"Expected section_samples >= 1, found {section_samples}")
+    length = min(section_samples, num_samples // 3)
+    if length < 1:
+        return []
+    pairs = set()
+    for _ in range(num_pairs):
+        start_a = int(rng.integers(0, num_samples - 2 * length + 1))
+        start_b = int(rng.integers(start_a + length, num_samples - length + 1))
+        pairs.add((start_a, start_b, length))
+    return sorted(pairs)
+
+
+@torch.no_grad()
+def pool_sections(
+    model: Any, speech: torch.Tensor, pairs: Sequence[tuple[int, int, int]], *, device: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled layer outputs of each section of ``pairs``, every section fed to ``model`` alone.
+
+    Args:
+        model: an ``analysis.capture.LayerwiseModel``.
+        speech: ``[samples]`` one utterance's waveform.
+        pairs: ``(start_a, start_b, length)`` in samples, one length for all (``section_pairs``).
+        device: where the model runs (default: where ``speech`` is).
+
+    Returns:
+        ``(z_a, z_b)``: ``[pairs, layers, dim]`` float32 CPU means over each section's frames.
+        All sections have one length, so they run as one batch without padding, which is exact
+        also for models whose outputs depend on padding.
+    """
+    if not pairs:
+        raise ValueError("Expected at least one section pair, found none")
+    length = pairs[0][2]
+    for start_a, start_b, size in pairs:
+        if size != length or not (0 <= start_a and start_a + size <= start_b and start_b + size <= speech.shape[-1]):
+            raise ValueError(
+                f"Expected non-overlapping sections of length {length} inside {speech.shape[-1]} samples, "
+                f"found pair {(start_a, start_b, size)}"
+            )
+    starts = [a for a, _, _ in pairs] + [b for _, b, _ in pairs]  # [2P]: all a sections, then all b
+    batch = torch.stack([speech[s: s + length] for s in starts])  # [2P, length]
+    if device is not None:
+        batch = batch.to(device)
+    out = model.extract(batch, torch.full((len(starts),), length, device=batch.device), attentions=False)
+    frames = int(out.lengths.min())
+    if frames < 1:
+        raise ValueError(f"Expected sections of {length} samples to give at least 1 frame, found {frames}")
+    pooled = torch.stack([h[:, :frames].float().mean(dim=1) for h in out.hidden], dim=1).cpu()  # [2P, L, D]
+    return pooled[: len(pairs)], pooled[len(pairs):]
 
 
 def cluster_mi_bound(

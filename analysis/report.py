@@ -30,6 +30,11 @@ PER_LAYER_LABELS = {
     "mi_cluster_normalized": ("mi_norm", "label-free bound / H(C_b)"),
 }
 
+# MI lower-bound curves -> the curve in bits that decides whether a layer's bound is vacuous
+# (at or below 0 bits: the probe did no better than the marginal, so the bound says nothing)
+MI_BOUND_BITS = {"mi_phone_bits": "mi_phone_bits", "mi_cluster_bits": "mi_cluster_bits",
+                 "mi_cluster_normalized": "mi_cluster_bits"}
+
 
 def _clean(value: Any, path: str, undefined: dict[str, str]) -> Any:
     """Replace NaN/inf by None (recording where), recursively."""
@@ -119,13 +124,18 @@ class AnalysisReport:
         for key, label in (("probe_phone_accuracy", "phone probe"), ("probe_speaker_accuracy", "speaker probe"),
                            ("cca_phone", "CCA with phones"), ("mi_cluster_bits", "label-free MI bound")):
             values = self.per_layer.get(key)
+            vacuous = self.vacuous_layers(key)
+            if values and vacuous:
+                lines.append(self._vacuous_note(label, vacuous))
+                values = [None if i in vacuous else v for i, v in enumerate(values)]
             if values and any(v is not None for v in values):
                 # the earliest layer among equal values, as kd.summary.peak_layers picks it
                 value, index = max((v, -i) for i, v in enumerate(values) if v is not None)
                 best = (value, -index)
                 last = values[-1]
-                lines.append(f"- Best layer for {label}: {best[1]} ({best[0]:.3f}); last layer: "
-                             f"{'n/a' if last is None else f'{last:.3f}'}." + self._probe_note(key, best[1]))
+                last_text = ("vacuous" if self.num_layers - 1 in vacuous else "n/a") if last is None else f"{last:.3f}"
+                lines.append(f"- Best layer for {label}: {best[1]} ({best[0]:.3f}); last layer: {last_text}."
+                             + self._probe_note(key, best[1]))
         jsd = self.attention.get("jsd_head_averaged")
         if jsd:
             pairs = [(jsd[i][i + 1], i) for i in range(len(jsd) - 1) if jsd[i][i + 1] is not None]
@@ -138,7 +148,10 @@ class AnalysisReport:
             lines += ["", "| layer | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
             for layer in range(self.num_layers):
                 row = [self.per_layer[k][layer] if layer < len(self.per_layer[k]) else None for k in keys]
-                lines.append(f"| {layer} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in row) + " |")
+                vacuous = [layer in self.vacuous_layers(k) for k in keys]
+                lines.append(f"| {layer} | " + " | ".join(
+                    "n/a" if v is None else f"vacuous ({v:.3f})" if empty else f"{v:.3f}"
+                    for v, empty in zip(row, vacuous)) + " |")
         timing = self.extras.get("timing")
         if timing:
             phases = ", ".join(f"{k} {v:.1f} s" for k, v in timing["seconds"].items())
@@ -149,6 +162,27 @@ class AnalysisReport:
         if self.undefined:
             lines += ["", "Undefined values (stored as null):"] + [f"- {k}: {v}" for k, v in sorted(self.undefined.items())]
         return "\n".join(lines) + "\n"
+
+    def vacuous_layers(self, key: str) -> list[int]:
+        """Layers whose MI lower bound behind curve ``key`` is at or below 0 bits (or undefined);
+        [] for curves that are not MI bounds or not in the report."""
+        bits = self.per_layer.get(MI_BOUND_BITS.get(key, ""))
+        if not bits:
+            return []
+        return [layer for layer, v in enumerate(bits) if v is None or not v > 0.0]
+
+    def _vacuous_note(self, label: str, vacuous: list[int]) -> str:
+        if len(vacuous) == self.num_layers:
+            where = "every layer"
+        else:
+            where = ("layers " if len(vacuous) > 1 else "layer ") + ", ".join(map(str, vacuous))
+        return (f"- {label[0].upper() + label[1:]}: vacuous at {where} (bound at or below 0 bits: the probe did no better than "
+                "the held-out marginal, so no information is shown there; not a finding).")
+
+    def plotted_values(self, key: str) -> list[float | None]:
+        """The per-layer curve ``key`` as figures draw it: vacuous MI bounds are left out (None)."""
+        vacuous = set(self.vacuous_layers(key))
+        return [None if layer in vacuous else v for layer, v in enumerate(self.per_layer[key])]
 
     def probe_intervals(self, key: str) -> dict[str, Any] | None:
         """The bootstrap intervals stored for a per-layer probe curve (``probe_phone_accuracy`` ->
@@ -215,10 +249,18 @@ class AnalysisReport:
                 groups.setdefault(PER_LAYER_LABELS[key][0], []).append(key)
         for group, keys in groups.items():
             fig, ax = plt.subplots(figsize=(5.5, 3.6))
+            vacuous_drawn = False
             for key in keys:
-                ys = [np.nan if v is None else v for v in self.per_layer[key]]
+                ys = [np.nan if v is None else v for v in self.plotted_values(key)]
                 iv = self.probe_intervals(key)
                 label = PER_LAYER_LABELS[key][1]
+                vacuous = self.vacuous_layers(key)
+                if vacuous:  # marked on the zero line, not drawn as values
+                    ax.plot(vacuous, [0.0] * len(vacuous), linestyle="none", marker="x", color="grey",
+                            label=None if vacuous_drawn else "vacuous bound (<= 0 bits): no value shown")
+                    vacuous_drawn = True
+                    if len(vacuous) == len(ys):
+                        label += " (vacuous at every layer)"
                 if iv:
                     label += f"; shaded: {iv['level'] * 100:g}% interval, {iv['heldout_utterances']} held-out utts"
                 line, = ax.plot(range(len(ys)), ys, marker="o", label=label)

@@ -4,8 +4,9 @@ One pass over the data accumulates, per utterance and without keeping whole acti
 float64 moments of all layers (CKA / SVCCA / PWCCA), attention redundancy and diagonality,
 a bounded sample of frames per utterance (with their phone and word labels and FBANK
 features) for held-out CCA and probes, phone and word segment means, utterance means
-(speaker probes) and half-utterance means (the label-free MI bound). Then every analysis
-runs on those statistics and the results go into one ``AnalysisReport``.
+(speaker probes) and, for the label-free MI bound, the means of pairs of sections of each
+utterance, every section fed through the model on its own (``analysis.mutual_info``). Then
+every analysis runs on those statistics and the results go into one ``AnalysisReport``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class AnalyzeConfig:
     # bootstrap replicates over held-out utterances for the probes' intervals (0: none)
     probe_bootstrap: int = 1000
     mi_clusters: int = 8  # k of the label-free MI bound
+    # label-free MI bound: section pairs drawn per utterance, each section run through the model on its
+    # own; several pairs per utterance multiply the bound's samples (all pairs of one utterance share
+    # a split). Sections are at most mi_section_seconds long and at most a third of the utterance.
+    mi_pairs: int = 4
+    mi_section_seconds: float = 2.0
     seed: int = 0
     device: str = "cpu"
     version: int = ANALYZE_CONFIG_VERSION
@@ -46,6 +52,10 @@ class AnalyzeConfig:
             raise ValueError(f"frames_per_utterance: expected >= 2, found {self.frames_per_utterance}")
         if self.probe_bootstrap < 0:
             raise ValueError(f"probe_bootstrap: expected >= 0 (0: no intervals), found {self.probe_bootstrap}")
+        if self.mi_pairs < 1:
+            raise ValueError(f"mi_pairs: expected >= 1, found {self.mi_pairs}")
+        if not self.mi_section_seconds > 0:
+            raise ValueError(f"mi_section_seconds: expected > 0, found {self.mi_section_seconds}")
         if self.max_utterances is not None and self.max_utterances < self.cca_folds:
             raise ValueError(f"max_utterances: expected >= cca_folds ({self.cca_folds}), found {self.max_utterances}")
 
@@ -61,8 +71,8 @@ class _Sample:
     phone_seg: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # ([L, s, D], [s])
     word_seg: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     mean: list[torch.Tensor] = field(default_factory=list)  # per utt [L, D]
-    half_a: list[torch.Tensor] = field(default_factory=list)
-    half_b: list[torch.Tensor] = field(default_factory=list)
+    section_a: list[torch.Tensor] = field(default_factory=list)  # per utt [pairs, L, D], sections fed alone
+    section_b: list[torch.Tensor] = field(default_factory=list)
     speakers: list[str] = field(default_factory=list)
 
 
@@ -118,6 +128,7 @@ def _segment_means(hidden: torch.Tensor, intervals, rate: float, index: dict[str
 def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_index, report_extras):
     from analysis.attention import AttentionRedundancy
     from analysis.capture import iter_activations
+    from analysis.mutual_info import pool_sections, section_pairs
     from analysis.streaming import LayerMoments
     from kd.data.batching import AudioDataset, bucket_batches, collate, fbank, frame_labels
 
@@ -126,19 +137,23 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
     batches = bucket_batches(durations, max_seconds=config.batch_seconds, shuffle=False)
     speakers = {u.utt: u.speaker for u in data.utterances}
     rng = np.random.default_rng(config.seed)
+    section_rng = np.random.default_rng([config.seed, 1])  # its own stream: the sampled frames do not move
+    section_samples = max(1, int(round(config.mi_section_seconds * 16000)))
     moments = None
     redundancy = None
     sample = _Sample()
     frames_total = 0
 
     pending_fbank: dict[str, torch.Tensor] = {}  # utt -> [frames_10ms, 80], consumed below
+    pending_wave: dict[str, torch.Tensor] = {}  # utt -> [samples] at 16 kHz, consumed below
 
     def batch_iter():
         for b in batches:
             batch = collate([dataset[i] for i in b])
             feats, counts = fbank(batch.speech, batch.speech_lengths)
-            for utt, f, c in zip(batch.utts, feats, counts):
+            for utt, f, c, wave, size in zip(batch.utts, feats, counts, batch.speech, batch.speech_lengths):
                 pending_fbank[utt] = f[: int(c)]
+                pending_wave[utt] = wave[: int(size)]
             yield batch.utts, batch.speech, batch.speech_lengths
 
     from tqdm import tqdm
@@ -148,8 +163,10 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
                         total=len(dataset), desc="analysing", unit="utt"):
         hidden = torch.stack([h.to(torch.float32) for h in utt_act.hidden])  # [L, T, D]
         n = hidden.shape[1]
+        wave = pending_wave.pop(utt_act.utt)
         if n < 4:
             report_extras.setdefault("too_short", []).append(utt_act.utt)
+            pending_fbank.pop(utt_act.utt, None)
             continue
         bad = ~torch.isfinite(hidden)
         if bad.any():
@@ -172,9 +189,14 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
         idx = torch.from_numpy(np.sort(rng.choice(n, size=k, replace=False)))
         sample.frames.append(cpu[:, idx])
         sample.mean.append(cpu.mean(dim=1))
-        h = n // 2
-        sample.half_a.append(cpu[:, :h].mean(dim=1))
-        sample.half_b.append(cpu[:, h:].mean(dim=1))
+        pairs = section_pairs(wave.shape[0], config.mi_pairs, section_samples, section_rng)
+        try:
+            z_a, z_b = pool_sections(model, wave, pairs, device=config.device)
+        except ValueError:  # no pair, or sections too short for the model to give a frame
+            report_extras["mi_cluster_too_short"] = report_extras.get("mi_cluster_too_short", 0) + 1
+        else:
+            sample.section_a.append(z_a)
+            sample.section_b.append(z_b)
         sample.speakers.append(speakers[utt_act.utt])
         # FBANK at the model's frame rate: mean of the 10 ms frames inside each model frame
         feats = pending_fbank.pop(utt_act.utt)
@@ -211,7 +233,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
             data_name: str = ""):
     """Run all analyses. ``model``: an ``analysis.capture.LayerwiseModel``; ``data``: a ``DataDir``."""
     from analysis import feature_cca as fc
-    from analysis.mutual_info import MIBoundConfig, cluster_mi_bound, labelled_mi_bound
+    from analysis.mutual_info import MIBoundConfig, cluster_mi_bound, labelled_mi_bound, vacuous_layers
     from analysis.kmeans import KMeansConfig
     from analysis.probing import ProbeConfig, probe_frames, probe_utterances, probe_weighted_sum
     from analysis.report import AnalysisReport
@@ -303,14 +325,20 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
                                               weight_decay=1e-2),
                             seed=config.seed)
     try:
-        mi = cluster_mi_bound(torch.stack(sample.half_a), torch.stack(sample.half_b), mi_conf)
+        if not sample.section_a:
+            raise ValueError("no utterance was long enough to draw a section pair")
+        # one group per utterance: its section pairs never straddle a split
+        groups = torch.cat([torch.full((len(z),), i) for i, z in enumerate(sample.section_a)])
+        mi = cluster_mi_bound(torch.cat(sample.section_a), torch.cat(sample.section_b), mi_conf, groups=groups)
         report.per_layer["mi_cluster_bits"] = list(map(float, mi.bound_bits))
         report.per_layer["mi_cluster_normalized"] = list(map(float, mi.normalized_bound))
-        report.extras["mi_cluster_heldout_utterances"] = int(mi.num_heldout)
-        if max(report.per_layer["mi_cluster_bits"]) < 0:
+        report.extras["mi_cluster_heldout_pairs"] = int(mi.num_heldout)
+        report.extras["mi_cluster_pairs"] = int(len(groups))
+        report.extras["mi_cluster_vacuous"] = vacuous_layers(mi.bound_bits)
+        if all(report.extras["mi_cluster_vacuous"]):
             report.extras["mi_cluster_note"] = (
-                f"every layer's bound is negative (vacuous): the probe's held-out cross-entropy exceeds H(C_b) "
-                f"with {mi.num_heldout} held-out utterances; analyse more utterances")
+                f"every layer's bound is at or below 0 bits (vacuous): the probe's held-out cross-entropy is not "
+                f"below H(C_b) with {mi.num_heldout} held-out section pairs; analyse more utterances")
     except ValueError as e:
         report.skipped["mi_cluster"] = str(e)
     clock.lap("mi_cluster")

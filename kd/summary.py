@@ -43,12 +43,13 @@ def peak_layers_markdown(reports: Mapping[str, str | os.PathLike]) -> str:
     lines = ["| model | layers | " + " | ".join(PEAK_KEYS[k] for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for label, report in loaded.items():
-        peaks = peak_layers(report.per_layer)
+        # vacuous MI bounds (<= 0 bits) are no values: they neither peak nor count as the last layer's
+        peaks = peak_layers({k: report.plotted_values(k) for k in report.per_layer})
         cells = []
         for k in keys:
             p = peaks.get(k)
             if p is None:
-                cells.append("")
+                cells.append("vacuous" if report.per_layer.get(k) and report.vacuous_layers(k) else "")
             else:
                 last = "" if p["last"] is None else f"; last {p['last']:.3f}"
                 iv = report.probe_intervals(k)

@@ -89,7 +89,13 @@ def test_kd_analyze_end_to_end(tests_corpus, tmp_path, capsys):
     assert len(jsd) == 3 and all(jsd[i][i] == pytest.approx(0.0, abs=1e-9) for i in range(3))
     for key in ("cca_fbank", "cca_phone", "cca_word", "probe_phone_accuracy", "mi_phone_bits"):
         assert len(report.per_layer[key]) == 4
-    assert "mi_cluster" in report.skipped  # too few utterances for 16 clusters: reported, not silent
+    # label-free bound: up to mi_pairs section pairs per utterance, each section run alone; a bound at
+    # or below 0 bits is labelled vacuous, never reported as a finding
+    pairs = report.extras["mi_cluster_pairs"]
+    assert 12 < pairs <= 12 * AnalyzeConfig().mi_pairs
+    assert report.extras["mi_cluster_vacuous"] == [not v > 0 for v in report.per_layer["mi_cluster_bits"]]
+    assert report.vacuous_layers("mi_cluster_bits") == [i for i, v in enumerate(report.extras["mi_cluster_vacuous"])
+                                                         if v]
     # the probes' bootstrap intervals over held-out utterances: each layer's accuracy inside its own
     phone = report.extras["probe_phone_intervals"]
     assert phone["n_boot"] == 1000 and phone["heldout_utterances"] >= 2
@@ -109,7 +115,8 @@ def test_kd_analyze_end_to_end(tests_corpus, tmp_path, capsys):
     assert timing["audio_seconds_per_second"] == pytest.approx(audio / timing["total_seconds"])
     assert sorted(p.name for p in (out / "figures").iterdir()) >= ["attention_jsd.png", "linear_cka.png"]
     text = (out / "report.md").read_text()
-    assert "Layer-wise analysis" in text and "Skipped analyses" in text
+    assert "Layer-wise analysis" in text and ("Skipped analyses" in text) == bool(report.skipped)
+    assert ("Label-free MI bound: vacuous at" in text) == any(report.extras["mi_cluster_vacuous"])
     assert "report:" in capsys.readouterr().out
 
 
@@ -257,3 +264,29 @@ def test_report_summary_names_the_earliest_of_equally_good_layers():
     report = AnalysisReport(model="m", data="d", num_utterances=10, num_frames=10, frame_rate=50.0, num_layers=3,
                             per_layer={"probe_speaker_accuracy": [1.0, 1.0, 0.95]})
     assert "- Best layer for speaker probe: 0 (1.000); last layer: 0.950." in report.to_markdown()
+
+
+def test_vacuous_mi_bounds_are_labelled_not_reported_as_findings(tmp_path):
+    from kd.summary import peak_layers_markdown
+
+    report = AnalysisReport(model="m", data="d", num_utterances=100, num_frames=10, frame_rate=50.0, num_layers=3,
+                            per_layer={"mi_cluster_bits": [0.0, 0.4, -0.2],
+                                       "mi_cluster_normalized": [0.0, 0.2, -0.1],
+                                       "mi_phone_bits": [-0.1, -0.3, -0.2]})
+    assert report.vacuous_layers("mi_cluster_bits") == report.vacuous_layers("mi_cluster_normalized") == [0, 2]
+    assert report.vacuous_layers("mi_phone_bits") == [0, 1, 2] and report.vacuous_layers("cca_phone") == []
+    assert report.plotted_values("mi_cluster_normalized") == [None, 0.2, None]
+    text = report.to_markdown()
+    assert "- Label-free MI bound: vacuous at layers 0, 2 (bound at or below 0 bits" in text
+    assert "- Best layer for label-free MI bound: 1 (0.400); last layer: vacuous." in text
+    # columns: mi_phone_bits, mi_cluster_bits, mi_cluster_normalized
+    assert "| 1 | vacuous (-0.300) | 0.400 | 0.200 |" in text
+    assert "| 2 | vacuous (-0.200) | vacuous (-0.200) | vacuous (-0.100) |" in text
+    report.save(tmp_path / "r.json")
+    # peak layers skip vacuous layers; a curve vacuous everywhere reads "vacuous"
+    assert "| r | 2 | vacuous | 1 (0.200) |" in peak_layers_markdown({"r": tmp_path / "r.json"})
+    everywhere = AnalysisReport(model="m", data="d", num_utterances=100, num_frames=10, frame_rate=50.0,
+                                num_layers=2, per_layer={"mi_cluster_bits": [-0.1, 0.0]})
+    text = everywhere.to_markdown()
+    assert "- Label-free MI bound: vacuous at every layer" in text and "Best layer for label-free" not in text
+    assert [p.name for p in everywhere.save_figures(tmp_path / "figures")] == ["per_layer_mi.png"]
