@@ -35,6 +35,9 @@ class AnalyzeConfig:
     cca_folds: int = 5  # utterance-grouped folds of the held-out CCA
     top_words: int = 200  # word labels: the most frequent words; others are left out
     probe_epochs: int = 20
+    # depth of the phone and speaker probes (and of the labelled MI bound's probe): "linear", "mlp1"
+    # (one hidden ReLU layer) or "mlp2" (two); analysis.probing.ProbeKind. The label-free bound stays linear.
+    probe_kind: str = "linear"
     # bootstrap replicates over held-out utterances for the probes' intervals (0: none)
     probe_bootstrap: int = 1000
     mi_clusters: int = 8  # k of the label-free MI bound
@@ -52,6 +55,11 @@ class AnalyzeConfig:
             raise ValueError(f"frames_per_utterance: expected >= 2, found {self.frames_per_utterance}")
         if self.probe_bootstrap < 0:
             raise ValueError(f"probe_bootstrap: expected >= 0 (0: no intervals), found {self.probe_bootstrap}")
+        from analysis.probing import ProbeKind
+
+        kinds = [k.value for k in ProbeKind]
+        if self.probe_kind not in kinds:
+            raise ValueError(f"probe_kind: expected one of {kinds}, found {self.probe_kind!r}")
         if self.mi_pairs < 1:
             raise ValueError(f"mi_pairs: expected >= 1, found {self.mi_pairs}")
         if not self.mi_section_seconds > 0:
@@ -292,7 +300,8 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
         labels = torch.cat(sample.phone)
         groups = torch.cat([torch.full((len(p),), i) for i, p in enumerate(sample.phone)])
         keep = labels >= 0
-        probe_conf = ProbeConfig(epochs=config.probe_epochs, seed=config.seed, device=config.device)
+        probe_conf = ProbeConfig(kind=config.probe_kind, epochs=config.probe_epochs, seed=config.seed,
+                                 device=config.device)
         phone_probe = probe_frames(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
         report.per_layer["probe_phone_accuracy"] = list(map(float, phone_probe.accuracy))
         report.extras["probe_phone_majority_accuracy"] = float(phone_probe.majority_accuracy.ravel()[0])
@@ -311,8 +320,8 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
     if len(spk_ids) >= 2:
         pooled = torch.stack(sample.mean)  # [utts, L, D]
         labels = torch.tensor([spk_ids.index(s) for s in sample.speakers])
-        probe_conf = ProbeConfig(epochs=max(config.probe_epochs, 50), seed=config.seed, device=config.device,
-                                 batch_size=64)
+        probe_conf = ProbeConfig(kind=config.probe_kind, epochs=max(config.probe_epochs, 50), seed=config.seed,
+                                 device=config.device, batch_size=64)
         spk = probe_utterances(pooled, labels, probe_conf, num_classes=len(spk_ids))
         report.per_layer["probe_speaker_accuracy"] = list(map(float, spk.accuracy))
         clock.lap("speaker_probe")

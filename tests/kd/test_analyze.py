@@ -290,3 +290,24 @@ def test_vacuous_mi_bounds_are_labelled_not_reported_as_findings(tmp_path):
     text = everywhere.to_markdown()
     assert "- Label-free MI bound: vacuous at every layer" in text and "Best layer for label-free" not in text
     assert [p.name for p in everywhere.save_figures(tmp_path / "figures")] == ["per_layer_mi.png"]
+
+
+def test_probe_depth_is_an_analyze_option(monkeypatch, tmp_path):
+    import kd.analyze
+
+    seen = {}
+
+    def fake_analyze_model_dir(model_dir, data, out, config):
+        seen["config"] = config
+        return AnalysisReport(model="m", data="d", num_utterances=1, num_frames=1, frame_rate=50.0, num_layers=1)
+
+    monkeypatch.setattr(kd.analyze, "analyze_model_dir", fake_analyze_model_dir)
+    for kind in ("linear", "mlp1", "mlp2"):
+        assert main(["analyze", "m", "--data", "d", "--out", str(tmp_path), "--device", "cpu",
+                     "--probe-kind", kind, "--mi-pairs", "2"]) == 0
+        assert seen["config"].probe_kind == kind and seen["config"].mi_pairs == 2
+    assert AnalyzeConfig().probe_kind == "linear"
+    with pytest.raises(ValueError, match=r"probe_kind: expected one of \['linear', 'mlp1', 'mlp2'\], found 'mlp3'"):
+        AnalyzeConfig(probe_kind="mlp3")
+    with pytest.raises(ValueError, match="mi_pairs: expected >= 1, found 0"):
+        AnalyzeConfig(mi_pairs=0)
