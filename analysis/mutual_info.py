@@ -34,14 +34,17 @@ The plug-in H is biased low when the held-out split is small against the number 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from analysis.kmeans import KMeans, KMeansConfig
 from analysis.probing import ProbeConfig, _check_labels, _segment_sum, fit_probes, grouped_split, stack_layers
+
+if TYPE_CHECKING:
+    from analysis.stats import CurveIntervals
 
 MI_CONFIG_VERSION = 1
 
@@ -102,11 +105,53 @@ class MIBoundResult:
     num_train: int
     num_heldout: int
     num_classes: int
+    # per held-out example: each layer's probe cross-entropy in bits and target [layers, num_heldout],
+    # and its utterance (group) [num_heldout]; what ``intervals`` resamples
+    heldout_cross_entropy_bits: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    heldout_targets: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    heldout_groups: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            key: value.tolist() if isinstance(value, torch.Tensor) else value for key, value in asdict(self).items()
-        }
+        per_example = ("heldout_cross_entropy_bits", "heldout_targets", "heldout_groups")
+        return {f.name: value.tolist() if isinstance(value, torch.Tensor) else value
+                for f in fields(self) if f.name not in per_example for value in [getattr(self, f.name)]}
+
+    def intervals(self, *, normalized: bool = False, n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> "CurveIntervals":
+        """Bootstrap intervals of each layer's bound (``normalized``: bound / H) and of the paired
+        differences between layers, resampling whole held-out utterances.
+
+        Resampled: the held-out utterances, each with its examples' cross-entropy terms and target
+        counts, so both H (the plug-in entropy of the resampled targets) and CE are recomputed per
+        replicate. Held fixed: the fitted probe and, for the label-free bound, the k-means clusters.
+        A replicate whose targets fall in one class (H = 0) leaves bound / H undefined, and with it
+        the normalised interval (NaN).
+        """
+        if self.heldout_cross_entropy_bits is None or self.heldout_targets is None:
+            raise ValueError("intervals: this result holds no per-example held-out terms (heldout_cross_entropy_bits)")
+        from analysis.probing import _utterance_index
+        from analysis.stats import curve_intervals
+
+        ce = self.heldout_cross_entropy_bits.to(torch.float64).numpy()  # [L, m]
+        targets = self.heldout_targets.long().numpy()  # [L, m]
+        layers, m = ce.shape
+        inverse, num_utts = _utterance_index(self.heldout_groups, m)
+        inverse = inverse.numpy()
+        ce_sums = np.zeros((num_utts, layers))  # [U, L] bits
+        np.add.at(ce_sums, (np.broadcast_to(inverse, (layers, m)), np.arange(layers)[:, None]), ce)
+        class_counts = np.zeros((num_utts, layers, self.num_classes))  # [U, L, K] examples
+        np.add.at(class_counts, (np.broadcast_to(inverse, (layers, m)), np.arange(layers)[:, None], targets), 1.0)
+        sizes = np.bincount(inverse, minlength=num_utts).astype(np.float64)  # [U]
+
+        def statistic(w: np.ndarray) -> np.ndarray:
+            n = w @ sizes
+            p = np.einsum("u,ulk->lk", w, class_counts) / n  # [L, K] held-out marginal of the targets
+            with np.errstate(divide="ignore", invalid="ignore"):
+                h = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(1)
+                bound = h - (w @ ce_sums) / n
+                return np.where(h > 0, bound / h, np.nan) if normalized else bound
+
+        return curve_intervals(statistic, num_utts, n_boot=n_boot, seed=seed, level=level)
 
 
 def entropy_bits(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -127,7 +172,7 @@ def _bound(
 ) -> MIBoundResult:
     """H - CE per layer; ``features`` ``[layers, n, dim]``, ``targets`` ``[n]`` or ``[layers, n]``."""
     train_index, heldout_index = grouped_split(groups, config.heldout_fraction, config.seed)
-    probe = fit_probes(features, targets, train_index, heldout_index, config, num_classes=num_classes)
+    probe = fit_probes(features, targets, train_index, heldout_index, config, num_classes=num_classes, groups=groups)
     if targets.dim() == 1:
         targets = targets.unsqueeze(0).expand(features.shape[0], -1)
     h = entropy_bits(targets[:, heldout_index], num_classes)
@@ -142,6 +187,9 @@ def _bound(
         num_train=probe.num_train,
         num_heldout=probe.num_heldout,
         num_classes=num_classes,
+        heldout_cross_entropy_bits=probe.heldout_cross_entropy_nats / math.log(2.0),
+        heldout_targets=targets[:, heldout_index],
+        heldout_groups=probe.heldout_groups,
     )
 
 

@@ -7,6 +7,13 @@ features) for held-out CCA and probes, phone and word segment means, utterance m
 (speaker probes) and, for the label-free MI bound, the means of pairs of sections of each
 utterance, every section fed through the model on its own (``analysis.mutual_info``). Then
 every analysis runs on those statistics and the results go into one ``AnalysisReport``.
+
+Every per-layer curve gets a percentile bootstrap interval over utterances (``bootstrap``
+replicates): the per-utterance statistics behind it (correct counts, cross-entropy terms, projected
+CCA moments) are resampled, the fitted probes, clusters and CCA directions are held fixed.
+
+The data dir should be held out from the model's training (a dev split): the report names the
+analysed dir, and warns where a kd training run records it among its training data.
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ class AnalyzeConfig:
     # depth of the phone and speaker probes (and of the labelled MI bound's probe): "linear", "mlp1"
     # (one hidden ReLU layer) or "mlp2" (two); analysis.probing.ProbeKind. The label-free bound stays linear.
     probe_kind: str = "linear"
-    # bootstrap replicates over held-out utterances for the probes' intervals (0: none)
-    probe_bootstrap: int = 1000
+    # bootstrap replicates over utterances for every per-layer curve's interval (0: none)
+    bootstrap: int = 1000
     mi_clusters: int = 8  # k of the label-free MI bound
     # label-free MI bound: section pairs drawn per utterance, each section run through the model on its
     # own; several pairs per utterance multiply the bound's samples (all pairs of one utterance share
@@ -53,8 +60,8 @@ class AnalyzeConfig:
     def __post_init__(self) -> None:
         if self.frames_per_utterance < 2:
             raise ValueError(f"frames_per_utterance: expected >= 2, found {self.frames_per_utterance}")
-        if self.probe_bootstrap < 0:
-            raise ValueError(f"probe_bootstrap: expected >= 0 (0: no intervals), found {self.probe_bootstrap}")
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap: expected >= 0 (0: no intervals), found {self.bootstrap}")
         from analysis.probing import ProbeKind
 
         kinds = [k.value for k in ProbeKind]
@@ -226,15 +233,24 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
     return moments, redundancy, sample, frames_total, sum(durations)
 
 
-def _probe_intervals(report, key: str, result, config: AnalyzeConfig) -> None:
-    """``extras[key + "_intervals"]``: bootstrap intervals over held-out utterances of each layer's
-    probe accuracy and of its paired difference to the last layer (or why there are none)."""
-    if config.probe_bootstrap == 0:
+def _curve(report, key: str, values, intervals, config: AnalyzeConfig) -> None:
+    """``per_layer[key]`` = ``values`` and ``intervals[key]`` = ``intervals(n_boot, seed)`` (a
+    ``CurveIntervals``), or, where no interval can be drawn (e.g. a single held-out utterance), why
+    not in ``skipped[key + "_intervals"]``."""
+    report.per_layer[key] = [float(v) for v in values]
+    if config.bootstrap == 0:
         return
     try:
-        report.extras[f"{key}_intervals"] = result.intervals(n_boot=config.probe_bootstrap, seed=config.seed).to_dict()
-    except ValueError as e:  # e.g. a single held-out utterance
+        report.intervals[key] = intervals(config.bootstrap, config.seed).to_dict()
+    except ValueError as e:
         report.skipped[f"{key}_intervals"] = str(e)
+
+
+def _cca_curve(report, key: str, results, config: AnalyzeConfig) -> None:
+    from analysis.feature_cca import cca_curve_intervals
+
+    _curve(report, key, [r.score for r in results],
+           lambda n_boot, seed: cca_curve_intervals(results, n_boot=n_boot, seed=seed), config)
 
 
 def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = AnalyzeConfig(), *, model_name: str = "",
@@ -256,7 +272,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
             counts[w] = counts.get(w, 0) + 1
     top = sorted(counts, key=lambda w: (-counts[w], w))[: config.top_words]
     word_index = {w: i for i, w in enumerate(top)}
-    report = AnalysisReport(model=model_name, data=data_name, num_utterances=0, num_frames=0,
+    report = AnalysisReport(model=model_name, data=data_name or str(data.root), num_utterances=0, num_frames=0,
                             frame_rate=float(model.frame_rate), num_layers=int(model.num_layers),
                             config=asdict(config))
     clock = _Laps(config.device)
@@ -282,18 +298,18 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
     # ---- held-out CCA with external features (per layer) --------------------------------
     cca_conf = fc.FeatureCCAConfig(n_folds=config.cca_folds, epsilon=config.epsilon, seed=config.seed)
     by_layer = lambda per_utt, l: [x[l] for x in per_utt]  # noqa: E731
-    report.per_layer["cca_fbank"] = [fc.heldout_cca(by_layer(sample.frames, l), sample.fbank, cca_conf).score
-                                     for l in range(L)]
+    _cca_curve(report, "cca_fbank", [fc.heldout_cca(by_layer(sample.frames, l), sample.fbank, cca_conf)
+                                     for l in range(L)], config)
     if alignments and sample.phone:
-        report.per_layer["cca_phone"] = [fc.label_cca(by_layer(sample.frames, l), sample.phone, len(phones),
-                                                      cca_conf).score for l in range(L)]
-        report.per_layer["cca_word"] = [fc.label_cca(by_layer(sample.frames, l), sample.word, len(word_index),
-                                                     cca_conf).score for l in range(L)]
+        _cca_curve(report, "cca_phone", [fc.label_cca(by_layer(sample.frames, l), sample.phone, len(phones), cca_conf)
+                                         for l in range(L)], config)
+        _cca_curve(report, "cca_word", [fc.label_cca(by_layer(sample.frames, l), sample.word, len(word_index),
+                                                     cca_conf) for l in range(L)], config)
         for key, segs, k in (("cca_phone_segment", sample.phone_seg, len(phones)),
                              ("cca_word_segment", sample.word_seg, len(word_index))):
             if len(segs) >= config.cca_folds:
-                report.per_layer[key] = [fc.label_cca([m[l] for m, _ in segs], [y for _, y in segs], k,
-                                                      cca_conf).score for l in range(L)]
+                _cca_curve(report, key, [fc.label_cca([m[l] for m, _ in segs], [y for _, y in segs], k, cca_conf)
+                                         for l in range(L)], config)
         clock.lap("feature_cca")
         # ---- probes and the labelled MI bound (frame-level phones) ------------------------
         feats = torch.cat(sample.frames, dim=1)  # [L, n, D]
@@ -303,14 +319,15 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
         probe_conf = ProbeConfig(kind=config.probe_kind, epochs=config.probe_epochs, seed=config.seed,
                                  device=config.device)
         phone_probe = probe_frames(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
-        report.per_layer["probe_phone_accuracy"] = list(map(float, phone_probe.accuracy))
+        _curve(report, "probe_phone_accuracy", phone_probe.accuracy,
+               lambda n_boot, seed: phone_probe.intervals(n_boot=n_boot, seed=seed), config)
         report.extras["probe_phone_majority_accuracy"] = float(phone_probe.majority_accuracy.ravel()[0])
-        _probe_intervals(report, "probe_phone", phone_probe, config)
         ws = probe_weighted_sum(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
         report.extras["superb_phone_layer_weights"] = list(map(float, ws.layer_weights))
         report.extras["superb_phone_accuracy"] = float(ws.accuracy)
         mi = labelled_mi_bound(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
-        report.per_layer["mi_phone_bits"] = list(map(float, mi.bound_bits))
+        _curve(report, "mi_phone_bits", mi.bound_bits, lambda n_boot, seed: mi.intervals(n_boot=n_boot, seed=seed),
+               config)
         report.extras["phone_entropy_bits"] = float(np.asarray(mi.entropy_bits).ravel()[0])
     else:
         report.skipped["phones_and_words"] = "no alignments.jsonl in the data dir"
@@ -323,10 +340,10 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
         probe_conf = ProbeConfig(kind=config.probe_kind, epochs=max(config.probe_epochs, 50), seed=config.seed,
                                  device=config.device, batch_size=64)
         spk = probe_utterances(pooled, labels, probe_conf, num_classes=len(spk_ids))
-        report.per_layer["probe_speaker_accuracy"] = list(map(float, spk.accuracy))
+        _curve(report, "probe_speaker_accuracy", spk.accuracy,
+               lambda n_boot, seed: spk.intervals(n_boot=n_boot, seed=seed), config)
         clock.lap("speaker_probe")
         report.extras["probe_speaker_majority_accuracy"] = float(spk.majority_accuracy.ravel()[0])
-        _probe_intervals(report, "probe_speaker", spk, config)
     else:
         report.skipped["speaker_probe"] = f"needs at least 2 speakers, found {len(spk_ids)}"
     mi_conf = MIBoundConfig(kmeans=KMeansConfig(num_clusters=config.mi_clusters, seed=config.seed),
@@ -339,8 +356,10 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
         # one group per utterance: its section pairs never straddle a split
         groups = torch.cat([torch.full((len(z),), i) for i, z in enumerate(sample.section_a)])
         mi = cluster_mi_bound(torch.cat(sample.section_a), torch.cat(sample.section_b), mi_conf, groups=groups)
-        report.per_layer["mi_cluster_bits"] = list(map(float, mi.bound_bits))
-        report.per_layer["mi_cluster_normalized"] = list(map(float, mi.normalized_bound))
+        _curve(report, "mi_cluster_bits", mi.bound_bits, lambda n_boot, seed: mi.intervals(n_boot=n_boot, seed=seed),
+               config)
+        _curve(report, "mi_cluster_normalized", mi.normalized_bound,
+               lambda n_boot, seed: mi.intervals(normalized=True, n_boot=n_boot, seed=seed), config)
         report.extras["mi_cluster_heldout_pairs"] = int(mi.num_heldout)
         report.extras["mi_cluster_pairs"] = int(len(groups))
         report.extras["mi_cluster_vacuous"] = vacuous_layers(mi.bound_bits)
@@ -384,9 +403,34 @@ def analyze_model_dir(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     data = load_data_dir(data_dir)
     align_path = Path(data_dir) / "alignments.jsonl"
     alignments = read_alignments(align_path) if align_path.is_file() else None
-    report = analyze(model, data, alignments, config, model_name=str(model_dir), data_name=str(data_dir))
+    analysed = Path(data_dir).resolve()
+    report = analyze(model, data, alignments, config, model_name=str(model_dir), data_name=str(analysed))
+    training = run_training_data(model_dir)
+    if training is not None:
+        report.extras["model_training_data"] = training
+        report.extras["data_in_model_training"] = str(analysed) in training
     out = Path(out_dir)
     report.save(out / "report.json")
     atomic_write_text(out / "report.md", report.to_markdown())
     report.save_figures(out / "figures")
     return report
+
+
+def run_training_data(model_dir: str | os.PathLike) -> list[str] | None:
+    """The training data dirs (resolved) that a ``kd train`` run records for the model in ``model_dir``
+    (the run dir itself, or its ``model/`` folder), or None where no run config names them (e.g. a
+    Hugging Face checkpoint)."""
+    import yaml
+
+    model_dir = Path(model_dir)
+    for run_dir in (model_dir, model_dir.parent):
+        config = run_dir / "config.yaml"
+        if (run_dir / "model_config.yaml").is_file() and config.is_file():
+            try:
+                train = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data", {}).get("train")
+            except (yaml.YAMLError, AttributeError):
+                return None
+            if isinstance(train, str):
+                train = [train]
+            return [str(Path(d).resolve()) for d in train] if isinstance(train, list) else None
+    return None

@@ -234,3 +234,30 @@ def test_sections_fed_alone_differ_from_one_pass_with_global_attention():
 def test_vacuous_layers():
     assert vacuous_layers(torch.tensor([0.2, 0.0, -0.1, 1e-9])) == [False, True, True, False]
     assert vacuous_layers([0.5, None]) == [False, True]
+
+
+def test_bound_intervals_resample_heldout_utterances():
+    """The intervals recompute H and CE from the held-out utterances' own terms: the estimate is the
+    bound; a replicate that draws every utterance twice is the data again."""
+    features, labels, groups = _labelled_frames(2, utts=60)
+    result = labelled_mi_bound(features, labels, groups, PROBE)
+    got = result.intervals(n_boot=300, seed=4)
+    assert got.estimate == pytest.approx(result.bound_bits.tolist(), abs=1e-12)
+    assert got.utterances == torch.unique(result.heldout_groups).numel() == 18
+    assert got.best == 0 and got.tied_with_best() == [0] and got.vs_best_low[1] > 1.0
+    for layer in range(2):
+        assert got.low[layer] <= got.estimate[layer] <= got.high[layer]
+    normalized = result.intervals(normalized=True, n_boot=300, seed=4)
+    assert normalized.estimate == pytest.approx(result.normalized_bound.tolist(), abs=1e-12)
+    # the same resampled utterances: a bound's interval and its normalised one share their draws
+    assert normalized.low[0] == pytest.approx(got.low[0] / 1.5, abs=0.05)
+    assert result.to_dict().keys() == {"bound_bits", "normalized_bound", "entropy_bits", "cross_entropy_bits",
+                                       "accuracy", "num_train", "num_heldout", "num_classes"}
+    z_a, z_b = _two_views(0)
+    cluster = cluster_mi_bound(z_a, z_b, MIBoundConfig(kmeans=KMeansConfig(num_clusters=4), probe=PROBE))
+    clustered = cluster.intervals(n_boot=200)
+    assert clustered.estimate == pytest.approx(cluster.bound_bits.tolist(), abs=1e-12)
+    assert clustered.best == 0 and clustered.vs_best_low[1] > 1.0
+    bare = type(result)(**{**result.__dict__, "heldout_cross_entropy_bits": None})
+    with pytest.raises(ValueError, match="holds no per-example held-out terms"):
+        bare.intervals()
