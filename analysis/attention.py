@@ -22,6 +22,10 @@ which is what reusing a leader layer's attention substitutes). ``head_averaged``
 over heads of the per-head JSD. ``head_mean_attention``: the JSD between the head-averaged
 attention distributions of the two layers (never larger than ``head_averaged``, by the
 convexity of the JSD).
+
+Inputs. Attention maps may be torch tensors or NumPy arrays; like the metrics of
+``analysis.similarity``, a NumPy array is converted to a float64 tensor (so it is computed in
+float64 whatever its dtype), and a tensor keeps its dtype and device.
 """
 
 from __future__ import annotations
@@ -30,9 +34,19 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 _LN2 = math.log(2.0)
+
+
+def _as_attention(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
+    """``x`` as a tensor: a NumPy array becomes a float64 CPU tensor, a tensor is returned as is."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected {name} to be a torch.Tensor or numpy.ndarray, found {type(x).__name__}")
+    return x
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -78,7 +92,7 @@ def _check_rows_sum_to_one(row_sums: torch.Tensor, atol: float, where: str) -> N
         )
 
 
-def attention_jsd(p: torch.Tensor, q: torch.Tensor, *, atol: float | None = None) -> float:
+def attention_jsd(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray, *, atol: float | None = None) -> float:
     """Mean Jensen-Shannon divergence in bits between two row-stochastic attention maps.
 
     Args:
@@ -90,6 +104,7 @@ def attention_jsd(p: torch.Tensor, q: torch.Tensor, *, atol: float | None = None
         The JSD of each query row (log base 2, in [0, 1]), averaged over rows and over all
         leading dimensions.
     """
+    p, q = _as_attention(p, "p"), _as_attention(q, "q")
     if p.shape != q.shape:
         raise ValueError(f"Expected p and q of the same shape, found {tuple(p.shape)} and {tuple(q.shape)}")
     if p.dim() < 2 or p.shape[-1] == 0 or p.shape[-2] == 0:
@@ -147,9 +162,9 @@ def _band_mass(block: torch.Tensor, band: int) -> torch.Tensor:
 
 
 def utterance_attention_jsd(
-    p: torch.Tensor,
-    q: torch.Tensor,
-    lengths: torch.Tensor | None = None,
+    p: torch.Tensor | np.ndarray,
+    q: torch.Tensor | np.ndarray,
+    lengths: torch.Tensor | np.ndarray | None = None,
     *,
     renormalize: bool = False,
     atol: float | None = None,
@@ -168,6 +183,7 @@ def utterance_attention_jsd(
         ``[batch, heads]`` float64: mean over the utterance's unpadded query rows of the JSD
         in bits.
     """
+    p, q = _as_attention(p, "p"), _as_attention(q, "q")
     _check_batch(p, "p")
     if p.shape != q.shape:
         raise ValueError(f"Expected p and q of the same shape, found {tuple(p.shape)} and {tuple(q.shape)}")
@@ -180,9 +196,9 @@ def utterance_attention_jsd(
 
 
 def utterance_head_mean_attention_jsd(
-    p: torch.Tensor,
-    q: torch.Tensor,
-    lengths: torch.Tensor | None = None,
+    p: torch.Tensor | np.ndarray,
+    q: torch.Tensor | np.ndarray,
+    lengths: torch.Tensor | np.ndarray | None = None,
     *,
     renormalize: bool = False,
     atol: float | None = None,
@@ -194,6 +210,7 @@ def utterance_head_mean_attention_jsd(
     Returns:
         ``[batch]`` float64: mean over unpadded query rows of JSD(mean_h p_h, mean_h q_h) in bits.
     """
+    p, q = _as_attention(p, "p"), _as_attention(q, "q")
     _check_batch(p, "p")
     if p.shape != q.shape:
         raise ValueError(f"Expected p and q of the same shape, found {tuple(p.shape)} and {tuple(q.shape)}")
@@ -206,8 +223,8 @@ def utterance_head_mean_attention_jsd(
 
 
 def diagonality(
-    attn: torch.Tensor,
-    lengths: torch.Tensor | None = None,
+    attn: torch.Tensor | np.ndarray,
+    lengths: torch.Tensor | np.ndarray | None = None,
     *,
     band: int = 2,
     renormalize: bool = False,
@@ -225,6 +242,7 @@ def diagonality(
         An identity map scores 1; a uniform map over n keys scores the fraction of (i, j)
         pairs within the band.
     """
+    attn = _as_attention(attn, "attn")
     _check_batch(attn, "attn")
     if band < 0:
         raise ValueError(f"Expected band >= 0 frames, found {band}")
@@ -317,7 +335,9 @@ class AttentionRedundancy:
         self._diag = torch.zeros(num_layers, num_heads, dtype=torch.float64)
         self._count = 0
 
-    def update(self, attentions: Sequence[torch.Tensor], lengths: torch.Tensor | None = None) -> None:
+    def update(
+        self, attentions: Sequence[torch.Tensor | np.ndarray], lengths: torch.Tensor | np.ndarray | None = None
+    ) -> None:
         """Add one batch.
 
         Args:
@@ -327,6 +347,7 @@ class AttentionRedundancy:
         """
         if len(attentions) != self.num_layers:
             raise ValueError(f"Expected attentions for {self.num_layers} layers, found {len(attentions)}")
+        attentions = [_as_attention(attn, f"attentions[{layer}]") for layer, attn in enumerate(attentions)]
         expected = tuple(attentions[0].shape)
         for layer, attn in enumerate(attentions):
             _check_batch(attn, f"attentions[{layer}]")
@@ -360,8 +381,9 @@ class AttentionRedundancy:
         self._diag += diag
         self._count += len(sizes)
 
-    def update_utterance(self, attentions: Sequence[torch.Tensor]) -> None:
-        """Add one unpadded utterance: one ``[heads, time, time]`` tensor per layer."""
+    def update_utterance(self, attentions: Sequence[torch.Tensor | np.ndarray]) -> None:
+        """Add one unpadded utterance: one ``[heads, time, time]`` tensor (or array) per layer."""
+        attentions = [_as_attention(attn, f"attentions[{layer}]") for layer, attn in enumerate(attentions)]
         self.update([attn.unsqueeze(0) for attn in attentions])
 
     def result(self) -> AttentionRedundancyResult:

@@ -10,13 +10,19 @@ phone or word segment against the segment's one-hot label).
 Conventions:
 - Folds are groups of whole utterances (never frames of one utterance in two folds),
   assigned by a seeded shuffle, round-robin.
-- Fitting is ``similarity.cca``'s: centred, 1/(n-1) covariances, ``epsilon`` ridge on both,
-  rank-deficient directions dropped. The top ``max_dims`` canonical pairs (by training
+- Fitting is ``similarity.cca``'s: centred, 1/(n-1) covariances, ``epsilon`` ridge on both
+  (added to the diagonal, in the activations' units), rank-deficient directions dropped after
+  standardising each neuron (so the rank decision does not depend on any neuron's scale; see
+  ``similarity.covariance_whitener``). The top ``max_dims`` canonical pairs (by training
   correlation) are kept.
 - Held-out score of a fold: the mean over kept pairs of the Pearson correlation of the
   projected held-out views (computed from the fold's own moments, so nothing is stored per
   frame); a projection that is constant on the held-out fold counts as 0. Correlations are
   not clipped: a fit that does not generalise can score below 0.
+- Intervals (``cca_curve_intervals``): each fold's fitted directions project its own held-out
+  utterances, and the per-utterance sums of the projections are kept (``HeldoutProjections``); a
+  bootstrap replicate resamples the utterances within each fold and recomputes the fold scores
+  from those sums, with the fitted directions held fixed.
 - One-hot labels drop the last class's column: after centring, a full one-hot block has
   rank K-1 (its columns sum to 1), and dropping a column leaves the same span.
 """
@@ -24,7 +30,7 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +42,8 @@ from analysis.streaming import LayerMoments
 __all__ = [
     "FeatureCCAConfig",
     "FeatureCCAResult",
+    "HeldoutProjections",
+    "cca_curve_intervals",
     "heldout_cca",
     "label_cca",
     "one_hot",
@@ -51,7 +59,7 @@ class FeatureCCAConfig:
     """Options of the held-out CCA."""
 
     n_folds: int = 5  # utterance-grouped folds; each is held out once
-    epsilon: float = 0.0  # ridge added to both training covariances (covariance units)
+    epsilon: float = 0.0  # ridge added to both training covariances' diagonals (covariance units)
     max_dims: int | None = None  # keep at most this many canonical pairs; None: all
     seed: int = 0  # seed of the utterance shuffle that forms the folds
     version: int = 1  # format version of this config
@@ -78,12 +86,62 @@ class FeatureCCAConfig:
 
 
 @dataclass(frozen=True)
+class HeldoutProjections:
+    """Per utterance, sums over its frames of the two projected views, each utterance projected by
+    the directions fitted without its fold and centred at its fold's means (numerical headroom
+    only: a correlation does not depend on the centre).
+
+    sums: `[utts, 5, k]` float64, rows (x, y, x^2, y^2, x y) summed over the utterance's frames, one
+    column per canonical pair (columns past its fold's ``pairs`` are 0); frames: `[utts]`; folds:
+    `[utts]` fold of each utterance; pairs: `[n_folds]` canonical pairs kept by each fold.
+    """
+
+    sums: np.ndarray
+    frames: np.ndarray
+    folds: np.ndarray
+    pairs: np.ndarray
+
+    def scores(self, weights: np.ndarray) -> np.ndarray:
+        """Held-out scores for utterance weights `[R, utts]` (how often each utterance counts) -> `[R]`.
+
+        As ``heldout_cca``: per fold, the mean over its kept pairs of the Pearson correlation of the
+        weighted projected frames (0 where a projection is constant), then the mean over folds. All
+        ones give the score of the data.
+        """
+        return _fold_scores(self.sums[:, None], self.frames, self.folds, self.pairs[None], weights)[:, 0]
+
+
+def _fold_scores(sums: np.ndarray, frames: np.ndarray, folds: np.ndarray, pairs: np.ndarray,
+                 weights: np.ndarray) -> np.ndarray:
+    """Held-out scores of several layers at once: sums `[utts, L, 5, k]`, frames `[utts]`, folds
+    `[utts]`, pairs `[L, n_folds]`, weights `[R, utts]` -> `[R, L]`."""
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    utts, layers, _, k = sums.shape
+    flat = sums.reshape(utts, layers * 5 * k)
+    columns = np.arange(k)
+    out = np.zeros((weights.shape[0], layers))
+    for fold in range(pairs.shape[1]):
+        w = weights * (folds == fold)  # [R, utts]
+        n = (w @ frames)[:, None, None]  # [R, 1, 1] frames
+        sx, sy, sxx, syy, sxy = np.moveaxis((w @ flat).reshape(-1, layers, 5, k), 2, 0)  # each [R, L, k]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cross = sxy - sx * sy / n
+            denom = np.sqrt(np.clip(sxx - sx * sx / n, 0.0, None) * np.clip(syy - sy * sy / n, 0.0, None))
+            corr = np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), 0.0)  # constant projection: 0
+        kept = columns[None, :] < pairs[:, fold, None]  # [L, k] the pairs this fold kept
+        out += (corr * kept).sum(-1) / pairs[:, fold]
+    return out / pairs.shape[1]
+
+
+@dataclass(frozen=True)
 class FeatureCCAResult:
-    """score: mean of fold_scores; n_dims: canonical pairs kept (smallest over folds)."""
+    """score: mean of fold_scores; n_dims: canonical pairs kept (smallest over folds);
+    heldout: per-utterance sums of the projected held-out views, for ``cca_curve_intervals``."""
 
     score: float
     fold_scores: tuple[float, ...]
     n_dims: int
+    heldout: HeldoutProjections | None = field(default=None, repr=False, compare=False)
 
 
 def utterance_folds(num_utterances: int, n_folds: int, seed: int = 0) -> np.ndarray:
@@ -126,7 +184,7 @@ def heldout_cca(
     for fold, moments in enumerate(per_fold):
         if moments.count < 2:
             raise ValueError(f"Expected at least 2 frames in fold {fold}, found {moments.count}")
-    scores, kept = [], []
+    scores, kept, directions = [], [], []
     for fold in range(config.n_folds):
         train = LayerMoments(dims)
         for other in range(config.n_folds):
@@ -135,7 +193,19 @@ def heldout_cca(
         a, b = _fit(train, config)
         scores.append(_heldout_score(per_fold[fold], a, b))
         kept.append(a.shape[1])
-    return FeatureCCAResult(float(np.mean(scores)), tuple(scores), min(kept))
+        directions.append((a, b))
+    width = max(kept)
+    sums = np.zeros((len(x_utts), 5, width))
+    for u, (x, y, fold) in enumerate(zip(x_utts, y_utts, folds)):
+        if x.shape[0]:
+            a, b = directions[fold]
+            px = (x.to(a) - per_fold[fold].mean(0).to(a)) @ a  # [frames_u, k_fold]
+            py = (y.to(b) - per_fold[fold].mean(1).to(b)) @ b
+            moments = torch.stack([px.sum(0), py.sum(0), (px * px).sum(0), (py * py).sum(0), (px * py).sum(0)])
+            sums[u, :, : a.shape[1]] = moments.cpu().numpy()
+    frames = np.array([x.shape[0] for x in x_utts], dtype=np.float64)
+    heldout = HeldoutProjections(sums, frames, folds, np.array(kept))
+    return FeatureCCAResult(float(np.mean(scores)), tuple(scores), min(kept), heldout)
 
 
 def _fit(train: LayerMoments, config: FeatureCCAConfig) -> tuple[Tensor, Tensor]:
@@ -265,3 +335,39 @@ def segment_cca(
     """
     means, labels = segment_means(layer_utts, segments)
     return heldout_cca(means, [one_hot(l, num_classes) for l in labels], config)
+
+
+def cca_curve_intervals(
+    results: Sequence[FeatureCCAResult], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+):
+    """Bootstrap intervals of a per-layer held-out CCA curve (one result per layer, all over the same
+    utterances and folds) and of the paired differences between layers.
+
+    Resampled: the utterances within each fold (each fold keeps its size, so the mean over folds keeps
+    its design), the same draw for every layer. Held fixed: each fold's fitted canonical directions,
+    so the interval covers the choice of held-out utterances, not the fit.
+
+    Returns:
+        ``analysis.stats.CurveIntervals`` over `[layers]`.
+    """
+    from analysis.stats import curve_intervals
+
+    if not results:
+        raise ValueError("Expected one held-out CCA result per layer, found none")
+    for layer, result in enumerate(results):
+        if result.heldout is None:
+            raise ValueError(f"Expected the per-utterance projections of layer {layer}'s result, found none")
+    folds = results[0].heldout.folds
+    for layer, result in enumerate(results[1:], start=1):
+        if not (np.array_equal(result.heldout.folds, folds) and np.array_equal(result.heldout.frames,
+                                                                             results[0].heldout.frames)):
+            raise ValueError(f"Expected every layer over the same utterances, frames and folds, found layer {layer} "
+                             "differing")
+    width = max(r.heldout.sums.shape[2] for r in results)
+    sums = np.zeros((len(folds), len(results), 5, width))  # [utts, L, 5, k]: every layer padded to one width
+    for layer, result in enumerate(results):
+        sums[:, layer, :, : result.heldout.sums.shape[2]] = result.heldout.sums
+    pairs = np.stack([r.heldout.pairs for r in results])  # [L, n_folds]
+    frames = results[0].heldout.frames
+    return curve_intervals(lambda w: _fold_scores(sums, frames, folds, pairs, w)[0], len(folds),
+                           n_boot=n_boot, seed=seed, level=level, strata=folds)

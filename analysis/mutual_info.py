@@ -5,12 +5,23 @@ CE = E[-log q(C | Z)] upper-bounds the conditional entropy H(C | Z), hence
 
     I(Z; C) = H(C) - H(C | Z) >= H(C) - CE.
 
-Label-free bound: Z_a and Z_b are the mean-pooled representations of two different segments
-of one utterance (here its first and second halves, optionally with ``gap_frames`` dropped
-between them so that frames sharing a receptive field at the boundary are not split across
-the two); C_b is the k-means cluster of Z_b, with k-means fitted per layer on a separate
+Label-free bound: Z_a and Z_b are the mean-pooled representations of two different sections
+of one utterance; C_b is the k-means cluster of Z_b, with k-means fitted per layer on a separate
 split of utterances used for nothing else; a linear probe predicts C_b from Z_a. Labelled
 bound: H(Y) - CE(probe predicting Y), through the same code path.
+
+Sections. As in the paper, each section is fed through the model on its own
+(``section_pairs`` draws the pairs, ``pool_sections`` runs and pools them): pooled from one
+forward pass over the whole utterance, the first half of a model with global self-attention
+(or with convolutional context across the boundary) has already seen the second, and the
+bound then measures that leak as well as what the two sections share. ``split_halves`` pools
+frames that are already computed (one pass) and is kept for such inputs; its ``gap_frames``
+only removes the frames at the boundary, not the attention across it. Several pairs per
+utterance give the bound more samples; their ``groups`` (the utterance) keep all pairs of
+one utterance on the same side of every split.
+
+A bound at or below 0 bits says nothing about the layer (the probe did no better than the
+held-out marginal): it is vacuous, not a finding (``vacuous_layers``).
 
 Conventions: everything in bits. H is the plug-in entropy of the targets on the held-out
 split, and CE is measured on that same split, so a probe that only learned the training
@@ -23,13 +34,17 @@ The plug-in H is biased low when the held-out split is small against the number 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 
 from analysis.kmeans import KMeans, KMeansConfig
 from analysis.probing import ProbeConfig, _check_labels, _segment_sum, fit_probes, grouped_split, stack_layers
+
+if TYPE_CHECKING:
+    from analysis.stats import CurveIntervals
 
 MI_CONFIG_VERSION = 1
 
@@ -90,11 +105,53 @@ class MIBoundResult:
     num_train: int
     num_heldout: int
     num_classes: int
+    # per held-out example: each layer's probe cross-entropy in bits and target [layers, num_heldout],
+    # and its utterance (group) [num_heldout]; what ``intervals`` resamples
+    heldout_cross_entropy_bits: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    heldout_targets: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    heldout_groups: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            key: value.tolist() if isinstance(value, torch.Tensor) else value for key, value in asdict(self).items()
-        }
+        per_example = ("heldout_cross_entropy_bits", "heldout_targets", "heldout_groups")
+        return {f.name: value.tolist() if isinstance(value, torch.Tensor) else value
+                for f in fields(self) if f.name not in per_example for value in [getattr(self, f.name)]}
+
+    def intervals(self, *, normalized: bool = False, n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> "CurveIntervals":
+        """Bootstrap intervals of each layer's bound (``normalized``: bound / H) and of the paired
+        differences between layers, resampling whole held-out utterances.
+
+        Resampled: the held-out utterances, each with its examples' cross-entropy terms and target
+        counts, so both H (the plug-in entropy of the resampled targets) and CE are recomputed per
+        replicate. Held fixed: the fitted probe and, for the label-free bound, the k-means clusters.
+        A replicate whose targets fall in one class (H = 0) leaves bound / H undefined, and with it
+        the normalised interval (NaN).
+        """
+        if self.heldout_cross_entropy_bits is None or self.heldout_targets is None:
+            raise ValueError("intervals: this result holds no per-example held-out terms (heldout_cross_entropy_bits)")
+        from analysis.probing import _utterance_index
+        from analysis.stats import curve_intervals
+
+        ce = self.heldout_cross_entropy_bits.to(torch.float64).numpy()  # [L, m]
+        targets = self.heldout_targets.long().numpy()  # [L, m]
+        layers, m = ce.shape
+        inverse, num_utts = _utterance_index(self.heldout_groups, m)
+        inverse = inverse.numpy()
+        ce_sums = np.zeros((num_utts, layers))  # [U, L] bits
+        np.add.at(ce_sums, (np.broadcast_to(inverse, (layers, m)), np.arange(layers)[:, None]), ce)
+        class_counts = np.zeros((num_utts, layers, self.num_classes))  # [U, L, K] examples
+        np.add.at(class_counts, (np.broadcast_to(inverse, (layers, m)), np.arange(layers)[:, None], targets), 1.0)
+        sizes = np.bincount(inverse, minlength=num_utts).astype(np.float64)  # [U]
+
+        def statistic(w: np.ndarray) -> np.ndarray:
+            n = w @ sizes
+            p = np.einsum("u,ulk->lk", w, class_counts) / n  # [L, K] held-out marginal of the targets
+            with np.errstate(divide="ignore", invalid="ignore"):
+                h = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(1)
+                bound = h - (w @ ce_sums) / n
+                return np.where(h > 0, bound / h, np.nan) if normalized else bound
+
+        return curve_intervals(statistic, num_utts, n_boot=n_boot, seed=seed, level=level)
 
 
 def entropy_bits(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -115,7 +172,7 @@ def _bound(
 ) -> MIBoundResult:
     """H - CE per layer; ``features`` ``[layers, n, dim]``, ``targets`` ``[n]`` or ``[layers, n]``."""
     train_index, heldout_index = grouped_split(groups, config.heldout_fraction, config.seed)
-    probe = fit_probes(features, targets, train_index, heldout_index, config, num_classes=num_classes)
+    probe = fit_probes(features, targets, train_index, heldout_index, config, num_classes=num_classes, groups=groups)
     if targets.dim() == 1:
         targets = targets.unsqueeze(0).expand(features.shape[0], -1)
     h = entropy_bits(targets[:, heldout_index], num_classes)
@@ -130,6 +187,9 @@ def _bound(
         num_train=probe.num_train,
         num_heldout=probe.num_heldout,
         num_classes=num_classes,
+        heldout_cross_entropy_bits=probe.heldout_cross_entropy_nats / math.log(2.0),
+        heldout_targets=targets[:, heldout_index],
+        heldout_groups=probe.heldout_groups,
     )
 
 
@@ -185,6 +245,79 @@ def split_halves(
     sizes = torch.stack([half, counts - half - gap_frames], dim=1).flatten().to(sums.device, torch.float64)
     means = (sums / sizes[None, :, None]).to(torch.float32)
     return means[:, 0::2].transpose(0, 1), means[:, 1::2].transpose(0, 1), unique
+
+
+def vacuous_layers(bound_bits: torch.Tensor | Sequence[float | None]) -> list[bool]:
+    """Per layer, whether the bound is vacuous: at or below 0 bits (or undefined)."""
+    values = bound_bits.tolist() if isinstance(bound_bits, torch.Tensor) else list(bound_bits)
+    return [v is None or not v > 0.0 for v in values]
+
+
+def section_pairs(
+    num_samples: int, num_pairs: int, section_samples: int, rng: np.random.Generator
+) -> list[tuple[int, int, int]]:
+    """Up to ``num_pairs`` distinct pairs of non-overlapping sections of one utterance.
+
+    Each pair is ``(start_a, start_b, length)`` in samples, section a before section b:
+    length = min(section_samples, num_samples // 3) (at most a third of the utterance, so that
+    a pair can be placed in more than one way), start_a uniform in [0, n - 2 length] and
+    start_b uniform in [start_a + length, n - length]. Repeated draws are dropped, so a short
+    utterance can give fewer pairs.
+
+    Returns:
+        The pairs sorted by (start_a, start_b); empty when the utterance is shorter than 3 samples.
+    """
+    if num_pairs < 1:
+        raise ValueError(f"Expected num_pairs >= 1, found {num_pairs}")
+    if section_samples < 1:
+        raise ValueError(f"Expected section_samples >= 1, found {section_samples}")
+    length = min(section_samples, num_samples // 3)
+    if length < 1:
+        return []
+    pairs = set()
+    for _ in range(num_pairs):
+        start_a = int(rng.integers(0, num_samples - 2 * length + 1))
+        start_b = int(rng.integers(start_a + length, num_samples - length + 1))
+        pairs.add((start_a, start_b, length))
+    return sorted(pairs)
+
+
+@torch.no_grad()
+def pool_sections(
+    model: Any, speech: torch.Tensor, pairs: Sequence[tuple[int, int, int]], *, device: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled layer outputs of each section of ``pairs``, every section fed to ``model`` alone.
+
+    Args:
+        model: an ``analysis.capture.LayerwiseModel``.
+        speech: ``[samples]`` one utterance's waveform.
+        pairs: ``(start_a, start_b, length)`` in samples, one length for all (``section_pairs``).
+        device: where the model runs (default: where ``speech`` is).
+
+    Returns:
+        ``(z_a, z_b)``: ``[pairs, layers, dim]`` float32 CPU means over each section's frames.
+        All sections have one length, so they run as one batch without padding, which is exact
+        also for models whose outputs depend on padding.
+    """
+    if not pairs:
+        raise ValueError("Expected at least one section pair, found none")
+    length = pairs[0][2]
+    for start_a, start_b, size in pairs:
+        if size != length or not (0 <= start_a and start_a + size <= start_b and start_b + size <= speech.shape[-1]):
+            raise ValueError(
+                f"Expected non-overlapping sections of length {length} inside {speech.shape[-1]} samples, "
+                f"found pair {(start_a, start_b, size)}"
+            )
+    starts = [a for a, _, _ in pairs] + [b for _, b, _ in pairs]  # [2P]: all a sections, then all b
+    batch = torch.stack([speech[s: s + length] for s in starts])  # [2P, length]
+    if device is not None:
+        batch = batch.to(device)
+    out = model.extract(batch, torch.full((len(starts),), length, device=batch.device), attentions=False)
+    frames = int(out.lengths.min())
+    if frames < 1:
+        raise ValueError(f"Expected sections of {length} samples to give at least 1 frame, found {frames}")
+    pooled = torch.stack([h[:, :frames].float().mean(dim=1) for h in out.hidden], dim=1).cpu()  # [2P, L, D]
+    return pooled[: len(pairs)], pooled[len(pairs):]
 
 
 def cluster_mi_bound(

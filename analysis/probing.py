@@ -29,11 +29,14 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from analysis.stats import CurveIntervals
 
 logger = logging.getLogger(__name__)
 
@@ -119,63 +122,45 @@ class ProbeResult:
     heldout_correct: torch.Tensor | None = field(default=None, repr=False, compare=False)
     # the utterance (group) of each held-out example [num_heldout], where the caller gave one
     heldout_groups: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    # per held-out example, each layer's probe cross-entropy in nats: [layers, num_heldout] float64
+    heldout_cross_entropy_nats: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("heldout_correct", "heldout_groups")}
+        per_example = ("heldout_correct", "heldout_groups", "heldout_cross_entropy_nats")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in per_example}
         return {key: value.tolist() if isinstance(value, torch.Tensor) else value for key, value in data.items()}
 
-    def intervals(self, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> "ProbeIntervals":
-        """Bootstrap intervals of each layer's held-out accuracy and of its difference to the last
-        layer's, resampling whole held-out utterances (``heldout_groups``; default: each example).
+    def intervals(self, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> "CurveIntervals":
+        """Bootstrap intervals of each layer's held-out accuracy and of the paired differences between
+        layers, resampling whole held-out utterances (``heldout_groups``; default: each example).
 
-        The difference is paired (the same resampled utterances for both layers), so it is far
-        tighter than the two accuracies' intervals: it says whether an intermediate layer beats
-        the last one beyond what the choice of held-out utterances does.
+        Resampled: the held-out utterances, through their per-layer correct counts. Held fixed: the
+        fitted probes (trained once; a replicate re-scores nothing), so the interval covers the choice
+        of held-out utterances, not the probe's training. The differences are paired (the same
+        resampled utterances for both layers): they say whether one layer beats another beyond what
+        the choice of held-out utterances does.
         """
         if self.heldout_correct is None:
             raise ValueError("intervals: this result holds no per-example held-out scores (heldout_correct)")
         correct = self.heldout_correct.to(torch.float64)  # [L, m]
-        groups = self.heldout_groups if self.heldout_groups is not None else torch.arange(correct.shape[1])
-        ids, inverse = torch.unique(torch.as_tensor(groups).cpu(), return_inverse=True)
-        if ids.numel() < 2:
-            raise ValueError(f"intervals: expected at least 2 held-out utterances, found {ids.numel()}")
-        # per held-out utterance: correct examples per layer and its number of examples
-        counts = torch.zeros(ids.numel(), correct.shape[0], dtype=torch.float64).index_add_(0, inverse, correct.T)
-        sizes = torch.bincount(inverse, minlength=ids.numel()).to(torch.float64)
-        items = list(zip(counts.numpy(), sizes.numpy()))
+        inverse, num_utts = _utterance_index(self.heldout_groups, correct.shape[1])
+        # per held-out utterance: correct examples per layer [U, L] and its number of examples [U]
+        counts = torch.zeros(num_utts, correct.shape[0], dtype=torch.float64).index_add_(0, inverse, correct.T).numpy()
+        sizes = torch.bincount(inverse, minlength=num_utts).to(torch.float64).numpy()
 
-        def statistic(chosen):
-            total = sum(c for c, _ in chosen)
-            accuracy = total / sum(n for _, n in chosen)
-            return np.concatenate([accuracy, accuracy - accuracy[-1]])
+        from analysis.stats import curve_intervals
 
-        from analysis.stats import bootstrap_interval
-
-        boot = bootstrap_interval(items, statistic, n_boot=n_boot, seed=seed, level=level)
-        layers = correct.shape[0]
-        return ProbeIntervals(
-            level=level, n_boot=n_boot, heldout_utterances=int(ids.numel()),
-            accuracy_low=boot.low[:layers].tolist(), accuracy_high=boot.high[:layers].tolist(),
-            vs_last=boot.estimate[layers:].tolist(), vs_last_low=boot.low[layers:].tolist(),
-            vs_last_high=boot.high[layers:].tolist())
+        return curve_intervals(lambda w: (w @ counts) / (w @ sizes), num_utts, n_boot=n_boot, seed=seed, level=level)
 
 
-@dataclass(frozen=True)
-class ProbeIntervals:
-    """Percentile bootstrap intervals over held-out utterances (``ProbeResult.intervals``): per
-    layer, of the accuracy and of the paired difference accuracy - last layer's accuracy."""
-
-    level: float
-    n_boot: int
-    heldout_utterances: int
-    accuracy_low: list[float]
-    accuracy_high: list[float]
-    vs_last: list[float]
-    vs_last_low: list[float]
-    vs_last_high: list[float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def _utterance_index(groups: torch.Tensor | None, num_examples: int) -> tuple[torch.Tensor, int]:
+    """Position of each held-out example's utterance among the sorted distinct ones ``[m]`` and their
+    number; without groups every example is its own utterance. At least 2 utterances are needed."""
+    groups = torch.arange(num_examples) if groups is None else torch.as_tensor(groups).cpu()
+    ids, inverse = torch.unique(groups, return_inverse=True)
+    if ids.numel() < 2:
+        raise ValueError(f"intervals: expected at least 2 held-out utterances, found {ids.numel()}")
+    return inverse, int(ids.numel())
 
 
 @dataclass(frozen=True)
@@ -338,9 +323,9 @@ def _train_and_score(
     config: ProbeConfig,
     num_classes: int,
     weighted_sum: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Shared training loop: held-out CE in nats ``[P]``, accuracy ``[P]``, layer logits ``[L]`` and
-    per-example correctness ``[P, m]`` (bool)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shared training loop: held-out CE in nats ``[P]``, accuracy ``[P]``, layer logits ``[L]``,
+    per-example correctness ``[P, m]`` (bool) and per-example CE in nats ``[P, m]`` (float64)."""
     layers, n, dim = features.shape
     if targets.shape != (layers, n):
         raise ValueError(f"Expected targets of shape [{n}] or [{layers}, {n}], found {tuple(targets.shape)}")
@@ -384,18 +369,18 @@ def _train_and_score(
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("probe epoch %d/%d: last batch loss %.4f nats", epoch + 1, config.epochs, loss.item())
 
-    ce_sum = torch.zeros(num_probes, dtype=torch.float64, device=device)
-    hits = []
+    losses, hits = [], []
     with torch.no_grad():
         for start in range(0, heldout_index.numel(), 4 * config.batch_size):
             x, y = batch(heldout_index[start : start + 4 * config.batch_size])
             logits = probes(x).float()
-            ce_sum += F.cross_entropy(logits.transpose(1, 2), y, reduction="none").to(torch.float64).sum(1)
+            losses.append(F.cross_entropy(logits.transpose(1, 2), y, reduction="none").to(torch.float64).cpu())
             hits.append((logits.argmax(-1) == y).cpu())
     m = heldout_index.numel()
     correct = torch.cat(hits, dim=1)  # [P, m]
+    per_example = torch.cat(losses, dim=1)  # [P, m] nats
     accuracy = correct.to(torch.float64).sum(1) / m
-    return (ce_sum / m).cpu(), accuracy, layer_logits.detach().cpu(), correct
+    return per_example.sum(1) / m, accuracy, layer_logits.detach().cpu(), correct, per_example
 
 
 def _as_index(index: torch.Tensor) -> torch.Tensor:
@@ -427,7 +412,7 @@ def fit_probes(
     if targets.dim() == 1:
         targets = targets.unsqueeze(0).expand(layers, -1)
     train_index, heldout_index = _as_index(train_index), _as_index(heldout_index)
-    ce, accuracy, _, correct = _train_and_score(
+    ce, accuracy, _, correct, per_example = _train_and_score(
         features, targets, train_index, heldout_index, config, num_classes, weighted_sum=False
     )
     held = targets[:, heldout_index]
@@ -443,6 +428,7 @@ def fit_probes(
         num_classes=num_classes,
         heldout_correct=correct,
         heldout_groups=None if groups is None else torch.as_tensor(groups).cpu()[heldout_index],
+        heldout_cross_entropy_nats=per_example,
     )
 
 
@@ -468,7 +454,7 @@ def fit_weighted_sum_probe(
         raise ValueError(f"Expected targets of shape [{n}] for the weighted layer sum, found {tuple(targets.shape)}")
     train_index, heldout_index = _as_index(train_index), _as_index(heldout_index)
     shared = targets.unsqueeze(0).expand(layers, -1)
-    ce, accuracy, layer_logits, _ = _train_and_score(
+    ce, accuracy, layer_logits, _, _ = _train_and_score(
         features, shared, train_index, heldout_index, config, num_classes, weighted_sum=True
     )
     return WeightedSumProbeResult(

@@ -18,15 +18,22 @@ Conventions (docs: DESIGN.md section 3):
   and it is returned unclipped.
 - RBF CKA: K_ij = exp(-d_ij^2 / (2 t^2 m)), m the median of the squared distances over the
   full n x n matrix (zeros of the diagonal included), t = ``threshold``.
-- CCA: centre; Sxx, Syy, Sxy with 1/(n-1); add ``epsilon`` * I to Sxx and Syy; canonical
-  correlations are the singular values of Sxx^-1/2 Sxy Syy^-1/2, descending. Rank-deficient
-  covariances (constant neurons, collinear neurons, fewer frames than neurons) are handled
-  by whitening only the retained eigendirections (eigenvalue above 1e-10 of the largest;
-  a neuron exactly constant over frames is centred to exact zeros):
-  the result is the CCA of the subspaces the data actually span, with min(rank_x, rank_y)
-  correlations. A view that is constant over frames raises ``ValueError``. With fewer
-  frames than rank_x + rank_y + 1 the correlations are trivially 1: pass ``epsilon`` > 0
-  or use SVCCA there.
+- CCA: centre; Sxx, Syy, Sxy with 1/(n-1); add ``epsilon`` * I to Sxx and Syy (the ridge is
+  in the neurons' own units, so with ``epsilon`` > 0 the correlations depend on each neuron's
+  scale, as any ridge does); canonical correlations are the singular values of
+  Sxx^-1/2 Sxy Syy^-1/2, descending. Rank-deficient covariances (constant neurons, collinear
+  neurons, fewer frames than neurons) are handled by whitening only the retained
+  eigendirections: each neuron is first divided by its standard deviation (a diagonal map,
+  which leaves canonical correlations unchanged), neurons of zero variance are dropped (a
+  neuron exactly constant over frames is centred to exact zeros), and the eigendirections of
+  the standardised, ridged covariance D^-1 (Sxx + epsilon I) D^-1 (D = diag of the standard
+  deviations; the correlation matrix when epsilon = 0) at or below 1e-10 of its largest
+  eigenvalue are dropped. So rank deficiency is decided on correlations, never on a neuron's
+  scale: with epsilon = 0 the result is invariant to any invertible map of either view,
+  per-neuron scaling by any factor included, and it is the CCA of the subspaces the data
+  actually span, with min(rank_x, rank_y) correlations. A view that is constant over frames
+  raises ``ValueError``. With fewer frames than rank_x + rank_y + 1 the correlations are
+  trivially 1: pass ``epsilon`` > 0 or use SVCCA there.
 - SVCCA (Raghu et al. 2017): keep the smallest k top singular directions of each centred
   view whose squared singular values reach ``keep`` of the total; mean CCA correlation.
 - PWCCA (Morcos et al. 2018): weights alpha_i = sum_j |<h_i, z_j>| over the view with fewer
@@ -63,9 +70,9 @@ __all__ = [
     "svcca",
 ]
 
-# Eigenvalues of a (ridged) covariance at or below this fraction of the largest are treated
-# as zero: float64 eigendecomposition leaves about 1e-16 * lambda_max of noise on a truly
-# zero eigenvalue, and whitening it would amplify that noise into a spurious correlation.
+# Eigenvalues of a standardised (ridged) covariance at or below this fraction of the largest
+# are treated as zero: float64 eigendecomposition leaves about 1e-16 * lambda_max of noise on
+# a truly zero eigenvalue, and whitening it would amplify that noise into a spurious correlation.
 _RANK_RTOL = 1e-10
 
 
@@ -281,20 +288,37 @@ def minibatch_cka(pairs: Iterable[tuple[Tensor | np.ndarray, Tensor | np.ndarray
 
 
 def covariance_whitener(cov: Tensor, epsilon: float) -> Tensor:
-    """`[d, r]` matrix W = V_r (Lambda_r + epsilon)^-1/2 over the retained eigendirections.
+    """`[d, r]` matrix W with W^T (cov + epsilon I) W = I over the retained directions.
 
-    W^T (cov + epsilon I) W = I. It is Sxx^-1/2 up to a rotation (which leaves the
-    canonical correlations unchanged) restricted to the r directions whose eigenvalue
-    exceeds 1e-10 of the largest; r = 0 when the view is constant.
+    W = D^-1 V_r Lambda_r^-1/2, where D = diag of the standard deviations of the neurons of
+    non-zero variance and V_r, Lambda_r are the eigenpairs of D^-1 (cov + epsilon I) D^-1
+    (the correlation matrix when epsilon = 0) whose eigenvalue exceeds 1e-10 of the
+    largest. When nothing is dropped it is (cov + epsilon I)^-1/2 up to a rotation, which
+    leaves canonical correlations unchanged. Neurons of zero variance get zero rows; r = 0
+    when the view is constant.
+
+    Standardising first makes the rank decision blind to per-neuron scale: an informative
+    neuron of tiny variance is kept, while a neuron that duplicates others (a linear
+    combination of them, at any scale) still gives a (numerically) zero eigenvalue.
 
     Args:
-        cov: symmetric covariance `[d, d]`.
-        epsilon: ridge added to every eigenvalue (>= 0).
+        cov: symmetric covariance `[d, d]`; a constant neuron's row and column are exact zeros.
+        epsilon: ridge added to the covariance's diagonal, in the neurons' units (>= 0).
     """
-    evals, evecs = torch.linalg.eigh(cov)
-    evals = evals + epsilon
+    d = cov.shape[0]
+    variance = cov.diagonal()
+    varying = variance > 0.0  # [d]; constant neurons (exact zero variance) are rank deficiency
+    if not bool(varying.any()):
+        return cov.new_zeros(d, 0)
+    inv_std = variance[varying].rsqrt()  # [d'] 1 / standard deviation
+    scaled = cov[varying][:, varying] * inv_std[:, None] * inv_std[None, :]  # [d', d'] correlations
+    if epsilon:
+        scaled = scaled + torch.diag(epsilon * inv_std.square())  # D^-1 (epsilon I) D^-1
+    evals, evecs = torch.linalg.eigh(scaled)
     kept = evals > _RANK_RTOL * evals[-1].clamp_min(0.0)
-    return evecs[:, kept] / evals[kept].sqrt()
+    out = cov.new_zeros(d, int(kept.sum()))
+    out[varying] = evecs[:, kept] / evals[kept].sqrt() * inv_std[:, None]
+    return out
 
 
 def _check_epsilon(epsilon: float) -> None:

@@ -13,8 +13,9 @@ never 0 and is exact for a one-sided test of "no association".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,14 +26,20 @@ from analysis.streaming import LayerMoments
 
 __all__ = [
     "BootstrapInterval",
+    "CurveIntervals",
     "PermutationTest",
     "bootstrap_interval",
     "bootstrap_moments",
     "crop_to_shorter",
+    "curve_intervals",
     "permutation_null",
 ]
 
 T = TypeVar("T")
+
+# paired differences between layers at most this far above 0 are rounding, not a separation (the
+# curves are correlations, accuracies and bits, all of order 1)
+SEPARATION_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ def bootstrap_interval(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    strata: Sequence[Any] | None = None,
 ) -> BootstrapInterval:
     """Percentile bootstrap interval, resampling whole utterances with replacement.
 
@@ -102,11 +110,23 @@ def bootstrap_interval(
         n_boot: number of bootstrap replicates.
         seed: seed of the resampling.
         level: coverage of the interval.
+        strata: `[items]` stratum of each item, or None. Items are then resampled within their
+            stratum, which keeps its size in every replicate (e.g. the held-out folds of a
+            cross-validated score); the strata are drawn in sorted order from one generator.
     """
     items = list(items)
     _check_common(len(items), n_boot, "n_boot", level)
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(items), size=(n_boot, len(items)))  # [n_boot, utterances]
+    if strata is None:
+        draws = rng.integers(0, len(items), size=(n_boot, len(items)))  # [n_boot, utterances]
+    else:
+        strata = np.asarray(strata)
+        if strata.shape != (len(items),):
+            raise ValueError(f"Expected strata of shape [{len(items)}], found {tuple(strata.shape)}")
+        draws = np.empty((n_boot, len(items)), dtype=np.int64)
+        for stratum in np.unique(strata):
+            members = np.flatnonzero(strata == stratum)  # positions of this stratum's items
+            draws[:, members] = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
     samples = [statistic([items[i] for i in draw]) for draw in draws]
     return _interval(statistic(items), samples, level)
 
@@ -206,3 +226,99 @@ def bootstrap_moments(
     draws = rng.integers(0, len(blocks), size=(n_boot, len(blocks)))
     samples = [statistic(merged(np.bincount(draw, minlength=len(blocks)))) for draw in draws]
     return _interval(statistic(merged(np.ones(len(blocks), dtype=np.int64))), samples, level)
+
+
+@dataclass(frozen=True)
+class CurveIntervals:
+    """Percentile bootstrap intervals of a per-layer curve and paired differences between its layers.
+
+    Each replicate resamples the utterances once for all layers, so a difference between two layers
+    is paired: an utterance that is hard for both moves both alike and drops out of the difference,
+    which is therefore much tighter than the two layers' own intervals.
+
+    Per layer `[L]`: estimate (the curve of the original utterances), low and high (its interval);
+    vs_best = estimate[best] - estimate, with its interval vs_best_low / vs_best_high (0 at best);
+    vs_last = estimate - estimate[L - 1], with vs_last_low / vs_last_high (0 at the last layer).
+    best: the layer with the highest finite estimate (the earliest among equal ones), None if none is
+    finite. utterances: how many utterances (items) each replicate resamples.
+    """
+
+    level: float
+    n_boot: int
+    utterances: int
+    estimate: list[float]
+    low: list[float]
+    high: list[float]
+    best: int | None
+    vs_best: list[float]
+    vs_best_low: list[float]
+    vs_best_high: list[float]
+    vs_last: list[float]
+    vs_last_low: list[float]
+    vs_last_high: list[float]
+
+    def tied_with_best(self) -> list[int]:
+        """The layers not separated from the best, sorted: the best itself and every layer whose paired
+        interval of best minus it does not lie above 0 (an undefined one counts as not separated; a
+        lower bound within ``SEPARATION_TOLERANCE`` of 0 counts as 0, so that two equal layers whose
+        replicates differ only by rounding stay tied). ``[best]`` alone means the best layer beats every
+        other layer beyond the choice of utterances."""
+        if self.best is None:
+            return []
+        return [layer for layer, low in enumerate(self.vs_best_low)
+                if layer == self.best or low is None or not low > SEPARATION_TOLERANCE]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CurveIntervals":
+        known = {f.name for f in fields(cls)}
+        if set(data) != known:
+            raise ValueError(f"Expected CurveIntervals fields {sorted(known)}, found {sorted(data)}")
+        return cls(**data)
+
+
+def curve_intervals(
+    statistic: Callable[[np.ndarray], Any],
+    num_items: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    strata: Sequence[Any] | None = None,
+) -> CurveIntervals:
+    """Percentile bootstrap intervals of a per-layer curve, resampling whole utterances.
+
+    The curve is a function of per-utterance statistics already computed (correct counts,
+    cross-entropy terms, projected moments): a replicate only reweights them, nothing is fitted
+    again. ``bootstrap_interval`` draws the replicates, so the same seed gives the same draws.
+
+    Args:
+        statistic: maps utterance weights `[num_items]` (how many times each utterance is drawn;
+            all ones for the original utterances) to the curve `[L]`.
+        num_items: number of utterances (items).
+        strata: `[num_items]` stratum of each utterance, resampled within (see ``bootstrap_interval``).
+    """
+    estimate = np.asarray(statistic(np.ones(num_items)), dtype=np.float64)
+    if estimate.ndim != 1 or estimate.size == 0:
+        raise ValueError(f"Expected the statistic to give a curve of shape [layers], found {estimate.shape}")
+    finite = np.flatnonzero(np.isfinite(estimate))
+    best = int(finite[np.argmax(estimate[finite])]) if finite.size else None  # argmax: the earliest maximum
+    anchor = estimate.size - 1 if best is None else best
+
+    def paired(chosen: list[int]) -> np.ndarray:
+        curve = np.asarray(statistic(np.bincount(chosen, minlength=num_items).astype(np.float64)), dtype=np.float64)
+        return np.concatenate([curve, curve[anchor] - curve, curve - curve[-1]])
+
+    boot = bootstrap_interval(range(num_items), paired, n_boot=n_boot, seed=seed, level=level, strata=strata)
+    layers = estimate.size
+    part = lambda values, k: values[k * layers: (k + 1) * layers].tolist()  # noqa: E731
+    vs_best = [math.nan] * layers if best is None else part(boot.estimate, 1)
+    vs_best_low = [math.nan] * layers if best is None else part(boot.low, 1)
+    vs_best_high = [math.nan] * layers if best is None else part(boot.high, 1)
+    return CurveIntervals(
+        level=level, n_boot=n_boot, utterances=num_items, estimate=estimate.tolist(),
+        low=part(boot.low, 0), high=part(boot.high, 0), best=best,
+        vs_best=vs_best, vs_best_low=vs_best_low, vs_best_high=vs_best_high,
+        vs_last=part(boot.estimate, 2), vs_last_low=part(boot.low, 2), vs_last_high=part(boot.high, 2))

@@ -14,7 +14,9 @@ z = [z_1, ..., z_L] of the layers' activations (D = sum of the layer dims):
     sq_gram  sum q q^T  [L, L]
 
 Count, shift, total and gram give every covariance, hence linear CKA, CCA, SVCCA and PWCCA of any layer
-pair. The last two are the fourth-order terms that the debiased (HSIC_1) linear CKA needs
+pair, with ``similarity``'s conventions (the ``epsilon`` ridge on each covariance's diagonal,
+and the rank decision made on the standardised covariance, so no neuron is dropped for its
+scale). The last two are the fourth-order terms that the debiased (HSIC_1) linear CKA needs
 (see ``similarity.linear_hsic1``); they cost an extra L/D of the main GEMM. Re-expressing
 the moments about another reference point is exact algebra (``rebased``), which is how
 accumulators merge and how debiased CKA is evaluated on centred data, matching the

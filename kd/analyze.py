@@ -4,8 +4,16 @@ One pass over the data accumulates, per utterance and without keeping whole acti
 float64 moments of all layers (CKA / SVCCA / PWCCA), attention redundancy and diagonality,
 a bounded sample of frames per utterance (with their phone and word labels and FBANK
 features) for held-out CCA and probes, phone and word segment means, utterance means
-(speaker probes) and half-utterance means (the label-free MI bound). Then every analysis
-runs on those statistics and the results go into one ``AnalysisReport``.
+(speaker probes) and, for the label-free MI bound, the means of pairs of sections of each
+utterance, every section fed through the model on its own (``analysis.mutual_info``). Then
+every analysis runs on those statistics and the results go into one ``AnalysisReport``.
+
+Every per-layer curve gets a percentile bootstrap interval over utterances (``bootstrap``
+replicates): the per-utterance statistics behind it (correct counts, cross-entropy terms, projected
+CCA moments) are resampled, the fitted probes, clusters and CCA directions are held fixed.
+
+The data dir should be held out from the model's training (a dev split): the report names the
+analysed dir, and warns where a kd training run records it among its training data.
 """
 
 from __future__ import annotations
@@ -28,15 +36,23 @@ class AnalyzeConfig:
     max_seconds: float = 30.0  # longer utterances run in windows of this length (bounded memory)
     frames_per_utterance: int = 48  # frames sampled per utterance for CCA-with-features and probes
     svcca_keep: float = 0.99  # SVCCA: variance kept by the SVD step
-    epsilon: float = 1e-6  # ridge on covariances (relative to their scale: see analysis.streaming)
+    epsilon: float = 1e-6  # ridge added to covariance diagonals, in activation units (see analysis.similarity)
     attention: bool = True  # attention JSD and diagonality (needs attention maps)
     diagonality_band: int = 2  # frames either side of the diagonal
     cca_folds: int = 5  # utterance-grouped folds of the held-out CCA
     top_words: int = 200  # word labels: the most frequent words; others are left out
     probe_epochs: int = 20
-    # bootstrap replicates over held-out utterances for the probes' intervals (0: none)
-    probe_bootstrap: int = 1000
+    # depth of the phone and speaker probes (and of the labelled MI bound's probe): "linear", "mlp1"
+    # (one hidden ReLU layer) or "mlp2" (two); analysis.probing.ProbeKind. The label-free bound stays linear.
+    probe_kind: str = "linear"
+    # bootstrap replicates over utterances for every per-layer curve's interval (0: none)
+    bootstrap: int = 1000
     mi_clusters: int = 8  # k of the label-free MI bound
+    # label-free MI bound: section pairs drawn per utterance, each section run through the model on its
+    # own; several pairs per utterance multiply the bound's samples (all pairs of one utterance share
+    # a split). Sections are at most mi_section_seconds long and at most a third of the utterance.
+    mi_pairs: int = 4
+    mi_section_seconds: float = 2.0
     seed: int = 0
     device: str = "cpu"
     version: int = ANALYZE_CONFIG_VERSION
@@ -44,8 +60,17 @@ class AnalyzeConfig:
     def __post_init__(self) -> None:
         if self.frames_per_utterance < 2:
             raise ValueError(f"frames_per_utterance: expected >= 2, found {self.frames_per_utterance}")
-        if self.probe_bootstrap < 0:
-            raise ValueError(f"probe_bootstrap: expected >= 0 (0: no intervals), found {self.probe_bootstrap}")
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap: expected >= 0 (0: no intervals), found {self.bootstrap}")
+        from analysis.probing import ProbeKind
+
+        kinds = [k.value for k in ProbeKind]
+        if self.probe_kind not in kinds:
+            raise ValueError(f"probe_kind: expected one of {kinds}, found {self.probe_kind!r}")
+        if self.mi_pairs < 1:
+            raise ValueError(f"mi_pairs: expected >= 1, found {self.mi_pairs}")
+        if not self.mi_section_seconds > 0:
+            raise ValueError(f"mi_section_seconds: expected > 0, found {self.mi_section_seconds}")
         if self.max_utterances is not None and self.max_utterances < self.cca_folds:
             raise ValueError(f"max_utterances: expected >= cca_folds ({self.cca_folds}), found {self.max_utterances}")
 
@@ -61,8 +86,8 @@ class _Sample:
     phone_seg: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # ([L, s, D], [s])
     word_seg: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     mean: list[torch.Tensor] = field(default_factory=list)  # per utt [L, D]
-    half_a: list[torch.Tensor] = field(default_factory=list)
-    half_b: list[torch.Tensor] = field(default_factory=list)
+    section_a: list[torch.Tensor] = field(default_factory=list)  # per utt [pairs, L, D], sections fed alone
+    section_b: list[torch.Tensor] = field(default_factory=list)
     speakers: list[str] = field(default_factory=list)
 
 
@@ -118,6 +143,7 @@ def _segment_means(hidden: torch.Tensor, intervals, rate: float, index: dict[str
 def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_index, report_extras):
     from analysis.attention import AttentionRedundancy
     from analysis.capture import iter_activations
+    from analysis.mutual_info import pool_sections, section_pairs
     from analysis.streaming import LayerMoments
     from kd.data.batching import AudioDataset, bucket_batches, collate, fbank, frame_labels
 
@@ -126,19 +152,23 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
     batches = bucket_batches(durations, max_seconds=config.batch_seconds, shuffle=False)
     speakers = {u.utt: u.speaker for u in data.utterances}
     rng = np.random.default_rng(config.seed)
+    section_rng = np.random.default_rng([config.seed, 1])  # its own stream: the sampled frames do not move
+    section_samples = max(1, int(round(config.mi_section_seconds * 16000)))
     moments = None
     redundancy = None
     sample = _Sample()
     frames_total = 0
 
     pending_fbank: dict[str, torch.Tensor] = {}  # utt -> [frames_10ms, 80], consumed below
+    pending_wave: dict[str, torch.Tensor] = {}  # utt -> [samples] at 16 kHz, consumed below
 
     def batch_iter():
         for b in batches:
             batch = collate([dataset[i] for i in b])
             feats, counts = fbank(batch.speech, batch.speech_lengths)
-            for utt, f, c in zip(batch.utts, feats, counts):
+            for utt, f, c, wave, size in zip(batch.utts, feats, counts, batch.speech, batch.speech_lengths):
                 pending_fbank[utt] = f[: int(c)]
+                pending_wave[utt] = wave[: int(size)]
             yield batch.utts, batch.speech, batch.speech_lengths
 
     from tqdm import tqdm
@@ -148,8 +178,10 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
                         total=len(dataset), desc="analysing", unit="utt"):
         hidden = torch.stack([h.to(torch.float32) for h in utt_act.hidden])  # [L, T, D]
         n = hidden.shape[1]
+        wave = pending_wave.pop(utt_act.utt)
         if n < 4:
             report_extras.setdefault("too_short", []).append(utt_act.utt)
+            pending_fbank.pop(utt_act.utt, None)
             continue
         bad = ~torch.isfinite(hidden)
         if bad.any():
@@ -172,9 +204,14 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
         idx = torch.from_numpy(np.sort(rng.choice(n, size=k, replace=False)))
         sample.frames.append(cpu[:, idx])
         sample.mean.append(cpu.mean(dim=1))
-        h = n // 2
-        sample.half_a.append(cpu[:, :h].mean(dim=1))
-        sample.half_b.append(cpu[:, h:].mean(dim=1))
+        pairs = section_pairs(wave.shape[0], config.mi_pairs, section_samples, section_rng)
+        try:
+            z_a, z_b = pool_sections(model, wave, pairs, device=config.device)
+        except ValueError:  # no pair, or sections too short for the model to give a frame
+            report_extras["mi_cluster_too_short"] = report_extras.get("mi_cluster_too_short", 0) + 1
+        else:
+            sample.section_a.append(z_a)
+            sample.section_b.append(z_b)
         sample.speakers.append(speakers[utt_act.utt])
         # FBANK at the model's frame rate: mean of the 10 ms frames inside each model frame
         feats = pending_fbank.pop(utt_act.utt)
@@ -196,22 +233,31 @@ def _collect(model, data, alignments, config: AnalyzeConfig, phone_index, word_i
     return moments, redundancy, sample, frames_total, sum(durations)
 
 
-def _probe_intervals(report, key: str, result, config: AnalyzeConfig) -> None:
-    """``extras[key + "_intervals"]``: bootstrap intervals over held-out utterances of each layer's
-    probe accuracy and of its paired difference to the last layer (or why there are none)."""
-    if config.probe_bootstrap == 0:
+def _curve(report, key: str, values, intervals, config: AnalyzeConfig) -> None:
+    """``per_layer[key]`` = ``values`` and ``intervals[key]`` = ``intervals(n_boot, seed)`` (a
+    ``CurveIntervals``), or, where no interval can be drawn (e.g. a single held-out utterance), why
+    not in ``skipped[key + "_intervals"]``."""
+    report.per_layer[key] = [float(v) for v in values]
+    if config.bootstrap == 0:
         return
     try:
-        report.extras[f"{key}_intervals"] = result.intervals(n_boot=config.probe_bootstrap, seed=config.seed).to_dict()
-    except ValueError as e:  # e.g. a single held-out utterance
+        report.intervals[key] = intervals(config.bootstrap, config.seed).to_dict()
+    except ValueError as e:
         report.skipped[f"{key}_intervals"] = str(e)
+
+
+def _cca_curve(report, key: str, results, config: AnalyzeConfig) -> None:
+    from analysis.feature_cca import cca_curve_intervals
+
+    _curve(report, key, [r.score for r in results],
+           lambda n_boot, seed: cca_curve_intervals(results, n_boot=n_boot, seed=seed), config)
 
 
 def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = AnalyzeConfig(), *, model_name: str = "",
             data_name: str = ""):
     """Run all analyses. ``model``: an ``analysis.capture.LayerwiseModel``; ``data``: a ``DataDir``."""
     from analysis import feature_cca as fc
-    from analysis.mutual_info import MIBoundConfig, cluster_mi_bound, labelled_mi_bound
+    from analysis.mutual_info import MIBoundConfig, cluster_mi_bound, labelled_mi_bound, vacuous_layers
     from analysis.kmeans import KMeansConfig
     from analysis.probing import ProbeConfig, probe_frames, probe_utterances, probe_weighted_sum
     from analysis.report import AnalysisReport
@@ -226,7 +272,7 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
             counts[w] = counts.get(w, 0) + 1
     top = sorted(counts, key=lambda w: (-counts[w], w))[: config.top_words]
     word_index = {w: i for i, w in enumerate(top)}
-    report = AnalysisReport(model=model_name, data=data_name, num_utterances=0, num_frames=0,
+    report = AnalysisReport(model=model_name, data=data_name or str(data.root), num_utterances=0, num_frames=0,
                             frame_rate=float(model.frame_rate), num_layers=int(model.num_layers),
                             config=asdict(config))
     clock = _Laps(config.device)
@@ -252,34 +298,36 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
     # ---- held-out CCA with external features (per layer) --------------------------------
     cca_conf = fc.FeatureCCAConfig(n_folds=config.cca_folds, epsilon=config.epsilon, seed=config.seed)
     by_layer = lambda per_utt, l: [x[l] for x in per_utt]  # noqa: E731
-    report.per_layer["cca_fbank"] = [fc.heldout_cca(by_layer(sample.frames, l), sample.fbank, cca_conf).score
-                                     for l in range(L)]
+    _cca_curve(report, "cca_fbank", [fc.heldout_cca(by_layer(sample.frames, l), sample.fbank, cca_conf)
+                                     for l in range(L)], config)
     if alignments and sample.phone:
-        report.per_layer["cca_phone"] = [fc.label_cca(by_layer(sample.frames, l), sample.phone, len(phones),
-                                                      cca_conf).score for l in range(L)]
-        report.per_layer["cca_word"] = [fc.label_cca(by_layer(sample.frames, l), sample.word, len(word_index),
-                                                     cca_conf).score for l in range(L)]
+        _cca_curve(report, "cca_phone", [fc.label_cca(by_layer(sample.frames, l), sample.phone, len(phones), cca_conf)
+                                         for l in range(L)], config)
+        _cca_curve(report, "cca_word", [fc.label_cca(by_layer(sample.frames, l), sample.word, len(word_index),
+                                                     cca_conf) for l in range(L)], config)
         for key, segs, k in (("cca_phone_segment", sample.phone_seg, len(phones)),
                              ("cca_word_segment", sample.word_seg, len(word_index))):
             if len(segs) >= config.cca_folds:
-                report.per_layer[key] = [fc.label_cca([m[l] for m, _ in segs], [y for _, y in segs], k,
-                                                      cca_conf).score for l in range(L)]
+                _cca_curve(report, key, [fc.label_cca([m[l] for m, _ in segs], [y for _, y in segs], k, cca_conf)
+                                         for l in range(L)], config)
         clock.lap("feature_cca")
         # ---- probes and the labelled MI bound (frame-level phones) ------------------------
         feats = torch.cat(sample.frames, dim=1)  # [L, n, D]
         labels = torch.cat(sample.phone)
         groups = torch.cat([torch.full((len(p),), i) for i, p in enumerate(sample.phone)])
         keep = labels >= 0
-        probe_conf = ProbeConfig(epochs=config.probe_epochs, seed=config.seed, device=config.device)
+        probe_conf = ProbeConfig(kind=config.probe_kind, epochs=config.probe_epochs, seed=config.seed,
+                                 device=config.device)
         phone_probe = probe_frames(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
-        report.per_layer["probe_phone_accuracy"] = list(map(float, phone_probe.accuracy))
+        _curve(report, "probe_phone_accuracy", phone_probe.accuracy,
+               lambda n_boot, seed: phone_probe.intervals(n_boot=n_boot, seed=seed), config)
         report.extras["probe_phone_majority_accuracy"] = float(phone_probe.majority_accuracy.ravel()[0])
-        _probe_intervals(report, "probe_phone", phone_probe, config)
         ws = probe_weighted_sum(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
         report.extras["superb_phone_layer_weights"] = list(map(float, ws.layer_weights))
         report.extras["superb_phone_accuracy"] = float(ws.accuracy)
         mi = labelled_mi_bound(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
-        report.per_layer["mi_phone_bits"] = list(map(float, mi.bound_bits))
+        _curve(report, "mi_phone_bits", mi.bound_bits, lambda n_boot, seed: mi.intervals(n_boot=n_boot, seed=seed),
+               config)
         report.extras["phone_entropy_bits"] = float(np.asarray(mi.entropy_bits).ravel()[0])
     else:
         report.skipped["phones_and_words"] = "no alignments.jsonl in the data dir"
@@ -289,13 +337,13 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
     if len(spk_ids) >= 2:
         pooled = torch.stack(sample.mean)  # [utts, L, D]
         labels = torch.tensor([spk_ids.index(s) for s in sample.speakers])
-        probe_conf = ProbeConfig(epochs=max(config.probe_epochs, 50), seed=config.seed, device=config.device,
-                                 batch_size=64)
+        probe_conf = ProbeConfig(kind=config.probe_kind, epochs=max(config.probe_epochs, 50), seed=config.seed,
+                                 device=config.device, batch_size=64)
         spk = probe_utterances(pooled, labels, probe_conf, num_classes=len(spk_ids))
-        report.per_layer["probe_speaker_accuracy"] = list(map(float, spk.accuracy))
+        _curve(report, "probe_speaker_accuracy", spk.accuracy,
+               lambda n_boot, seed: spk.intervals(n_boot=n_boot, seed=seed), config)
         clock.lap("speaker_probe")
         report.extras["probe_speaker_majority_accuracy"] = float(spk.majority_accuracy.ravel()[0])
-        _probe_intervals(report, "probe_speaker", spk, config)
     else:
         report.skipped["speaker_probe"] = f"needs at least 2 speakers, found {len(spk_ids)}"
     mi_conf = MIBoundConfig(kmeans=KMeansConfig(num_clusters=config.mi_clusters, seed=config.seed),
@@ -303,14 +351,22 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
                                               weight_decay=1e-2),
                             seed=config.seed)
     try:
-        mi = cluster_mi_bound(torch.stack(sample.half_a), torch.stack(sample.half_b), mi_conf)
-        report.per_layer["mi_cluster_bits"] = list(map(float, mi.bound_bits))
-        report.per_layer["mi_cluster_normalized"] = list(map(float, mi.normalized_bound))
-        report.extras["mi_cluster_heldout_utterances"] = int(mi.num_heldout)
-        if max(report.per_layer["mi_cluster_bits"]) < 0:
+        if not sample.section_a:
+            raise ValueError("no utterance was long enough to draw a section pair")
+        # one group per utterance: its section pairs never straddle a split
+        groups = torch.cat([torch.full((len(z),), i) for i, z in enumerate(sample.section_a)])
+        mi = cluster_mi_bound(torch.cat(sample.section_a), torch.cat(sample.section_b), mi_conf, groups=groups)
+        _curve(report, "mi_cluster_bits", mi.bound_bits, lambda n_boot, seed: mi.intervals(n_boot=n_boot, seed=seed),
+               config)
+        _curve(report, "mi_cluster_normalized", mi.normalized_bound,
+               lambda n_boot, seed: mi.intervals(normalized=True, n_boot=n_boot, seed=seed), config)
+        report.extras["mi_cluster_heldout_pairs"] = int(mi.num_heldout)
+        report.extras["mi_cluster_pairs"] = int(len(groups))
+        report.extras["mi_cluster_vacuous"] = vacuous_layers(mi.bound_bits)
+        if all(report.extras["mi_cluster_vacuous"]):
             report.extras["mi_cluster_note"] = (
-                f"every layer's bound is negative (vacuous): the probe's held-out cross-entropy exceeds H(C_b) "
-                f"with {mi.num_heldout} held-out utterances; analyse more utterances")
+                f"every layer's bound is at or below 0 bits (vacuous): the probe's held-out cross-entropy is not "
+                f"below H(C_b) with {mi.num_heldout} held-out section pairs; analyse more utterances")
     except ValueError as e:
         report.skipped["mi_cluster"] = str(e)
     clock.lap("mi_cluster")
@@ -347,9 +403,34 @@ def analyze_model_dir(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     data = load_data_dir(data_dir)
     align_path = Path(data_dir) / "alignments.jsonl"
     alignments = read_alignments(align_path) if align_path.is_file() else None
-    report = analyze(model, data, alignments, config, model_name=str(model_dir), data_name=str(data_dir))
+    analysed = Path(data_dir).resolve()
+    report = analyze(model, data, alignments, config, model_name=str(model_dir), data_name=str(analysed))
+    training = run_training_data(model_dir)
+    if training is not None:
+        report.extras["model_training_data"] = training
+        report.extras["data_in_model_training"] = str(analysed) in training
     out = Path(out_dir)
     report.save(out / "report.json")
     atomic_write_text(out / "report.md", report.to_markdown())
     report.save_figures(out / "figures")
     return report
+
+
+def run_training_data(model_dir: str | os.PathLike) -> list[str] | None:
+    """The training data dirs (resolved) that a ``kd train`` run records for the model in ``model_dir``
+    (the run dir itself, or its ``model/`` folder), or None where no run config names them (e.g. a
+    Hugging Face checkpoint)."""
+    import yaml
+
+    model_dir = Path(model_dir)
+    for run_dir in (model_dir, model_dir.parent):
+        config = run_dir / "config.yaml"
+        if (run_dir / "model_config.yaml").is_file() and config.is_file():
+            try:
+                train = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data", {}).get("train")
+            except (yaml.YAMLError, AttributeError):
+                return None
+            if isinstance(train, str):
+                train = [train]
+            return [str(Path(d).resolve()) for d in train] if isinstance(train, list) else None
+    return None

@@ -50,7 +50,8 @@ def _analyze(args: argparse.Namespace) -> int:
     from kd.analyze import AnalyzeConfig, analyze_model_dir
 
     config = AnalyzeConfig(max_utterances=args.max_utterances, device=_device(args.device), seed=args.seed,
-                           attention=not args.no_attention, frames_per_utterance=args.frames_per_utterance)
+                           attention=not args.no_attention, frames_per_utterance=args.frames_per_utterance,
+                           mi_pairs=args.mi_pairs, probe_kind=args.probe_kind)
     report = analyze_model_dir(args.model_dir, args.data, args.out, config)
     print(report.to_markdown())
     print(f"report: {args.out}/report.json, {args.out}/report.md, figures in {args.out}/figures/")
@@ -295,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--max-utterances", type=int, default=200)
     an.add_argument("--frames-per-utterance", type=int, default=48)
     an.add_argument("--no-attention", action="store_true", help="skip attention analyses")
+    an.add_argument("--probe-kind", choices=("linear", "mlp1", "mlp2"), default="linear",
+                    help="phone and speaker probe depth: linear, one hidden layer (mlp1) or two (mlp2)")
+    an.add_argument("--mi-pairs", type=int, default=4,
+                    help="label-free MI bound: section pairs per utterance (each section run through the model alone)")
     an.add_argument("--device", default=None, help=_DEVICE_HELP)
     an.add_argument("--seed", type=int, default=0)
     an.set_defaults(run=_analyze)

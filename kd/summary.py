@@ -43,23 +43,26 @@ def peak_layers_markdown(reports: Mapping[str, str | os.PathLike]) -> str:
     lines = ["| model | layers | " + " | ".join(PEAK_KEYS[k] for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for label, report in loaded.items():
-        peaks = peak_layers(report.per_layer)
+        # vacuous MI bounds (<= 0 bits) are no values: they neither peak nor count as the last layer's
+        peaks = peak_layers({k: report.plotted_values(k) for k in report.per_layer})
         cells = []
         for k in keys:
             p = peaks.get(k)
             if p is None:
-                cells.append("")
+                cells.append("vacuous" if report.per_layer.get(k) and report.vacuous_layers(k) else "")
             else:
                 last = "" if p["last"] is None else f"; last {p['last']:.3f}"
-                iv = report.probe_intervals(k)
-                if iv and p["layer"] < report.num_layers - 1:  # paired bootstrap interval of peak - last
-                    lo, hi = iv["vs_last_low"][p["layer"]] * 100, iv["vs_last_high"][p["layer"]] * 100
-                    last += f"; peak - last [{lo:+.1f}, {hi:+.1f}] points{' *' if lo > 0 else ''}"
+                iv = report.curve_intervals(k)
+                lo, hi = (iv["vs_last_low"][p["layer"]], iv["vs_last_high"][p["layer"]]) if iv else (None, None)
+                if p["layer"] < report.num_layers - 1 and None not in (lo, hi):  # paired interval of peak - last
+                    if k.startswith("probe_"):
+                        last += f"; peak - last [{lo * 100:+.1f}, {hi * 100:+.1f}] points{' *' if lo > 0 else ''}"
+                    else:
+                        last += f"; peak - last [{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''}"
                 cells.append(f"{p['layer']} ({p['value']:.3f}{last})")
         lines.append(f"| {label} | {report.num_layers - 1} | " + " | ".join(cells) + " |")
     note = ("\nEach cell: the layer where the property peaks (0 = input of the first Transformer layer), its "
-            "value, and the last layer's value; for the probes, where the report holds them, the paired "
-            "bootstrap interval over held-out utterances of the peak layer's accuracy minus the last layer's, "
-            "in points (* where it excludes 0: the intermediate layer is better beyond the choice of "
-            "held-out utterances).\n")
+            "value, and the last layer's value; where the report holds them, the paired bootstrap interval "
+            "over held-out utterances of the peak layer's value minus the last layer's (accuracies in points; "
+            "* where it excludes 0: the intermediate layer is better beyond the choice of held-out utterances).\n")
     return "\n".join(lines) + "\n" + note

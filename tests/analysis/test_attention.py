@@ -176,3 +176,36 @@ def test_redundancy_accumulator_validates_input():
         acc.update([torch.eye(4).expand(1, 3, 4, 4)] * 2)
     with pytest.raises(ValueError, match=r"lengths\[0\] in \[1, 4\], found 5"):
         acc.update([eye, eye], torch.tensor([5]))
+
+
+def test_numpy_input_equals_tensor_input():
+    g = torch.Generator().manual_seed(7)
+    lengths = [5, 3, 4]
+    p, _ = _padded_batch(g, lengths, 2, 5)
+    q, _ = _padded_batch(g, lengths, 2, 5)
+    lengths_t = torch.tensor(lengths)
+    # float64 arrays give exactly the tensor result; float32 arrays (and lengths as an array)
+    # are computed in float64 like every NumPy input, i.e. as the float64 tensor of their values
+    for dtype in (np.float64, np.float32):
+        pn, qn = p.numpy().astype(dtype), q.numpy().astype(dtype)
+        pt, qt = torch.from_numpy(pn.astype(np.float64)), torch.from_numpy(qn.astype(np.float64))
+        block_p, block_q = pn[0, :, :5, :5], qn[0, :, :5, :5]
+        assert attention_jsd(block_p, block_q) == attention_jsd(pt[0, :, :5, :5], qt[0, :, :5, :5])
+        assert attention_jsd(block_p, qt[0, :, :5, :5]) == attention_jsd(pt[0, :, :5, :5], qt[0, :, :5, :5])
+        for lens in (lengths_t, np.asarray(lengths)):
+            assert torch.equal(utterance_attention_jsd(pn, qn, lens), utterance_attention_jsd(pt, qt, lengths_t))
+            assert torch.equal(utterance_head_mean_attention_jsd(pn, qn, lens),
+                               utterance_head_mean_attention_jsd(pt, qt, lengths_t))
+            assert torch.equal(diagonality(pn, lens, band=1), diagonality(pt, lengths_t, band=1))
+        from_numpy, from_tensor = AttentionRedundancy(2, 2), AttentionRedundancy(2, 2)
+        from_numpy.update([pn, qn], np.asarray(lengths))
+        from_numpy.update_utterance([pn[1, :, :3, :3], qn[1, :, :3, :3]])
+        from_tensor.update([pt, qt], lengths_t)
+        from_tensor.update_utterance([pt[1, :, :3, :3], qt[1, :, :3, :3]])
+        a, b = from_numpy.result(), from_tensor.result()
+        for name in ("per_head", "head_mean_attention", "diagonality"):
+            assert torch.equal(getattr(a, name), getattr(b, name))
+    with pytest.raises(TypeError, match="torch.Tensor or numpy.ndarray, found list"):
+        attention_jsd([[1.0]], np.ones((1, 1)))
+    with pytest.raises(TypeError, match=r"attentions\[1\] to be a torch.Tensor or numpy.ndarray, found list"):
+        AttentionRedundancy(2, 2).update_utterance([pn[0], [[1.0]]])

@@ -8,6 +8,7 @@ import torch
 
 from analysis.feature_cca import (
     FeatureCCAConfig,
+    cca_curve_intervals,
     heldout_cca,
     label_cca,
     one_hot,
@@ -18,8 +19,10 @@ from analysis.feature_cca import (
 )
 
 
-def ref_heldout(xs, ys, folds, n_folds):
-    """Fit CCA on the other folds' frames (eigh whitening), correlate the held-out projections."""
+def ref_heldout(xs, ys, folds, n_folds, weights=None):
+    """Fit CCA on the other folds' frames (eigh whitening), correlate the held-out projections
+    (each held-out utterance repeated ``weights[u]`` times; default once)."""
+    weights = np.ones(len(xs), dtype=int) if weights is None else weights
     scores = []
     for f in range(n_folds):
         train = [u for u in range(len(xs)) if folds[u] != f]
@@ -32,8 +35,8 @@ def ref_heldout(xs, ys, folds, n_folds):
         u_, _, vt = np.linalg.svd(wx @ x.T @ y @ wy)
         k = min(x.shape[1], y.shape[1])
         a, b = wx @ u_[:, :k], wy @ vt[:k].T
-        px = np.concatenate([xs[u] for u in test]) @ a
-        py = np.concatenate([ys[u] for u in test]) @ b
+        px = np.concatenate([xs[u] for u in test for _ in range(weights[u])]) @ a
+        py = np.concatenate([ys[u] for u in test for _ in range(weights[u])]) @ b
         scores.append(np.mean([np.corrcoef(px[:, i], py[:, i])[0, 1] for i in range(k)]))
     return np.mean(scores), scores
 
@@ -162,3 +165,55 @@ def test_input_errors():
         one_hot(torch.tensor([0, 5]), 3)
     with pytest.raises(ValueError, match="labels of utterance 0"):
         label_cca(xs, [torch.zeros(1, dtype=torch.long)] * 6, 3)
+
+
+@pytest.mark.parametrize("factor", (1e-8, 1e-5, 1e2, 1e8))
+def test_heldout_cca_invariant_to_rescaling_a_neuron(factor):
+    # the fitted projections are CCA's, which no per-neuron scale may change (the rank decision
+    # is made on correlations); the held-out Pearson correlations are scale-free too
+    xs, ys = related_utterances()
+    xs = [x.to(torch.float64) for x in xs]
+    config = FeatureCCAConfig(n_folds=3)
+    base = heldout_cca(xs, ys, config)
+    column = torch.ones(5, dtype=torch.float64)
+    column[2] = factor
+    got = heldout_cca([x * column for x in xs], ys, config)
+    assert got.score == pytest.approx(base.score, abs=1e-6)
+    assert got.n_dims == base.n_dims
+
+
+def test_heldout_projections_rescore_resampled_utterances_with_the_fit_held_fixed():
+    xs, ys = related_utterances(count=16)
+    config = FeatureCCAConfig(n_folds=4, seed=3)
+    result = heldout_cca(xs, ys, config)
+    folds = utterance_folds(16, 4, 3)
+    assert result.heldout.scores(np.ones(16))[0] == pytest.approx(result.score, abs=1e-10)
+    # a resample: utterances drawn 0, 1 or 2 times within their folds; the NumPy reference fits on the
+    # original folds and correlates the repeated held-out frames
+    weights = np.array([2, 0, 1, 1, 0, 2, 1, 1, 2, 1, 0, 1, 1, 1, 2, 0])
+    expected, _ = ref_heldout([x.numpy() for x in xs], [y.numpy() for y in ys], folds, 4, weights)
+    assert result.heldout.scores(weights[None].astype(float))[0] == pytest.approx(expected, abs=1e-10)
+    np.testing.assert_array_equal(result.heldout.folds, folds)
+    assert result.heldout.sums.shape == (16, 5, 3) and result.heldout.pairs.tolist() == [3, 3, 3, 3]
+
+
+def test_cca_curve_intervals_single_out_the_related_layer():
+    xs, ys = related_utterances(count=40, seed=1)
+    g = torch.Generator().manual_seed(5)
+    layers = [xs, [x + 2.0 * torch.randn(x.shape, generator=g) for x in xs],
+              [torch.randn(x.shape, generator=g) for x in xs]]  # related, noisier, unrelated
+    config = FeatureCCAConfig(n_folds=4)
+    results = [heldout_cca(layer, ys, config) for layer in layers]
+    got = cca_curve_intervals(results, n_boot=300, seed=1)
+    assert got.estimate == pytest.approx([r.score for r in results], abs=1e-10)
+    assert got.best == 0 and got.tied_with_best() == [0] and got.utterances == 40
+    for layer in range(3):
+        assert got.low[layer] <= got.estimate[layer] <= got.high[layer]
+    assert got.vs_best_low[1] > 0 and got.vs_best_low[2] > 0
+    # the same layer twice: tied, the paired difference exactly 0
+    twin = cca_curve_intervals([results[0], results[0]], n_boot=50)
+    assert twin.tied_with_best() == [0, 1]
+    assert twin.vs_best_low == pytest.approx([0.0, 0.0], abs=1e-12) == twin.vs_best_high
+    other = heldout_cca(xs, ys, FeatureCCAConfig(n_folds=4, seed=9))
+    with pytest.raises(ValueError, match="same utterances, frames and folds, found layer 1 differing"):
+        cca_curve_intervals([results[0], other])

@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from analysis.kmeans import KMeans, KMeansConfig
-from analysis.mutual_info import MIBoundConfig, cluster_mi_bound, labelled_mi_bound, split_halves
+from analysis.mutual_info import (
+    MIBoundConfig,
+    cluster_mi_bound,
+    labelled_mi_bound,
+    pool_sections,
+    section_pairs,
+    split_halves,
+    vacuous_layers,
+)
 from analysis.probing import ProbeConfig, grouped_split, probe_frames
 
 PROBE = ProbeConfig(epochs=40, batch_size=64, lr=1e-2, heldout_fraction=0.3)
@@ -161,3 +169,95 @@ def test_mi_config_round_trip():
     with pytest.raises(ValueError, match="fit_fraction in"):
         MIBoundConfig(fit_fraction=0.0)
     assert math.isclose(MIBoundConfig().fit_fraction, 0.3)
+
+
+# ------------------------------------------------------------------ sections fed on their own
+
+
+def _tiny_global_attention_encoder():
+    """A 3-layer wav2vec 2.0 (global self-attention over all frames), 50 frames/s."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from analysis.capture import HFSpeechEncoder
+
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16, 16), conv_stride=(5, 4, 16), conv_kernel=(10, 8, 16),
+                         num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+                         feat_extract_norm="layer", do_stable_layer_norm=True)
+    torch.manual_seed(0)
+    return HFSpeechEncoder(Wav2Vec2Model(cfg))
+
+
+def test_section_pairs_are_seeded_non_overlapping_and_inside_the_utterance():
+    pairs = section_pairs(48000, 6, 16000, np.random.default_rng(0))
+    assert 1 <= len(pairs) <= 6 and len(set(pairs)) == len(pairs)
+    for start_a, start_b, length in pairs:
+        assert length == 16000  # min(section, 48000 // 3)
+        assert 0 <= start_a and start_a + length <= start_b and start_b + length <= 48000
+    assert pairs == section_pairs(48000, 6, 16000, np.random.default_rng(0))
+    assert {p[2] for p in section_pairs(9000, 3, 16000, np.random.default_rng(1))} == {3000}  # a third
+    assert section_pairs(2, 3, 100, np.random.default_rng(0)) == []
+    with pytest.raises(ValueError, match="num_pairs >= 1, found 0"):
+        section_pairs(100, 0, 10, np.random.default_rng(0))
+
+
+def test_sections_fed_alone_differ_from_one_pass_with_global_attention():
+    enc = _tiny_global_attention_encoder()
+    wave = 0.1 * torch.randn(32000, generator=torch.Generator().manual_seed(1))
+    pairs = section_pairs(wave.numel(), 3, 8000, np.random.default_rng(2))
+    z_a, z_b = pool_sections(enc, wave, pairs)
+    assert z_a.shape == z_b.shape == (len(pairs), 4, 32)
+    hop = 320  # samples per frame at 50 frames/s
+    later = wave.clone()
+    later[24000:] = 0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(3))
+    # one pass over the whole utterance, then again with the audio after 1.5 s changed
+    whole = enc.extract(wave[None], torch.tensor([wave.numel()])).hidden[-1][0]  # [frames, 32]
+    changed = enc.extract(later[None], torch.tensor([later.numel()])).hidden[-1][0]
+    before_the_change = 0
+    for i, (start_a, start_b, length) in enumerate(pairs):
+        for z, start in ((z_a, start_a), (z_b, start_b)):
+            # the documented value: the mean of each layer's frames with the section as the whole input
+            alone = enc.extract(wave[None, start: start + length], torch.tensor([length]))
+            want = torch.stack([h[0].mean(dim=0) for h in alone.hidden])
+            torch.testing.assert_close(z[i], want, atol=1e-5, rtol=1e-5)
+        # in one pass, section a's frames have attended to everything after it
+        one_pass = whole[start_a // hop: (start_a + length) // hop].mean(dim=0)
+        assert (one_pass - z_a[i, -1]).abs().max() > 1e-2
+        if start_b + length <= 24000:  # changing audio after both sections moves the one-pass means only
+            moved = changed[start_a // hop: (start_a + length) // hop].mean(dim=0)
+            assert (moved - one_pass).abs().max() > 1e-3
+            torch.testing.assert_close(pool_sections(enc, later, [pairs[i]])[0][0], z_a[i], atol=0, rtol=0)
+            before_the_change += 1
+    assert before_the_change >= 1
+
+
+def test_vacuous_layers():
+    assert vacuous_layers(torch.tensor([0.2, 0.0, -0.1, 1e-9])) == [False, True, True, False]
+    assert vacuous_layers([0.5, None]) == [False, True]
+
+
+def test_bound_intervals_resample_heldout_utterances():
+    """The intervals recompute H and CE from the held-out utterances' own terms: the estimate is the
+    bound; a replicate that draws every utterance twice is the data again."""
+    features, labels, groups = _labelled_frames(2, utts=60)
+    result = labelled_mi_bound(features, labels, groups, PROBE)
+    got = result.intervals(n_boot=300, seed=4)
+    assert got.estimate == pytest.approx(result.bound_bits.tolist(), abs=1e-12)
+    assert got.utterances == torch.unique(result.heldout_groups).numel() == 18
+    assert got.best == 0 and got.tied_with_best() == [0] and got.vs_best_low[1] > 1.0
+    for layer in range(2):
+        assert got.low[layer] <= got.estimate[layer] <= got.high[layer]
+    normalized = result.intervals(normalized=True, n_boot=300, seed=4)
+    assert normalized.estimate == pytest.approx(result.normalized_bound.tolist(), abs=1e-12)
+    # the same resampled utterances: a bound's interval and its normalised one share their draws
+    assert normalized.low[0] == pytest.approx(got.low[0] / 1.5, abs=0.05)
+    assert result.to_dict().keys() == {"bound_bits", "normalized_bound", "entropy_bits", "cross_entropy_bits",
+                                       "accuracy", "num_train", "num_heldout", "num_classes"}
+    z_a, z_b = _two_views(0)
+    cluster = cluster_mi_bound(z_a, z_b, MIBoundConfig(kmeans=KMeansConfig(num_clusters=4), probe=PROBE))
+    clustered = cluster.intervals(n_boot=200)
+    assert clustered.estimate == pytest.approx(cluster.bound_bits.tolist(), abs=1e-12)
+    assert clustered.best == 0 and clustered.vs_best_low[1] > 1.0
+    bare = type(result)(**{**result.__dict__, "heldout_cross_entropy_bits": None})
+    with pytest.raises(ValueError, match="holds no per-example held-out terms"):
+        bare.intervals()

@@ -165,16 +165,20 @@ def test_probe_intervals_resample_heldout_utterances_by_hand():
     draws = np.random.default_rng(3).integers(0, utts, size=(500, utts))
     acc = counts[draws].sum(1) / (per_utt * utts)  # [boot, layers]: every utterance has per_utt examples
     diff = acc - acc[:, -1:]
-    np.testing.assert_allclose(got.accuracy_low, np.quantile(acc, 0.05, axis=0), atol=1e-12)
-    np.testing.assert_allclose(got.accuracy_high, np.quantile(acc, 0.95, axis=0), atol=1e-12)
+    np.testing.assert_allclose(got.low, np.quantile(acc, 0.05, axis=0), atol=1e-12)
+    np.testing.assert_allclose(got.high, np.quantile(acc, 0.95, axis=0), atol=1e-12)
     np.testing.assert_allclose(got.vs_last_low, np.quantile(diff, 0.05, axis=0), atol=1e-12)
     np.testing.assert_allclose(got.vs_last_high, np.quantile(diff, 0.95, axis=0), atol=1e-12)
     np.testing.assert_allclose(got.vs_last, (result.accuracy - result.accuracy[-1]).numpy(), atol=1e-12)
     assert got.vs_last_low[-1] == got.vs_last_high[-1] == 0.0  # the last layer against itself
-    assert got.heldout_utterances == utts and got.level == 0.9 and got.to_dict()["n_boot"] == 500
+    best = int(np.argmax(result.accuracy.numpy()))
+    assert got.best == best == 0
+    np.testing.assert_allclose(got.vs_best_low, np.quantile(acc[:, best:best + 1] - acc, 0.05, axis=0), atol=1e-12)
+    np.testing.assert_allclose(got.vs_best_high, np.quantile(acc[:, best:best + 1] - acc, 0.95, axis=0), atol=1e-12)
+    assert got.utterances == utts and got.level == 0.9 and got.to_dict()["n_boot"] == 500
     # without groups every held-out example is its own item
     alone = ProbeResult(**{**result.__dict__, "heldout_groups": None}).intervals(n_boot=50)
-    assert alone.heldout_utterances == utts * per_utt
+    assert alone.utterances == utts * per_utt
 
 
 def test_probe_intervals_pair_the_layers():
@@ -183,14 +187,15 @@ def test_probe_intervals_pair_the_layers():
     features, labels, utts = _frames(utts=40)
     result = probe_frames(features, labels, utts, FAST)
     intervals = result.intervals(n_boot=300)
-    assert intervals.heldout_utterances == torch.unique(result.heldout_groups).numel() and 2 <= intervals.heldout_utterances < 40
+    assert intervals.utterances == torch.unique(result.heldout_groups).numel() and 2 <= intervals.utterances < 40
     assert intervals.vs_last_low[2] > 0.5
     for layer in range(4):
-        assert intervals.accuracy_low[layer] <= float(result.accuracy[layer]) <= intervals.accuracy_high[layer]
+        assert intervals.low[layer] <= float(result.accuracy[layer]) <= intervals.high[layer]
     # a layer copied from the last one: per-example correctness nearly equal, the paired interval narrow
     features[0] = features[3] + 0.01 * torch.randn_like(features[3])
     twin = probe_frames(features, labels, utts, FAST).intervals(n_boot=300)
-    assert twin.vs_last_high[0] - twin.vs_last_low[0] < 0.5 * (twin.accuracy_high[0] - twin.accuracy_low[0])
+    assert twin.vs_last_high[0] - twin.vs_last_low[0] < 0.5 * (twin.high[0] - twin.low[0])
+    assert intervals.best == 2 and intervals.tied_with_best() == [2]  # the informative layer beats every other
     assert "heldout_correct" not in result.to_dict() and len(result.to_dict()["accuracy"]) == 4
 
 

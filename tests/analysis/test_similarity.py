@@ -320,3 +320,96 @@ def test_pwcca_of_both_directions_from_one_svd():
     assert from_x == pytest.approx(pwcca_whitened(sxx, sxy, wx, wy), abs=1e-12)
     assert from_y == pytest.approx(pwcca_whitened(syy, sxy.T, wy, wx), abs=1e-12)
     assert from_x != pytest.approx(from_y, abs=1e-3)  # the two weightings differ here
+
+
+# ------------------------------------------------------------------ per-neuron scale
+
+# Factors far beyond the 1e-10 eigenvalue threshold in both directions: the rank decision must
+# not mistake a neuron's small (or its neighbours' large) scale for rank deficiency.
+FACTORS = (1e-8, 1e-5, 1e-2, 1e2, 1e5, 1e8)
+
+
+def scaled(v, column, factor):
+    out = np.array(v, dtype=np.float64, copy=True)
+    out[:, column] *= factor
+    return out
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_cca_invariant_to_rescaling_one_neuron(views, factor):
+    x, y = views
+    base = cca(x, y).numpy()
+    for column in (0, 5):  # the largest and the smallest neuron of x
+        np.testing.assert_allclose(cca(scaled(x, column, factor), y).numpy(), base, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(cca(x, scaled(y, 2, factor)).numpy(), base, atol=1e-6, rtol=0)
+
+
+def test_cca_invariant_to_rescaling_every_neuron_differently(views):
+    x, y = views
+    factors = np.array(FACTORS)  # x has 6 neurons: one factor each
+    base = cca(x, y).numpy()
+    np.testing.assert_allclose(cca(x * factors, y * factors[::-1][:5]).numpy(), base, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(cca(x * factors[::-1], y).numpy(), base, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_pwcca_invariant_to_rescaling_the_larger_views_neurons(views, factor):
+    # y (5 neurons) weights the variates; x's neurons may be mapped by anything invertible
+    x, y = views
+    base = pwcca(x, y)
+    assert pwcca(scaled(x, 5, factor), y) == pytest.approx(base, abs=1e-6)
+    assert pwcca(x * np.array(FACTORS), y) == pytest.approx(base, abs=1e-6)
+    assert pwcca(y, scaled(x, 0, factor)) == pytest.approx(base, abs=1e-6)  # x is still the larger view
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_pwcca_rescaled_smaller_view(views, factor):
+    # A common factor on the weighting view's neurons leaves PWCCA unchanged; one neuron's
+    # factor changes its weight sum_j |<h_i, z_j>| by design, so there the value must follow
+    # the QR reference (which no eigenvalue threshold touches) rather than drop the neuron.
+    x, y = views
+    assert pwcca(x, factor * y) == pytest.approx(pwcca(x, y), abs=1e-6)
+    y1 = scaled(y, 3, factor)
+    assert pwcca(x, y1) == pytest.approx(ref_pwcca(x, y1), abs=1e-6)
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_svcca_invariant_to_a_common_factor_of_a_view(views, factor):
+    # The SVD step keeps the directions that carry `keep` of the variance, so rescaling ONE
+    # neuron changes which directions those are: SVCCA is not invariant to per-neuron scaling
+    # by construction. A common factor of all neurons of a view leaves the variance shares,
+    # hence the kept directions and their CCA, unchanged.
+    x, y = views
+    for keep in (0.9, 0.99, 1.0):
+        base = svcca(x, y, keep=keep)
+        assert svcca(factor * x, y, keep=keep) == pytest.approx(base, abs=1e-6)
+        assert svcca(x, factor * y, keep=keep) == pytest.approx(base, abs=1e-6)
+
+
+@pytest.mark.parametrize("factor", (1e-5, 1e-2, 1e2, 1e5))
+def test_svcca_cca_stage_invariant_to_rescaling_a_singular_direction(views, factor):
+    # x given in its own singular basis (orthogonal centred columns, same span as x): rescaling
+    # one column rescales one singular direction and keeps the set of directions. With
+    # keep=1.0 all of them are kept as long as the smallest share is not lost to float64
+    # rounding of the cumulative share (1e-8 squared is 1e-16 of the variance, so that factor
+    # is left out), and the CCA stage must then be blind to their scales.
+    x, y = views
+    q, _ = np.linalg.qr(centred(x))
+    basis_view = q * np.array([3.0, 2.0, 1.5, 1.0, 0.5, 0.2])
+    base = svcca(basis_view, y, keep=1.0)
+    assert base == pytest.approx(svcca(x, y, keep=1.0), abs=1e-9)
+    for column in (0, 5):
+        assert svcca(scaled(basis_view, column, factor), y, keep=1.0) == pytest.approx(base, abs=1e-6)
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_rank_deficiency_is_detected_whatever_the_scale(views, factor):
+    # a copy of a neuron, a combination of two neurons and a constant neuron, each at any
+    # scale, add no direction: the results are those without them
+    x, y = views
+    padded = np.column_stack([x, factor * x[:, 5], factor * x[:, 0] + 3.0 * x[:, 4], np.full(60, factor)])
+    np.testing.assert_allclose(cca(padded, y).numpy(), cca(x, y).numpy(), atol=1e-6, rtol=0)
+    assert cca(padded, y).shape == (5,)
+    assert pwcca(padded, y) == pytest.approx(pwcca(x, y), abs=1e-6)
+    if factor < 1e8:  # at 1e8 x's own directions carry 1e-16 of the variance: keep=1.0 loses them
+        assert svcca(padded, y, keep=1.0) == pytest.approx(svcca(x, y, keep=1.0), abs=1e-6)

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from analysis.similarity import linear_cka
-from analysis.stats import bootstrap_interval, bootstrap_moments, crop_to_shorter, permutation_null
+from analysis.stats import (
+    CurveIntervals,
+    bootstrap_interval,
+    bootstrap_moments,
+    crop_to_shorter,
+    curve_intervals,
+    permutation_null,
+)
 from analysis.streaming import LayerMoments, pairwise_linear_cka
 
 
@@ -104,6 +111,54 @@ def test_bootstrap_moments_reproduces_in_memory_resamples():
     assert float(result.estimate) == pytest.approx(expected, abs=1e-10)
     again = bootstrap_moments(blocks, statistic, n_boot=5, seed=11)
     np.testing.assert_array_equal(result.samples, again.samples)
+
+
+def test_stratified_bootstrap_resamples_within_each_stratum():
+    strata = ["b", "a", "b", "a", "b"]
+    seen = []
+    result = bootstrap_interval(range(5), lambda chosen: seen.append(list(chosen)) or float(np.sum(chosen)),
+                                n_boot=6, seed=2, strata=strata)
+    rng = np.random.default_rng(2)  # strata in sorted order: "a" (items 1, 3), then "b" (items 0, 2, 4)
+    draws = np.empty((6, 5), dtype=np.int64)
+    draws[:, [1, 3]] = np.array([1, 3])[rng.integers(0, 2, size=(6, 2))]
+    draws[:, [0, 2, 4]] = np.array([0, 2, 4])[rng.integers(0, 3, size=(6, 3))]
+    assert seen[:6] == draws.tolist() and seen[6] == [0, 1, 2, 3, 4]  # the replicates, then the data
+    for draw in seen[:6]:  # every replicate keeps each stratum's size
+        assert sorted(strata[i] for i in draw) == sorted(strata)
+    # one item per stratum: every replicate is the data, the interval collapses onto the estimate
+    single = bootstrap_interval([1.0, 5.0, 6.0], np.mean, n_boot=20, strata=[0, 1, 2])
+    assert single.low == single.high == single.estimate == 4.0
+    with pytest.raises(ValueError, match=r"Expected strata of shape \[3\], found \(2,\)"):
+        bootstrap_interval([1.0, 5.0, 6.0], np.mean, strata=[0, 1])
+
+
+def test_curve_intervals_by_hand():
+    """Per-utterance sums of two layers, 5 replicates at level 0.5: the percentiles fall on the 2nd
+    and 4th of the 5 sorted replicates (positions (5 - 1) x 0.25 = 1 and 3), no interpolation."""
+    correct = np.array([[1.0, 3.0], [2.0, 1.0], [4.0, 1.0]])  # [utts, layers]
+    sizes = np.array([2.0, 2.0, 4.0])
+    got = curve_intervals(lambda w: (w @ correct) / (w @ sizes), 3, n_boot=5, seed=7, level=0.5)
+    assert got.estimate == [7 / 8, 5 / 8] and got.best == 0 and got.utterances == 3
+    draws = np.random.default_rng(7).integers(0, 3, size=(5, 3))  # bootstrap_interval's draws
+    replicates = np.array([correct[d].sum(0) / sizes[d].sum() for d in draws])  # [5, layers]
+    ordered = np.sort(replicates, axis=0)
+    assert got.low == pytest.approx(ordered[1].tolist()) and got.high == pytest.approx(ordered[3].tolist())
+    gap = np.sort(replicates[:, 0] - replicates[:, 1])
+    assert got.vs_best == pytest.approx([0.0, 0.25])
+    assert got.vs_best_low == pytest.approx([0.0, gap[1]]) and got.vs_best_high == pytest.approx([0.0, gap[3]])
+    assert got.vs_last_low == pytest.approx([gap[1], 0.0]) and got.vs_last_high == pytest.approx([gap[3], 0.0])
+    assert CurveIntervals.from_dict(got.to_dict()) == got
+
+
+def test_tied_with_best_names_the_layers_not_separated():
+    base = dict(level=0.95, n_boot=10, utterances=5, estimate=[0.5, 0.7, 0.69], low=[0.4, 0.6, 0.6],
+                high=[0.6, 0.8, 0.8], best=1, vs_best=[0.2, 0.0, 0.01], vs_best_high=[0.3, 0.0, 0.03],
+                vs_last=[-0.19, 0.01, 0.0], vs_last_low=[-0.3, -0.01, 0.0], vs_last_high=[-0.1, 0.03, 0.0])
+    assert CurveIntervals(**base, vs_best_low=[0.1, 0.0, -0.01]).tied_with_best() == [1, 2]
+    assert CurveIntervals(**base, vs_best_low=[0.1, 0.0, 0.002]).tied_with_best() == [1]
+    assert CurveIntervals(**base, vs_best_low=[None, 0.0, 0.002]).tied_with_best() == [0, 1]  # undefined: not separated
+    with pytest.raises(ValueError, match="Expected CurveIntervals fields"):
+        CurveIntervals.from_dict({"level": 0.95})
 
 
 def test_errors():

@@ -214,3 +214,70 @@ def test_bench_streamed_matches_the_numpy_baseline():
     assert result["speedup"] > 0
     scale = bench_streaming_scale(layers=2, dim=4, frames=100, chunk_frames=30, device="cpu")
     assert scale["peak_memory_bytes"] is None and scale["accumulate_seconds"] > 0
+
+
+# ------------------------------------------------------------------ per-neuron scale
+
+FACTORS = (1e-8, 1e-5, 1e-2, 1e2, 1e5, 1e8)
+
+
+def two_views(frames=200, seed=5):
+    """x `[frames, 6]` (the larger view) and a related y `[frames, 4]`, float64 with offsets."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(frames, 6, generator=g, dtype=torch.float64) * torch.linspace(3.0, 0.2, 6, dtype=torch.float64)
+    y = x @ torch.randn(6, 4, generator=g, dtype=torch.float64) + torch.randn(frames, 4, generator=g,
+                                                                             dtype=torch.float64)
+    return x + 4.0, y - 2.0
+
+
+def streamed(x, y, **svcca_kwargs):
+    m = accumulate([x, y], [0, 13, 90, x.shape[0]])
+    return (pairwise_cca(m, 0, 1), float(pairwise_pwcca(m, [0], [1])[0, 0]),
+            float(pairwise_svcca(m, [0], [1], **svcca_kwargs)[0, 0]))
+
+
+def rescaled(v, factors):
+    return v * torch.as_tensor(factors, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_streamed_cca_and_pwcca_invariant_to_rescaling_neurons(factor):
+    # y (4 neurons) weights PWCCA's variates, so x's neurons may be rescaled freely; y only by
+    # a common factor (one neuron's factor changes its PWCCA weight by design)
+    x, y = two_views()
+    base_cca, base_pwcca, _ = streamed(x, y)
+    one = torch.ones(6, dtype=torch.float64)
+    one[5] = factor  # the smallest neuron of x
+    for x2, y2 in ((rescaled(x, one), y), (rescaled(x, FACTORS), y), (x, factor * y)):
+        got_cca, got_pwcca, _ = streamed(x2, y2)
+        torch.testing.assert_close(got_cca, base_cca, atol=1e-6, rtol=0)
+        assert got_pwcca == pytest.approx(base_pwcca, abs=1e-6)
+    y_one = y.clone()
+    y_one[:, 1] *= factor
+    torch.testing.assert_close(streamed(x, y_one)[0], base_cca, atol=1e-6, rtol=0)
+    assert streamed(x, y_one)[1] == pytest.approx(pwcca(x, y_one), abs=1e-6)
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_streamed_svcca_invariant_to_a_common_factor_of_a_view(factor):
+    # The SVD step keeps the directions carrying `keep` of the variance, which one neuron's
+    # factor changes (SVCCA is not per-neuron scale invariant by construction); a common
+    # factor of a view keeps the shares, hence the kept directions and their CCA.
+    x, y = two_views()
+    for keep in (0.9, 0.99, 1.0):
+        base = streamed(x, y, keep=keep)[2]
+        assert streamed(factor * x, y, keep=keep)[2] == pytest.approx(base, abs=1e-6)
+        assert streamed(x, factor * y, keep=keep)[2] == pytest.approx(base, abs=1e-6)
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_streamed_rank_deficiency_is_detected_whatever_the_scale(factor):
+    x, y = two_views()
+    frames = x.shape[0]
+    padded = torch.column_stack([x, factor * x[:, 5], factor * x[:, 0] + 3.0 * x[:, 4],
+                                 torch.full((frames,), 0.1 * factor, dtype=torch.float64)])
+    base_cca, base_pwcca, _ = streamed(x, y)
+    got_cca, got_pwcca, _ = streamed(padded, y)
+    assert got_cca.shape == (4,)
+    torch.testing.assert_close(got_cca, base_cca, atol=1e-6, rtol=0)
+    assert got_pwcca == pytest.approx(base_pwcca, abs=1e-6)

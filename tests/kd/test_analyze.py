@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,14 +90,31 @@ def test_kd_analyze_end_to_end(tests_corpus, tmp_path, capsys):
     assert len(jsd) == 3 and all(jsd[i][i] == pytest.approx(0.0, abs=1e-9) for i in range(3))
     for key in ("cca_fbank", "cca_phone", "cca_word", "probe_phone_accuracy", "mi_phone_bits"):
         assert len(report.per_layer[key]) == 4
-    assert "mi_cluster" in report.skipped  # too few utterances for 16 clusters: reported, not silent
-    # the probes' bootstrap intervals over held-out utterances: each layer's accuracy inside its own
-    phone = report.extras["probe_phone_intervals"]
-    assert phone["n_boot"] == 1000 and phone["heldout_utterances"] >= 2
-    for layer, acc in enumerate(report.per_layer["probe_phone_accuracy"]):
-        assert phone["accuracy_low"][layer] <= acc <= phone["accuracy_high"][layer]
-        assert phone["vs_last"][layer] == pytest.approx(acc - report.per_layer["probe_phone_accuracy"][-1])
-    assert phone["vs_last_low"][-1] == phone["vs_last_high"][-1] == 0.0
+    # label-free bound: up to mi_pairs section pairs per utterance, each section run alone; a bound at
+    # or below 0 bits is labelled vacuous, never reported as a finding
+    pairs = report.extras["mi_cluster_pairs"]
+    assert 12 < pairs <= 12 * AnalyzeConfig().mi_pairs
+    assert report.extras["mi_cluster_vacuous"] == [not v > 0 for v in report.per_layer["mi_cluster_bits"]]
+    assert report.vacuous_layers("mi_cluster_bits") == [i for i, v in enumerate(report.extras["mi_cluster_vacuous"])
+                                                         if v]
+    # every curve carries its bootstrap interval over utterances, each layer's value inside its own
+    assert set(report.intervals) == set(report.per_layer) >= {"cca_fbank", "cca_phone", "probe_phone_accuracy",
+                                                              "probe_speaker_accuracy", "mi_phone_bits"}
+    for key, values in report.per_layer.items():
+        iv = report.intervals[key]
+        assert iv["n_boot"] == 1000 and iv["utterances"] >= 2 and len(iv["low"]) == len(values) == 4
+        assert iv["estimate"] == pytest.approx(values, abs=1e-9)
+        if None in iv["low"]:  # bound / H: a replicate drew held-out pairs all of one cluster (H = 0)
+            assert key == "mi_cluster_normalized"
+            assert any(path.startswith(f"report.intervals.{key}.low[") for path in report.undefined)
+            continue
+        for layer, value in enumerate(values):
+            assert iv["low"][layer] - 1e-9 <= value <= iv["high"][layer] + 1e-9, (key, layer)
+            assert iv["vs_last"][layer] == pytest.approx(value - values[-1], abs=1e-9)
+        assert iv["vs_last_low"][-1] == pytest.approx(0.0, abs=1e-12)
+        assert iv["vs_best_low"][iv["best"]] == pytest.approx(0.0, abs=1e-12)
+    assert report.intervals["cca_fbank"]["utterances"] == 12  # cross-validated: every utterance held out once
+    assert report.data == str((root / "us" / "train").resolve())
     timing = report.extras["timing"]
     assert list(timing["seconds"]) == ["forward_and_statistics", "similarity", "attention", "feature_cca",
                                        "phone_probes_and_mi", "speaker_probe", "mi_cluster"]
@@ -109,7 +127,10 @@ def test_kd_analyze_end_to_end(tests_corpus, tmp_path, capsys):
     assert timing["audio_seconds_per_second"] == pytest.approx(audio / timing["total_seconds"])
     assert sorted(p.name for p in (out / "figures").iterdir()) >= ["attention_jsd.png", "linear_cka.png"]
     text = (out / "report.md").read_text()
-    assert "Layer-wise analysis" in text and "Skipped analyses" in text
+    assert "Layer-wise analysis" in text and ("Skipped analyses" in text) == bool(report.skipped)
+    assert f"Analysed data dir: `{report.data}`" in text and "A layer is called best only where" in text
+    assert "data_in_model_training" not in report.extras  # a Hugging Face folder records no training data
+    assert ("Label-free MI bound: vacuous at" in text) == any(report.extras["mi_cluster_vacuous"])
     assert "report:" in capsys.readouterr().out
 
 
@@ -123,37 +144,109 @@ def test_report_never_carries_silent_nan(tmp_path):
     assert AnalysisReport.load(tmp_path / "r.json").per_layer["mi_cluster_normalized"][1] is None
 
 
-def test_report_summary_says_whether_an_intermediate_probe_layer_beats_the_last():
-    intervals = {"level": 0.95, "n_boot": 1000, "heldout_utterances": 20, "accuracy_low": [0.30, 0.50, 0.40],
-                 "accuracy_high": [0.40, 0.58, 0.50], "vs_last": [-0.1, 0.09, 0.0], "vs_last_low": [-0.15, 0.05, 0.0],
-                 "vs_last_high": [-0.05, 0.13, 0.0]}
-    report = AnalysisReport(model="m", data="d", num_utterances=100, num_frames=10, frame_rate=50.0, num_layers=3,
-                            per_layer={"probe_phone_accuracy": [0.35, 0.54, 0.45]},
-                            extras={"probe_phone_intervals": intervals})
+def _intervals(estimate, low, high, vs_best_low, *, utterances=20):
+    """CurveIntervals.to_dict() of a three-layer curve with hand-set bounds; the paired upper bounds
+    and the differences to the last layer follow from them."""
+    best = max(range(len(estimate)), key=lambda i: (estimate[i], -i))
+    return {"level": 0.95, "n_boot": 1000, "utterances": utterances, "estimate": estimate, "low": low, "high": high,
+            "best": best, "vs_best": [estimate[best] - v for v in estimate], "vs_best_low": vs_best_low,
+            "vs_best_high": [b + 0.1 if i != best else 0.0 for i, b in enumerate(vs_best_low)],
+            "vs_last": [v - estimate[-1] for v in estimate],  # at best: vs_best of the last layer
+            "vs_last_low": [vs_best_low[-1] if i == best else -0.1 for i in range(len(estimate) - 1)] + [0.0],
+            "vs_last_high": [vs_best_low[-1] + 0.1 if i == best else 0.1 for i in range(len(estimate) - 1)] + [0.0]}
+
+
+def test_report_calls_a_layer_best_only_where_its_paired_intervals_separate_it():
+    values = [0.35, 0.54, 0.45]
+    separated = _intervals(values, [0.30, 0.50, 0.40], [0.40, 0.58, 0.50], [0.12, 0.0, 0.05])
+    report = AnalysisReport(model="m", data="/data/us/dev", num_utterances=100, num_frames=10, frame_rate=50.0,
+                            num_layers=3, per_layer={"probe_phone_accuracy": values, "cca_phone": values},
+                            intervals={"probe_phone_accuracy": separated})
     text = report.to_markdown()
-    assert ("- Best layer for phone probe: 1 (0.540); last layer: 0.450. Layer 1: 95% interval 0.500-0.580; "
-            "layer 1 - last: +9.0 points, paired 95% interval [+5.0, +13.0] over 20 held-out utterances "
-            "(an intermediate layer beats the last).") in text
-    unresolved = {**intervals, "vs_last_low": [-0.15, -0.01, 0.0]}
-    report.extras["probe_phone_intervals"] = unresolved
-    assert "[-1.0, +13.0] over 20 held-out utterances (not resolved: the interval holds 0)" in report.to_markdown()
-    assert report.probe_intervals("cca_phone") is None and report.probe_intervals("probe_speaker_accuracy") is None
+    assert "Analysed data dir: `/data/us/dev`: 100 utterances" in text
+    assert ("- Best layer for phone probe: 1 (0.540, 95% interval 0.500-0.580): the paired 95% interval of layer 1 "
+            "minus each other layer lies above 0 (20 held-out utterances); last layer: 0.450 (layer 1 - last: "
+            "+9.0 points, paired 95% interval [+5.0, +15.0] points).") in text
+    assert report.tied_layers("probe_phone_accuracy") == [1]
+    # no interval: the highest layer is named, never called best
+    assert ("- Highest layer for CCA with phones: 1 (0.540; no bootstrap interval, so no layer is called best); "
+            "last layer: 0.450.") in text
+    assert report.tied_layers("cca_phone") is None
+    # overlapping: layer 2's paired difference to layer 1 holds 0, so the two are tied at the top
+    report.intervals["probe_phone_accuracy"] = _intervals(values, [0.30, 0.50, 0.40], [0.40, 0.58, 0.50],
+                                                          [0.12, 0.0, -0.01])
+    text = report.to_markdown()
+    assert "Best layer for phone probe" not in text
+    assert ("- Top layers for phone probe, tied: 1, 2 (highest: layer 1, 0.540, 95% interval 0.500-0.580; the paired "
+            "95% interval of layer 1 minus layer 2 holds 0, 20 held-out utterances); no single best layer; last "
+            "layer: 0.450 (layer 1 - last: +9.0 points, paired 95% interval [-1.0, +9.0] points).") in text
+    assert report.tied_layers("probe_phone_accuracy") == [1, 2]
+    # the table gives each value's interval; curves other than accuracies keep their own units
+    assert "| 1 | 0.540 | 0.540 [0.500, 0.580] |" in text
+    report.intervals["cca_phone"] = _intervals(values, [0.30, 0.50, 0.40], [0.40, 0.58, 0.50], [-0.01, 0.0, -0.02])
+    assert ("- Top layers for CCA with phones, tied: 0, 1, 2 (highest: layer 1, 0.540, 95% interval 0.500-0.580; "
+            "the paired 95% interval of layer 1 minus layers 0, 2 holds 0, 20 held-out utterances); no single best "
+            "layer; last layer: 0.450 (layer 1 - last: +0.090, paired 95% interval [-0.020, +0.080]).") \
+        in report.to_markdown()
 
 
-def test_peak_layer_summary_gives_the_paired_probe_interval(tmp_path):
+def test_per_layer_figures_draw_every_interval_as_a_band(tmp_path):
+    from matplotlib.collections import PolyCollection
+    import matplotlib.pyplot as plt
+
+    values = [0.35, 0.54, 0.45]
+    report = AnalysisReport(model="m", data="d", num_utterances=100, num_frames=10, frame_rate=50.0, num_layers=3,
+                            per_layer={"cca_fbank": values, "cca_phone": values, "mi_cluster_bits": [0.0, 0.4, 0.2]},
+                            intervals={"cca_fbank": _intervals(values, [0.3, 0.5, 0.4], [0.4, 0.58, 0.5], [0.1, 0, 0.05]),
+                                       "cca_phone": _intervals(values, [0.3, 0.5, 0.4], [0.4, 0.58, 0.5], [0.1, 0, 0.05]),
+                                       "mi_cluster_bits": _intervals([0.0, 0.4, 0.2], [-0.1, 0.3, 0.1],
+                                                                     [0.1, 0.5, 0.3], [0.3, 0.0, 0.1])})
+    fig = report.per_layer_figure(["cca_fbank", "cca_phone"])
+    bands = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # one fill_between per curve
+    assert [line.get_label().split(";")[1] for line in fig.axes[0].lines] == [" band: 95% interval, 20 utts"] * 2
+    plt.close(fig)
+    # a vacuous layer (bound <= 0 bits) is no value: neither its line point nor its band is drawn
+    fig = report.per_layer_figure(["mi_cluster_bits"])
+    band, = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    xs = np.concatenate([path.vertices[:, 0] for path in band.get_paths()])
+    assert xs.min() >= 1.0 - 1e-9
+    plt.close(fig)
+    assert sorted(p.name for p in report.save_figures(tmp_path)) == ["per_layer_cca.png", "per_layer_mi.png"]
+
+
+def test_report_warns_when_the_data_dir_trained_the_model(tmp_path):
+    from kd.analyze import run_training_data
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model_config.yaml").write_text("encoder: {}\n")
+    (run / "config.yaml").write_text(f"data:\n  train: [{tmp_path / 'us' / 'train'}]\n  dev: {tmp_path / 'us' / 'dev'}\n")
+    (run / "model" / "config.yaml").write_text("format: kd-asr\n")
+    assert run_training_data(run / "model") == run_training_data(run) == [str((tmp_path / "us" / "train").resolve())]
+    assert run_training_data(tmp_path) is None
+    report = AnalysisReport(model="m", data=str(tmp_path / "us" / "train"), num_utterances=1, num_frames=1,
+                            frame_rate=50.0, num_layers=1,
+                            extras={"model_training_data": [str(tmp_path / "us" / "train")],
+                                    "data_in_model_training": True})
+    assert f"**Warning**: `{tmp_path / 'us' / 'train'}` is among the model's training data" in report.to_markdown()
+
+
+def test_peak_layer_summary_gives_the_paired_interval(tmp_path):
     from kd.summary import peak_layers_markdown
 
-    intervals = {"level": 0.95, "n_boot": 1000, "heldout_utterances": 20, "accuracy_low": [0.30, 0.50, 0.40],
-                 "accuracy_high": [0.40, 0.58, 0.50], "vs_last": [-0.1, 0.09, 0.0], "vs_last_low": [-0.15, 0.05, 0.0],
-                 "vs_last_high": [-0.05, 0.13, 0.0]}
     for name, low in (("a", 0.05), ("b", -0.01)):
+        phone = _intervals([0.35, 0.54, 0.45], [0.30, 0.50, 0.40], [0.40, 0.58, 0.50], [0.1, 0.0, 0.05])
+        phone["vs_last_low"][1] = low
+        cca = _intervals([0.3, 0.2, 0.1], [0.2, 0.1, 0.0], [0.4, 0.3, 0.2], [0.0, 0.05, 0.1])
         AnalysisReport(model=name, data="d", num_utterances=100, num_frames=10, frame_rate=50.0, num_layers=3,
-                       per_layer={"probe_phone_accuracy": [0.35, 0.54, 0.45], "cca_phone": [0.1, 0.2, 0.3]},
-                       extras={"probe_phone_intervals": {**intervals, "vs_last_low": [-0.15, low, 0.0]}}
-                       ).save(tmp_path / f"{name}.json")
+                       per_layer={"probe_phone_accuracy": [0.35, 0.54, 0.45], "cca_phone": [0.3, 0.2, 0.1]},
+                       intervals={"probe_phone_accuracy": phone, "cca_phone": cca}).save(tmp_path / f"{name}.json")
     table = peak_layers_markdown({"A": tmp_path / "a.json", "B": tmp_path / "b.json"})
-    assert "| A | 2 | 2 (0.300; last 0.300) | 1 (0.540; last 0.450; peak - last [+5.0, +13.0] points *) |" in table
-    assert "| B | 2 | 2 (0.300; last 0.300) | 1 (0.540; last 0.450; peak - last [-1.0, +13.0] points) |" in table
+    assert ("| A | 2 | 0 (0.300; last 0.100; peak - last [+0.100, +0.200] *) | 1 (0.540; last 0.450; peak - last "
+            "[+5.0, +15.0] points *) |") in table
+    assert "| B | 2 | 0 (0.300; last 0.100; peak - last [+0.100, +0.200] *) | 1 (0.540; last 0.450; peak - last " \
+           "[-1.0, +15.0] points) |" in table
 
 
 def test_malformed_report_errors(tmp_path):
@@ -168,8 +261,8 @@ def test_malformed_report_errors(tmp_path):
 def test_analyze_config_validation():
     with pytest.raises(ValueError, match="frames_per_utterance: expected >= 2, found 1"):
         AnalyzeConfig(frames_per_utterance=1)
-    with pytest.raises(ValueError, match=r"probe_bootstrap: expected >= 0 \(0: no intervals\), found -1"):
-        AnalyzeConfig(probe_bootstrap=-1)
+    with pytest.raises(ValueError, match=r"bootstrap: expected >= 0 \(0: no intervals\), found -1"):
+        AnalyzeConfig(bootstrap=-1)
 
 
 def test_plan_and_compress_from_report(tests_corpus, tmp_path):
@@ -256,4 +349,53 @@ def test_protocol_model_without_attention_is_reported_as_skipped(tests_corpus):
 def test_report_summary_names_the_earliest_of_equally_good_layers():
     report = AnalysisReport(model="m", data="d", num_utterances=10, num_frames=10, frame_rate=50.0, num_layers=3,
                             per_layer={"probe_speaker_accuracy": [1.0, 1.0, 0.95]})
-    assert "- Best layer for speaker probe: 0 (1.000); last layer: 0.950." in report.to_markdown()
+    assert ("- Highest layer for speaker probe: 0 (1.000; no bootstrap interval, so no layer is called best); "
+            "last layer: 0.950.") in report.to_markdown()
+
+
+def test_vacuous_mi_bounds_are_labelled_not_reported_as_findings(tmp_path):
+    from kd.summary import peak_layers_markdown
+
+    report = AnalysisReport(model="m", data="d", num_utterances=100, num_frames=10, frame_rate=50.0, num_layers=3,
+                            per_layer={"mi_cluster_bits": [0.0, 0.4, -0.2],
+                                       "mi_cluster_normalized": [0.0, 0.2, -0.1],
+                                       "mi_phone_bits": [-0.1, -0.3, -0.2]})
+    assert report.vacuous_layers("mi_cluster_bits") == report.vacuous_layers("mi_cluster_normalized") == [0, 2]
+    assert report.vacuous_layers("mi_phone_bits") == [0, 1, 2] and report.vacuous_layers("cca_phone") == []
+    assert report.plotted_values("mi_cluster_normalized") == [None, 0.2, None]
+    text = report.to_markdown()
+    assert "- Label-free MI bound: vacuous at layers 0, 2 (bound at or below 0 bits" in text
+    assert ("- Highest layer for label-free MI bound: 1 (0.400; no bootstrap interval, so no layer is called best); "
+            "last layer: vacuous.") in text
+    # columns: mi_phone_bits, mi_cluster_bits, mi_cluster_normalized
+    assert "| 1 | vacuous (-0.300) | 0.400 | 0.200 |" in text
+    assert "| 2 | vacuous (-0.200) | vacuous (-0.200) | vacuous (-0.100) |" in text
+    report.save(tmp_path / "r.json")
+    # peak layers skip vacuous layers; a curve vacuous everywhere reads "vacuous"
+    assert "| r | 2 | vacuous | 1 (0.200) |" in peak_layers_markdown({"r": tmp_path / "r.json"})
+    everywhere = AnalysisReport(model="m", data="d", num_utterances=100, num_frames=10, frame_rate=50.0,
+                                num_layers=2, per_layer={"mi_cluster_bits": [-0.1, 0.0]})
+    text = everywhere.to_markdown()
+    assert "- Label-free MI bound: vacuous at every layer" in text and "layer for label-free" not in text
+    assert [p.name for p in everywhere.save_figures(tmp_path / "figures")] == ["per_layer_mi.png"]
+
+
+def test_probe_depth_is_an_analyze_option(monkeypatch, tmp_path):
+    import kd.analyze
+
+    seen = {}
+
+    def fake_analyze_model_dir(model_dir, data, out, config):
+        seen["config"] = config
+        return AnalysisReport(model="m", data="d", num_utterances=1, num_frames=1, frame_rate=50.0, num_layers=1)
+
+    monkeypatch.setattr(kd.analyze, "analyze_model_dir", fake_analyze_model_dir)
+    for kind in ("linear", "mlp1", "mlp2"):
+        assert main(["analyze", "m", "--data", "d", "--out", str(tmp_path), "--device", "cpu",
+                     "--probe-kind", kind, "--mi-pairs", "2"]) == 0
+        assert seen["config"].probe_kind == kind and seen["config"].mi_pairs == 2
+    assert AnalyzeConfig().probe_kind == "linear"
+    with pytest.raises(ValueError, match=r"probe_kind: expected one of \['linear', 'mlp1', 'mlp2'\], found 'mlp3'"):
+        AnalyzeConfig(probe_kind="mlp3")
+    with pytest.raises(ValueError, match="mi_pairs: expected >= 1, found 0"):
+        AnalyzeConfig(mi_pairs=0)
