@@ -28,9 +28,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from kd.losses import KDLevel, KDReduction, TeacherWeighting
 from kd.training.config import TrainConfig
 
-__all__ = ["Condition", "StudentSize", "check_pairs", "comparison_table", "evaluate_once", "mean_std",
-           "merge_sections", "paired_differences", "results_table", "seed_summary", "student_train_config",
-           "t_interval", "train_run", "write_token_list"]
+__all__ = ["Condition", "StudentSize", "check_pairs", "evaluate_once", "mean_std", "merge_sections",
+           "paired_differences", "seed_summary", "student_train_config", "train_run", "write_token_list"]
 
 _INITS = ("random", "plan")
 _PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod
@@ -197,23 +196,6 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     return mean, math.sqrt(var), len(values)
 
 
-def t_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float, int]:
-    """Mean, half-width of its Student-t confidence interval at ``level`` and count.
-
-    For paired differences over seeds: the interval ``mean ± half_width`` holds the expected
-    difference with probability ``level`` if the per-seed differences are normal. The half-width
-    is ``inf`` for a single value (no spread to judge by).
-    """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level: expected a probability in (0, 1), found {level}")
-    mean, std, n = mean_std(values)
-    if n == 1:
-        return mean, math.inf, 1
-    from scipy.stats import t
-
-    return mean, float(t.ppf(0.5 + level / 2.0, n - 1)) * std / math.sqrt(n), n
-
-
 def seed_summary(runs: Mapping[str, Mapping[str, Mapping[str, float]]],
                  metrics: Sequence[str] = ("wer", "cer")) -> dict[str, dict[str, dict[str, float]]]:
     """Per model and metric, ``{"mean", "std", "runs"}`` (:func:`mean_std`) over its runs.
@@ -252,86 +234,6 @@ def paired_differences(runs: Mapping[str, Mapping[str, Mapping[str, float]]], re
     return out
 
 
-def _fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
-    mean, std, n = mean_std(values)
-    if n == 1:
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
-
-def results_table(rows: Sequence[Mapping[str, Any]], *, group: Sequence[str], metrics: Sequence[str],
-                  relative_to: str | None = None) -> tuple[list[dict], str]:
-    """Aggregate rows over seeds: mean ± std (sample) per group, as dicts and a markdown table.
-
-    Args:
-        rows: one mapping per run, holding the ``group`` keys, the ``metrics`` (fractions, shown
-            in percent) and ``params`` / ``rtf``.
-        group: keys that identify a table row (e.g. ``("size", "condition")``), in row order of
-            first appearance.
-        metrics: error rates to aggregate (e.g. ``("target_wer", "target_cer")``).
-        relative_to: a condition name; adds the relative change of the first metric's mean against
-            that condition's row of the same size (negative = fewer errors) and, where the rows
-            carry a ``seed`` and a row has the reference's seeds (two or more), the per-seed
-            paired difference of the first metric in points, mean ± std (``summary[i]["paired"]``).
-    """
-    order: list[tuple] = []
-    cells: dict[tuple, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        key = tuple(row[g] for g in group)
-        if key not in cells:
-            order.append(key)
-            cells[key] = []
-        cells[key].append(row)
-    summary = []
-    for key in order:
-        runs = cells[key]
-        out: dict[str, Any] = dict(zip(group, key))
-        out["seeds"] = len(runs)
-        for m in metrics:
-            mean, std, _ = mean_std(r[m] for r in runs)
-            out[m] = {"mean": mean, "std": std, "values": [r[m] for r in runs]}
-        out["params"] = runs[0].get("params")
-        rtfs = [r["rtf"] for r in runs if r.get("rtf") is not None]
-        out["rtf"] = sum(rtfs) / len(rtfs) if rtfs else None
-        summary.append(out)
-    paired = False
-    if relative_to is not None:
-        first = metrics[0]
-        rest = lambda s: tuple(s[g] for g in group if g != "condition")  # noqa: E731
-        base = {rest(s): s for s in summary if s.get("condition") == relative_to}
-        seeded = all("seed" in row for row in rows)
-        for key, s in zip(order, summary):
-            b = base.get(rest(s))
-            s["relative"] = None if b is None or b[first]["mean"] == 0 else (s[first]["mean"] - b[first]["mean"]) / b[first]["mean"]
-            s["paired"] = None
-            if seeded and b is not None and b is not s:
-                mine = {r["seed"]: r[first] for r in cells[key]}
-                ref = {r["seed"]: r[first] for r in cells[tuple(b[g] for g in group)]}
-                if len(ref) > 1 and set(mine) == set(ref):
-                    mean, std, n = mean_std(mine[k] - ref[k] for k in ref)
-                    s["paired"] = {"mean": mean, "std": std, "runs": n}
-                    paired = True
-    header = [*group, *[f"{m} (%)" for m in metrics], "params", "RTF", "seeds"]
-    if relative_to is not None:
-        header.insert(len(group) + 1, f"rel. to {relative_to}")
-    if paired:
-        header.insert(len(group) + 2, "Δ paired (points)")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for s in summary:
-        cols = [str(s[g]) for g in group] + [_fmt(s[m]["values"]) for m in metrics]
-        if relative_to is not None:
-            rel = s.get("relative")
-            cols.insert(len(group) + 1, "" if rel is None else f"{rel * 100:+.1f}%")
-        if paired:
-            d = s["paired"]
-            cols.insert(len(group) + 2, "" if d is None else f"{d['mean'] * 100:+.1f} ± {d['std'] * 100:.1f}")
-        params = s["params"]
-        cols += ["" if params is None else f"{params / 1e6:.2f}M", "" if s["rtf"] is None else f"{s['rtf']:.3f}",
-                 str(s["seeds"])]
-        lines.append("| " + " | ".join(cols) + " |")
-    return summary, "\n".join(lines) + "\n"
-
-
 def check_pairs(pairs: Any, names: Sequence[str], *, what: str = "a condition") -> None:
     """Check ``pairs``: a list of ``[a, b]`` lists of two names, each one of ``names``.
 
@@ -347,59 +249,6 @@ def check_pairs(pairs: Any, names: Sequence[str], *, what: str = "a condition") 
         for name in pair:
             if name not in names:
                 raise ValueError(f"{name!r} is not {what}; expected one of {list(names)}")
-
-
-def comparison_table(rows: Sequence[Mapping[str, Any]], pairs: Sequence[Sequence[str]], *, metric: str,
-                     within: str = "size", level: float = 0.95) -> tuple[list[dict], str]:
-    """Paired differences between named conditions, per value of ``within``, over seeds.
-
-    Args:
-        rows: one mapping per run with ``condition``, ``seed``, ``within`` and ``metric`` (a
-            fraction, shown in points).
-        pairs: ``(a, b)`` condition names; the difference is ``a - b`` seed by seed (negative:
-            ``a`` makes fewer errors).
-        metric: the error rate compared.
-        level: of the Student-t confidence interval of the mean difference (:func:`t_interval`).
-
-    A pair is compared within each ``within`` value where both conditions have runs; they must have
-    the same seeds there. Returns one dict per comparison (``within``, ``a``, ``b``, ``mean``,
-    ``std``, ``half_width``, ``runs``, ``a_lower``: in how many seeds ``a`` had fewer errors) and a
-    markdown table whose last column says whether the interval excludes zero.
-    """
-    try:
-        check_pairs(pairs, sorted({row["condition"] for row in rows}), what="a condition with runs")
-    except ValueError as e:
-        raise ValueError(f"pairs: {e}") from None
-    values: dict[tuple[Any, str], dict[Any, float]] = {}
-    order: list[Any] = []
-    for row in rows:
-        if row[within] not in order:
-            order.append(row[within])
-        values.setdefault((row[within], row["condition"]), {})[row["seed"]] = float(row[metric])
-    out = []
-    for where in order:
-        for a, b in pairs:
-            va, vb = values.get((where, a)), values.get((where, b))
-            if va is None or vb is None:
-                continue
-            if set(va) != set(vb):
-                raise ValueError(f"{within} {where}: {a!r} has seeds {sorted(va)}, {b!r} has {sorted(vb)}; "
-                                 "paired differences need the same seeds")
-            diffs = [va[k] - vb[k] for k in sorted(vb)]
-            mean, half, n = t_interval(diffs, level)
-            out.append({within: where, "a": a, "b": b, "mean": mean, "std": mean_std(diffs)[1], "half_width": half,
-                        "runs": n, "a_lower": sum(d < 0 for d in diffs)})
-    pct = f"{level * 100:g}%"
-    lines = [f"| {within} | a | b | a - b (points) | {pct} interval | a lower in | interval excludes 0 |",
-             "|---|---|---|---|---|---|---|"]
-    for c in out:
-        lo, hi = (c["mean"] - c["half_width"]) * 100, (c["mean"] + c["half_width"]) * 100
-        interval = "" if c["runs"] < 2 else f"[{lo:+.1f}, {hi:+.1f}]"
-        verdict = "" if c["runs"] < 2 else ("yes" if lo > 0 or hi < 0 else "no")
-        spread = f" ± {c['std'] * 100:.1f}" if c["runs"] > 1 else ""  # one seed: no spread to show
-        lines.append(f"| {c[within]} | {c['a']} | {c['b']} | {c['mean'] * 100:+.1f}{spread} | "
-                     f"{interval} | {c['a_lower']} of {c['runs']} seeds | {verdict} |")
-    return out, "\n".join(lines) + "\n"
 
 
 def evaluate_once(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike], decode: Mapping[str, Any],

@@ -278,3 +278,44 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     results = json.loads(Path(path).read_text(encoding="utf-8"))
     check_results(results)
     return results
+
+
+_BLOCK = "<!-- results: {name} -->"
+_END = "<!-- end results -->"
+
+
+def readme_blocks(text: str) -> dict[str, str]:
+    """The results blocks of a README: ``<!-- results: NAME -->`` ... ``<!-- end results -->`` -> NAME: content."""
+    import re
+
+    blocks = {}
+    for m in re.finditer(r"<!-- results: (\S+) -->\n(.*?)" + re.escape(_END), text, flags=re.S):
+        blocks[m.group(1)] = m.group(2)
+    return blocks
+
+
+def sync_readme(readme: str | os.PathLike, results_dir: str | os.PathLike) -> list[str]:
+    """Replace each results block of ``readme`` by ``results_dir/NAME.md`` (the committed results file);
+    returns the names of the blocks that changed. A block whose file is missing is an error."""
+    import re
+
+    readme, results_dir = Path(readme), Path(results_dir)
+    text = readme.read_text(encoding="utf-8")
+    changed = []
+
+    def fill(m: "re.Match[str]") -> str:
+        name = m.group(1)
+        path = results_dir / f"{name}.md"
+        if not path.is_file():
+            raise FileNotFoundError(f"{readme}: results block {name!r} has no results file {path}")
+        body = path.read_text(encoding="utf-8")
+        if body != m.group(2):
+            changed.append(name)
+        return _BLOCK.format(name=name) + "\n" + body + _END
+
+    new = re.sub(r"<!-- results: (\S+) -->\n(.*?)" + re.escape(_END), fill, text, flags=re.S)
+    if changed:
+        from kd.io import atomic_write_text
+
+        atomic_write_text(readme, new)
+    return changed

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from kd.io import atomic_write_text, config_digest, write_json
 
-__all__ = ["data_digest", "fingerprint", "restore", "ship", "PROVENANCE"]
+__all__ = ["cpu_model", "data_digest", "fingerprint", "restore", "settings_digest", "ship", "PROVENANCE"]
 
 PROVENANCE = "provenance.json"
 
@@ -47,13 +47,17 @@ def fingerprint(*, train: list[str | os.PathLike], dev: str | os.PathLike | None
                 tokens: str | os.PathLike) -> dict[str, Any]:
     """What identifies a training run's outcome: its data (content, not paths), its settings without
     the data paths, and its token inventory file."""
+    return {"train": [data_digest(d) for d in train], "dev": data_digest(dev) if dev else None,
+            "config": settings_digest(config), "tokens": hashlib.sha256(Path(tokens).read_bytes()).hexdigest()[:16]}
+
+
+def settings_digest(config: Mapping[str, Any]) -> str:
+    """Digest of a training config (``TrainConfig.to_dict()``) without its data and token paths."""
     settings = json.loads(json.dumps(config))
     settings.get("data", {}).pop("train", None)
     settings.get("data", {}).pop("dev", None)
     settings.get("tokens", {}).pop("path", None)
-    return {"train": [data_digest(d) for d in train], "dev": data_digest(dev) if dev else None,
-            "config": config_digest(settings),
-            "tokens": hashlib.sha256(Path(tokens).read_bytes()).hexdigest()[:16]}
+    return config_digest(settings)
 
 
 def ship(model_dir: str | os.PathLike, target: str | os.PathLike, *, fingerprint: Mapping[str, Any], command: str,
@@ -91,3 +95,17 @@ def restore(shipped: str | os.PathLike, model_dir: str | os.PathLike, expected: 
     os.replace(tmp, model_dir)
     atomic_write_text(model_dir.parent / "restored-from.txt", f"{shipped}\n")
     return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (floating-point results of a training run can differ between CPU models)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

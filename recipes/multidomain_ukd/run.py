@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     parser.add_argument("--results", type=Path, default=HERE / "results",
                         help="where the table stage also writes <preset>.json and .md (default: the recipe's results/)")
+    parser.add_argument("--ship-teachers", action="store_true",
+                        help="after the stages, copy the seed-0 teachers (trained, not restored) into the recipe's "
+                             "teachers/ folder with their provenance, for presets that restore them")
     add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args, PRESET_KEYS)
@@ -272,7 +275,28 @@ def main(argv: list[str] | None = None) -> int:
         Stage(9, "table", stage_table, {"seeds": seeds, "claims": cfg["claims"], "version": 1}, "results and claims"),
     ]
     run_recipe(stages, out, args)
+    if args.ship_teachers:
+        ship_teachers([teacher_run(0, d) for d in domains], tokens_dir / "tokens.txt", HERE / "teachers",
+                      command=f"python recipes/multidomain_ukd/run.py --preset {args.preset} --seeds 0 --stop-stage 3 "
+                              "--ship-teachers")
     return 0
+
+
+def ship_teachers(runs: list[Path], tokens: Path, target: Path, *, command: str) -> None:
+    """Copy finished teacher runs' model dirs to ``target/<domain>`` with their fingerprint and provenance."""
+    import json
+
+    from kd.shipped import ship
+
+    for run in runs:
+        if not (run / "result.json").is_file():
+            raise SystemExit(f"--ship-teachers: {run} is not a finished training run (restored teachers are not shipped)")
+        config = TrainConfig.from_yaml(run / "config.yaml")
+        wall = json.loads((run / "result.json").read_text())["wall_seconds"]
+        ship(run / "model", target / run.name, command=command, trained={**_provenance(), "wall_seconds": wall},
+             fingerprint=fingerprint(train=list(config.data.train), dev=config.data.dev, config=config.to_dict(),
+                                     tokens=tokens))
+        print(f"shipped {run} to {target / run.name}")
 
 
 def _provenance() -> dict[str, str]:
@@ -288,8 +312,10 @@ def _provenance() -> dict[str, str]:
         commit = "unknown"
     import os
 
-    return {"date": datetime.date.today().isoformat(), "commit": commit,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"}
+    from kd.shipped import cpu_model
+
+    return {"date": datetime.date.today().isoformat(), "commit": commit, "cpu": cpu_model(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
 
 
 if __name__ == "__main__":

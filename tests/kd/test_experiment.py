@@ -7,8 +7,8 @@ import math
 import pytest
 import yaml
 
-from kd.experiment import (Condition, StudentSize, comparison_table, mean_std, paired_differences, results_table,
-                           seed_summary, student_train_config, t_interval, train_run)
+from kd.experiment import (Condition, StudentSize, mean_std, paired_differences, seed_summary, student_train_config,
+                           train_run)
 
 
 def test_mean_std_is_the_sample_statistic():
@@ -18,71 +18,6 @@ def test_mean_std_is_the_sample_statistic():
     assert mean_std([0.5]) == (0.5, 0.0, 1)
     with pytest.raises(ValueError, match="expected at least one value"):
         mean_std([])
-
-
-def test_results_table_groups_seeds_and_gives_relative_change():
-    rows = [{"size": "S", "condition": c, "seed": s, "cer": v, "params": 1_500_000, "rtf": 0.01}
-            for c, values in (("no KD", [0.50, 0.54]), ("KD", [0.40, 0.44])) for s, v in enumerate(values)]
-    summary, table = results_table(rows, group=("size", "condition"), metrics=("cer",), relative_to="no KD")
-    assert [s["condition"] for s in summary] == ["no KD", "KD"]
-    assert summary[1]["cer"]["mean"] == pytest.approx(0.42) and summary[1]["seeds"] == 2
-    assert summary[1]["relative"] == pytest.approx((0.42 - 0.52) / 0.52)
-    # paired by seed: 0.40 - 0.50 and 0.44 - 0.54, both -10 points, though each condition spreads 2.8
-    assert summary[1]["paired"] == {"mean": pytest.approx(-0.10), "std": pytest.approx(0.0, abs=1e-12), "runs": 2}
-    assert summary[0]["paired"] is None
-    assert "| size | condition | cer (%) | rel. to no KD | Δ paired (points) | params | RTF | seeds |" in table
-    assert "| S | KD | 42.0 ± 2.8 | -19.2% | -10.0 ± 0.0 | 1.50M | 0.010 | 2 |" in table
-    # one seed: nothing to pair, no column
-    _, single = results_table([r for r in rows if r["seed"] == 0], group=("size", "condition"), metrics=("cer",),
-                              relative_to="no KD")
-    assert "Δ paired" not in single and "| S | KD | 40.0 | -20.0% | 1.50M | 0.010 | 1 |" in single
-    # seeds that do not match the reference's: no paired value for that row
-    extra = [{**rows[0], "condition": "KD2", "cer": 0.45}]
-    _, partial = results_table(rows + extra, group=("size", "condition"), metrics=("cer",), relative_to="no KD")
-    assert "| S | KD | 42.0 ± 2.8 | -19.2% | -10.0 ± 0.0 | 1.50M | 0.010 | 2 |" in partial
-    assert "| S | KD2 | 45.0 | -13.5% |  | 1.50M | 0.010 | 1 |" in partial
-
-
-def test_t_interval_reference_values():
-    # Student t, 2 degrees of freedom: t_0.975 = 4.302652729911275 (statistical tables)
-    mean, half, n = t_interval([0.1, 0.2, 0.3])
-    assert (mean, n) == (pytest.approx(0.2), 3)
-    assert half == pytest.approx(4.302652729911275 * 0.1 / math.sqrt(3))
-    # 90%: t_0.95 with 4 degrees of freedom = 2.131846786326649
-    values = [1.0, 2.0, 4.0, 7.0, 11.0]
-    _, half90, _ = t_interval(values, level=0.90)
-    assert half90 == pytest.approx(2.131846786326649 * mean_std(values)[1] / math.sqrt(5))
-    assert t_interval([0.3]) == (0.3, math.inf, 1)
-    with pytest.raises(ValueError, match=r"level: expected a probability in \(0, 1\), found 95"):
-        t_interval([1.0, 2.0], level=95)
-
-
-def test_comparison_table_pairs_conditions_by_seed():
-    cer = {("S", "tok"): [0.580, 0.585, 0.590], ("S", "tok+unc"): [0.581, 0.583, 0.592],
-           ("S", "no KD"): [0.600, 0.610, 0.605], ("XS", "tok"): [0.62, 0.63, 0.64], ("XS", "no KD"): [0.60, 0.61, 0.62]}
-    rows = [{"size": size, "condition": c, "seed": seed, "cer": v} for (size, c), vs in cer.items()
-            for seed, v in enumerate(vs)]
-    out, table = comparison_table(rows, [("tok+unc", "tok"), ("tok", "no KD")], metric="cer")
-    # XS has no tok+unc runs: that comparison is skipped there
-    assert [(c["size"], c["a"], c["b"]) for c in out] == [("S", "tok+unc", "tok"), ("S", "tok", "no KD"),
-                                                           ("XS", "tok", "no KD")]
-    d = [0.001, -0.002, 0.002]  # tok+unc - tok, seed by seed
-    m, sd, _ = mean_std(d)
-    assert out[0]["mean"] == pytest.approx(m) and out[0]["std"] == pytest.approx(sd)
-    assert out[0]["half_width"] == pytest.approx(4.302652729911275 * sd / math.sqrt(3))
-    assert out[0]["a_lower"] == 1 and out[0]["runs"] == 3
-    assert out[1]["mean"] == pytest.approx(-0.02) and out[1]["a_lower"] == 3
-    assert "| S | tok+unc | tok | +0.0 ± 0.2 | [-0.5, +0.6] | 1 of 3 seeds | no |" in table
-    assert "| S | tok | no KD | -2.0 ± 0.5 | [-3.2, -0.8] | 3 of 3 seeds | yes |" in table
-    assert "| XS | tok | no KD | +2.0 ± 0.0 | [+2.0, +2.0] | 0 of 3 seeds | yes |" in table
-    _, single = comparison_table([r for r in rows if r["seed"] == 0], [("tok", "no KD")], metric="cer")
-    assert "| S | tok | no KD | -2.0 |  | 1 of 1 seeds |  |" in single  # one seed: no spread, no interval
-    with pytest.raises(ValueError, match=r"pairs: 'tok-KD' is not a condition with runs; expected one of"):
-        comparison_table(rows, [("tok-KD", "no KD")], metric="cer")
-    with pytest.raises(ValueError, match=r"pairs: expected \[a, b\] condition names, found \['tok'\]"):
-        comparison_table(rows, [("tok",)], metric="cer")
-    with pytest.raises(ValueError, match=r"size S: 'tok' has seeds \[1, 2\], 'no KD' has \[0, 1, 2\]"):
-        comparison_table(rows[1:], [("tok", "no KD")], metric="cer")
 
 
 def test_seed_summary_and_paired_differences_by_hand():

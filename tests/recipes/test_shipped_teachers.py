@@ -1,0 +1,71 @@
+"""The teachers that the multidomain_ukd recipe ships (recipes/multidomain_ukd/teachers/): they belong to
+the `cpu` preset's teacher config, and retraining one reproduces its weights on this kind of machine."""
+
+from __future__ import annotations
+
+import json
+import pytest
+import torch
+import yaml
+
+from kd.experiment import merge_sections
+from kd.shipped import PROVENANCE, settings_digest
+from kd.training.config import TrainConfig
+from tests.recipes.conftest import RECIPES
+
+SHIPPED = RECIPES / "multidomain_ukd" / "teachers"
+DOMAINS = ("us", "uk")
+
+
+def _preset_teacher(domain: str, root) -> TrainConfig:
+    """The teacher config the recipe builds for the cpu preset, seed 0 (data under ``root``)."""
+    cpu = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())["cpu"]
+    return TrainConfig.from_dict(merge_sections(cpu["teacher"], {
+        "data": {"train": [str(root / "corpus" / domain / "train")], "dev": str(root / "corpus" / domain / "dev")},
+        "tokens": {"kind": "sentencepiece", "path": str(root / "tokens" / "words.model")}, "seed": 0}))
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_shipped_teacher_belongs_to_the_cpu_preset(domain, tmp_path):
+    """A change of the cpu preset's teacher settings must come with retrained shipped teachers
+    (otherwise the main job would silently train them itself, far beyond its time budget)."""
+    provenance = json.loads((SHIPPED / domain / PROVENANCE).read_text())
+    assert provenance["fingerprint"]["config"] == settings_digest(_preset_teacher(domain, tmp_path).to_dict())
+    assert "--ship-teachers" in provenance["command"]
+    from kd.model_dir import load_model_dir
+
+    model, tokenizer = load_model_dir(SHIPPED / domain)  # a complete, loadable model dir
+    assert model.config.encoder_layers == 6 and tokenizer.vocab_size == model.config.vocab_size
+
+
+@pytest.mark.slow
+def test_retraining_a_teacher_reproduces_the_shipped_weights(tmp_path):
+    """Retrains the us teacher as the recipe does (one thread, as each of the recipe's two workers) on a
+    freshly synthesised corpus: about an hour on the 2-core machine. Floating-point kernels differ between
+    CPU models, so the weights are compared only on the CPU model that trained them."""
+    from kd.corpus.synth import build_corpus, task_vocabulary
+    from kd.experiment import train_run
+    from kd.multidomain import write_word_inventory
+    from kd.shipped import cpu_model, fingerprint
+    from kd.training.checkpoint import load_weights
+
+    provenance = json.loads((SHIPPED / "us" / PROVENANCE).read_text())
+    cpu = cpu_model()
+    if provenance["trained"].get("cpu") != cpu:
+        pytest.skip(f"shipped teachers were trained on {provenance['trained'].get('cpu')!r}, this is {cpu!r}")
+    build_corpus(tmp_path / "corpus", "alnum_cpu", seed=0, progress=False)
+    write_word_inventory([tmp_path / "corpus" / d / "train" for d in ("us", "uk", "target")], tmp_path / "tokens",
+                         task_vocabulary("alnum_cpu"))
+    config = _preset_teacher("us", tmp_path)
+    assert fingerprint(train=list(config.data.train), dev=config.data.dev, config=config.to_dict(),
+                       tokens=tmp_path / "tokens" / "tokens.txt") == provenance["fingerprint"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_run(config, tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    ours, shipped = load_weights(tmp_path / "run/model/model.safetensors"), load_weights(SHIPPED / "us/model.safetensors")
+    assert ours.keys() == shipped.keys()
+    assert [k for k in ours if not torch.equal(ours[k], shipped[k])] == []
+
