@@ -251,7 +251,8 @@ def _search(encoded: list[Tensor], decoder: Any, ctc: Any, *, vocab_size: int, s
     n_utt, k, n_vocab = len(encoded), beam_size, vocab_size
     limits = [_limits(enc.size(0), maxlenratio, minlenratio) for enc in encoded]
     ended = [_Ended(normalize_length) for _ in encoded]
-    active = [b for b in range(n_utt) if limits[b].maxlen > 0]  # utterances still searched
+    # utterances still searched; one without frames has nothing to attend to and ends nothing
+    active = [b for b in range(n_utt) if limits[b].maxlen > 0 and encoded[b].size(0) > 0]
     if not active:
         return [None] * n_utt
     device, dtype = encoded[0].device, encoded[0].dtype
@@ -363,6 +364,7 @@ def _search(encoded: list[Tensor], decoder: Any, ctc: Any, *, vocab_size: int, s
                 cache = [c[rows] for c in cache]
                 memory, memory_mask = memory[rows], memory_mask[rows]
             if use_ctc:
-                x_ctc, r_prev, psi_prev, end_frames = x_ctc[:, rows], r_prev[:, :, rows], psi_prev[rows], end_frames[rows]
+                x_ctc, r_prev = x_ctc[:, rows], r_prev[:, :, rows]
+                psi_prev, end_frames = psi_prev[rows], end_frames[rows]
         step += 1
     return [e.best for e in ended]

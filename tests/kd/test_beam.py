@@ -151,10 +151,12 @@ def test_normalize_length_picks_by_score_per_token():
     assert plain.best == BeamHypothesis((1,), -3.0)
 
 
-def test_empty_and_frameless_input(model):
+def test_empty_and_frameless_input(model, encoded):
     assert batched_best(model, [], DecodeConfig(beam_size=2)) == []
     enc = torch.zeros(0, model.config.d_model)
     assert batched_best(model, [enc], DecodeConfig(beam_size=2)) == [None]
+    fixed = DecodeConfig(beam_size=2, maxlenratio=-3.0)  # a fixed length, yet no frame to emit it from
+    assert batched_best(model, [enc, encoded[0]], fixed) == [None, batched_best(model, [encoded[0]], fixed)[0]]
 
 
 def test_bad_input(model, encoded):
