@@ -17,6 +17,11 @@ Utterances are encoded one by one by default, as Speech2Text does: in a padded b
 STFT of a short utterance sees zeros instead of its reflected edge, and ESPnet's conv2d
 subsampling gives it ceil(T / 2) frames per stage instead of (T - 1) // 2, so padded and
 one-by-one encoding differ (``DecodeConfig.batched_encoder`` trades this for speed).
+
+``DecodeConfig.batched_search`` replaces ESPnet's search, which advances one utterance's
+hypotheses per step, by :func:`kd.beam.batched_beam_search`, which advances those of the whole
+batch together (same scores and stopping rules, so the same tokens up to float rounding; see
+:mod:`kd.beam`). The encoder outputs are the same either way.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class DecodeConfig:
     minlenratio: float = 0.0  # min tokens = ratio * encoder frames; < 0: -ratio tokens
     normalize_length: bool = False  # rank ended hypotheses by score / length instead of score
     batched_encoder: bool = False  # encode a padded batch at once (faster; not identical, see module doc)
+    batched_search: bool = False  # beam search of the whole batch at once (kd.beam; faster, no LM)
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -73,6 +79,8 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.ctc_weight: expected a value in [0, 1], found {self.ctc_weight!r}")
         if not self.lm_weight >= 0.0:
             raise ValueError(f"DecodeConfig.lm_weight: expected a value >= 0, found {self.lm_weight!r}")
+        if not isinstance(self.batched_search, bool):
+            raise TypeError(f"DecodeConfig.batched_search: expected a bool, found {self.batched_search!r}")
         for name in ("penalty", "maxlenratio", "minlenratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -233,6 +241,8 @@ def decode_ids(model: Any, speech: Tensor, speech_lengths: Tensor, config: Decod
             log_probs = espnet.ctc.log_softmax(enc.unsqueeze(0))  # [1, T', V]
             out += ctc_greedy(log_probs, torch.tensor([enc.size(0)]), blank=espnet.blank_id)
         return out
+    if config.batched_search:
+        return _batched_search_ids(model, encoded, config, len(token_list), lm=lm)
     search = build_beam_search(model, config, token_list, lm=lm)
     out = []
     for enc in encoded:
@@ -243,6 +253,25 @@ def decode_ids(model: Any, speech: Tensor, speech_lengths: Tensor, config: Decod
         ids = hyps[0].yseq[1:-1].tolist()  # drop <sos> and <eos>
         out.append([i for i in ids if i != espnet.blank_id])
     return out
+
+
+def _batched_search_ids(model: Any, encoded: list[Tensor], config: DecodeConfig, vocab_size: int, *,
+                        lm: Any = None) -> list[list[int]]:
+    from kd.beam import batched_beam_search
+
+    espnet = model.espnet
+    if lm is not None and config.lm_weight > 0.0:
+        raise ValueError("lm: expected none with DecodeConfig.batched_search (the batched search fuses no LM), "
+                         f"found {type(lm).__name__} with lm_weight={config.lm_weight}")
+    if config.ctc_weight > 0.0 and espnet.ctc is None:
+        raise ValueError(f"DecodeConfig.ctc_weight: the model has no CTC branch, found ctc_weight={config.ctc_weight}")
+    hyps = batched_beam_search(
+        espnet.decoder, espnet.ctc, encoded, vocab_size=vocab_size, sos=espnet.sos, eos=espnet.eos,
+        blank=espnet.blank_id, beam_size=config.beam_size, ctc_weight=config.ctc_weight, penalty=config.penalty,
+        maxlenratio=config.maxlenratio, minlenratio=config.minlenratio, normalize_length=config.normalize_length,
+    )
+    # nothing ended (only with a large minlenratio): empty, as for ESPnet's search
+    return [[] if h is None else [i for i in h.tokens if i != espnet.blank_id] for h in hyps]
 
 
 def decode(model: Any, batch: Any, config: DecodeConfig, *, tokenizer: TextDecoder, lm: Any = None) -> list[str]:
