@@ -132,7 +132,8 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
                          dev: str | os.PathLike, tokens: str | os.PathLike | Mapping[str, Any], seed: int,
                          teacher_model: Mapping[str, Any], size: StudentSize, plan_student: str | os.PathLike | None,
                          teacher_runs: Mapping[str, str | os.PathLike], dev_wers: Mapping[str, float],
-                         cache_root: str | os.PathLike, freeze: Sequence[str] = ()) -> TrainConfig:
+                         cache_root: str | os.PathLike, freeze: Sequence[str] = (),
+                         teacher_weights: str = "model_avg.safetensors") -> TrainConfig:
     """The run config of one (size, condition, seed) cell.
 
     Args:
@@ -148,6 +149,8 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
         cache_root: folder for cached teacher outputs, shared by every run with the same teachers.
         freeze: parameter names or prefixes (``TrainConfig.model.freeze``) that a student built
             from the teacher's layers keeps as the teacher trained them; a random student trains all.
+        teacher_weights: the weights file in each of ``teacher_runs`` (``model.safetensors`` when they
+            are model dirs, e.g. a run's ``model/`` folder or a shipped teacher).
     """
     section = merge_sections(base, {
         "data": {"train": [str(d) for d in train], "dev": str(dev)},
@@ -174,7 +177,7 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
         if condition.weighting == "dev_wer":
             loss["dev_wers"] = [float(dev_wers[t]) for t in condition.teachers]
         section["kd"] = {
-            "teachers": [{"run_dir": str(teacher_runs[t])} for t in condition.teachers],
+            "teachers": [{"run_dir": str(teacher_runs[t]), "weights": teacher_weights} for t in condition.teachers],
             "loss": loss,
             "teacher_outputs": "cached",
             # one cache per teacher set and level (a cache holds one level's outputs)

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg["student"], condition, train=[data(target, "train")], dev=data(target, "dev"), tokens=tokens,
             seed=seed, teacher_model=cfg["teacher"]["model"], size=size, plan_student=plan_student(seed, size),
             teacher_runs={d: teacher_run(seed, d) / "model" for d in domains}, dev_wers=dev_wers,
-            cache_root=out / "teacher_cache" / f"seed{seed}", freeze=freeze)
+            cache_root=out / "teacher_cache" / f"seed{seed}", freeze=freeze, teacher_weights="model.safetensors")
 
     def stage_distill(done):
         jobs = [Job(str(run_dir(size, c, seed)), train_run, (cell_config(size, c, seed, done), run_dir(size, c, seed)))

@@ -30,7 +30,7 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
     conditions = [c["name"] for c in config["x-conditions"]]
     assert [(s["size"], s["condition"], s["seed"]) for s in results["students"]] == [("S", c, 0) for c in conditions]
     assert results["n_test"] == {"us": 4, "uk": 4, "target": 4}
-    assert results["decode"] == {"method": "beam", "beam_size": 2, "ctc_weight": 0.3}
+    assert results["decode"] == {"method": "beam", "beam_size": 2, "ctc_weight": 0.3, "batched_search": True}
     for name in ("us", "uk"):
         t = results["teachers"][name]
         assert set(t) >= {"own_test", "target_test", "target_test_greedy", "uncertainty_auroc"}
