@@ -510,7 +510,7 @@ def prepare(config_path: Path, out: Path, args: argparse.Namespace) -> dict[str,
                                      iters_per_epoch=iters, max_epoch=epochs, ngpu=args.ngpu)}
     write_yaml(out / "conf" / "train.yaml", train_conf)
     plan = {
-        "config": str(Path(config_path).resolve()),
+        "config": shown(config_path),
         "updates_asked": updates, "updates_source": source, "updates": iters * epochs,
         "iters_per_epoch": iters, "max_epoch": epochs,
         "toolkit_batches_per_epoch": target, "espnet_batches_per_epoch": espnet_batches,
@@ -518,7 +518,7 @@ def prepare(config_path: Path, out: Path, args: argparse.Namespace) -> dict[str,
         "lr": lr, "warmup_steps": warmup, "toolkit_schedule": config.optim.schedule.value,
         "normalize": args.normalize, "toolkit_feature_norm": model_config.feature_norm.value,
         "augment_dropped": config.data.augment is not None,
-        "train_utterances": len(samples), "eval": str(eval_path),
+        "train_utterances": len(samples), "eval": shown(eval_path),
         "model": {k: getattr(model_config, k) for k in ("vocab_size", "d_model", "attention_heads", "encoder_layers",
                                                          "decoder_layers", "ffn_units", "n_mels", "n_fft",
                                                          "win_length", "hop_length")},
@@ -556,6 +556,16 @@ def architecture(model: dict[str, Any]) -> str:
     return (f"d_model {model['d_model']}, {model['attention_heads']} heads, {model['encoder_layers']} encoder and "
             f"{model['decoder_layers']} decoder layers, ffn {model['ffn_units']}, {model['n_mels']} mels, "
             f"{model['vocab_size']} tokens")
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory when inside it: the written documents name
+    the files the way the commands that made them did, not by this machine's layout."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -596,7 +606,7 @@ def compare(run_dir: Path, out: Path, doc: Path, args: argparse.Namespace) -> di
             "dev_acc": float(r["dev_acc"]) if r.get("dev_acc") else None}
            for r in read_csv(run_dir / "dev.csv")]
     toolkit = decode_toolkit_run(run_dir, out / "data" / "eval", out / "toolkit_decode", methods, args.toolkit_weights)
-    data = {"toolkit_run": str(run_dir.resolve()), "reference": str(out.resolve()), "plan": ref["plan"],
+    data = {"toolkit_run": shown(run_dir), "reference": shown(out), "plan": ref["plan"],
             "toolkit_curve": dev,
             "espnet_curve": [{"epoch": r["epoch"], "updates": r["updates"],
                               "valid_loss": r.get("valid", {}).get("loss"), "valid_acc": r.get("valid", {}).get("acc")}
@@ -612,8 +622,8 @@ def compare_markdown(data: dict[str, Any]) -> str:
     plan = data["plan"]
     lines = ["# The toolkit's training loop against ESPnet's trainer", "",
              f"Toolkit run `{data['toolkit_run']}`; ESPnet reference `{data['reference']}` "
-             f"(`python tools/espnet_reference.py`): the same architecture ({architecture(plan['model'])}), data and token "
-             f"inventory, {plan['updates']} updates, adam with warmuplr (peak lr {plan['lr']:g} at "
+             f"(`python tools/espnet_reference.py`): the same architecture ({architecture(plan['model'])}), data "
+             f"and token inventory, {plan['updates']} updates, adam with warmuplr (peak lr {plan['lr']:g} at "
              f"{plan['warmup_steps']} updates; the toolkit's schedule: {plan['toolkit_schedule']}), "
              f"{plan['espnet_batches_per_epoch']} batches per epoch (the toolkit {plan['toolkit_batches_per_epoch']}), "
              f"feature normalisation {plan['normalize']} (the toolkit's: {plan['toolkit_feature_norm']})"

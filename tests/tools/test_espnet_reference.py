@@ -3,7 +3,6 @@ plan, the reading of ESPnet's log, and (slow) the whole script on the alnum_test
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
