@@ -191,7 +191,7 @@ class SSLConfig:
     feature_grad_mult: float = 0.1  # gradient scale into the conv feature encoder (wav2vec 2.0: 0.1 for stability)
     # learning rate of the conv feature encoder as a fraction of optim.lr. Under Adam, feature_grad_mult
     # hardly slows the encoder (each parameter's step is divided by its own gradient scale; only
-    # clipping and eps see it); this does (recipes/w2v2_compress/README.md, twelfth session)
+    # clipping and eps see it); this does (recipes/w2v2_compress/README.md)
     feature_lr_scale: float = 1.0
     # feed each utterance at zero mean and unit variance (what published checkpoints with a layer-norm
     # feature encoder expect); recorded in the saved folders' preprocessor_config.json
@@ -351,7 +351,7 @@ SSL_PRESETS: dict[str, SSLConfig] = {
     # about 40 minutes on 2 CPU cores (the cpu corpus: about 1.7 h of training audio). The contrastive
     # loss sits at its chance level for about 300 updates, while the feature encoder's codes change from
     # frame to frame like noise, then falls below it (0.12 nats by update 700); 200 updates, raw waveforms
-    # and the feature penalty of the paper's BASE recipe (this preset until the thirteenth session, the
+    # and the feature penalty of the paper's BASE recipe (this preset until 2026-12-03, the
     # w2v2_compress recipe's cpu_short) never learn (recipes/w2v2_compress/README.md). Each utterance is
     # normalised and there is no feature penalty, as in the reference recipe for this layer-norm
     # architecture; the Gumbel temperature reaches 0.5 at update 990.

@@ -277,7 +277,7 @@ def pretraining_outcome(log_csv: str | os.PathLike, *, groups: int, codebook_siz
     if missing:
         raise ValueError(f"{log_csv}: column(s) {missing} missing (columns: {sorted(rows[0])})")
     neighbours = ("neighbour_codes", "neighbour_codes_chance")
-    if all(c in rows[0] for c in neighbours):  # logged since the thirteenth session
+    if all(c in rows[0] for c in neighbours):  # logged since 2026-12-03
         columns += neighbours
     last = rows[-window:]
     mean = {c: sum(r[c] for r in last) / len(last) for c in columns}
