@@ -234,7 +234,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     head = (f"`{results['preset']}` preset, seeds {results['seeds']}; headline decoding: joint CTC/attention beam "
             f"search (beam {decode['beam_size']}, CTC weight {decode['ctc_weight']}); greedy: CTC greedy. "
             f"Test sets: " + ", ".join(f"{d} {n} utterances" for d, n in results["n_test"].items()) + ". WER/CER in %.")
-    lines = [head, "", "Teachers (mean ± std over seeds where several)", "",
+    lines = [head, "", "Teachers (means over the seeds)", "",
              "| teacher | own test WER | own test CER | target test WER | target test CER | target test WER (greedy) "
              "| uncertainty AUROC own dev | AUROC target dev |", "|---|---|---|---|---|---|---|---|"]
     for name, t in results["teachers"].items():
