@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 from kd.io import atomic_write_text, config_digest, write_json
 
-__all__ = ["cpu_model", "data_digest", "fingerprint", "restore", "settings_digest", "ship", "PROVENANCE"]
+__all__ = ["cpu_model", "data_digest", "fingerprint", "restore", "run_fingerprint", "settings_digest", "ship",
+           "PROVENANCE"]
 
 PROVENANCE = "provenance.json"
 
@@ -49,6 +50,11 @@ def fingerprint(*, train: list[str | os.PathLike], dev: str | os.PathLike | None
     the data paths, and its token inventory file."""
     return {"train": [data_digest(d) for d in train], "dev": data_digest(dev) if dev else None,
             "config": settings_digest(config), "tokens": hashlib.sha256(Path(tokens).read_bytes()).hexdigest()[:16]}
+
+
+def run_fingerprint(config: Any, tokens: str | os.PathLike) -> dict[str, Any]:
+    """:func:`fingerprint` of a ``TrainConfig`` (its data dirs and settings) and its token list file."""
+    return fingerprint(train=list(config.data.train), dev=config.data.dev, config=config.to_dict(), tokens=tokens)
 
 
 def settings_digest(config: Mapping[str, Any]) -> str:

@@ -33,7 +33,7 @@ from kd.io import atomic_write_text, write_json
 from kd.multidomain import (GREEDY, Claim, check_results, claims_table, evaluate_model, results_markdown,
                             teacher_uncertainty, write_word_inventory)
 from kd.parallel import Job, run_jobs
-from kd.shipped import fingerprint, restore
+from kd.shipped import restore, run_fingerprint
 from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
                        preset_seeds, preset_workers, recipe_parser, run_recipe)
 from kd.training.config import TrainConfig
@@ -114,11 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for d in domains:
                 config = teacher_config(d, seed)
-                reason = "not shipped for this seed" if shipped is None or seed != 0 else None
-                if reason is None and not (teacher_run(seed, d) / ".done.json").is_file():
-                    expected = fingerprint(train=list(config.data.train), dev=config.data.dev, config=config.to_dict(),
-                                           tokens=tokens_dir / "tokens.txt")
-                    reason = restore(shipped / d, teacher_run(seed, d) / "model", expected)
+                # shipped teachers are seed 0's; a run that finished here is kept
+                if shipped is not None and seed == 0 and not (teacher_run(seed, d) / ".done.json").is_file():
+                    reason = restore(shipped / d, teacher_run(seed, d) / "model",
+                                     run_fingerprint(config, tokens_dir / "tokens.txt"))
                     if reason is None:
                         restored[f"seed{seed}/{d}"] = str(shipped / d)
                         continue
@@ -294,8 +293,7 @@ def ship_teachers(runs: list[Path], tokens: Path, target: Path, *, command: str)
         config = TrainConfig.from_yaml(run / "config.yaml")
         wall = json.loads((run / "result.json").read_text())["wall_seconds"]
         ship(run / "model", target / run.name, command=command, trained={**_provenance(), "wall_seconds": wall},
-             fingerprint=fingerprint(train=list(config.data.train), dev=config.data.dev, config=config.to_dict(),
-                                     tokens=tokens))
+             fingerprint=run_fingerprint(config, tokens))
         print(f"shipped {run} to {target / run.name}")
 
 

@@ -67,7 +67,7 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
 
 
 def test_shipped_teachers_are_restored_only_for_the_same_data_and_config(tmp_path, capsys, load_recipe):
-    from kd.shipped import PROVENANCE, fingerprint, ship
+    from kd.shipped import PROVENANCE, run_fingerprint, ship
     from kd.training.config import TrainConfig
 
     recipe = load_recipe("multidomain_ukd")
@@ -81,8 +81,7 @@ def test_shipped_teachers_are_restored_only_for_the_same_data_and_config(tmp_pat
         run = first / "teachers/seed0" / d
         config = TrainConfig.from_yaml(run / "config.yaml")
         ship(run / "model", shipped / d, command="run.py --preset smoke --stop-stage 3", trained={"date": "today"},
-             fingerprint=fingerprint(train=list(config.data.train), dev=config.data.dev, config=config.to_dict(),
-                                     tokens=first / "tokens/tokens.txt"))
+             fingerprint=run_fingerprint(config, first / "tokens/tokens.txt"))
     assert json.loads((shipped / "us" / PROVENANCE).read_text())["command"] == "run.py --preset smoke --stop-stage 3"
     # another output folder, the same corpus and config: restored, not trained
     path.write_text(yaml.safe_dump({"smoke": {**smoke, "shipped_teachers": str(shipped)}}))

@@ -46,7 +46,7 @@ def test_retraining_a_teacher_reproduces_the_shipped_weights(tmp_path):
     from kd.corpus.synth import build_corpus, task_vocabulary
     from kd.experiment import train_run
     from kd.multidomain import write_word_inventory
-    from kd.shipped import cpu_model, fingerprint
+    from kd.shipped import cpu_model, run_fingerprint
     from kd.training.checkpoint import load_weights
 
     provenance = json.loads((SHIPPED / "us" / PROVENANCE).read_text())
@@ -57,8 +57,7 @@ def test_retraining_a_teacher_reproduces_the_shipped_weights(tmp_path):
     write_word_inventory([tmp_path / "corpus" / d / "train" for d in ("us", "uk", "target")], tmp_path / "tokens",
                          task_vocabulary("alnum_cpu"))
     config = _preset_teacher("us", tmp_path)
-    assert fingerprint(train=list(config.data.train), dev=config.data.dev, config=config.to_dict(),
-                       tokens=tmp_path / "tokens" / "tokens.txt") == provenance["fingerprint"]
+    assert run_fingerprint(config, tmp_path / "tokens" / "tokens.txt") == provenance["fingerprint"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
