@@ -13,25 +13,11 @@ from analysis.capture import HFSpeechEncoder, iter_activations
 from analysis.report import AnalysisReport
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.cli import main
-
-
-def _tiny_w2v2(path=None, *, stable: bool = True):
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                         conv_dim=(16, 16, 16), conv_stride=(5, 4, 16), conv_kernel=(10, 8, 16),
-                         num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
-                         feat_extract_norm="layer" if stable else "group", do_stable_layer_norm=stable)
-    torch.manual_seed(0)
-    model = Wav2Vec2Model(cfg)
-    model.set_attn_implementation("eager")
-    if path is not None:
-        model.save_pretrained(path)
-    return model.eval()
+from kd.testing import tiny_w2v2
 
 
 def test_hf_capture_padded_batch_equals_one_by_one():
-    enc = HFSpeechEncoder(_tiny_w2v2())
+    enc = HFSpeechEncoder(tiny_w2v2())
     assert enc.batch_consistent and enc.frame_rate == 50.0 and enc.num_layers == 4
     torch.manual_seed(1)
     a, b = torch.randn(8000) * 0.1, torch.randn(5000) * 0.1
@@ -47,7 +33,7 @@ def test_hf_capture_padded_batch_equals_one_by_one():
 
 
 def test_group_norm_models_run_one_by_one():
-    enc = HFSpeechEncoder(_tiny_w2v2(stable=False))
+    enc = HFSpeechEncoder(tiny_w2v2(stable=False))
     assert not enc.batch_consistent
     speech = torch.randn(2, 8000) * 0.1
     speech[1, 5000:] = 0
@@ -71,7 +57,7 @@ def test_espnet_capture_shapes():
 
 def test_kd_analyze_end_to_end(tests_corpus, tmp_path, capsys):
     root, _ = tests_corpus
-    _tiny_w2v2(tmp_path / "model")
+    tiny_w2v2(tmp_path / "model")
     out = tmp_path / "analysis"
     code = main(["analyze", str(tmp_path / "model"), "--data", str(root / "us" / "train"), "--out", str(out),
                  "--device", "cpu"])
@@ -272,7 +258,7 @@ def test_plan_and_compress_from_report(tests_corpus, tmp_path):
     from kd.plan import CompressionPlan
 
     root, _ = tests_corpus
-    teacher = _tiny_w2v2(tmp_path / "model")
+    teacher = tiny_w2v2(tmp_path / "model")
     assert main(["analyze", str(tmp_path / "model"), "--data", str(root / "uk" / "train"), "--out",
                  str(tmp_path / "an"), "--device", "cpu", "--no-attention"]) == 0
     plans = {}

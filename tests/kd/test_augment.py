@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kd.data.augment import AugmentConfig, augment_batch
+from kd.testing import make_config
 from kd.training.syncs import HostSyncCounter
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
@@ -106,7 +107,6 @@ def test_config_errors():
 def test_training_with_augmentation_resumes_exactly(tests_corpus, tmp_path):
     from kd.train import train
     from kd.training.checkpoint import load_weights
-    from tests.kd.test_train import make_config
 
     corpus = tests_corpus[0]
 

@@ -33,10 +33,10 @@ def test_bench_analysis_scale_part_on_cpu(tmp_path):
 
 
 def test_bench_analyze_reports_phases(tests_corpus, tmp_path, capsys):
-    from tests.kd.test_analyze import _tiny_w2v2
+    from kd.testing import tiny_w2v2
 
     root, _ = tests_corpus
-    _tiny_w2v2(tmp_path / "model")
+    tiny_w2v2(tmp_path / "model")
     out, table = tmp_path / "z.json", tmp_path / "z.md"
     assert main(["bench", "analyze", str(tmp_path / "model"), "--data", str(root / "us" / "train"), "--device", "cpu",
                  "--work", str(tmp_path / "work"), "--out", str(out), "--table", str(table)]) == 0

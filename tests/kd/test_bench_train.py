@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.kd.test_train import make_config
+from kd.testing import make_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 

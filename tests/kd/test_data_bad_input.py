@@ -13,34 +13,7 @@ from kd.cli import main
 from kd.data import AudioError, DataDirError, Problem, load_data_dir, read_audio
 from kd.data.batching import AudioDataset
 from kd.data.text import CharTokenizer, UnknownCharacterError
-
-RATE = 16000
-
-
-def _tone(seconds: float = 0.5, rate: int = RATE) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-
-
-def make_data_dir(root: Path, n: int = 3) -> Path:
-    """A valid data dir of ``n`` tone utterances (ids u0..u{n-1}, speakers s0/s1)."""
-    d = root / "data"
-    (d / "wav").mkdir(parents=True)
-    lines = {"wav.scp": [], "text": [], "utt2spk": [], "utt2dom": []}
-    for i in range(n):
-        utt = f"u{i}"
-        sf.write(d / "wav" / f"{utt}.wav", _tone(), RATE, subtype="PCM_16")
-        lines["wav.scp"].append(f"{utt} wav/{utt}.wav")
-        lines["text"].append(f"{utt} hello world number {i}")
-        lines["utt2spk"].append(f"{utt} s{i % 2}")
-        lines["utt2dom"].append(f"{utt} us")
-    for name, rows in lines.items():
-        (d / name).write_text("\n".join(rows) + "\n")
-    spk = {}
-    for i in range(n):
-        spk.setdefault(f"s{i % 2}", []).append(f"u{i}")
-    (d / "spk2utt").write_text("".join(f"{s} {' '.join(u)}\n" for s, u in sorted(spk.items())))
-    return d
+from kd.testing import RATE, make_data_dir, tone
 
 
 def _set_text(d: Path, utt: str, value: str) -> None:
@@ -69,13 +42,13 @@ def _corrupt(kind: str, d: Path) -> tuple[Problem, str]:
         wav.write_bytes(data[: len(data) // 2])
         return Problem.TRUNCATED_AUDIO, "u1.wav"
     if kind == "sample_rate":
-        sf.write(wav, _tone(rate=8000), 8000, subtype="PCM_16")
+        sf.write(wav, tone(rate=8000), 8000, subtype="PCM_16")
         return Problem.SAMPLE_RATE, "u1.wav"
     if kind == "stereo":
-        sf.write(wav, np.stack([_tone(), _tone()], axis=1), RATE, subtype="PCM_16")
+        sf.write(wav, np.stack([tone(), tone()], axis=1), RATE, subtype="PCM_16")
         return Problem.CHANNELS, "u1.wav"
     if kind == "nan":
-        x = _tone()
+        x = tone()
         x[100:110] = np.nan
         sf.write(wav, x, RATE, subtype="FLOAT")
         return Problem.NAN_AUDIO, "u1.wav"
@@ -159,7 +132,7 @@ def test_read_audio_errors_name_utterance(tmp_path):
 
 def test_read_audio_resamples_on_request(tmp_path):
     path = tmp_path / "a.wav"
-    sf.write(path, _tone(1.0, 8000), 8000, subtype="PCM_16")
+    sf.write(path, tone(1.0, 8000), 8000, subtype="PCM_16")
     with pytest.raises(AudioError, match="expected 16000 Hz, found 8000 Hz"):
         read_audio(path)
     assert read_audio(path, resample=True).shape == (16000,)
@@ -167,7 +140,7 @@ def test_read_audio_resamples_on_request(tmp_path):
 
 def test_truncated_header_detected_even_when_decodable(tmp_path):
     path = tmp_path / "a.wav"
-    sf.write(path, _tone(), RATE, subtype="PCM_16")
+    sf.write(path, tone(), RATE, subtype="PCM_16")
     data = path.read_bytes()
     path.write_bytes(data[:-1000])
     from kd.data.audio import inspect_audio

@@ -9,8 +9,7 @@ import torch
 
 from kd.data import CharTokenizer, SentencePieceTokenizer, load_data_dir, load_librispeech, normalize_text
 from kd.data.batching import AudioDataset, bucket_batches, collate, fbank, frame_labels
-
-from .test_data_bad_input import make_data_dir
+from kd.testing import make_data_dir
 
 
 @pytest.mark.parametrize("raw, expected", [

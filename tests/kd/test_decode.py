@@ -8,36 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from kd.data.batching import Batch
 from kd.data.text import CharTokenizer, normalize_text
 from kd.decode import DecodeConfig, DecodeMethod, ctc_greedy, decode, decode_ids, encode_utterances
-
-TOKENS = ("<blank>", "<unk>", "<space>", "a", "b", "c", "d", "e", "<sos/eos>")
-
+from kd.testing import TEXTS, TOKENS, speech_batch, train_briefly
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
-
-
-def train_briefly(model, batch: Batch, tokenizer, *, steps: int, lr: float = 3e-3, seed: int = 0):
-    """Fit the model to a few utterances (Adam, full batch) so that it emits real hypotheses.
-
-    A randomly initialised decoder predicts <eos> (or one token) everywhere, which would make
-    comparisons between decoders trivially equal.
-    """
-    ids = [tokenizer.encode(t) for t in batch.texts]
-    text = torch.full((len(ids), max(map(len, ids))), -1)
-    for i, seq in enumerate(ids):
-        text[i, : len(seq)] = torch.tensor(seq)
-    lengths = torch.tensor([len(seq) for seq in ids])
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(batch.speech, batch.speech_lengths, text, lengths, generator=generator).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +22,6 @@ def model():
     torch.manual_seed(0)
     model = build_asr_model(AsrConfig.tiny(vocab_size=len(TOKENS)), list(TOKENS))
     return train_briefly(model, speech_batch(), CharTokenizer(TOKENS), steps=60)
-
-
-TEXTS = ("abc dea", "bad cab ed", "ace")
-
-
-def speech_batch(lengths=(12000, 16000, 9000)) -> Batch:
-    g = torch.Generator().manual_seed(1)
-    speech = torch.zeros(len(lengths), max(lengths))
-    for i, n in enumerate(lengths):
-        speech[i, :n] = 0.1 * torch.randn(n, generator=g)
-    n = len(lengths)
-    return Batch([f"u{i}" for i in range(n)], speech, torch.tensor(lengths), list(TEXTS[:n]), ["s"] * n, ["d"] * n)
 
 
 # ---------------------------------------------------------------- ctc_greedy

@@ -16,9 +16,7 @@ from kd.data.text import CharTokenizer, normalize_text
 from kd.decode import DecodeConfig, DecodeMethod, decode
 from kd.evaluate import EvalReport, Score, UttResult, evaluate, score_texts
 from kd.model_dir import ModelDirError, load_model_dir, save_model_dir
-from tests.kd.test_decode import train_briefly
-
-ALPHABET = "abcdefghijklmnopqrstuvwxyz'"
+from kd.testing import ALPHABET, make_model_dir
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
@@ -96,20 +94,6 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides):
 
     torch.manual_seed(seed)
     return build_asr_model(AsrConfig.tiny(vocab_size=vocab_size, **overrides), None)
-
-
-def make_model_dir(directory: Path, corpus_root: Path, *, steps: int, **overrides) -> Path:
-    """A tiny model fitted to the four target-domain test utterances, saved as a model dir."""
-    from kd.models.asr import AsrConfig, build_asr_model
-
-    tokenizer = CharTokenizer.from_texts([ALPHABET])
-    torch.manual_seed(0)
-    model = build_asr_model(AsrConfig.tiny(vocab_size=tokenizer.vocab_size, **overrides), list(tokenizer.tokens))
-    data = AudioDataset(load_data_dir(corpus_root / "target" / "test"))
-    batch = collate([data[i] for i in range(len(data))])
-    train_briefly(model, batch, tokenizer, steps=steps)
-    save_model_dir(model, tokenizer, directory)
-    return directory
 
 
 def test_model_dir_round_trip(tmp_path):

@@ -15,7 +15,7 @@ from kd.decode import DecodeConfig, decode, decode_ids
 from kd.evaluate import evaluate
 from kd.export_espnet import espnet_config, export_espnet
 from kd.model_dir import load_model_dir
-from tests.kd.test_evaluate import make_model_dir
+from kd.testing import make_model_dir
 
 # not the defaults, so that a setting the export forgot to carry over changes shapes or outputs
 OVERRIDES = dict(n_fft=400, win_length=320, hop_length=128, n_mels=40, input_layer="conv2d6",

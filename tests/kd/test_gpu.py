@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.kd.test_train import make_config, read_csv
+from kd.testing import make_config, read_csv
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -33,10 +33,10 @@ def test_mixed_precision_runs_train_on_cuda(tests_corpus, tmp_path, precision):
 
 def test_analyze_on_cuda_matches_cpu(tests_corpus, tmp_path):
     from kd.analyze import AnalyzeConfig, analyze_model_dir
-    from tests.kd.test_analyze import _tiny_w2v2
+    from kd.testing import tiny_w2v2
 
     root, _ = tests_corpus
-    _tiny_w2v2(tmp_path / "model")
+    tiny_w2v2(tmp_path / "model")
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # full float32 convolutions, as on the CPU
     try:

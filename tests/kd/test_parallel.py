@@ -81,12 +81,6 @@ def test_file_lock_excludes_another_process_until_released(tmp_path):
     assert time.monotonic() - began < 5
 
 
-def _report_pid_and_sleep(folder: str, i: int) -> None:
-    with open(os.path.join(folder, f"worker{i}.pid"), "w") as f:
-        f.write(str(os.getpid()))
-    time.sleep(120)
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -100,7 +94,12 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    script = ("import sys\nfrom kd.parallel import Job, run_jobs\nfrom tests.kd.test_parallel import _report_pid_and_sleep\n"
+    # the job is defined in the parent's script: spawned workers import it from there (as __mp_main__)
+    script = ("import os, sys, time\nfrom kd.parallel import Job, run_jobs\n\n\n"
+              "def _report_pid_and_sleep(folder: str, i: int) -> None:\n"
+              "    with open(os.path.join(folder, f'worker{i}.pid'), 'w') as f:\n"
+              "        f.write(str(os.getpid()))\n"
+              "    time.sleep(120)\n\n\n"
               "if __name__ == '__main__':\n"
               f"    run_jobs([Job(str(i), _report_pid_and_sleep, ({str(tmp_path)!r}, i)) for i in range(2)], workers=2, threads=1)\n")
     (tmp_path / "parent.py").write_text(script)

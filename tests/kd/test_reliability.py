@@ -15,9 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kd.testing import make_config, subset_dir
 from kd.training.checkpoint import list_checkpoints
-
-from .test_train import make_config, subset_dir
 
 STEPS = 30
 

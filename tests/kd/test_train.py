@@ -2,66 +2,24 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from kd.testing import all_equal, make_config, read_csv, subset_dir
 from kd.training.checkpoint import list_checkpoints, load_weights
 from kd.training.config import OptimConfig, Schedule, TrainConfig
 from kd.training.schedule import learning_rate
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
-
-
-# ---------------------------------------------------------------- helpers (also used by test_checkpoint.py)
-
-
-def make_config(train_dirs, *, steps: int, dev=None, seed: int = 0, overrides=None, optim=None, checkpoint=None,
-                **sections) -> TrainConfig:
-    """A tiny-model config for tests: deterministic, no progress bar, logging every step."""
-    return TrainConfig.from_dict({
-        "data": {"train": [str(d) for d in train_dirs], "dev": None if dev is None else str(dev),
-                 "max_seconds": sections.pop("max_seconds", 10.0)},
-        "model": sections.pop("model", {"preset": "tiny", "overrides": overrides or {}}),
-        "optim": {"lr": 2e-3, "schedule": "warmup_inverse_sqrt", "warmup_steps": 3, "max_steps": steps,
-                  **(optim or {})},
-        "checkpoint": {"every_steps": 0, "keep_last": 2, "average_best": 2, **(checkpoint or {})},
-        "logging": {"every_steps": 1, "progress": False, "tensorboard": False},
-        "seed": seed,
-        "deterministic": True,
-        **sections,
-    })
-
-
-def subset_dir(src: Path, dst: Path, n: int) -> Path:
-    """A data dir with the first ``n`` utterances of ``src`` (absolute audio paths)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    wav = [line.split(maxsplit=1) for line in (src / "wav.scp").read_text().splitlines()[:n]]
-    ids = {u for u, _ in wav}
-    (dst / "wav.scp").write_text("".join(f"{u} {(src / p).resolve()}\n" for u, p in wav))
-    for name in ("text", "utt2spk"):
-        lines = [line for line in (src / name).read_text().splitlines() if line.split()[0] in ids]
-        (dst / name).write_text("\n".join(lines) + "\n")
-    return dst
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def all_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def greedy_ctc(log_probs: torch.Tensor, length: int) -> list[int]:

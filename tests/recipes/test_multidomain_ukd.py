@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from kd.multidomain import check_results
-from tests.recipes.conftest import RECIPES
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def smoke_with(**changes):

@@ -4,6 +4,8 @@ the `cpu` preset's teacher config, and retraining one reproduces its weights on 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -11,8 +13,8 @@ import yaml
 from kd.experiment import merge_sections
 from kd.shipped import PROVENANCE, settings_digest
 from kd.training.config import TrainConfig
-from tests.recipes.conftest import RECIPES
 
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 SHIPPED = RECIPES / "multidomain_ukd" / "teachers"
 DOMAINS = ("us", "uk")
 
