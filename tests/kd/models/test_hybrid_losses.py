@@ -149,7 +149,7 @@ def test_counter_sees_item_and_boolean_masks():
         (x * 2).exp()
     assert counter.by_operator() == {"_local_scalar_dense": 1, "index_bool": 1, "nonzero": 1,
                                      "repeat_interleave": 1}
-    assert all("tests/kd/test_hybrid_losses.py:" in site for _, site in counter.sites)
+    assert all("tests/kd/models/test_hybrid_losses.py:" in site for _, site in counter.sites)
 
 
 def test_check_batch_names_misplaced_padding():

@@ -21,7 +21,7 @@ from kd.corpus.sentences import (
     vocabulary,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SPLITS = {"train": 1500, "dev": 300, "test": 300}
 
 
