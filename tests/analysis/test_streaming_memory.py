@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import json, resource, sys, torch
     from analysis.streaming import LayerMoments, pairwise_linear_cka
@@ -32,6 +34,7 @@ def _stream(frames: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # about 20 CPU seconds (440k frames streamed); pytest -m slow
 def test_streamed_moments_memory_does_not_grow_with_the_number_of_frames():
     small, large = _stream(40_000), _stream(400_000)
     assert small["count"] == 40_000 and large["count"] == 400_000

@@ -432,6 +432,7 @@ def test_two_cpu_processes_train_like_one_process_with_accumulation(corpus, tmp_
     print(f"2-process DDP launch: {elapsed:.1f} s")
 
 
+@pytest.mark.slow  # about 60 CPU seconds (three launches of two processes); pytest -m slow
 def test_two_cpu_processes_resume_exactly(corpus, tmp_path):
     """DDP on CPU: 4 steps in one go == 2 steps, stop, resume to 4 (three launches, about 20 s)."""
     def launch(steps, out):

@@ -115,6 +115,7 @@ def test_unknown_preset_is_refused(capsys, load_recipe):
     assert "--preset: expected one of" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # about 95 CPU seconds (the recipe twice, then on two worker processes); pytest -m slow
 def test_runs_on_two_worker_processes_equal_the_runs_one_after_another(tmp_path, capsys, load_recipe):
     """--workers 2: teachers and students train side by side (one thread each, as the tests' sequential
     runs) to the very same weights and table."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_plans_students_and_table(tmp_path, capsys, load_recipe):
     recipe = load_recipe("w2v2_compress")
@@ -52,6 +54,7 @@ def test_plans_students_and_table(tmp_path, capsys, load_recipe):
     assert json.loads((out / "students_ctc" / "first-k" / "results.json").read_text())["steps"] == 3
 
 
+@pytest.mark.slow  # about 65 CPU seconds (the recipe twice, then on two worker processes); pytest -m slow
 def test_plans_on_two_worker_processes_equal_the_plans_one_after_another(tmp_path, capsys, load_recipe):
     """--workers 2: the six layer distillations and CTC fine-tunings run side by side (one thread
     each, as the tests' sequential runs) to the very same students and error rates."""

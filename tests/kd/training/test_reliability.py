@@ -41,18 +41,26 @@ def _finished_checkpoints_are_whole(out: Path) -> list[int]:
     return steps
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_sigkill_at_random_point_then_resume_gives_identical_weights(tests_corpus, tmp_path, seed):
+@pytest.fixture(scope="module")
+def reference(tests_corpus, tmp_path_factory):
+    """The run's config and its uninterrupted run, which every killed and resumed run must end equal to
+    (one for all kill points: the config is the same and the run deterministic)."""
     root, _ = tests_corpus
-    data = subset_dir(root / "us" / "train", tmp_path / "data", 6)
+    base = tmp_path_factory.mktemp("reliability")
+    data = subset_dir(root / "us" / "train", base / "data", 6)
     config = make_config([data], steps=STEPS, checkpoint={"every_steps": 3, "keep_last": 2, "average_best": 1},
                          max_seconds=4.0)
-    config_path = tmp_path / "config.yaml"
+    config_path = base / "config.yaml"
     config_path.write_text(config.to_yaml())
+    run = _run(config_path, base / "reference")
+    assert run.wait(timeout=600) == 0, run.stderr.read().decode()[-2000:]
+    return config_path, base / "reference"
 
-    reference = _run(config_path, tmp_path / "reference")
-    assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()[-2000:]
 
+# one kill point by default, the second with the slow tests (about 17 CPU seconds each; pytest -m slow)
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_sigkill_at_random_point_then_resume_gives_identical_weights(reference, tmp_path, seed):
+    config_path, reference_run = reference
     rng = random.Random(seed)
     out = tmp_path / "killed"
     proc = _run(config_path, out)
@@ -71,7 +79,7 @@ def test_sigkill_at_random_point_then_resume_gives_identical_weights(tests_corpu
 
     resumed = _run(config_path, out)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
-    a = load_file(str(tmp_path / "reference" / "model.safetensors"))
+    a = load_file(str(reference_run / "model.safetensors"))
     b = load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
