@@ -393,6 +393,7 @@ def test_yaml_reads_exponent_floats_without_a_dot(tmp_path):
 # ---------------------------------------------------------------- several processes
 
 
+@pytest.mark.slow  # about 17 CPU seconds (a launch of two processes); pytest -m slow
 def test_two_cpu_processes_train_like_one_process_with_accumulation(corpus, tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2`` on a machine without CUDA runs DDP on CPU (gloo).
 
@@ -467,6 +468,7 @@ def test_a_second_process_training_into_a_busy_run_dir_fails_at_once(corpus, tmp
     assert train(config, tmp_path / "run").steps == 1  # the lock went with its holder
 
 
+@pytest.mark.slow  # about 16 CPU seconds (two worker processes, then the runs alone); pytest -m slow
 def test_runs_sharing_a_teacher_cache_side_by_side_equal_the_runs_alone(corpus, teachers, tmp_path):
     """Two distillation runs on two worker processes fill one cache dir once (under its lock) and
     train exactly as they do one after the other in this process."""

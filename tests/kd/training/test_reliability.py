@@ -57,8 +57,8 @@ def reference(tests_corpus, tmp_path_factory):
     return config_path, base / "reference"
 
 
-# one kill point by default, the second with the slow tests (about 17 CPU seconds each; pytest -m slow)
-@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
+@pytest.mark.slow  # about 17 CPU seconds a kill point, 10 more for the reference run; pytest -m slow
+@pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_at_random_point_then_resume_gives_identical_weights(reference, tmp_path, seed):
     config_path, reference_run = reference
     rng = random.Random(seed)
