@@ -2,7 +2,7 @@
 
 The library modules (and through them torch, transformers, ESPnet) are imported inside the
 functions that run the subcommands, and no parser default calls into them, so that ``kd --help``
-and ``kd corpus ...`` start in a fraction of a second (tests/test_cli_startup.py).
+and ``kd corpus ...`` start in a fraction of a second (tests/kd/test_cli_startup.py).
 """
 
 from __future__ import annotations

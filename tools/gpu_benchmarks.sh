@@ -11,7 +11,7 @@
 #   bash tools/gpu_benchmarks.sh all       # the three benchmark parts
 #
 # SMOKE=1 runs every part at toy sizes on the CPU, writing under $WORK/smoke instead of docs/bench
-# (tests/test_gpu_benchmarks.py runs it so, marked slow: pytest -m slow tests/test_gpu_benchmarks.py).
+# (tests/tools/test_gpu_benchmarks.py runs it so, marked slow: pytest -m slow tests/tools/test_gpu_benchmarks.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # KD may be a command with arguments ("python3 -m kd.cli" where there is no .venv)

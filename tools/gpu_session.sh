@@ -12,7 +12,7 @@
 # call cut off at its limit still brings back what finished. PARTS="speed analysis" runs a subset.
 #
 # Off the device (no $OUT), RESULTS=DIR names where the archive goes; SMOKE=1 runs the parts at toy
-# sizes on the CPU (tests/test_gpu_benchmarks.py does so).
+# sizes on the CPU (tests/tools/test_gpu_benchmarks.py does so).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${RESULTS:-${OUT:?set OUT (the device tool does) or RESULTS}}"

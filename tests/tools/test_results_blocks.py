@@ -10,7 +10,7 @@ import pytest
 
 from kd.multidomain import readme_blocks, sync_readme
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_results_block_equals_its_results_file():
