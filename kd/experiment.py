@@ -137,7 +137,8 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
     """The run config of one (size, condition, seed) cell.
 
     Args:
-        base: the recipe's ``student`` training section (optim, data limits, checkpoint, logging).
+        base: the recipe's ``student`` training section (optim, data limits, checkpoint, logging,
+            and ``model.overrides`` with training-only model fields such as SpecAugment).
         condition: what to distil and how to initialise.
         train, dev: target-domain data dirs.
         tokens: the shared token list (a file of characters), or the tokens section of the run.
@@ -152,6 +153,14 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
         teacher_weights: the weights file in each of ``teacher_runs`` (``model.safetensors`` when they
             are model dirs, e.g. a run's ``model/`` folder or a shipped teacher).
     """
+    base = dict(base)
+    # the student section's own model overrides (training-only fields such as SpecAugment) go
+    # on top of either initialisation
+    student_model = dict(base.pop("model", None) or {})
+    if set(student_model) - {"overrides"}:
+        raise ValueError(f"student.model: expected only 'overrides' (the architecture comes from the teacher and "
+                         f"the size), found {sorted(student_model)}")
+    student_overrides = dict(student_model.get("overrides") or {})
     section = merge_sections(base, {
         "data": {"train": [str(d) for d in train], "dev": str(dev)},
         # a token list file (characters), or a whole tokens section (e.g. a SentencePiece model)
@@ -161,10 +170,12 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
     if condition.init == "plan":
         if plan_student is None:
             raise ValueError(f"condition {condition.name!r}: init 'plan' needs the student built from the plan")
-        section["model"] = {"preset": None, "init_from": str(plan_student), "freeze": list(freeze)}
+        section["model"] = {"preset": None, "init_from": str(plan_student), "freeze": list(freeze),
+                            "overrides": student_overrides}
     else:
         model = merge_sections(teacher_model, {"overrides": {"encoder_layers": size.encoder_layers,
-                                                     "decoder_layers": len(size.decoder_keep)}})
+                                                     "decoder_layers": len(size.decoder_keep),
+                                                     **student_overrides}})
         section["model"] = model
     if condition.teachers:
         missing = [t for t in condition.teachers if t not in teacher_runs]

@@ -263,8 +263,9 @@ def _validate(c: TrainConfig) -> None:
     m = c.model
     if (m.preset is None) == (m.init_from is None):
         fail("model.preset", m.preset, "a preset name or model.init_from (a run dir), exactly one of them")
-    if m.init_from is not None and m.overrides:
-        fail("model.overrides", m.overrides, "none with model.init_from (the run fixes the architecture)")
+    if m.init_from is not None and m.overrides and set(m.overrides) - set(_training_only_fields()):
+        fail("model.overrides", m.overrides, "with model.init_from, only the fields that leave the architecture as "
+             f"the run fixed it: {', '.join(_training_only_fields())}")
     if "vocab_size" in m.overrides:
         fail("model.overrides.vocab_size", m.overrides["vocab_size"], "no value: it comes from the token list")
     for prefix in m.freeze:
@@ -429,3 +430,10 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     return value
+
+
+def _training_only_fields() -> tuple[str, ...]:
+    """AsrConfig fields that ``model.overrides`` may set on top of ``model.init_from``."""
+    from kd.models.asr import SPECAUG_FIELDS
+
+    return SPECAUG_FIELDS

@@ -90,6 +90,32 @@ def test_student_config_for_each_kind_of_condition(tmp_path):
         student_train_config(base, Condition("x", teachers=("fr",)), **common)
 
 
+def test_student_model_overrides_reach_both_initialisations(tmp_path):
+    specaug = {"specaug_time_masks": 2, "specaug_time_ratio": 0.05}
+    base = {"optim": {"lr": 1e-3, "max_epochs": 2, "warmup_steps": 10}, "model": {"overrides": specaug}}
+    common = dict(train=[tmp_path / "t"], dev=tmp_path / "d", tokens=tmp_path / "tokens.txt", seed=0,
+                  teacher_model={"preset": "small", "overrides": {"d_model": 96}}, size=StudentSize("S", 3, (1,)),
+                  plan_student=tmp_path / "init", teacher_runs={}, dev_wers={}, cache_root=tmp_path / "cache")
+    random_init = student_train_config(base, Condition("scratch", init="random"), **common)
+    assert random_init.model.overrides == {"d_model": 96, "encoder_layers": 3, "decoder_layers": 1, **specaug}
+    plan = student_train_config(base, Condition("layers", init="plan"), **common)
+    assert plan.model.init_from == str(tmp_path / "init") and plan.model.overrides == specaug
+    with pytest.raises(ValueError, match=r"student.model: expected only 'overrides'.*\['preset'\]"):
+        student_train_config({**base, "model": {"preset": "tiny"}}, Condition("scratch", init="random"), **common)
+
+
+def test_init_from_takes_training_only_overrides_and_names_the_others(tmp_path):
+    from kd.training.config import TrainConfig
+
+    section = {"data": {"train": [str(tmp_path)]}, "optim": {"max_steps": 1},
+               "model": {"preset": None, "init_from": str(tmp_path),
+                         "overrides": {"specaug_time_warp": 2}}}
+    assert TrainConfig.from_dict(section).model.overrides == {"specaug_time_warp": 2}
+    section["model"]["overrides"] = {"d_model": 64}
+    with pytest.raises(ValueError, match=r"model.overrides.*only the fields that leave the architecture.*specaug_"):
+        TrainConfig.from_dict(section)
+
+
 def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, tmp_path):
     from kd.training.config import TrainConfig
 
