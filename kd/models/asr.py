@@ -135,7 +135,7 @@ class AsrConfig:
     hop_length: int = 160  # samples: 10 ms at 16 kHz
     n_mels: int = 80  # log-mel FBANK dimension
     feature_norm: FeatureNorm = FeatureNorm.UTTERANCE_MEAN
-    uncertainty_head: bool = True  # teachers and students both carry one (DESIGN.md §5)
+    uncertainty_head: bool = True  # teachers and students both carry one (docs/design.md §9)
     num_noise_samples: int = 10  # S in the sampled-softmax aleatoric loss
     aleatoric_mode: AleatoricMode = AleatoricMode.ADD
     # ALBERT-style cross-layer sharing: groups of layer indices (from 0) whose layers use one set

@@ -145,7 +145,7 @@ def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, t
         del old["optim"][name]
     del old["data"]["augment"]  # added later still
     del old["checkpoint"]["best_by"]  # and later
-    del old["model"]["freeze"]  # tenth session
+    del old["model"]["freeze"]  # added in 23135cb
     (tmp_path / "run/config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
     mark_done(tmp_path / "run", old, steps=1)  # the marker as that version wrote it
     messages.clear()

@@ -44,7 +44,7 @@ def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp
 
 def test_a_pretraining_from_another_recipe_is_reused_only_with_the_same_settings(tmp_path, capsys, load_recipe):
     """ssl_run: a finished pre-training is analysed in place only when its SSLConfig is the preset's;
-    one with other settings (here the preset's before the thirteenth session) is trained again, saying why."""
+    one with other settings is trained again, saying why."""
     import yaml
 
     from kd.io import mark_done, write_json
