@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                            "target_dev": {m: pick("target_dev_beam", m) for m in ("wer", "cer")},
                            "uncertainty_auroc": {p: round(mean([u[p]["auroc"] for u in unc]), 4)
                                                  for p in ("own_dev", "target_dev")},
+                           "posterior_auroc": {p: round(mean([u[p]["auroc_posterior"] for u in unc]), 4)
+                                               for p in ("own_dev", "target_dev")},
                            "uncertainty": unc, "params": rows[0]["own_test_beam"]["params"]}
         students = [{"size": size.name, "condition": c.name, "seed": seed,
                      "target_test": {m: round(ev[f"{size.name}/{c.name}/seed{seed}"]["beam"][m], 2) for m in ("wer", "cer")},
