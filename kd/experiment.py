@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from kd.losses import KDLevel, KDReduction, TeacherWeighting
-from kd.training.config import TrainConfig
+from kd.training.config import TrainConfig, with_added_fields
 
 __all__ = ["Condition", "StudentSize", "check_pairs", "evaluate_once", "mean_std", "merge_sections",
            "paired_differences", "seed_summary", "student_train_config", "train_run", "write_token_list"]
@@ -298,8 +298,8 @@ def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
     old_config = out / "config.yaml"
     if old_config.is_file():
         old = load_yaml(old_config.read_text(encoding="utf-8"))
-        try:  # compared as configs: fields added to the toolkit since the old run do not count
-            same = TrainConfig.from_dict(old).identity() == config.identity()
+        try:  # compared as configs: fields added to the toolkit since the old run read as that run had them
+            same = TrainConfig.from_dict(with_added_fields(old)).identity() == config.identity()
         except (TypeError, ValueError):  # not a readable config any more: not the same run
             same = False
         if not same:

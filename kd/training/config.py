@@ -11,6 +11,7 @@ accepted as ``false``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import os
@@ -41,6 +42,7 @@ __all__ = [
     "TokenKind",
     "TokenConfig",
     "TrainConfig",
+    "with_added_fields",
     "without_added_defaults",
 ]
 
@@ -51,6 +53,20 @@ CONFIG_VERSION = 1
 ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None,
                 ("kd", "loss", "reduction"): "mean", ("checkpoint", "best_by"): "loss",
                 ("model", "freeze"): []}
+
+
+def with_added_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a saved config as plain dicts, changed in place and returned) with each field of
+    ADDED_FIELDS that it lacks set to the value runs without the field had, where the field's
+    section is present: a config written before a field existed then reads as the run it was,
+    also where the field's default differs from that value."""
+    for (*sections, name), value in ADDED_FIELDS.items():
+        holder = data
+        for section in sections:
+            holder = holder.get(section) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and name not in holder:
+            holder[name] = copy.deepcopy(value)
+    return data
 
 
 def without_added_defaults(data: dict[str, Any]) -> dict[str, Any]:
