@@ -49,10 +49,12 @@ __all__ = [
 CONFIG_VERSION = 1
 # fields added to version 1 after runs were written without them: (section, ..., field) -> the value
 # that gives what runs without the field did (speed settings change only floating-point rounding);
-# see TrainConfig.identity
+# see TrainConfig.identity. Usually the field's default; kd.loss.soft_labels is the exception (its
+# default is the paper's "sampled", runs without the field used "mean_logits")
 ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None,
                 ("kd", "loss", "reduction"): "mean", ("checkpoint", "best_by"): "loss",
-                ("model", "freeze"): []}
+                ("model", "freeze"): [], ("kd", "loss", "soft_labels"): "mean_logits",
+                ("kd", "loss", "num_samples"): 10}
 
 
 def with_added_fields(data: dict[str, Any]) -> dict[str, Any]:
