@@ -10,9 +10,10 @@ recipe script only strings them together.
 Conditions (``Condition``): ``init`` is ``random`` (the teacher architecture with the student's
 depth, fresh weights) or ``plan`` (the teacher's layers chosen by the plan); ``teachers`` names
 the domain teachers to distil from (none: no KD); ``beta`` is the share of tok-KD in the KD
-term (1: tok-KD only, 0.5: tok-KD + unc-KD); ``weighting`` combines several teachers
-(``fixed`` uniform, ``dev_wer`` from their dev WER on the target domain, ``uncertainty`` per
-token).
+term (1: tok-KD only, 0.5: tok-KD + unc-KD, or + spread-KD at ``level: frame``); ``weighting``
+combines several teachers (``fixed`` uniform, ``dev_wer`` from their dev WER on the target domain,
+``uncertainty`` per token, ``posterior_spread`` per frame). The teachers' soft labels are
+``KDLossConfig``'s default, the paper's sampled ones (``kd.losses.SoftLabels``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from kd.losses import KDLevel, KDReduction, TeacherWeighting
-from kd.training.config import TrainConfig
+from kd.training.config import TrainConfig, with_added_fields
 
 __all__ = ["Condition", "StudentSize", "check_pairs", "evaluate_once", "mean_std", "merge_sections",
            "paired_differences", "seed_summary", "student_train_config", "train_run", "write_token_list"]
@@ -43,10 +44,10 @@ class Condition:
     name: str  # row label in the table, e.g. "tok+unc-KD (us)"
     init: str = "plan"  # "random" or "plan"
     teachers: tuple[str, ...] = ()  # domain teachers to distil from; () = no KD
-    beta: float = 1.0  # tok-KD share of the KD term (1 - beta: unc-KD)
+    beta: float = 1.0  # tok-KD share of the KD term (1 - beta: unc-KD, or spread-KD at level frame)
     alpha: float = 0.5  # weight of the student's own loss
     temperature: float = 1.0
-    weighting: str = "fixed"  # several teachers: fixed (uniform), dev_wer or uncertainty
+    weighting: str = "fixed"  # several teachers: fixed (uniform), dev_wer, uncertainty or posterior_spread
     reduction: str = "mean"  # of the KD term over tokens (kd.losses.KDReduction): mean or sum_per_utterance
     plan: str = "analysis"  # init "plan": the planner that picks the teacher layers (kd.plan_cli.PlanMethod)
     level: str = "token"  # what is matched (kd.losses.KDLevel): decoder tokens or CTC frames
@@ -309,8 +310,8 @@ def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
     old_config = out / "config.yaml"
     if old_config.is_file():
         old = load_yaml(old_config.read_text(encoding="utf-8"))
-        try:  # compared as configs: fields added to the toolkit since the old run do not count
-            same = TrainConfig.from_dict(old).identity() == config.identity()
+        try:  # compared as configs: fields added to the toolkit since the old run read as that run had them
+            same = TrainConfig.from_dict(with_added_fields(old)).identity() == config.identity()
         except (TypeError, ValueError):  # not a readable config any more: not the same run
             same = False
         if not same:

@@ -168,6 +168,24 @@ def test_kd_reduction_mean_keeps_the_identity_of_earlier_kd_runs():
     assert summed.identity()["kd"]["loss"]["reduction"] == "sum_per_utterance"
 
 
+def test_kd_runs_from_before_sampled_soft_labels_read_as_mean_logit_runs():
+    """kd.loss.soft_labels defaults to the paper's sampled soft labels; a run written before the field
+    existed used the mean logits, and reads so (with_added_fields), so train_run does not reuse it."""
+    from kd.training.config import TrainConfig, with_added_fields
+
+    base = {"data": {"train": ["x"]}, "optim": {"max_steps": 1}, "kd": {"teachers": [{"run_dir": "t"}]}}
+    new = TrainConfig.from_dict(base)
+    assert new.kd.loss.soft_labels.value == "sampled" and new.identity()["kd"]["loss"]["soft_labels"] == "sampled"
+    saved = new.to_dict()
+    del saved["kd"]["loss"]["soft_labels"], saved["kd"]["loss"]["num_samples"]  # as an earlier version wrote it
+    old = TrainConfig.from_dict(with_added_fields(saved))
+    assert old.kd.loss.soft_labels.value == "mean_logits" and old.identity() != new.identity()
+    explicit = TrainConfig.from_dict({**base, "kd": {**base["kd"], "loss": {"soft_labels": "mean_logits"}}})
+    assert explicit.identity() == old.identity() and "soft_labels" not in explicit.identity()["kd"]["loss"]
+    without_kd = TrainConfig.from_dict({"data": {"train": ["x"]}, "optim": {"max_steps": 1}}).to_dict()
+    assert with_added_fields(without_kd)["kd"] is None
+
+
 def test_best_by_loss_keeps_the_identity_of_earlier_runs_and_bad_values_are_named():
     from kd.training.config import Criterion, TrainConfig
 
