@@ -30,7 +30,8 @@ from kd.losses import KDLevel, KDReduction, TeacherWeighting
 from kd.training.config import TrainConfig, with_added_fields
 
 __all__ = ["Condition", "StudentSize", "check_pairs", "evaluate_once", "mean_std", "merge_sections",
-           "paired_differences", "seed_summary", "student_train_config", "train_run", "write_token_list"]
+           "paired_differences", "seed_summary", "student_train_config", "train_run", "training_differs",
+           "write_token_list"]
 
 _INITS = ("random", "plan")
 _PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod
@@ -323,3 +324,15 @@ def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
             out.rename(target)
             log(f"{out}: held a run with other settings; moved to {target.name}")
     return train(config, out)
+
+
+def training_differs(saved_config: str | os.PathLike, section: Mapping[str, Any]) -> list[str]:
+    """The sections of the run config ``saved_config`` (a run dir's ``config.yaml``) that differ from the
+    training ``section``, data dirs and token inventory apart: whether a run that another recipe trained
+    on its own copy of the corpus can stand in for this one (an empty list)."""
+    saved = TrainConfig.from_yaml(saved_config)
+    mine = saved.to_dict()
+    wanted = TrainConfig.from_dict(merge_sections(section, {
+        "data": {"train": mine["data"]["train"], "dev": mine["data"]["dev"]}, "tokens": mine["tokens"]}))
+    a, b = saved.identity(), wanted.identity()
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

@@ -1,8 +1,8 @@
-"""The stages of the multi-domain KD benchmark (Kim et al. 2021) as library functions.
+"""The multi-domain KD benchmark (Kim et al. 2021): its claims, evaluations and results file.
 
-``recipes/multidomain_ukd/run.py`` strings these together. The benchmark asks whether distillation
-from teachers of other domains helps a student of a target domain with little data, and tests the
-paper's claims with paired intervals (:mod:`kd.evidence`):
+Its stages, which ``recipes/multidomain_ukd/run.py`` strings together, are in :mod:`kd.multidomain_stages`.
+The benchmark asks whether distillation from teachers of other domains helps a student of a target
+domain with little data, and tests the paper's claims with paired intervals (:mod:`kd.evidence`):
 
 - KD beats no KD;
 - the uncertainty term added to token-level KD beats token-level KD alone;

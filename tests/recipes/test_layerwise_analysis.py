@@ -28,6 +28,7 @@ def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp
     limits is reused; one trained for other epochs is not (its differing section is named)."""
     import yaml
 
+    from kd.experiment import training_differs
     from kd.training.config import TrainConfig
 
     recipe = load_recipe("layerwise_analysis")
@@ -36,10 +37,10 @@ def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp
              "tokens": {"kind": "list", "path": "/elsewhere/tokens.txt"}}
     saved = tmp_path / "config.yaml"
     saved.write_text(TrainConfig.from_dict(other).to_yaml())
-    assert recipe.training_differs(saved, section) == []
+    assert training_differs(saved, section) == []
     fewer = {**other, "optim": {**other["optim"], "max_epochs": 8}}
     saved.write_text(TrainConfig.from_dict(fewer).to_yaml())
-    assert recipe.training_differs(saved, section) == ["optim"]
+    assert training_differs(saved, section) == ["optim"]
 
 
 def test_a_pretraining_from_another_recipe_is_reused_only_with_the_same_settings(tmp_path, capsys, load_recipe):
