@@ -71,11 +71,7 @@ def model_config_for(config: TrainConfig, tokenizer):
 
     m = config.model
     if m.init_from is None:
-        preset = AsrConfig.from_preset(m.preset, vocab_size=tokenizer.vocab_size).to_dict()
-        try:
-            return AsrConfig.from_dict({**preset, **m.overrides}), None
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"TrainConfig.model.overrides: {e}") from None
+        return _with_overrides(AsrConfig.from_preset(m.preset, vocab_size=tokenizer.vocab_size), m.overrides), None
     run = Path(m.init_from)
     if (run / MODEL_DIR_CONFIG).is_file() and not (run / MODEL_CONFIG_FILE).is_file():
         # a model dir (kd.model_dir), e.g. a student built from a teacher's layers
@@ -91,7 +87,8 @@ def model_config_for(config: TrainConfig, tokenizer):
 
 
 def _with_overrides(model_config, overrides):
-    """``model.overrides`` on top of an ``init_from`` model's config (training-only fields, e.g. SpecAugment)."""
+    """``model.overrides`` on top of a preset's or an ``init_from`` model's config (for ``init_from``, the
+    config validation allows training-only fields only, e.g. SpecAugment)."""
     if not overrides:
         return model_config
     from kd.models.asr import AsrConfig
