@@ -5,7 +5,7 @@ Every function takes two activation matrices ``x`` and ``y`` of shapes ``[frames
 float64 on the tensors' device, and returns a similarity in [0, 1] (``cca`` returns the vector
 of canonical correlations).
 
-Conventions (docs: DESIGN.md section 3):
+Conventions (docs/design.md §7):
 
 - Linear CKA (Kornblith et al. 2019, "Similarity of Neural Network Representations
   Revisited"): ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on centred X, Y.

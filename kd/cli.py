@@ -111,8 +111,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     from kd.hf_ctc import is_hf_model_folder
 
-    method = args.method or ("ctc-greedy" if is_hf_model_folder(args.model_dir) else "beam")
-    config = DecodeConfig(method=DecodeMethod[method.upper().replace("-", "_")], beam_size=args.beam_size,
+    method = args.method or ("ctc_greedy" if is_hf_model_folder(args.model_dir) else "beam")
+    config = DecodeConfig(method=DecodeMethod(method), beam_size=args.beam_size,
                           ctc_weight=args.ctc_weight, penalty=args.penalty, maxlenratio=args.maxlenratio)
     report = evaluate(args.model_dir, args.data, config, device=_device(args.device), out_dir=args.out,
                       progress=True)
@@ -442,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "vocab.json or tokens.txt) or compressed student of one")
     ev.add_argument("--data", nargs="+", required=True, help="one or more data dirs")
     ev.add_argument("--out", default=None, help="folder for report.json, report.md, hyp.txt, utterances.jsonl")
-    ev.add_argument("--method", default=None, choices=["beam", "ctc-greedy"],
-                    help="default: beam for a kd model dir, ctc-greedy (the only one) for a Hugging Face CTC folder")
+    ev.add_argument("--method", default=None, choices=["beam", "ctc_greedy"], type=lambda s: s.replace("-", "_"),
+                    help="kd.decode.DecodeMethod, as in a decode config (ctc-greedy is read as ctc_greedy); default: "
+                         "beam for a kd model dir, ctc_greedy (the only one) for a Hugging Face CTC folder")
     ev.add_argument("--beam-size", type=int, default=10)
     ev.add_argument("--ctc-weight", type=float, default=0.3)
     ev.add_argument("--penalty", type=float, default=0.0)

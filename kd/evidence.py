@@ -176,16 +176,20 @@ class TokenUncertainty:
     offsets: np.ndarray  # [U + 1]: the tokens of utterance u are offsets[u]:offsets[u + 1]
     variance: np.ndarray  # [T] mean over the vocabulary of sigma_i^2 (the uncertainty head's variance vector)
     error: np.ndarray  # [T] bool: argmax of the mean logits f_i is not the reference token
+    variance_predicted: np.ndarray  # [T] sigma^2 of the predicted token (the argmax of f_i)
+    posterior_doubt: np.ndarray  # [T] 1 - max softmax(f_i): what the posterior alone says, for reference
 
 
 def token_uncertainty(model_dir: str | os.PathLike, data_dir: str | os.PathLike, *, device: str = "cpu",
                       max_batch_seconds: float = 60.0) -> TokenUncertainty:
     """Per-token variance and teacher-forced error of a kd model dir on a data dir.
 
-    The variance of a token is the mean of the head's variance vector sigma_i^2 over the vocabulary:
-    the magnitude of the noise that the sampled-softmax loss learnt to put on the logits there. (The
-    uncertainty KD term matches the L2-normalised vectors, i.e. their direction; the magnitude is
-    what says how unsure the model is.) Dropout is off; no noise is drawn for the outputs used.
+    Three scores per token: the mean of the head's variance vector sigma_i^2 over the vocabulary (the
+    magnitude of the noise the sampled-softmax loss learnt to put on the logits there; the uncertainty
+    KD term matches the L2-normalised vectors, i.e. their direction), the variance of the predicted
+    token's logit (the noise that can flip the model's own choice), and, as the reference any
+    uncertainty must beat, 1 - the posterior's largest probability. Dropout is off; no noise is drawn
+    for the outputs used.
     """
     import torch
 
@@ -206,10 +210,14 @@ def token_uncertainty(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
             batch = collate([dataset[i] for i in indices]).to(device)
             out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=generator)
             variance = out.variances.mean(-1)  # [B, L+1]
-            error = out.logits.argmax(-1) != out.targets  # [B, L+1]
+            predicted = out.logits.argmax(-1)  # [B, L+1]
+            error = predicted != out.targets
+            variance_predicted = out.variances.gather(-1, predicted[..., None])[..., 0]
+            doubt = 1.0 - out.logits.softmax(-1).amax(-1)
             for row, i in enumerate(indices):
                 mask = out.token_mask[row]
-                per_utt[i] = (variance[row][mask].double().cpu().numpy(), error[row][mask].cpu().numpy())
+                per_utt[i] = tuple(x[row][mask].double().cpu().numpy()
+                                   for x in (variance, error, variance_predicted, doubt))
     order = range(len(data.utterances))
     lengths = [len(per_utt[i][0]) for i in order]
     return TokenUncertainty(
@@ -217,13 +225,24 @@ def token_uncertainty(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
         offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(int),
         variance=np.concatenate([per_utt[i][0] for i in order]),
         error=np.concatenate([per_utt[i][1] for i in order]).astype(bool),
+        variance_predicted=np.concatenate([per_utt[i][2] for i in order]),
+        posterior_doubt=np.concatenate([per_utt[i][3] for i in order]),
     )
 
 
 def uncertainty_summary(tokens: TokenUncertainty) -> dict[str, float]:
-    """AUROC with which the per-token variance predicts the model's own teacher-forced token errors,
-    the mean variance, the token error rate and the number of tokens."""
-    return {"auroc": auroc(tokens.variance, tokens.error), "mean_variance": float(tokens.variance.mean()),
+    """AUROCs with which each per-token score predicts the model's own teacher-forced token errors, the
+    mean variance, the token error rate and the number of tokens.
+
+    ``auroc``: the predicted token's variance, the headline (it is the noise that can change the model's
+    choice); ``auroc_mean_variance``: the variance vector's mean over the vocabulary (mostly classes the
+    model never considers); ``auroc_posterior``: 1 - max probability, which needs no uncertainty head:
+    a variance that predicts errors no better than it adds nothing the posterior does not say.
+    """
+    return {"auroc": auroc(tokens.variance_predicted, tokens.error),
+            "auroc_mean_variance": auroc(tokens.variance, tokens.error),
+            "auroc_posterior": auroc(tokens.posterior_doubt, tokens.error),
+            "mean_variance": float(tokens.variance.mean()),
             "token_error": float(tokens.error.mean()), "tokens": int(len(tokens.error))}
 
 

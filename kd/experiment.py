@@ -10,9 +10,10 @@ recipe script only strings them together.
 Conditions (``Condition``): ``init`` is ``random`` (the teacher architecture with the student's
 depth, fresh weights) or ``plan`` (the teacher's layers chosen by the plan); ``teachers`` names
 the domain teachers to distil from (none: no KD); ``beta`` is the share of tok-KD in the KD
-term (1: tok-KD only, 0.5: tok-KD + unc-KD); ``weighting`` combines several teachers
-(``fixed`` uniform, ``dev_wer`` from their dev WER on the target domain, ``uncertainty`` per
-token).
+term (1: tok-KD only, 0.5: tok-KD + unc-KD, or + spread-KD at ``level: frame``); ``weighting``
+combines several teachers (``fixed`` uniform, ``dev_wer`` from their dev WER on the target domain,
+``uncertainty`` per token, ``posterior_spread`` per frame). The teachers' soft labels are
+``KDLossConfig``'s default, the paper's sampled ones (``kd.losses.SoftLabels``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from kd.losses import KDLevel, KDReduction, TeacherWeighting
-from kd.training.config import TrainConfig
+from kd.training.config import TrainConfig, with_added_fields
 
 __all__ = ["Condition", "StudentSize", "check_pairs", "evaluate_once", "mean_std", "merge_sections",
-           "paired_differences", "seed_summary", "student_train_config", "train_run", "write_token_list"]
+           "paired_differences", "seed_summary", "student_train_config", "train_run", "training_differs",
+           "write_token_list"]
 
 _INITS = ("random", "plan")
 _PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod
@@ -43,10 +45,10 @@ class Condition:
     name: str  # row label in the table, e.g. "tok+unc-KD (us)"
     init: str = "plan"  # "random" or "plan"
     teachers: tuple[str, ...] = ()  # domain teachers to distil from; () = no KD
-    beta: float = 1.0  # tok-KD share of the KD term (1 - beta: unc-KD)
+    beta: float = 1.0  # tok-KD share of the KD term (1 - beta: unc-KD, or spread-KD at level frame)
     alpha: float = 0.5  # weight of the student's own loss
     temperature: float = 1.0
-    weighting: str = "fixed"  # several teachers: fixed (uniform), dev_wer or uncertainty
+    weighting: str = "fixed"  # several teachers: fixed (uniform), dev_wer, uncertainty or posterior_spread
     reduction: str = "mean"  # of the KD term over tokens (kd.losses.KDReduction): mean or sum_per_utterance
     plan: str = "analysis"  # init "plan": the planner that picks the teacher layers (kd.plan_cli.PlanMethod)
     level: str = "token"  # what is matched (kd.losses.KDLevel): decoder tokens or CTC frames
@@ -137,7 +139,8 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
     """The run config of one (size, condition, seed) cell.
 
     Args:
-        base: the recipe's ``student`` training section (optim, data limits, checkpoint, logging).
+        base: the recipe's ``student`` training section (optim, data limits, checkpoint, logging,
+            and ``model.overrides`` with training-only model fields such as SpecAugment).
         condition: what to distil and how to initialise.
         train, dev: target-domain data dirs.
         tokens: the shared token list (a file of characters), or the tokens section of the run.
@@ -152,6 +155,14 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
         teacher_weights: the weights file in each of ``teacher_runs`` (``model.safetensors`` when they
             are model dirs, e.g. a run's ``model/`` folder or a shipped teacher).
     """
+    base = dict(base)
+    # the student section's own model overrides (training-only fields such as SpecAugment) go
+    # on top of either initialisation
+    student_model = dict(base.pop("model", None) or {})
+    if set(student_model) - {"overrides"}:
+        raise ValueError(f"student.model: expected only 'overrides' (the architecture comes from the teacher and "
+                         f"the size), found {sorted(student_model)}")
+    student_overrides = dict(student_model.get("overrides") or {})
     section = merge_sections(base, {
         "data": {"train": [str(d) for d in train], "dev": str(dev)},
         # a token list file (characters), or a whole tokens section (e.g. a SentencePiece model)
@@ -161,10 +172,12 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
     if condition.init == "plan":
         if plan_student is None:
             raise ValueError(f"condition {condition.name!r}: init 'plan' needs the student built from the plan")
-        section["model"] = {"preset": None, "init_from": str(plan_student), "freeze": list(freeze)}
+        section["model"] = {"preset": None, "init_from": str(plan_student), "freeze": list(freeze),
+                            "overrides": student_overrides}
     else:
         model = merge_sections(teacher_model, {"overrides": {"encoder_layers": size.encoder_layers,
-                                                     "decoder_layers": len(size.decoder_keep)}})
+                                                     "decoder_layers": len(size.decoder_keep),
+                                                     **student_overrides}})
         section["model"] = model
     if condition.teachers:
         missing = [t for t in condition.teachers if t not in teacher_runs]
@@ -298,8 +311,8 @@ def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
     old_config = out / "config.yaml"
     if old_config.is_file():
         old = load_yaml(old_config.read_text(encoding="utf-8"))
-        try:  # compared as configs: fields added to the toolkit since the old run do not count
-            same = TrainConfig.from_dict(old).identity() == config.identity()
+        try:  # compared as configs: fields added to the toolkit since the old run read as that run had them
+            same = TrainConfig.from_dict(with_added_fields(old)).identity() == config.identity()
         except (TypeError, ValueError):  # not a readable config any more: not the same run
             same = False
         if not same:
@@ -311,3 +324,15 @@ def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
             out.rename(target)
             log(f"{out}: held a run with other settings; moved to {target.name}")
     return train(config, out)
+
+
+def training_differs(saved_config: str | os.PathLike, section: Mapping[str, Any]) -> list[str]:
+    """The sections of the run config ``saved_config`` (a run dir's ``config.yaml``) that differ from the
+    training ``section``, data dirs and token inventory apart: whether a run that another recipe trained
+    on its own copy of the corpus can stand in for this one (an empty list)."""
+    saved = TrainConfig.from_yaml(saved_config)
+    mine = saved.to_dict()
+    wanted = TrainConfig.from_dict(merge_sections(section, {
+        "data": {"train": mine["data"]["train"], "dev": mine["data"]["dev"]}, "tokens": mine["tokens"]}))
+    a, b = saved.identity(), wanted.identity()
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

@@ -1,31 +1,53 @@
 """Knowledge-distillation losses with uncertainty matching (Kim et al. 2021).
 
-Kim et al. (2021), "Multi-domain Knowledge Distillation via Uncertainty-Matching for
-End-to-End ASR Models", train a student with
+Kim et al. (2021), "Multi-domain Knowledge Distillation via Uncertainty-Matching for End-to-End
+ASR Models", train a student with
 
     L    = alpha * L_NLL + (1 - alpha) * sum_k r_k L_KD^(k)
     L_KD = beta * tok-KD + (1 - beta) * unc-KD
 
-tok-KD is KL(teacher || student) of the decoder's token distributions under teacher forcing on
-the ground truth, and unc-KD the squared distance between the L2-normalised variance vectors of
-the teacher's and the student's uncertainty heads, token by token. The frame-level variant
-matches CTC posteriors instead.
+tok-KD is KL(p || q) of the decoder's token distributions under teacher forcing on the ground
+truth, with q = softmax(s / T) the student's softened distribution and p the teacher's soft
+labels, and unc-KD the squared distance between the L2-normalised variance vectors of the
+teacher's and the student's uncertainty heads, token by token.
+
+Soft labels (`SoftLabels`, ``KDLossConfig.soft_labels``). The paper's teacher distribution is
+the one its sampled-softmax loss models (`kd.models.uncertainty`):
+
+    p = (1/S) sum_s softmax(g_s / T),   g_s = f + sigma * eps_s,   eps_s ~ N(0, I)
+
+with f the teacher's mean logits and sigma^2 its uncertainty head's per-class variance
+(`sampled_soft_labels`). This is the default (``sampled``); ``mean_logits`` is p = softmax(f / T),
+what the toolkit used before 2026-12-07. The noise comes from the generator given to `kd_loss`:
+in training the run's noise generator, seeded from the run's seed and saved in every checkpoint,
+so a run is reproducible, resumes exactly, and gives the same numbers with cached teacher outputs
+(which hold f and sigma^2, not draws) as with online ones.
+
+Frame level (``KDLevel.FRAME``) matches the CTC posteriors instead. CTC branches have no variance
+head, so there is no uncertainty to match or to sample from there: the soft labels are the
+teacher's softened posteriors (sigma = 0, whatever ``soft_labels`` says), and the second term is
+spread-KD, the same normalised distance on the posteriors' spread p * (1 - p) per class
+(`posterior_spread`). That spread is a function of the posterior alone, so it carries no
+information the KL term does not: it is an extra penalty on the shape of the posteriors, not an
+uncertainty. Likewise ``TeacherWeighting.POSTERIOR_SPREAD`` weighs teachers per frame by how
+peaked their posteriors are.
 
 Choices this module makes where the paper leaves them open:
 - Temperature: both distributions are softened by T and the KL is multiplied by T^2 (Hinton
-  et al. 2015) so that gradient sizes do not depend on T.
+  et al. 2015) so that gradient sizes do not depend on T. With sampled soft labels T divides
+  each noisy logit vector g_s, as in the formula above.
 - Averages: every term is a mean over real (unmasked) positions of the batch. In ``kd_loss``
   the KD term can instead be summed over each utterance's positions and divided by the number
   of utterances (``KDReduction.SUM_PER_UTTERANCE``), the normalisation of ESPnet's hybrid loss
   that serves as L_NLL. Mixing a per-token KD mean with ESPnet's per-utterance NLL makes the KD
   term about 1/(tokens per utterance) as strong as alpha says (measured on the built-in corpus:
   NLL ~155 against a KD term of ~0.3, ~1/500), so recipes distilling the hybrid model use the sum.
-- Teacher weights r_k are normalised to sum to 1 (per position for the uncertainty mode), so
-  alpha keeps its meaning whatever the number of teachers. See `TeacherWeighting`.
+- Teacher weights r_k are normalised to sum to 1 (per position for the uncertainty and
+  posterior-spread modes), so alpha keeps its meaning whatever the number of teachers. See
+  `TeacherWeighting`.
 - Teacher tensors are detached: gradients reach the student only.
 - Frame level: a teacher with another frame rate is resampled to the student's frames (see
-  `resample_frames`), and the "variance" of a CTC posterior is p * (1 - p) per class (see
-  `posterior_variance`), since CTC branches carry no uncertainty head.
+  `resample_frames`).
 """
 
 from __future__ import annotations
@@ -49,14 +71,16 @@ __all__ = [
     "KDLevel",
     "KDLossConfig",
     "KDReduction",
+    "SoftLabels",
     "TeacherWeighting",
     "TokenOutputs",
     "ctc_kd",
-    "ctc_uncertainty_kd",
+    "ctc_spread_kd",
     "fixed_teacher_weights",
     "kd_loss",
-    "posterior_variance",
+    "posterior_spread",
     "resample_frames",
+    "sampled_soft_labels",
     "token_kd",
     "uncertainty_kd",
     "uncertainty_teacher_weights",
@@ -79,6 +103,15 @@ class KDReduction(enum.Enum):
     SUM_PER_UTTERANCE = "sum_per_utterance"
 
 
+class SoftLabels(enum.Enum):
+    """The teacher distribution p that token-level KD matches (see the module docstring)."""
+
+    # p = (1/S) sum_s softmax((f + sigma * eps_s) / T), sigma^2 from the teacher's uncertainty
+    # head (Kim et al. 2021): the default
+    SAMPLED = "sampled"
+    MEAN_LOGITS = "mean_logits"  # p = softmax(f / T): the head's variance is not used
+
+
 class TeacherWeighting(enum.Enum):
     """How the teachers' KD terms are weighted (r_k).
 
@@ -86,15 +119,21 @@ class TeacherWeighting(enum.Enum):
     DEV_WER: r_k = softmax_k(-WER_k / tau) with WER_k the teacher's dev WER as a fraction and
         tau = `KDLossConfig.wer_temperature`; tau -> 0 picks the best teacher, tau -> inf is
         uniform.
-    UNCERTAINTY: per position i, r_{k,i} = (1 / u_{k,i}) / sum_j (1 / u_{j,i}) with
-        u_{k,i} = sum_v sigma^2_{k,i,v} + eps the teacher's total variance: inverse-variance
-        (precision) weighting, so a less uncertain teacher counts more, token by token. It
-        does not change when all variances are scaled by one factor.
+    UNCERTAINTY (level=token): per position i, r_{k,i} = (1 / u_{k,i}) / sum_j (1 / u_{j,i})
+        with u_{k,i} = sum_v sigma^2_{k,i,v} + eps the total variance of the teacher's
+        uncertainty head: inverse-variance (precision) weighting, so a less uncertain teacher
+        counts more, token by token. It does not change when all variances are scaled by one
+        factor.
+    POSTERIOR_SPREAD (level=frame): the same formula with u_{k,i} = sum_v p_v (1 - p_v) + eps
+        = 1 - sum_v p_v^2 + eps, the spread of teacher k's CTC posterior p at frame i: a
+        teacher with a more peaked posterior counts more. The CTC branch has no uncertainty
+        head; this reads the posterior only.
     """
 
     FIXED = "fixed"
     DEV_WER = "dev_wer"
     UNCERTAINTY = "uncertainty"
+    POSTERIOR_SPREAD = "posterior_spread"
 
 
 class TokenOutputs(Protocol):
@@ -113,22 +152,33 @@ class FrameOutputs(Protocol):
 
 
 _ENUM_FIELDS: dict[str, type[enum.Enum]] = {"level": KDLevel, "weighting": TeacherWeighting,
-                                             "reduction": KDReduction}
+                                             "reduction": KDReduction, "soft_labels": SoftLabels}
 
 
 @dataclass(frozen=True)
 class KDLossConfig:
-    """Weights of L = alpha * NLL + (1 - alpha) * sum_k r_k [beta tok-KD + (1 - beta) unc-KD]."""
+    """Weights of L = alpha * NLL + (1 - alpha) * sum_k r_k [beta tok-KD + (1 - beta) unc-KD].
+
+    At level=frame the second term is spread-KD (`ctc_spread_kd`) instead of unc-KD.
+    """
 
     alpha: float = 0.5  # weight of the student's own supervised loss
-    beta: float = 0.5  # share of tok-KD within the KD term; the rest is unc-KD
+    # share of tok-KD within the KD term; the rest is unc-KD (level=token) or spread-KD (frame)
+    beta: float = 0.5
     temperature: float = 1.0  # T of the softened distributions
     level: KDLevel = KDLevel.TOKEN
+    # the teacher distribution of tok-KD: the paper's, averaged over noisy logits drawn from the
+    # teacher's uncertainty head (needs teachers with one), or softmax of the mean logits. Level
+    # frame has no variances: its soft labels are the softened CTC posteriors either way.
+    soft_labels: SoftLabels = SoftLabels.SAMPLED
+    # SAMPLED: S noise draws per teacher, position and step; 10 as the aleatoric loss's default S
+    # (kd.models.asr.AsrConfig.num_noise_samples)
+    num_samples: int = 10
     weighting: TeacherWeighting = TeacherWeighting.FIXED
     teacher_weights: tuple[float, ...] | None = None  # FIXED: one per teacher; None = uniform
     dev_wers: tuple[float, ...] | None = None  # DEV_WER: one per teacher, fractions
     wer_temperature: float = 0.05  # DEV_WER: tau, in WER units (0.05 = 5 points)
-    variance_eps: float = 1e-8  # UNCERTAINTY: added to each teacher's total variance
+    variance_eps: float = 1e-8  # UNCERTAINTY, POSTERIOR_SPREAD: added to each teacher's total
     # MEAN: the KD term is a mean per token while the hybrid model's NLL (ESPnet's normalisation)
     # is a sum over an utterance's tokens and frames: with 40-token utterances the KD term then
     # weighs ~1/40 of what alpha says. SUM_PER_UTTERANCE puts both on the same scale.
@@ -149,6 +199,21 @@ class KDLossConfig:
             value = getattr(self, name)
             if not value > 0.0:
                 raise ValueError(f"KDLossConfig.{name}: expected > 0, found {value!r}")
+        n = self.num_samples
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"KDLossConfig.num_samples: expected an integer >= 1, found {n!r}")
+        if self.weighting is TeacherWeighting.UNCERTAINTY and self.level is KDLevel.FRAME:
+            raise ValueError(
+                "KDLossConfig.weighting: expected posterior_spread for per-frame weights at "
+                "level=frame, found 'uncertainty' (it reads the decoder's uncertainty head; the "
+                "CTC posterior's spread p * (1 - p) that it used at level=frame is no uncertainty "
+                "and is now called posterior_spread)"
+            )
+        if self.weighting is TeacherWeighting.POSTERIOR_SPREAD and self.level is KDLevel.TOKEN:
+            raise ValueError(
+                "KDLossConfig.weighting: expected uncertainty for per-token weights at "
+                "level=token, found 'posterior_spread' (it is defined for level=frame)"
+            )
         if self.teacher_weights is not None:
             weights = self.teacher_weights
             if not weights or min(weights) < 0.0 or sum(weights) <= 0.0:
@@ -249,7 +314,7 @@ def _kl_per_position(student_logits: Tensor, teacher_logits: Tensor, temperature
 
 
 def _kl_from_probs(student_log_probs: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
-    """T^2 * KL(p || softmax(s / T)), p as probabilities (zeros allowed), `[batch, frames]`."""
+    """T^2 * KL(p || softmax(s / T)), p as probabilities (zeros allowed), `[batch, length]`."""
     log_q = F.log_softmax(student_log_probs / temperature, dim=-1)
     kl = (torch.xlogy(teacher_probs, teacher_probs) - teacher_probs * log_q).sum(-1)
     return kl * temperature**2
@@ -288,6 +353,52 @@ def token_kd(
         raise ValueError(f"temperature: expected > 0, found {temperature!r}")
     mask = _check_mask(mask, student_logits)
     return _masked_mean(_kl_per_position(student_logits, teacher_logits, temperature), mask)
+
+
+def sampled_soft_labels(
+    logits: Tensor,
+    variances: Tensor,
+    *,
+    temperature: float = 1.0,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The paper's teacher distribution p = (1/S) sum_s softmax(g_s / T), g_s = f + sigma * eps_s.
+
+    sigma = sqrt(variances), the parametrisation of `kd.models.uncertainty.UncertaintyHead`
+    (softplus gives sigma^2). The S draws eps_s ~ N(0, I) are made in order s = 1..S, each as
+    ``torch.randn(logits.shape, generator=generator)``, one `[..., vocab]` tensor at a time (not
+    S of them). The mean is a running mean m_s = m_{s-1} + (q_s - m_{s-1}) / s, which is exact
+    when every q_s is the same: zero variances give softmax(f / T) to the last bit.
+
+    Args:
+        logits: the teacher's mean logits f `[..., vocab]` (detached here).
+        variances: sigma^2 `[..., vocab]`, the shape of `logits` (detached here).
+        temperature: T > 0.
+        num_samples: S >= 1.
+        generator: random generator on the logits' device; None: torch's global one.
+
+    Returns:
+        Probabilities `[..., vocab]` (the dtype of `logits`), summing to 1 over the vocabulary.
+    """
+    if logits.shape != variances.shape:
+        raise ValueError(
+            f"variances: expected the shape of logits {tuple(logits.shape)}, "
+            f"found {tuple(variances.shape)}"
+        )
+    if not temperature > 0.0:
+        raise ValueError(f"temperature: expected > 0, found {temperature!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples: expected an integer >= 1, found {num_samples!r}")
+    f = logits.detach()
+    # no floor on the variance (unlike the aleatoric loss): no gradient flows through sigma here
+    sigma = variances.detach().to(f.dtype).clamp_min(0.0).sqrt()
+    mean = None
+    for s in range(1, num_samples + 1):
+        eps = torch.randn(f.shape, generator=generator, device=f.device, dtype=f.dtype)
+        q = F.softmax((f + sigma * eps) / temperature, dim=-1)
+        mean = q if mean is None else mean + (q - mean) / s
+    return mean
 
 
 def uncertainty_kd(
@@ -344,11 +455,12 @@ def resample_frames(
     return (1.0 - w) * v_lo + w * v_hi
 
 
-def posterior_variance(log_probs: Tensor) -> Tensor:
-    """Per-class variance p * (1 - p) of a categorical posterior, `[..., vocab]`.
+def posterior_spread(log_probs: Tensor) -> Tensor:
+    """Per-class spread p * (1 - p) of a categorical posterior p, `[..., vocab]`.
 
-    The variance of the indicator of class v under p: the frame-level stand-in for an
-    uncertainty head, used to match uncertainty on CTC posteriors.
+    The variance of the indicator of class v when a class is drawn from p: a function of p
+    alone, not an uncertainty estimate (see the module docstring). Its sum over the classes
+    is 1 - sum_v p_v^2.
     """
     p = log_probs.exp()
     return p * (1.0 - p)
@@ -441,19 +553,19 @@ def _teacher_frame_probs(
     return resampled / resampled.sum(-1, keepdim=True)
 
 
-def ctc_uncertainty_kd(
-    student_var: Tensor,
-    teacher_var: Tensor,
+def ctc_spread_kd(
+    student_spread: Tensor,
+    teacher_spread: Tensor,
     *,
     student_lengths: Tensor,
     teacher_lengths: Tensor,
 ) -> Tensor:
-    """Uncertainty matching on frames: `uncertainty_kd` after resampling the teacher in time.
+    """Spread-KD: the normalised distance of `uncertainty_kd` between per-frame spread vectors,
+    after resampling the teacher in time.
 
     Args:
-        student_var: per-frame variance vectors `[batch, student_frames, vocab]`, for example
-            `posterior_variance(student_log_probs)`.
-        teacher_var: `[batch, teacher_frames, vocab]` (detached here; linearly resampled to
+        student_spread: `[batch, student_frames, vocab]`, `posterior_spread(student_log_probs)`.
+        teacher_spread: `[batch, teacher_frames, vocab]` (detached here; linearly resampled to
             the student's frames when the frame counts differ).
         student_lengths: valid student frames `[batch]`.
         teacher_lengths: valid teacher frames `[batch]`.
@@ -462,12 +574,13 @@ def ctc_uncertainty_kd(
         Scalar tensor.
     """
     mask = _frame_inputs(
-        student_var, teacher_var, student_lengths, teacher_lengths, ("student_var", "teacher_var")
-    )
+        student_spread, teacher_spread, student_lengths, teacher_lengths,
+        ("student_spread", "teacher_spread"),
+    )  # fmt: skip
     teacher = _to_student_frames(
-        teacher_var.detach(), teacher_lengths, student_lengths, student_var.size(1)
+        teacher_spread.detach(), teacher_lengths, student_lengths, student_spread.size(1)
     )
-    return _masked_mean(_normalised_distance(student_var, teacher), mask)
+    return _masked_mean(_normalised_distance(student_spread, teacher), mask)
 
 
 # ---------------------------------------------------------------- teacher weights
@@ -475,9 +588,10 @@ def ctc_uncertainty_kd(
 
 def fixed_teacher_weights(config: KDLossConfig, num_teachers: int) -> Tensor:
     """r_k for the FIXED and DEV_WER modes (see `TeacherWeighting`), float64 `[num_teachers]`."""
-    if config.weighting is TeacherWeighting.UNCERTAINTY:
+    if config.weighting in (TeacherWeighting.UNCERTAINTY, TeacherWeighting.POSTERIOR_SPREAD):
         raise ValueError(
-            "config.weighting: uncertainty weights are per token; use uncertainty_teacher_weights"
+            f"config.weighting: {config.weighting.value} weights are per position; they are "
+            "computed inside kd_loss (uncertainty_teacher_weights for the uncertainty mode)"
         )
     if config.weighting is TeacherWeighting.DEV_WER:
         wers = config.dev_wers
@@ -497,18 +611,24 @@ def fixed_teacher_weights(config: KDLossConfig, num_teachers: int) -> Tensor:
 
 
 def uncertainty_teacher_weights(teacher_vars: Sequence[Tensor], *, eps: float = 1e-8) -> Tensor:
-    """Per-position inverse-total-variance weights normalised over teachers.
+    """Per-position inverse-total-variance weights normalised over teachers (UNCERTAINTY).
 
     Args:
-        teacher_vars: K tensors `[batch, length, vocab]` of teacher variances.
+        teacher_vars: K tensors `[batch, length, vocab]` of uncertainty-head variances.
         eps: added to each total variance.
 
     Returns:
         `[K, batch, length]`, non-negative, summing to 1 over K at every position.
     """
-    if not teacher_vars:
-        raise ValueError("teacher_vars: expected at least one tensor, found none")
-    totals = torch.stack([v.detach().sum(-1) for v in teacher_vars])  # (K, B, L)
+    return _inverse_total_weights(teacher_vars, eps, "teacher_vars")
+
+
+def _inverse_total_weights(vectors: Sequence[Tensor], eps: float, name: str) -> Tensor:
+    """r_k = (1 / (sum_v x_k + eps)) / sum_j (1 / (sum_v x_j + eps)) per position, `[K, batch, length]`,
+    for K tensors x_k `[batch, length, vocab]`: variances (UNCERTAINTY) or spreads (POSTERIOR_SPREAD)."""
+    if not vectors:
+        raise ValueError(f"{name}: expected at least one tensor, found none")
+    totals = torch.stack([v.detach().sum(-1) for v in vectors])  # (K, B, L)
     precision = 1.0 / (totals + eps)
     return precision / precision.sum(0, keepdim=True)
 
@@ -521,8 +641,12 @@ def kd_loss(
     teacher_outs: Sequence[TokenOutputs | FrameOutputs],
     nll: Tensor,
     config: KDLossConfig,
+    *,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """L = alpha * nll + (1 - alpha) * sum_k r_k [beta * tok-KD_k + (1 - beta) * unc-KD_k].
+
+    At level=frame spread-KD (`ctc_spread_kd`) takes the place of unc-KD.
 
     Args:
         student_out: student outputs (`TokenOutputs` for KDLevel.TOKEN, `FrameOutputs` for
@@ -530,11 +654,15 @@ def kd_loss(
         teacher_outs: K >= 1 teacher outputs on the same batch.
         nll: the student's scalar supervised loss (for the hybrid model, `AsrOutput.loss`).
         config: weights and modes.
+        generator: draws the noise of sampled soft labels (level=token, soft_labels=sampled),
+            teacher after teacher (`sampled_soft_labels`), on the teachers' device; None:
+            torch's global generator. Not used otherwise.
 
     Returns:
         The scalar loss and detached parts: `nll`, `kd`, `tok_kd`, `unc_kd` (teacher-weighted),
         and per teacher k `tok_kd/k`, `unc_kd/k` and `weight/k` (mean r_k over positions).
-        `unc_kd` entries are absent when beta = 1.
+        At level=frame `spread_kd` and `spread_kd/k` take the place of the `unc_kd` entries.
+        `unc_kd` and `spread_kd` entries are absent when beta = 1.
 
     The means over positions do not read the number of positions back to the host (that would
     make it wait for an accelerator every step): a mask without any True position gives a KD
@@ -544,20 +672,22 @@ def kd_loss(
         raise ValueError("teacher_outs: expected at least one teacher, found none")
     if nll.dim() != 0:
         raise ValueError(f"nll: expected a scalar tensor, found shape {tuple(nll.shape)}")
-    need_unc = config.beta < 1.0
+    need_second = config.beta < 1.0
     if config.level is KDLevel.TOKEN:
-        mask, tok, unc, teacher_vars = _token_terms(student_out, teacher_outs, config, need_unc)
+        second_name = "unc_kd"
+        mask, tok, second, totals = _token_terms(student_out, teacher_outs, config, need_second, generator)
     else:
-        mask, tok, unc, teacher_vars = _frame_terms(student_out, teacher_outs, config, need_unc)
+        second_name = "spread_kd"
+        mask, tok, second, totals = _frame_terms(student_out, teacher_outs, config, need_second)
 
-    if config.weighting is TeacherWeighting.UNCERTAINTY:
-        weights = uncertainty_teacher_weights(teacher_vars, eps=config.variance_eps)
+    if config.weighting in (TeacherWeighting.UNCERTAINTY, TeacherWeighting.POSTERIOR_SPREAD):
+        weights = _inverse_total_weights(totals, config.variance_eps, "teacher_outs")
     else:
         fixed = fixed_teacher_weights(config, len(teacher_outs))
         weights = fixed.to(tok[0].dtype).to(tok[0].device)[:, None, None].expand(-1, *mask.shape)
 
     per_teacher = [
-        config.beta * tok[k] + ((1.0 - config.beta) * unc[k] if need_unc else 0.0)
+        config.beta * tok[k] + ((1.0 - config.beta) * second[k] if need_second else 0.0)
         for k in range(len(teacher_outs))
     ]
     # the sum over real positions, divided by their number (MEAN) or by the number of utterances
@@ -565,25 +695,35 @@ def kd_loss(
     kd = sum(w * term for w, term in zip(weights, per_teacher)).masked_fill(~mask, 0.0).sum() / denominator
     loss = config.alpha * nll + (1.0 - config.alpha) * kd
 
-    # kd: the term as it enters the loss; tok_kd, unc_kd and the per-teacher parts: means per position
+    # kd: the term as it enters the loss; tok_kd, unc_kd / spread_kd and the per-teacher parts:
+    # means per position
     parts = {"nll": nll.detach(), "kd": kd.detach()}
     with torch.no_grad():
         parts["tok_kd"] = _masked_mean(sum(w * t for w, t in zip(weights, tok)), mask, check=False)
-        if need_unc:
-            parts["unc_kd"] = _masked_mean(sum(w * u for w, u in zip(weights, unc)), mask, check=False)
+        if need_second:
+            parts[second_name] = _masked_mean(sum(w * u for w, u in zip(weights, second)), mask, check=False)
         for k in range(len(teacher_outs)):
             parts[f"tok_kd/{k}"] = _masked_mean(tok[k], mask, check=False)
-            if need_unc:
-                parts[f"unc_kd/{k}"] = _masked_mean(unc[k], mask, check=False)
+            if need_second:
+                parts[f"{second_name}/{k}"] = _masked_mean(second[k], mask, check=False)
             parts[f"weight/{k}"] = _masked_mean(weights[k], mask, check=False)
     return loss, parts
 
 
 def _token_terms(
-    student: TokenOutputs, teachers: Sequence[TokenOutputs], config: KDLossConfig, need_unc: bool
+    student: TokenOutputs,
+    teachers: Sequence[TokenOutputs],
+    config: KDLossConfig,
+    need_unc: bool,
+    generator: torch.Generator | None,
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    """Mask, per-teacher tok-KD and unc-KD `[batch, length]`, and the variances for weighting."""
     mask = _check_mask(student.token_mask, student.logits)
-    need_vars = need_unc or config.weighting is TeacherWeighting.UNCERTAINTY
+    sampled = config.soft_labels is SoftLabels.SAMPLED
+    weighted = config.weighting is TeacherWeighting.UNCERTAINTY
+    # what reads the teachers' variances (named in the error for a teacher without them)
+    uses = [use for use, on in (("soft_labels=sampled", sampled), ("beta < 1 (unc-KD)", need_unc),
+                                ("weighting=uncertainty", weighted)) if on]
     if need_unc and student.variances is None:
         raise ValueError(
             "student_out.variances: expected a tensor for beta < 1 (unc-KD), found None"
@@ -597,29 +737,39 @@ def _token_terms(
                 f"teacher_outs[{k}].token_mask: expected the student's mask (same batch and "
                 "targets), found a different one"
             )
-        if need_vars and teacher.variances is None:
+        if uses and teacher.variances is None:
             raise ValueError(
-                f"teacher_outs[{k}].variances: expected a tensor for beta < 1 or uncertainty "
-                "weighting, found None"
+                f"teacher_outs[{k}].variances: expected a tensor (from the teacher's uncertainty "
+                f"head) for {' and '.join(uses)}, found None"
             )
-        tok.append(_kl_per_position(student.logits, teacher.logits, config.temperature))
+        if uses:
+            _check_pair(teacher.logits, teacher.variances,
+                        (f"teacher_outs[{k}].logits", f"teacher_outs[{k}].variances"))
+        if sampled:
+            probs = sampled_soft_labels(teacher.logits, teacher.variances, temperature=config.temperature,
+                                        num_samples=config.num_samples, generator=generator)
+            tok.append(_kl_from_probs(student.logits, probs, config.temperature))
+        else:
+            tok.append(_kl_per_position(student.logits, teacher.logits, config.temperature))
         if need_unc:
             names = ("student_out.variances", f"teacher_outs[{k}].variances")
             _check_pair(student.variances, teacher.variances, names)
             unc.append(_normalised_distance(student.variances, teacher.variances))
-        if need_vars:
+        if weighted:
             teacher_vars.append(teacher.variances)
     return mask, tok, unc, teacher_vars
 
 
 def _frame_terms(
-    student: FrameOutputs, teachers: Sequence[FrameOutputs], config: KDLossConfig, need_unc: bool
+    student: FrameOutputs, teachers: Sequence[FrameOutputs], config: KDLossConfig, need_spread: bool
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    """Mask, per-teacher tok-KD and spread-KD `[batch, frames]`, and the teachers' spreads for
+    weighting. No noise is drawn: the CTC branch has no variances (soft labels: sigma = 0)."""
     if student.ctc_log_probs is None:
         raise ValueError("student_out.ctc_log_probs: expected a tensor for level=frame, found None")
     s_lp, s_len = student.ctc_log_probs, student.encoder_lengths
-    s_var = posterior_variance(s_lp) if need_unc else None
-    tok, unc, teacher_vars = [], [], []
+    s_spread = posterior_spread(s_lp) if need_spread else None
+    tok, spread, teacher_spreads = [], [], []
     mask = None
     for k, teacher in enumerate(teachers):
         if teacher.ctc_log_probs is None:
@@ -631,12 +781,12 @@ def _frame_terms(
         mask = _frame_inputs(s_lp, t_lp, s_len, t_len, names)
         probs = _teacher_frame_probs(t_lp, t_len, s_len, s_lp.size(1), config.temperature)
         tok.append(_kl_from_probs(s_lp, probs, config.temperature))
-        if need_unc or config.weighting is TeacherWeighting.UNCERTAINTY:
-            # variances of the unsoftened (T = 1) posteriors, on the student's frames
-            t_var = posterior_variance(t_lp.detach())
-            t_var = _to_student_frames(t_var, t_len, s_len, s_lp.size(1))
-            teacher_vars.append(t_var)
-            if need_unc:
-                unc.append(_normalised_distance(s_var, t_var))
+        if need_spread or config.weighting is TeacherWeighting.POSTERIOR_SPREAD:
+            # spread of the unsoftened (T = 1) posteriors, on the student's frames
+            t_spread = posterior_spread(t_lp.detach())
+            t_spread = _to_student_frames(t_spread, t_len, s_len, s_lp.size(1))
+            teacher_spreads.append(t_spread)
+            if need_spread:
+                spread.append(_normalised_distance(s_spread, t_spread))
     assert mask is not None
-    return mask, tok, unc, teacher_vars
+    return mask, tok, spread, teacher_spreads

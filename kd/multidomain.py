@@ -1,8 +1,8 @@
-"""The stages of the multi-domain KD benchmark (Kim et al. 2021) as library functions.
+"""The multi-domain KD benchmark (Kim et al. 2021): its claims, evaluations and results file.
 
-``recipes/multidomain_ukd/run.py`` strings these together. The benchmark asks whether distillation
-from teachers of other domains helps a student of a target domain with little data, and tests the
-paper's claims with paired intervals (:mod:`kd.evidence`):
+Its stages, which ``recipes/multidomain_ukd/run.py`` strings together, are in :mod:`kd.multidomain_stages`.
+The benchmark asks whether distillation from teachers of other domains helps a student of a target
+domain with little data, and tests the paper's claims with paired intervals (:mod:`kd.evidence`):
 
 - KD beats no KD;
 - the uncertainty term added to token-level KD beats token-level KD alone;
@@ -228,6 +228,10 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def results_markdown(results: Mapping[str, Any]) -> str:
     """The results file as markdown: teachers (the premise), students, uncertainty, claims."""
     decode = results["decode"]
@@ -236,11 +240,17 @@ def results_markdown(results: Mapping[str, Any]) -> str:
             f"Test sets: " + ", ".join(f"{d} {n} utterances" for d, n in results["n_test"].items()) + ". WER/CER in %.")
     lines = [head, "", "Teachers (means over the seeds)", "",
              "| teacher | own test WER | own test CER | target test WER | target test CER | target test WER (greedy) "
-             "| uncertainty AUROC own dev | AUROC target dev |", "|---|---|---|---|---|---|---|---|"]
+             "| variance AUROC own dev | target dev | posterior AUROC own dev | target dev |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in results["teachers"].items():
+        posterior = t.get("posterior_auroc", {})
         lines.append(f"| {name} | {t['own_test']['wer']:.1f} | {t['own_test']['cer']:.1f} | {t['target_test']['wer']:.1f}"
                      f" | {t['target_test']['cer']:.1f} | {t['target_test_greedy']['wer']:.1f} | "
-                     f"{t['uncertainty_auroc']['own_dev']:.3f} | {t['uncertainty_auroc']['target_dev']:.3f} |")
+                     f"{t['uncertainty_auroc']['own_dev']:.3f} | {t['uncertainty_auroc']['target_dev']:.3f} | "
+                     f"{_num(posterior.get('own_dev'))} | {_num(posterior.get('target_dev'))} |")
+    lines += ["", "AUROC: how well a per-token score ranks the teacher's own teacher-forced token errors above its "
+              "correct tokens (0.5: chance). Variance: the uncertainty head's variance of the predicted token; "
+              "posterior: 1 - the largest probability, which needs no uncertainty head."]
     groups: dict[tuple[str, str], list[dict]] = {}
     for s in results["students"]:
         groups.setdefault((s["size"], s["condition"]), []).append(s)

@@ -4,7 +4,7 @@ A recipe's training runs (the domain teachers; the student runs of every size, c
 seed) do not depend on one another. The models of the CPU presets are small (a few hundred
 thousand to a few million parameters), and PyTorch spreads such a model's operations over the
 cores poorly, so ``workers`` runs of one thread each finish sooner than the same runs one after
-another with all the threads (measured in the multidomain_ukd README). On a GPU, one run at a time
+another with all the threads (measured: docs/measurements.md). On a GPU, one run at a time
 (``workers=1``) is the rule.
 
 - ``workers=1`` runs the jobs here, in order, and changes nothing (threads included).

@@ -22,12 +22,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from kd.io import atomic_write_text, config_digest, write_json
 
-__all__ = ["cpu_model", "data_digest", "fingerprint", "restore", "run_fingerprint", "settings_digest", "ship",
-           "PROVENANCE"]
+__all__ = ["cpu_model", "data_digest", "fingerprint", "provenance", "restore", "run_fingerprint", "settings_digest",
+           "ship", "ship_runs", "PROVENANCE"]
 
 PROVENANCE = "provenance.json"
 
@@ -77,6 +77,26 @@ def ship(model_dir: str | os.PathLike, target: str | os.PathLike, *, fingerprint
     return target
 
 
+def ship_runs(runs: Sequence[str | os.PathLike], tokens: str | os.PathLike, target: str | os.PathLike, *,
+              command: str, trained: Mapping[str, Any]) -> list[Path]:
+    """:func:`ship` each finished training run's model dir to ``target/<run folder name>``, with the
+    run's fingerprint (:func:`run_fingerprint` with the token list ``tokens``) and its wall time added
+    to ``trained`` (:func:`provenance`). A run without ``result.json`` (not trained to the end, or
+    restored from a shipped model) is a ValueError; the runs before it are shipped."""
+    from kd.training.config import TrainConfig
+
+    shipped = []
+    for run in map(Path, runs):
+        if not (run / "result.json").is_file():
+            raise ValueError(f"{run} is not a finished training run (restored teachers are not shipped)")
+        config = TrainConfig.from_yaml(run / "config.yaml")
+        wall = json.loads((run / "result.json").read_text())["wall_seconds"]
+        shipped.append(ship(run / "model", Path(target) / run.name, command=command,
+                            trained={**trained, "wall_seconds": wall}, fingerprint=run_fingerprint(config, tokens)))
+        print(f"shipped {run} to {Path(target) / run.name}")
+    return shipped
+
+
 def restore(shipped: str | os.PathLike, model_dir: str | os.PathLike, expected: Mapping[str, Any]) -> str | None:
     """Copy the shipped model to ``model_dir`` if its fingerprint equals ``expected``.
 
@@ -101,6 +121,28 @@ def restore(shipped: str | os.PathLike, model_dir: str | os.PathLike, expected: 
     os.replace(tmp, model_dir)
     atomic_write_text(model_dir.parent / "restored-from.txt", f"{shipped}\n")
     return None
+
+
+def provenance(repo: str | os.PathLike, watched: Sequence[str] = ()) -> dict[str, str]:
+    """Date, machine, CPU model and commit of a results file or a shipped model.
+
+    ``commit``: the short hash of the git checkout ``repo``, with ``+changes`` when any of the paths
+    ``watched`` (relative to ``repo``) has uncommitted changes; ``unknown`` outside a git checkout.
+    """
+    import datetime
+    import platform
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *watched], cwd=repo, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        commit += "+changes" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"date": datetime.date.today().isoformat(), "commit": commit, "cpu": cpu_model(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
 
 
 def cpu_model() -> str:

@@ -44,7 +44,7 @@ Conventions:
   with aleatoric noise from a fixed generator, so it is comparable between checkpoints.
 - Exact resume: a checkpoint holds the weights, the optimizer (and grad-scaler) state, every
   process's RNG states (python, numpy, torch, cuda and the generator of the uncertainty-head
-  noise) and the data position (epoch, micro-batches consumed). With ``deterministic: true`` on
+  noise, which also draws the teachers' sampled soft labels) and the data position (epoch, micro-batches consumed). With ``deterministic: true`` on
   a CPU, a run resumed from any checkpoint ends with exactly the weights of an uninterrupted run.
 """
 

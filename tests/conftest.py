@@ -1,4 +1,4 @@
-"""Shared fixtures: the ``tests`` preset of the built-in corpus, synthesised once per session; one
+"""Shared fixtures: the ``tests`` preset of the built-in corpus, synthesised once per pytest run; one
 intra-op thread for the modules that ask for it."""
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU check in one device call, for a session lent a GPU machine for a few minutes.
+# Every GPU check in one call of a few minutes on a GPU machine (docs/environment.md, "The GPU machine").
 #
-# Here, before the call:  bash ../shared/tools/gpu-wheels.sh .whl   (ESPnet, jiwer, ... for Python 3.12)
-# The call (device tool):  run(command="bash tools/gpu_session.sh", carry=[".whl"], timeout_s=560)
+# Before: put wheels for Python 3.12 of the packages that machine lacks (ESPnet, jiwer, soundfile,
+# espeakng-loader and their dependencies) in .whl/, and bring .whl/ with the working tree.
+# Then, on the GPU machine with OUT set to a results folder:  bash tools/gpu_session.sh
 #
 # It installs the carried wheels, then runs the parts of tools/gpu_benchmarks.sh one after another,
 # each under its own time limit (PART_LIMIT seconds, default 150), most important first: speed

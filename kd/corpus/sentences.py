@@ -1,4 +1,4 @@
-"""Seeded English sentence generator for the built-in synthetic corpus (DESIGN.md §2).
+"""Seeded English sentence generator for the built-in synthetic corpus (docs/design.md §6).
 
 Sentences are what eSpeak NG speaks and what the ASR models must transcribe, so they are
 written the way transcripts are: lowercase words from `kd.corpus.vocab`, single spaces, no

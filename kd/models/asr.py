@@ -37,6 +37,7 @@ __all__ = [
     "FeatureNorm",
     "InputLayer",
     "IGNORE_ID",
+    "SPECAUG_FIELDS",
     "build_asr_model",
     "default_token_list",
 ]
@@ -61,6 +62,9 @@ class FeatureNorm(enum.Enum):
     UTTERANCE_MEAN = "utterance_mean"
     UTTERANCE_MEAN_VAR = "utterance_mean_var"
 
+
+SPECAUG_FIELDS = ("specaug_freq_masks", "specaug_freq_width", "specaug_time_masks", "specaug_time_ratio",
+                   "specaug_time_warp")
 
 _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
     "input_layer": InputLayer,
@@ -131,13 +135,22 @@ class AsrConfig:
     hop_length: int = 160  # samples: 10 ms at 16 kHz
     n_mels: int = 80  # log-mel FBANK dimension
     feature_norm: FeatureNorm = FeatureNorm.UTTERANCE_MEAN
-    uncertainty_head: bool = True  # teachers and students both carry one (DESIGN.md §5)
+    uncertainty_head: bool = True  # teachers and students both carry one (docs/design.md §9)
     num_noise_samples: int = 10  # S in the sampled-softmax aleatoric loss
     aleatoric_mode: AleatoricMode = AleatoricMode.ADD
     # ALBERT-style cross-layer sharing: groups of layer indices (from 0) whose layers use one set
     # of weights, the first index's; a layer belongs to at most one group
     encoder_share_groups: tuple[tuple[int, ...], ...] = ()
     decoder_share_groups: tuple[tuple[int, ...], ...] = ()
+    # SpecAugment (Park et al. 2019; ESPnet's SpecAug) on the normalised log-mel features, in
+    # training only: masks of up to `specaug_freq_width` mel bands and of up to
+    # `specaug_time_ratio` of the utterance's frames, and a time warp of up to
+    # `specaug_time_warp` frames. All 0: off (the default)
+    specaug_freq_masks: int = 0
+    specaug_freq_width: int = 0
+    specaug_time_masks: int = 0
+    specaug_time_ratio: float = 0.0
+    specaug_time_warp: int = 0
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -174,8 +187,29 @@ class AsrConfig:
         for name, depth in (("encoder_share_groups", self.encoder_layers),
                             ("decoder_share_groups", self.decoder_layers)):
             object.__setattr__(self, name, _share_groups(name, getattr(self, name), depth))
+        for name in ("specaug_freq_masks", "specaug_freq_width", "specaug_time_masks", "specaug_time_warp"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"AsrConfig.{name}: expected an int >= 0, found {value!r}")
+        if isinstance(self.specaug_time_ratio, bool) or not isinstance(self.specaug_time_ratio, (int, float)) \
+                or not 0.0 <= self.specaug_time_ratio < 1.0:
+            raise ValueError(f"AsrConfig.specaug_time_ratio: expected a value in [0, 1), "
+                             f"found {self.specaug_time_ratio!r}")
+        if (self.specaug_freq_masks > 0) != (self.specaug_freq_width > 0):
+            raise ValueError("AsrConfig.specaug_freq_masks and specaug_freq_width: expected both 0 or both > 0, "
+                             f"found {self.specaug_freq_masks} and {self.specaug_freq_width}")
+        if (self.specaug_time_masks > 0) != (self.specaug_time_ratio > 0):
+            raise ValueError("AsrConfig.specaug_time_masks and specaug_time_ratio: expected both 0 or both > 0, "
+                             f"found {self.specaug_time_masks} and {self.specaug_time_ratio}")
+        if self.specaug_freq_width > self.n_mels:
+            raise ValueError(f"AsrConfig.specaug_freq_width: expected at most n_mels={self.n_mels}, "
+                             f"found {self.specaug_freq_width}")
         if self.version != 1:
             raise ValueError(f"AsrConfig.version: expected 1, found {self.version!r}")
+
+    @property
+    def uses_specaug(self) -> bool:
+        return bool(self.specaug_freq_masks or self.specaug_time_masks or self.specaug_time_warp)
 
     @classmethod
     def from_preset(cls, name: str, vocab_size: int, **overrides: Any) -> "AsrConfig":
@@ -212,6 +246,9 @@ class AsrConfig:
             out[name] = out[name].value
         for name in ("encoder_share_groups", "decoder_share_groups"):
             out[name] = [list(g) for g in out[name]]
+        if not self.uses_specaug:  # written only when on, so that the configs (and digests) of
+            for name in SPECAUG_FIELDS:  # models trained without it stay as they were
+                del out[name]
         return out
 
     @classmethod
@@ -527,7 +564,7 @@ def build_asr_model(config: AsrConfig, token_list: list[str] | None = None) -> A
         vocab_size=config.vocab_size,
         token_list=token_list,
         frontend=frontend,
-        specaug=None,
+        specaug=_specaug(config),
         normalize=normalize,
         preencoder=None,
         encoder=encoder,
@@ -548,6 +585,27 @@ def build_asr_model(config: AsrConfig, token_list: list[str] | None = None) -> A
     if config.uncertainty_head:
         head = UncertaintyHead(config.d_model, config.vocab_size)
     return AsrModel(config, espnet_model, head)
+
+
+def _specaug(config: AsrConfig) -> nn.Module | None:
+    """ESPnet's SpecAug for the config's SpecAugment fields, or None when they are all 0.
+
+    ESPnet applies it in `encode` to the normalised features, and only in training mode.
+    """
+    if not config.uses_specaug:
+        return None
+    from espnet2.asr.specaug.specaug import SpecAug
+
+    return SpecAug(
+        apply_time_warp=config.specaug_time_warp > 0,
+        time_warp_window=max(config.specaug_time_warp, 1),
+        apply_freq_mask=config.specaug_freq_masks > 0,
+        freq_mask_width_range=(0, max(config.specaug_freq_width, 1)),
+        num_freq_mask=max(config.specaug_freq_masks, 1),
+        apply_time_mask=config.specaug_time_masks > 0,
+        time_mask_width_ratio_range=(0.0, config.specaug_time_ratio or 0.05),
+        num_time_mask=max(config.specaug_time_masks, 1),
+    )
 
 
 def _tie_layers(layers: nn.Module, groups: tuple[tuple[int, ...], ...]) -> None:

@@ -11,6 +11,7 @@ accepted as ``false``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import os
@@ -41,16 +42,33 @@ __all__ = [
     "TokenKind",
     "TokenConfig",
     "TrainConfig",
+    "with_added_fields",
     "without_added_defaults",
 ]
 
 CONFIG_VERSION = 1
 # fields added to version 1 after runs were written without them: (section, ..., field) -> the value
 # that gives what runs without the field did (speed settings change only floating-point rounding);
-# see TrainConfig.identity
+# see TrainConfig.identity. Usually the field's default; kd.loss.soft_labels is the exception (its
+# default is the paper's "sampled", runs without the field used "mean_logits")
 ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None,
                 ("kd", "loss", "reduction"): "mean", ("checkpoint", "best_by"): "loss",
-                ("model", "freeze"): []}
+                ("model", "freeze"): [], ("kd", "loss", "soft_labels"): "mean_logits",
+                ("kd", "loss", "num_samples"): 10}
+
+
+def with_added_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a saved config as plain dicts, changed in place and returned) with each field of
+    ADDED_FIELDS that it lacks set to the value runs without the field had, where the field's
+    section is present: a config written before a field existed then reads as the run it was,
+    also where the field's default differs from that value."""
+    for (*sections, name), value in ADDED_FIELDS.items():
+        holder = data
+        for section in sections:
+            holder = holder.get(section) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and name not in holder:
+            holder[name] = copy.deepcopy(value)
+    return data
 
 
 def without_added_defaults(data: dict[str, Any]) -> dict[str, Any]:
@@ -263,8 +281,9 @@ def _validate(c: TrainConfig) -> None:
     m = c.model
     if (m.preset is None) == (m.init_from is None):
         fail("model.preset", m.preset, "a preset name or model.init_from (a run dir), exactly one of them")
-    if m.init_from is not None and m.overrides:
-        fail("model.overrides", m.overrides, "none with model.init_from (the run fixes the architecture)")
+    if m.init_from is not None and m.overrides and set(m.overrides) - set(_training_only_fields()):
+        fail("model.overrides", m.overrides, "with model.init_from, only the fields that leave the architecture as "
+             f"the run fixed it: {', '.join(_training_only_fields())}")
     if "vocab_size" in m.overrides:
         fail("model.overrides.vocab_size", m.overrides["vocab_size"], "no value: it comes from the token list")
     for prefix in m.freeze:
@@ -429,3 +448,10 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     return value
+
+
+def _training_only_fields() -> tuple[str, ...]:
+    """AsrConfig fields that ``model.overrides`` may set on top of ``model.init_from``."""
+    from kd.models.asr import SPECAUG_FIELDS
+
+    return SPECAUG_FIELDS

@@ -71,23 +71,32 @@ def model_config_for(config: TrainConfig, tokenizer):
 
     m = config.model
     if m.init_from is None:
-        preset = AsrConfig.from_preset(m.preset, vocab_size=tokenizer.vocab_size).to_dict()
-        try:
-            return AsrConfig.from_dict({**preset, **m.overrides}), None
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"TrainConfig.model.overrides: {e}") from None
+        return _with_overrides(AsrConfig.from_preset(m.preset, vocab_size=tokenizer.vocab_size), m.overrides), None
     run = Path(m.init_from)
     if (run / MODEL_DIR_CONFIG).is_file() and not (run / MODEL_CONFIG_FILE).is_file():
         # a model dir (kd.model_dir), e.g. a student built from a teacher's layers
         meta = read_model_dir_config(run)
         check_same_tokens(tokenizer.tokens, load_run_tokenizer(run).tokens, f"model.init_from ({run})")
-        return AsrConfig.from_dict(meta["asr"]), load_weights(run / MODEL_DIR_WEIGHTS)
+        return _with_overrides(AsrConfig.from_dict(meta["asr"]), m.overrides), load_weights(run / MODEL_DIR_WEIGHTS)
     if not (run / MODEL_CONFIG_FILE).is_file():
         raise FileNotFoundError(f"TrainConfig.model.init_from: expected a run dir with {MODEL_CONFIG_FILE} "
                                 f"or a model dir with {MODEL_DIR_CONFIG}, found {run}")
     check_same_tokens(tokenizer.tokens, load_run_tokenizer(run).tokens, f"model.init_from ({run})")
     model_config = AsrConfig.from_yaml((run / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
-    return model_config, load_weights(run / m.init_weights)
+    return _with_overrides(model_config, m.overrides), load_weights(run / m.init_weights)
+
+
+def _with_overrides(model_config, overrides):
+    """``model.overrides`` on top of a preset's or an ``init_from`` model's config (for ``init_from``, the
+    config validation allows training-only fields only, e.g. SpecAugment)."""
+    if not overrides:
+        return model_config
+    from kd.models.asr import AsrConfig
+
+    try:
+        return AsrConfig.from_dict({**model_config.to_dict(), **overrides})
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"TrainConfig.model.overrides: {e}") from None
 
 
 def freeze_parameters(model, prefixes) -> int:

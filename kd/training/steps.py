@@ -14,7 +14,8 @@ __all__ = ["LOG_ORDER", "DevScores", "accumulate", "evaluate", "forward_backward
            "reduce_window"]
 
 # first columns of log.csv, when present; per-teacher terms follow
-LOG_ORDER = ("loss", "nll", "kd", "tok_kd", "unc_kd", "loss_ctc", "loss_att", "loss_aleatoric", "acc", "grad_norm")
+LOG_ORDER = ("loss", "nll", "kd", "tok_kd", "unc_kd", "spread_kd", "loss_ctc", "loss_att", "loss_aleatoric", "acc",
+             "grad_norm")
 
 
 def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: torch.Generator, device,
@@ -22,7 +23,9 @@ def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: 
     """The scalar training loss of one micro-batch and its detached parts.
 
     Without kd: the model's hybrid loss. With kd: ``kd.losses.kd_loss`` with that loss as the
-    NLL term and the teachers' outputs, online (``teachers``) or from the ``cache``.
+    NLL term and the teachers' outputs, online (``teachers``) or from the ``cache``. The noise of
+    sampled soft labels comes from ``noise`` after the student's own draws: the run's generator,
+    saved in checkpoints, so cached and online teachers, and resumed runs, see the same draws.
 
     The batch must have been checked on the host (``AsrModel.check_batch``) before it was moved
     to ``device``: the forward passes here skip the checks, whose reads would make the host wait
@@ -46,7 +49,7 @@ def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: 
                    for k in range(len(config.kd.teachers))]
     else:
         targets = [teacher_forward(t, batch, check=False) for t in teachers]
-    loss, kd_parts = kd_loss(out, targets, out.loss, config.kd.loss)
+    loss, kd_parts = kd_loss(out, targets, out.loss, config.kd.loss, generator=noise)
     return loss, {"loss": loss.detach(), **parts, **kd_parts}
 
 

@@ -10,6 +10,11 @@ holding ``<utt>/logits`` ``[L+1, V]``, ``<utt>/variances`` ``[L+1, V]`` (token l
 ``<utt>/ctc_log_probs`` ``[T', V]`` (frame level), an ``index-r<rank>.json`` (utt -> shard) per
 writing process, and the completion marker of :mod:`kd.io` over everything that determines the
 numbers (teacher weights, utterances, batching, dtype).
+
+The cache holds the teachers' mean logits and variances, not draws: the sampled soft labels
+(``kd.losses.SoftLabels.SAMPLED``) are drawn from them at loss time with the run's noise generator,
+cached or online alike. One cache therefore serves any ``soft_labels``, ``num_samples`` and
+temperature, and the draws resume with the generator's state in each checkpoint.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.compare import compare_models, save_comparison
 from kd.corpus.synth import build_corpus
-from kd.experiment import merge_sections
+from kd.experiment import merge_sections, training_differs
 from kd.figures import plot_layer_curves, plot_pretraining_curves, report_curves
 from kd.io import atomic_write_text
 from kd.ssl.common import list_checkpoints
@@ -45,17 +45,6 @@ CURVES = {  # report key -> y label
     "mi_phone_bits": "MI bound with phones (bits)",
     "mi_cluster_normalized": "label-free MI bound / H(C)",
 }
-
-
-def training_differs(saved_config: Path, section: dict) -> list[str]:
-    """The sections of the run config ``saved_config`` that differ from the training ``section``,
-    data dirs and token inventory apart (another recipe's run trains on its own copy of the corpus)."""
-    saved = TrainConfig.from_yaml(saved_config)
-    mine = saved.to_dict()
-    wanted = TrainConfig.from_dict(merge_sections(section, {
-        "data": {"train": mine["data"]["train"], "dev": mine["data"]["dev"]}, "tokens": mine["tokens"]}))
-    a, b = saved.identity(), wanted.identity()
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def main(argv: list[str] | None = None) -> int:

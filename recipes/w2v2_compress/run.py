@@ -28,12 +28,11 @@ from pathlib import Path
 from kd.analyze import AnalyzeConfig, analyze_model_dir
 from kd.bench_speed import bench_speed
 from kd.corpus.synth import build_corpus
-from kd.experiment import merge_sections, paired_differences, seed_summary
+from kd.experiment import merge_sections
 from kd.io import atomic_write_text, write_json
 from kd.layer_distill import LayerDistillConfig, distill_plan
 from kd.parallel import Job, run_jobs
-from kd.plan_cli import PlanMethod, plan_from_report
-from kd.planners import stand_in_dissimilarity
+from kd.plan_study import PLAN_NAMES, equal_budget_plans, per_seed, plan_study_table, save_plans, with_seed
 from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
 from kd.ssl.pretrain import pretrain
@@ -75,23 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(), cfg.get("distill_overrides", {})))
     with preset_section(parser, args, "analysis"):
         analyze_config = AnalyzeConfig(**cfg["analysis"])
-    teacher_dir = out / "ssl/model"
-
-    def runs_dir(kind: str, seed: int) -> Path:  # students / students_ctc, per seed
-        return out / (kind if seed == 0 else f"{kind}-seed{seed}")
-
-    def seeded(config, seed: int):  # the same run with optim.seed = seed
-        return type(config).from_dict(merge_sections(config.to_dict(), {"optim": {"seed": seed}}))
-
-    k = cfg["budget_layers"]
-    plan_names = ["analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
-    cells = [(seed, name) for seed in seeds for name in plan_names]  # seed-major: seed by seed
-
-    def by_seed(results, summary) -> dict[str, dict]:  # run_jobs' results over cells -> {seed: {plan: summary}}
-        grouped: dict[str, dict] = {str(seed): {} for seed in seeds}
-        for (seed, name), r in zip(cells, results):
-            grouped[str(seed)][name] = summary(r)
-        return grouped
+    teacher_dir, k, test = out / "ssl/model", cfg["budget_layers"], [corpus / domain / "test"]
+    runs_dir = lambda kind, seed: out / (kind if seed == 0 else f"{kind}-seed{seed}")  # noqa: E731
+    cells = [(seed, name) for seed in seeds for name in PLAN_NAMES]  # seed-major: seed by seed
 
     def stage_corpus(done):
         build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))
@@ -101,98 +86,39 @@ def main(argv: list[str] | None = None) -> int:
         return {"steps": r.steps, "seconds": r.seconds, "outcome": r.metrics.get("message")}
 
     def stage_teacher_ctc(done):
-        r = finetune_ctc(teacher_dir, [corpus / domain / "train"], out / "teacher_ctc", ctc_config,
-                         eval_dirs=[corpus / domain / "test"], progress=False)
+        r = finetune_ctc(teacher_dir, [corpus / domain / "train"], out / "teacher_ctc", ctc_config, eval_dirs=test,
+                         progress=False)
         return {"steps": r.steps, "eval": r.metrics}
 
     def stage_analysis(done):
         analyze_model_dir(teacher_dir, corpus / domain / "dev", out / "analysis", analyze_config)
 
-    def stage_plans(done):
-        report = out / "analysis/report.json"
-        num_layers = json.loads(report.read_text(encoding="utf-8"))["num_layers"] - 1
-        plans = {
-            "analysis": plan_from_report(report, budget_layers=k, method=PlanMethod.ANALYSIS),
-            "first-k": plan_from_report(report, budget_layers=k, method=PlanMethod.FIRST_K),
-            "every-k": plan_from_report(report, budget_layers=k, method=PlanMethod.EVERY_K),
-            "linspace": plan_from_report(report, budget_layers=k, method=PlanMethod.LINSPACE),
-            "analysis-shared": plan_from_report(report, budget_layers=k, method=PlanMethod.ANALYSIS,
-                                                share_blocks=True),
-            # every layer kept; followers reuse the attention of an earlier layer whose JSD is small
-            "attention-reuse": plan_from_report(report, budget_layers=num_layers, method=PlanMethod.ANALYSIS,
-                                                reuse_threshold=cfg["reuse_threshold"]),
-        }
-        for name, plan in plans.items():
-            plan.save(out / "plans" / f"{name}.json")
-        return {name: plan.to_dict() for name, plan in plans.items()}
-
     def stage_distill(done):
         jobs = [Job(f"{name} seed {seed}", distill_plan,
                     (teacher_dir, out / "plans" / f"{name}.json", ssl_data, runs_dir("students", seed) / name,
-                     seeded(distill_config, seed)), {"progress": False}) for seed, name in cells]
-        return by_seed(run_jobs(jobs, workers=workers), lambda r: {"steps": r.steps, "seconds": r.seconds})
+                     with_seed(distill_config, seed)), {"progress": False}) for seed, name in cells]
+        return per_seed(cells, [{"steps": r.steps, "seconds": r.seconds} for r in run_jobs(jobs, workers=workers)])
 
     def stage_student_ctc(done):
         jobs = [Job(f"{name} seed {seed}", finetune_ctc,
                     (runs_dir("students", seed) / name / "student", [corpus / domain / "train"],
-                     runs_dir("students_ctc", seed) / name, seeded(student_ctc_config, seed)),
-                    {"eval_dirs": [corpus / domain / "test"], "progress": False}) for seed, name in cells]
-        return by_seed(run_jobs(jobs, workers=workers), lambda r: {"steps": r.steps, "eval": r.metrics})
+                     runs_dir("students_ctc", seed) / name, with_seed(student_ctc_config, seed)),
+                    {"eval_dirs": test, "progress": False}) for seed, name in cells]
+        return per_seed(cells, [{"steps": r.steps, "eval": r.metrics} for r in run_jobs(jobs, workers=workers)])
 
     def stage_speed(done):  # one seed's students: the seeds differ in weights, not in architecture
-        models = [out / "teacher_ctc/model"] + [runs_dir("students_ctc", seeds[0]) / n / "model" for n in plan_names]
-        rows = bench_speed(models, names=["teacher", *plan_names], **cfg["speed"])
+        models = [out / "teacher_ctc/model"] + [runs_dir("students_ctc", seeds[0]) / n / "model" for n in PLAN_NAMES]
+        rows = bench_speed(models, names=["teacher", *PLAN_NAMES], **cfg["speed"])
         write_json(out / "speed.json", rows)
         return {"rows": len(rows)}
 
     def stage_table(done):
-        speed = json.loads((out / "speed.json").read_text(encoding="utf-8"))
-        batch_sizes = sorted({r["batch_size"] for r in speed})
-        first = lambda e: next(iter(e.values()))  # noqa: E731  (one eval dir: DOMAIN/test)
-        # per model, its runs' {wer, cer}: the teacher's one run, each student's per seed
-        runs = {"teacher": {"teacher": first(done["teacher-ctc"]["eval"])},
-                **{n: {str(seed): first(done["student-ctc"][str(seed)][n]["eval"]) for seed in seeds}
-                   for n in plan_names}}
-        summary = seed_summary(runs)
-        def fmt(stats, sign: str = "") -> str:  # a {mean, std, runs} of fractions, in percent (points)
-            return f"{stats['mean'] * 100:{sign}.1f}" + (f" ± {stats['std'] * 100:.1f}" if stats["runs"] > 1 else "")
-
-        plans = done["plans"]
-        # how far each teacher layer is from its nearest kept layer on the analysis (pruning plans only)
-        cka = json.loads((out / "analysis/report.json").read_text(encoding="utf-8"))["similarity"]["linear_cka"]
-        stand_in = {n: stand_in_dissimilarity(cka, p["keep_layers"], includes_input=True) for n, p in plans.items()
-                    if not p.get("share_groups") and not p.get("attention_reuse")}
-        header = ["model", "teacher layers kept", "shared / reuse groups", "1 - CKA to nearest kept (mean)", "params",
-                  *[f"latency b={b} (ms)" for b in batch_sizes], f"{domain} test WER (%)", "CER (%)", "runs"]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for name in ["teacher", *plan_names]:
-            rows = {r["batch_size"]: r for r in speed if r["model"] == name}
-            plan = plans.get(name, {})
-            groups = [g for g in plan.get("share_groups", []) + plan.get("attention_reuse", []) if len(g) > 1]
-            lines.append("| " + " | ".join([
-                name, str(plan.get("keep_layers", "all")), str(groups) if groups else "",
-                f"{stand_in[name]['mean']:.4f}" if name in stand_in else "",
-                f"{rows[batch_sizes[0]]['parameters'] / 1e6:.2f}M",
-                *[f"{rows[b]['latency_ms']:.1f}" for b in batch_sizes],
-                fmt(summary[name]["wer"]), fmt(summary[name]["cer"]), str(summary[name]["wer"]["runs"])]) + " |")
-        per_seed = ["| model | " + " | ".join(f"seed {s} WER / CER (%)" for s in seeds) + " |",
-                    "|---|" + "---|" * len(seeds)]
-        for name in plan_names:
-            per_seed.append(f"| {name} | " + " | ".join(
-                f"{runs[name][str(s)]['wer'] * 100:.1f} / {runs[name][str(s)]['cer'] * 100:.1f}" for s in seeds) + " |")
-        # paired by seed (one seed: the same batch order and head initialisation for every plan):
-        # each plan's error rate minus the analysis plan's, so a difference can be told from noise
-        paired = paired_differences({n: runs[n] for n in plan_names}, "analysis")
-        paired_lines = ["| model | WER - analysis WER (points) | CER - analysis CER (points) |", "|---|---|---|"]
-        paired_lines += [f"| {n} | {fmt(paired[n]['wer'], '+')} | {fmt(paired[n]['cer'], '+')} |" for n in plan_names[1:]]
-        device = speed[0]["device"]
-        text = (f"wav2vec 2.0 teacher and students of {k} layers (speed on {device}); students' error rates: "
-                f"mean ± std over seeds {seeds}\n\n" + "\n".join(lines) + "\n\nPer seed\n\n" + "\n".join(per_seed)
-                + "\n\nAgainst the analysis plan, paired by seed (mean ± std of the per-seed differences; "
-                  "positive: more errors than the analysis plan)\n\n" + "\n".join(paired_lines) + "\n")
-        write_json(out / "results.json", {"wer": runs, "summary": summary, "paired_vs_analysis": paired,
-                                          "seeds": seeds, "speed": speed, "plans": plans,
-                                          "stand_in_dissimilarity": stand_in})
+        report = json.loads((out / "analysis/report.json").read_text(encoding="utf-8"))
+        results, text = plan_study_table(
+            done["teacher-ctc"]["eval"], done["student-ctc"], done["plans"],
+            json.loads((out / "speed.json").read_text(encoding="utf-8")), report["similarity"]["linear_cka"],
+            seeds=seeds, budget_layers=k, domain=domain)
+        write_json(out / "results.json", results)
         atomic_write_text(out / "results.md", text)
         print(text)
 
@@ -203,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
               "wav2vec 2.0 pre-training"),
         Stage(3, "teacher-ctc", stage_teacher_ctc, ctc_config.to_dict(), "CTC fine-tuning of the teacher"),
         Stage(4, "analysis", stage_analysis, cfg["analysis"], "analyse the pre-trained teacher"),
-        Stage(5, "plans", stage_plans, {"budget": k, "reuse": cfg["reuse_threshold"]}, "equal-budget plans"),
-        Stage(6, "distill", stage_distill, {"preset": cfg["distill_preset"], "overrides": cfg.get("distill_overrides", {}),
-                                            "seeds": seeds}, "layer-to-layer distillation"),
+        Stage(5, "plans", lambda done: save_plans(equal_budget_plans(out / "analysis/report.json", k,
+                                                                     cfg["reuse_threshold"]), out / "plans"),
+              {"budget": k, "reuse": cfg["reuse_threshold"]}, "equal-budget plans"),
+        Stage(6, "distill", stage_distill,
+              {"preset": cfg["distill_preset"], "overrides": cfg.get("distill_overrides", {}), "seeds": seeds},
+              "layer-to-layer distillation"),
         Stage(7, "student-ctc", stage_student_ctc, {**student_ctc_config.to_dict(), "seeds": seeds},
               "CTC fine-tuning of every student"),
         Stage(8, "speed", stage_speed, {**cfg["speed"], "seed": seeds[0]}, "latency"),

@@ -73,3 +73,17 @@ def test_device_default_resolved_when_the_command_runs():
         assert build_parser().parse_args(argv).device is None
     assert _device("cpu") == "cpu"
     assert _device(None) in ("cpu", "cuda")
+
+
+@pytest.mark.parametrize("spelling", ["ctc_greedy", "ctc-greedy"])
+def test_eval_method_is_the_decode_config_value(spelling):
+    from kd.cli import build_parser
+    from kd.decode import DecodeMethod
+
+    args = build_parser().parse_args(["eval", "m", "--data", "d", "--method", spelling])
+    assert DecodeMethod(args.method) is DecodeMethod.CTC_GREEDY
+    choices = next(a.choices for a in build_parser()._subparsers._group_actions[0].choices["eval"]._actions
+                   if a.dest == "method")
+    assert sorted(choices) == sorted(m.value for m in DecodeMethod)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "m", "--data", "d", "--method", "greedy"])

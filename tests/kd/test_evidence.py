@@ -102,3 +102,48 @@ def test_read_utterance_errors(tmp_path):
 def test_interval_holds_zero_flag():
     assert Interval(diff=0.1, lo=-0.2, hi=0.4, seeds=1, utterances=10).holds_zero
     assert not Interval(diff=-1.0, lo=-2.0, hi=-0.1, seeds=1, utterances=10).holds_zero
+
+
+def test_token_uncertainty_scores_are_the_model_outputs(tests_corpus, tmp_path):
+    """Each token's three scores, recomputed from one teacher-forced forward pass of the same model."""
+    import torch
+
+    from kd.data.batching import AudioDataset, collate
+    from kd.data.datadir import load_data_dir
+    from kd.data.text import CharTokenizer
+    from kd.evidence import token_uncertainty, uncertainty_summary
+    from kd.model_dir import save_model_dir
+    from kd.models.asr import AsrConfig, build_asr_model
+
+    root = tests_corpus[0]
+    data_dir = root / "target" / "test"
+    tokenizer = CharTokenizer.from_texts(["abcdefghijklmnopqrstuvwxyz' "])
+    torch.manual_seed(0)
+    model = build_asr_model(AsrConfig.tiny(vocab_size=tokenizer.vocab_size), list(tokenizer.tokens))
+    save_model_dir(model, tokenizer, tmp_path / "m")
+    tokens = token_uncertainty(tmp_path / "m", data_dir, max_batch_seconds=1e-3)  # one utterance a batch
+    data = load_data_dir(data_dir)
+    assert tokens.utts == tuple(u.utt for u in data.utterances)
+    dataset = AudioDataset(data, tokenizer=tokenizer)
+    model.eval()
+    for u in range(len(data.utterances)):  # one utterance at a time: no padding
+        batch = collate([dataset[u]])
+        with torch.no_grad():
+            out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
+        n = int(out.token_mask[0].sum())
+        sl = slice(tokens.offsets[u], tokens.offsets[u + 1])
+        assert tokens.offsets[u + 1] - tokens.offsets[u] == n
+        predicted = out.logits[0, :n].argmax(-1)
+        np.testing.assert_allclose(tokens.variance[sl], out.variances[0, :n].mean(-1).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(tokens.variance_predicted[sl],
+                                   out.variances[0, :n].gather(-1, predicted[:, None])[:, 0].numpy(), rtol=1e-5)
+        np.testing.assert_allclose(tokens.posterior_doubt[sl],
+                                   1 - out.logits[0, :n].softmax(-1).max(-1).values.numpy(), rtol=1e-5, atol=1e-7)
+        assert tokens.error[sl].tolist() == (predicted != out.targets[0, :n]).tolist()
+    summary = uncertainty_summary(tokens)
+    errors = tokens.error
+    assert summary["tokens"] == len(errors) and summary["token_error"] == pytest.approx(errors.mean())
+    if 0 < errors.sum() < len(errors):
+        assert summary["auroc"] == auroc(tokens.variance_predicted, errors)
+        assert summary["auroc_mean_variance"] == auroc(tokens.variance, errors)
+        assert summary["auroc_posterior"] == auroc(tokens.posterior_doubt, errors)

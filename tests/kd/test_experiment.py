@@ -90,6 +90,32 @@ def test_student_config_for_each_kind_of_condition(tmp_path):
         student_train_config(base, Condition("x", teachers=("fr",)), **common)
 
 
+def test_student_model_overrides_reach_both_initialisations(tmp_path):
+    specaug = {"specaug_time_masks": 2, "specaug_time_ratio": 0.05}
+    base = {"optim": {"lr": 1e-3, "max_epochs": 2, "warmup_steps": 10}, "model": {"overrides": specaug}}
+    common = dict(train=[tmp_path / "t"], dev=tmp_path / "d", tokens=tmp_path / "tokens.txt", seed=0,
+                  teacher_model={"preset": "small", "overrides": {"d_model": 96}}, size=StudentSize("S", 3, (1,)),
+                  plan_student=tmp_path / "init", teacher_runs={}, dev_wers={}, cache_root=tmp_path / "cache")
+    random_init = student_train_config(base, Condition("scratch", init="random"), **common)
+    assert random_init.model.overrides == {"d_model": 96, "encoder_layers": 3, "decoder_layers": 1, **specaug}
+    plan = student_train_config(base, Condition("layers", init="plan"), **common)
+    assert plan.model.init_from == str(tmp_path / "init") and plan.model.overrides == specaug
+    with pytest.raises(ValueError, match=r"student.model: expected only 'overrides'.*\['preset'\]"):
+        student_train_config({**base, "model": {"preset": "tiny"}}, Condition("scratch", init="random"), **common)
+
+
+def test_init_from_takes_training_only_overrides_and_names_the_others(tmp_path):
+    from kd.training.config import TrainConfig
+
+    section = {"data": {"train": [str(tmp_path)]}, "optim": {"max_steps": 1},
+               "model": {"preset": None, "init_from": str(tmp_path),
+                         "overrides": {"specaug_time_warp": 2}}}
+    assert TrainConfig.from_dict(section).model.overrides == {"specaug_time_warp": 2}
+    section["model"]["overrides"] = {"d_model": 64}
+    with pytest.raises(ValueError, match=r"model.overrides.*only the fields that leave the architecture.*specaug_"):
+        TrainConfig.from_dict(section)
+
+
 def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, tmp_path):
     from kd.training.config import TrainConfig
 
@@ -119,7 +145,7 @@ def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, t
         del old["optim"][name]
     del old["data"]["augment"]  # added later still
     del old["checkpoint"]["best_by"]  # and later
-    del old["model"]["freeze"]  # tenth session
+    del old["model"]["freeze"]  # added in 23135cb
     (tmp_path / "run/config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
     mark_done(tmp_path / "run", old, steps=1)  # the marker as that version wrote it
     messages.clear()
@@ -140,6 +166,24 @@ def test_kd_reduction_mean_keeps_the_identity_of_earlier_kd_runs():
     summed = TrainConfig.from_dict({**base, "kd": {**base["kd"], "loss": {"reduction": "sum_per_utterance"}}})
     assert mean.identity() == earlier and summed.identity() != earlier
     assert summed.identity()["kd"]["loss"]["reduction"] == "sum_per_utterance"
+
+
+def test_kd_runs_from_before_sampled_soft_labels_read_as_mean_logit_runs():
+    """kd.loss.soft_labels defaults to the paper's sampled soft labels; a run written before the field
+    existed used the mean logits, and reads so (with_added_fields), so train_run does not reuse it."""
+    from kd.training.config import TrainConfig, with_added_fields
+
+    base = {"data": {"train": ["x"]}, "optim": {"max_steps": 1}, "kd": {"teachers": [{"run_dir": "t"}]}}
+    new = TrainConfig.from_dict(base)
+    assert new.kd.loss.soft_labels.value == "sampled" and new.identity()["kd"]["loss"]["soft_labels"] == "sampled"
+    saved = new.to_dict()
+    del saved["kd"]["loss"]["soft_labels"], saved["kd"]["loss"]["num_samples"]  # as an earlier version wrote it
+    old = TrainConfig.from_dict(with_added_fields(saved))
+    assert old.kd.loss.soft_labels.value == "mean_logits" and old.identity() != new.identity()
+    explicit = TrainConfig.from_dict({**base, "kd": {**base["kd"], "loss": {"soft_labels": "mean_logits"}}})
+    assert explicit.identity() == old.identity() and "soft_labels" not in explicit.identity()["kd"]["loss"]
+    without_kd = TrainConfig.from_dict({"data": {"train": ["x"]}, "optim": {"max_steps": 1}}).to_dict()
+    assert with_added_fields(without_kd)["kd"] is None
 
 
 def test_best_by_loss_keeps_the_identity_of_earlier_runs_and_bad_values_are_named():

@@ -11,17 +11,21 @@ import torch
 from kd.losses import (
     KDLevel,
     KDLossConfig,
+    SoftLabels,
     TeacherWeighting,
     ctc_kd,
-    ctc_uncertainty_kd,
+    ctc_spread_kd,
     fixed_teacher_weights,
     kd_loss,
-    posterior_variance,
+    posterior_spread,
     resample_frames,
+    sampled_soft_labels,
     token_kd,
     uncertainty_kd,
     uncertainty_teacher_weights,
 )
+
+MEAN = SoftLabels.MEAN_LOGITS  # soft labels softmax(f / T): the tests whose references use the mean logits
 
 
 # ---------------------------------------------------------------- references
@@ -210,11 +214,11 @@ def test_resample_frames_matches_reference_loop():
         np.testing.assert_allclose(got[b, :m].double().numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_ctc_uncertainty_kd_matches_reference():
-    s_var = posterior_variance(frame_log_probs(0, 2, 4))
-    t_var = posterior_variance(frame_log_probs(1, 2, 8))
+def test_ctc_spread_kd_matches_reference():
+    s_var = posterior_spread(frame_log_probs(0, 2, 4))
+    t_var = posterior_spread(frame_log_probs(1, 2, 8))
     s_len, t_len = torch.tensor([4, 3]), torch.tensor([8, 5])
-    got = ctc_uncertainty_kd(s_var, t_var, student_lengths=s_len, teacher_lengths=t_len)
+    got = ctc_spread_kd(s_var, t_var, student_lengths=s_len, teacher_lengths=t_len)
     values = []
     for b in range(2):
         n, m = int(t_len[b]), int(s_len[b])
@@ -223,10 +227,11 @@ def test_ctc_uncertainty_kd_matches_reference():
     assert got.item() == pytest.approx(float(np.mean(values)), rel=1e-5)
 
 
-def test_posterior_variance_formula():
+def test_posterior_spread_formula():
     lp = frame_log_probs(0, 1, 2)
     p = lp.exp()
-    torch.testing.assert_close(posterior_variance(lp), p - p * p)
+    torch.testing.assert_close(posterior_spread(lp), p - p * p)
+    torch.testing.assert_close(posterior_spread(lp).sum(-1), 1 - (p * p).sum(-1))
 
 
 # ---------------------------------------------------------------- gradients
@@ -263,11 +268,11 @@ def test_alpha_one_is_pure_nll():
 def test_beta_one_is_pure_token_kd_and_beta_zero_pure_uncertainty_kd():
     s, t = make_outs(0, MASK), make_outs(1, MASK)
     nll = torch.tensor(5.0)
-    loss, parts = kd_loss(s, [t], nll, KDLossConfig(alpha=0.0, beta=1.0, temperature=2.0))
+    loss, parts = kd_loss(s, [t], nll, KDLossConfig(alpha=0.0, beta=1.0, temperature=2.0, soft_labels=MEAN))
     expected = token_kd(s.logits, t.logits, temperature=2.0, mask=MASK)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert "unc_kd" not in parts
-    loss, _ = kd_loss(s, [t], nll, KDLossConfig(alpha=0.0, beta=0.0))
+    loss, _ = kd_loss(s, [t], nll, KDLossConfig(alpha=0.0, beta=0.0, soft_labels=MEAN))
     assert loss.item() == pytest.approx(uncertainty_kd(s.variances, t.variances, mask=MASK).item(), rel=1e-6)
 
 
@@ -288,8 +293,8 @@ def test_sum_per_utterance_reduction_puts_kd_on_the_nll_scale():
     from kd.losses import KDReduction
 
     s, t = make_outs(0, MASK), make_outs(1, MASK)
-    mean_config = KDLossConfig(alpha=0.0, beta=0.5)
-    summed = KDLossConfig(alpha=0.0, beta=0.5, reduction=KDReduction.SUM_PER_UTTERANCE)
+    mean_config = KDLossConfig(alpha=0.0, beta=0.5, soft_labels=MEAN)
+    summed = KDLossConfig(alpha=0.0, beta=0.5, reduction=KDReduction.SUM_PER_UTTERANCE, soft_labels=MEAN)
     loss_mean, parts_mean = kd_loss(s, [t], torch.tensor(0.0), mean_config)
     loss_sum, parts_sum = kd_loss(s, [t], torch.tensor(0.0), summed)
     # MASK has 3 + 2 real positions in 2 utterances: the sum per utterance is 2.5 x the mean
@@ -303,8 +308,11 @@ def test_sum_per_utterance_reduction_puts_kd_on_the_nll_scale():
 def test_beta_one_does_not_need_variances():
     s, t = make_outs(0, MASK), make_outs(1, MASK)
     s.variances = t.variances = None
-    loss, _ = kd_loss(s, [t], torch.tensor(0.0), KDLossConfig(alpha=0.0, beta=1.0))
+    loss, _ = kd_loss(s, [t], torch.tensor(0.0), KDLossConfig(alpha=0.0, beta=1.0, soft_labels=MEAN))
     assert loss.item() == pytest.approx(token_kd(s.logits, t.logits, mask=MASK).item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"teacher_outs\[0\].variances: expected a tensor \(from the teacher's "
+                                         r"uncertainty head\) for soft_labels=sampled, found None"):
+        kd_loss(s, [t], torch.tensor(0.0), KDLossConfig(alpha=0.0, beta=1.0))
 
 
 def _per_teacher_kd(s, t, config):
@@ -315,7 +323,7 @@ def _per_teacher_kd(s, t, config):
 
 def test_fixed_weights_are_normalised():
     s, t1, t2 = make_outs(0, MASK), make_outs(1, MASK), make_outs(2, MASK)
-    config = KDLossConfig(alpha=0.25, beta=0.6, temperature=2.0, teacher_weights=(1.0, 3.0))
+    config = KDLossConfig(alpha=0.25, beta=0.6, temperature=2.0, teacher_weights=(1.0, 3.0), soft_labels=MEAN)
     nll = torch.tensor(1.5)
     loss, parts = kd_loss(s, [t1, t2], nll, config)
     kd = 0.25 * _per_teacher_kd(s, t1, config) + 0.75 * _per_teacher_kd(s, t2, config)
@@ -330,7 +338,7 @@ def test_dev_wer_weights_are_softmax_of_negative_wer():
     s, t1, t2 = make_outs(0, MASK), make_outs(1, MASK), make_outs(2, MASK)
     config = KDLossConfig(
         alpha=0.0, beta=0.5, weighting=TeacherWeighting.DEV_WER, dev_wers=(0.10, 0.20),
-        wer_temperature=0.05,
+        wer_temperature=0.05, soft_labels=MEAN,
     )  # fmt: skip
     r = np.exp([-2.0, -4.0]) / np.exp([-2.0, -4.0]).sum()
     loss, parts = kd_loss(s, [t1, t2], torch.tensor(0.0), config)
@@ -343,7 +351,8 @@ def test_dev_wer_weights_are_softmax_of_negative_wer():
 def test_uncertainty_weights_per_token_match_reference():
     s, t1, t2 = make_outs(0, MASK), make_outs(1, MASK), make_outs(2, MASK)
     t2.variances[0, 1] *= 50.0  # teacher 2 very unsure at one token
-    config = KDLossConfig(alpha=0.0, beta=0.7, temperature=1.5, weighting=TeacherWeighting.UNCERTAINTY)
+    config = KDLossConfig(alpha=0.0, beta=0.7, temperature=1.5, weighting=TeacherWeighting.UNCERTAINTY,
+                          soft_labels=MEAN)
     loss, _ = kd_loss(s, [t1, t2], torch.tensor(0.0), config)
     values = []
     for b in range(2):
@@ -375,11 +384,153 @@ def test_frame_level_kd_loss_uses_ctc_terms():
     expected = ctc_kd(s_lp, t_lp, student_lengths=s_len, teacher_lengths=t_len, temperature=2.0)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     config = KDLossConfig(alpha=0.0, beta=0.0, level=KDLevel.FRAME)
-    loss, _ = kd_loss(s, [t], torch.tensor(0.0), config)
-    expected = ctc_uncertainty_kd(
-        posterior_variance(s_lp), posterior_variance(t_lp), student_lengths=s_len, teacher_lengths=t_len
+    loss, parts = kd_loss(s, [t], torch.tensor(0.0), config)
+    expected = ctc_spread_kd(
+        posterior_spread(s_lp), posterior_spread(t_lp), student_lengths=s_len, teacher_lengths=t_len
     )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # the posterior's spread is logged under its own name, not as an uncertainty term
+    assert "spread_kd" in parts and "spread_kd/0" in parts and not any(k.startswith("unc_kd") for k in parts)
+
+
+def test_frame_level_soft_labels_draw_nothing_and_equal_the_posteriors():
+    """CTC has no variance head: sampled soft labels are the softened posteriors (sigma = 0)."""
+    s_lp, t_lp = frame_log_probs(0, 2, 5), frame_log_probs(1, 2, 10)
+    dummy = torch.ones(2, 1, dtype=torch.bool)
+    s = Outs(None, None, dummy, s_lp, torch.tensor([5, 4]))
+    t = Outs(None, None, dummy, t_lp, torch.tensor([10, 8]))
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    losses = [kd_loss(s, [t], torch.tensor(0.0), KDLossConfig(beta=0.5, temperature=2.0, level=KDLevel.FRAME,
+                                                              soft_labels=labels), generator=g)[0]
+              for labels in SoftLabels]
+    assert losses[0].item() == losses[1].item()
+    assert torch.equal(g.get_state(), state)
+
+
+def test_posterior_spread_weights_per_frame_match_reference():
+    s_lp, t1, t2 = frame_log_probs(0, 2, 6), frame_log_probs(1, 2, 6), frame_log_probs(2, 2, 6)
+    t2 = torch.log_softmax(t2 / 10.0, -1)  # a flat, spread-out teacher 2
+    lengths = torch.tensor([6, 4])
+    dummy = torch.ones(2, 1, dtype=torch.bool)
+    outs = [Outs(None, None, dummy, lp, lengths) for lp in (s_lp, t1, t2)]
+    config = KDLossConfig(alpha=0.0, beta=1.0, level=KDLevel.FRAME, weighting=TeacherWeighting.POSTERIOR_SPREAD)
+    loss, parts = kd_loss(outs[0], outs[1:], torch.tensor(0.0), config)
+    values, w0 = [], []
+    for b in range(2):
+        for j in range(int(lengths[b])):
+            u = [1.0 - (np.exp(t[b, j].double().numpy()) ** 2).sum() + config.variance_eps for t in (t1, t2)]
+            r = [(1 / uk) / sum(1 / ui for ui in u) for uk in u]
+            kls = [np_kl(t[b, j].double().numpy(), s_lp[b, j].double().numpy(), 1.0) for t in (t1, t2)]
+            values.append(r[0] * kls[0] + r[1] * kls[1])
+            w0.append(r[0])
+    assert loss.item() == pytest.approx(float(np.mean(values)), rel=1e-5)
+    assert parts["weight/0"].item() == pytest.approx(float(np.mean(w0)), rel=1e-5)
+    assert parts["weight/0"].item() > 0.5  # the peaked teacher counts more
+
+
+# ---------------------------------------------------------------- sampled soft labels
+
+
+def np_sampled_soft_labels(logits, variances, eps, t):
+    """(1/S) sum_s softmax((f + sqrt(v) eps_s) / T) per position, float64; eps: S arrays of f's shape."""
+    g = logits[None] + np.sqrt(variances)[None] * np.stack(eps)  # (S, ..., V)
+    z = g / t
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).mean(0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("num_samples", [1, 3, 10])
+def test_sampled_soft_labels_with_zero_variance_are_the_softmax_exactly(temperature, num_samples):
+    f = make_outs(0, MASK).logits
+    got = sampled_soft_labels(f, torch.zeros_like(f), temperature=temperature, num_samples=num_samples,
+                              generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, torch.softmax(f / temperature, dim=-1))
+    # and the loss: the same as with mean-logit soft labels, to rounding (another KL formula)
+    s, t = make_outs(1, MASK), make_outs(0, MASK)
+    t.variances = torch.zeros_like(t.variances)
+    sampled, _ = kd_loss(s, [t], torch.tensor(0.0), KDLossConfig(alpha=0.0, temperature=temperature,
+                                                                 num_samples=num_samples))
+    mean, _ = kd_loss(s, [t], torch.tensor(0.0), KDLossConfig(alpha=0.0, temperature=temperature, soft_labels=MEAN))
+    assert sampled.item() == pytest.approx(mean.item(), rel=1e-6)
+
+
+def test_sampled_soft_labels_match_numpy_with_the_same_noise():
+    out = make_outs(0, MASK)
+    f, v = out.logits.double(), out.variances.double()
+    got = sampled_soft_labels(f, v, temperature=1.5, num_samples=6, generator=torch.Generator().manual_seed(4))
+    # the documented draw order: one randn of the logits' shape per sample, s = 1..S
+    g = torch.Generator().manual_seed(4)
+    eps = [torch.randn(f.shape, generator=g, dtype=torch.float64).numpy() for _ in range(6)]
+    ref = np_sampled_soft_labels(f.numpy(), v.numpy(), eps, 1.5)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got.sum(-1), torch.ones(MASK.shape, dtype=torch.float64))
+
+
+def test_sampled_soft_labels_converge_to_the_expected_softmax():
+    """Two classes: E[softmax(g / T)]_0 = E[sigmoid((d + s z) / T)], z ~ N(0, 1), with d = f_0 - f_1 and
+    s^2 = sigma_0^2 + sigma_1^2; the expectation by Gauss-Hermite quadrature (NumPy, 80 nodes)."""
+    f, var, t = np.array([1.5, 0.0]), np.array([2.0, 1.0]), 1.2
+    z, w = np.polynomial.hermite_e.hermegauss(80)  # nodes and weights for the weight exp(-z^2 / 2)
+    expected = float((w / (1.0 + np.exp(-(f[0] - f[1] + np.sqrt(var.sum()) * z) / t))).sum() / w.sum())
+    rows = 20_000  # identical rows: 20000 x 10 = 200000 draws in all
+    logits = torch.tensor(f, dtype=torch.float64).expand(rows, 2)
+    variances = torch.tensor(var, dtype=torch.float64).expand(rows, 2)
+    got = sampled_soft_labels(logits, variances, temperature=t, num_samples=10,
+                              generator=torch.Generator().manual_seed(0))[:, 0].mean().item()
+    # standard error about 0.25 / sqrt(200000) = 6e-4
+    assert got == pytest.approx(expected, abs=3e-3)
+    softmax_of_mean = 1.0 / (1.0 + np.exp(-(f[0] - f[1]) / t))
+    assert abs(softmax_of_mean - expected) > 0.05  # the mean logits give another distribution
+
+
+def test_sampled_soft_labels_flatten_as_sigma_grows():
+    f = torch.tensor([2.0, 0.0, -1.0, -1.0], dtype=torch.float64).expand(5000, 4)
+    entropies = []
+    for variance in (0.0, 0.5, 2.0, 8.0):
+        p = sampled_soft_labels(f, torch.full_like(f, variance), temperature=1.0, num_samples=4,
+                                generator=torch.Generator().manual_seed(0)).mean(0)
+        entropies.append(float(-(p * p.log()).sum()))
+    assert all(a < b for a, b in zip(entropies, entropies[1:])), entropies
+    assert entropies[-1] < np.log(4)
+
+
+def test_sampled_soft_labels_same_seed_same_loss_and_several_teachers():
+    s, t1, t2 = make_outs(0, MASK), make_outs(1, MASK), make_outs(2, MASK)
+    config = KDLossConfig(alpha=0.0, beta=0.5, temperature=2.0, teacher_weights=(1.0, 3.0), num_samples=5)
+
+    def loss(seed):
+        return kd_loss(s, [t1, t2], torch.tensor(0.0), config, generator=torch.Generator().manual_seed(seed))
+
+    (a, parts_a), (b, parts_b) = loss(3), loss(3)
+    assert a.item() == b.item() and all(torch.equal(parts_a[k], parts_b[k]) for k in parts_a)
+    assert loss(4)[0].item() != a.item()
+    # the reference: teacher 0's draws, then teacher 1's, from the one generator
+    g = torch.Generator().manual_seed(3)
+    kd = []
+    for t in (t1, t2):
+        p = sampled_soft_labels(t.logits, t.variances, temperature=2.0, num_samples=5, generator=g).double().numpy()
+        ref = []
+        for bi in range(2):
+            for i in range(4):
+                if MASK[bi, i]:
+                    q = np_softmax(s.logits[bi, i].double().numpy() / 2.0)
+                    tok = 4.0 * float((p[bi, i] * np.log(p[bi, i] / q)).sum())
+                    unc = np_unc(s.variances[bi, i].double().numpy(), t.variances[bi, i].double().numpy())
+                    ref.append(0.5 * tok + 0.5 * unc)
+        kd.append(float(np.mean(ref)))
+    assert a.item() == pytest.approx(0.25 * kd[0] + 0.75 * kd[1], rel=1e-5)
+
+
+def test_sampled_soft_labels_argument_errors():
+    f = make_outs(0, MASK).logits
+    with pytest.raises(ValueError, match=r"variances: expected the shape of logits \(2, 4, 5\), found \(2, 4, 4\)"):
+        sampled_soft_labels(f, f[..., :4].abs(), num_samples=2)
+    with pytest.raises(ValueError, match="num_samples: expected an integer >= 1, found 0"):
+        sampled_soft_labels(f, f.abs(), num_samples=0)
+    with pytest.raises(ValueError, match="temperature: expected > 0, found -1.0"):
+        sampled_soft_labels(f, f.abs(), temperature=-1.0, num_samples=2)
 
 
 # ---------------------------------------------------------------- validation and config
@@ -442,3 +593,32 @@ def test_config_validation_and_yaml_round_trip():
         KDLossConfig(level="token")
     with pytest.raises(ValueError, match="unknown fields \\['gamma'\\]"):
         KDLossConfig.from_dict({"gamma": 1.0})
+
+
+def test_soft_label_config_default_values_and_errors():
+    config = KDLossConfig()
+    assert config.soft_labels is SoftLabels.SAMPLED and config.num_samples == 10  # the paper's soft labels
+    mean = KDLossConfig.from_dict({"soft_labels": "mean_logits", "num_samples": 3})
+    assert mean.soft_labels is MEAN and KDLossConfig.from_yaml(mean.to_yaml()) == mean
+    with pytest.raises(ValueError, match=r"KDLossConfig.soft_labels: expected one of \['sampled', 'mean_logits'\], "
+                                         r"found 'noisy'"):
+        KDLossConfig.from_dict({"soft_labels": "noisy"})
+    with pytest.raises(TypeError, match="KDLossConfig.soft_labels: expected SoftLabels, found 'sampled'"):
+        KDLossConfig(soft_labels="sampled")
+    for bad in (0, -2, 2.5, True, "10"):
+        with pytest.raises(ValueError, match=rf"KDLossConfig.num_samples: expected an integer >= 1, found {bad!r}"):
+            KDLossConfig.from_dict({"num_samples": bad})
+
+
+def test_posterior_spread_is_not_called_uncertainty():
+    """At level=frame the teachers are weighed by their posteriors' spread: the old name is refused."""
+    with pytest.raises(ValueError, match="KDLossConfig.weighting: expected posterior_spread .* level=frame, "
+                                         "found 'uncertainty'"):
+        KDLossConfig.from_dict({"level": "frame", "weighting": "uncertainty"})
+    with pytest.raises(ValueError, match="KDLossConfig.weighting: expected uncertainty .* level=token, "
+                                         "found 'posterior_spread'"):
+        KDLossConfig.from_dict({"weighting": "posterior_spread"})
+    config = KDLossConfig.from_dict({"level": "frame", "weighting": "posterior_spread"})
+    assert config.weighting is TeacherWeighting.POSTERIOR_SPREAD
+    with pytest.raises(ValueError, match="posterior_spread weights are per position"):
+        fixed_teacher_weights(config, 2)

@@ -143,7 +143,8 @@ def _kd_section(teacher_dirs, mode: str, **loss):
 
 
 def test_kd_with_one_teacher_matches_a_direct_float64_computation(corpus, teachers, tmp_path):
-    """Step 1's logged tok-KD / unc-KD against NumPy on the initial student and the teacher."""
+    """Step 1's logged tok-KD / unc-KD against NumPy on the initial student and the teacher (soft labels
+    from the mean logits; the sampled ones are checked against NumPy in test_losses.py)."""
     from accelerate.utils import set_seed
 
     from kd.data import load_data_dir
@@ -156,7 +157,7 @@ def test_kd_with_one_teacher_matches_a_direct_float64_computation(corpus, teache
     tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
     # max_seconds: all 8 target utterances in one micro-batch, so step 1 sees all of them
     config = make_config([corpus / "target/train"], steps=2, max_seconds=40.0, tokens=tokens,
-                         overrides={"dropout_rate": 0.0}, kd=_kd_section([t1], "online"))
+                         overrides={"dropout_rate": 0.0}, kd=_kd_section([t1], "online", soft_labels="mean_logits"))
     result = distill(config, tmp_path / "student")
     rows = read_csv(tmp_path / "student/log.csv")
     assert result.steps == 2 and len(rows) == 2
@@ -197,6 +198,8 @@ def test_kd_with_two_teachers_and_the_cache_equal_to_online(corpus, teachers, tm
     for mode in ("online", "cached"):
         config = make_config([corpus / "target/train"], steps=3, max_seconds=8.0, tokens=tokens,
                              kd=_kd_section([t1, t2], mode))
+        # the default soft labels are sampled: the cache holds logits and variances, the draws are the run's
+        assert config.kd.loss.soft_labels.value == "sampled"
         runs[mode] = distill(config, tmp_path / mode)
     online, cached = read_csv(tmp_path / "online/log.csv"), read_csv(tmp_path / "cached/log.csv")
     keys = set(online[0])
@@ -219,14 +222,14 @@ def test_kd_with_two_teachers_and_the_cache_equal_to_online(corpus, teachers, tm
 
 
 def test_frame_level_kd_from_yaml_cached_equals_online(corpus, teachers, tmp_path):
-    """CTC-posterior KD with per-frame uncertainty weighting, configured through YAML files."""
+    """CTC-posterior KD with per-frame posterior-spread weighting, configured through YAML files."""
     from kd.train import distill_from_yaml
 
     t1, t2 = teachers
     tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
     logs = {}
     for mode in ("online", "cached"):
-        kd = _kd_section([t1, t2], mode, level="frame", weighting="uncertainty")
+        kd = _kd_section([t1, t2], mode, level="frame", weighting="posterior_spread")
         path = tmp_path / f"{mode}.yaml"
         path.write_text(make_config([corpus / "target/train"], steps=2, tokens=tokens, kd=kd).to_yaml())
         result = distill_from_yaml(path, tmp_path / mode)
@@ -234,8 +237,32 @@ def test_frame_level_kd_from_yaml_cached_equals_online(corpus, teachers, tmp_pat
         logs[mode] = read_csv(tmp_path / mode / "log.csv")
     assert logs["online"][0]["tok_kd"] == logs["cached"][0]["tok_kd"]
     assert logs["online"][0]["loss"] == logs["cached"][0]["loss"]
+    assert logs["online"][0]["spread_kd"] and "unc_kd" not in logs["online"][0]  # beta 0.6: the spread term
     weights = [float(logs["online"][0][f"weight/{k}"]) for k in (0, 1)]
     assert sum(weights) == pytest.approx(1.0) and weights[0] != weights[1]  # per-frame, not uniform
+
+
+def test_distillation_with_sampled_soft_labels_resumes_exactly(corpus, teachers, tmp_path):
+    """The teachers' noise is drawn from the run's checkpointed generator: interrupted == uninterrupted."""
+    from kd.train import distill
+
+    t1, t2 = teachers
+    tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
+
+    def config(steps):
+        kd = {**_kd_section([t1, t2], "cached", num_samples=3), "cache_dir": str(tmp_path / "cache")}
+        return make_config([corpus / "target/train"], steps=steps, max_seconds=8.0, tokens=tokens,
+                           checkpoint={"every_steps": 2}, kd=kd)
+
+    assert config(4).kd.loss.soft_labels.value == "sampled"
+    full = distill(config(4), tmp_path / "full")
+    assert distill(config(2), tmp_path / "parts").steps == 2
+    second = distill(config(4), tmp_path / "parts")
+    assert second.resumed_from == 2 and second.steps == full.steps == 4
+    assert all_equal(load_weights(tmp_path / "full/model.safetensors"),
+                     load_weights(tmp_path / "parts/model.safetensors"))
+    full_rows, part_rows = read_csv(tmp_path / "full/log.csv"), read_csv(tmp_path / "parts/log.csv")
+    assert [(r["step"], r["tok_kd"]) for r in part_rows] == [(r["step"], r["tok_kd"]) for r in full_rows]
 
 
 def test_teacher_with_another_token_inventory_is_refused(corpus, teachers, tmp_path):

@@ -28,6 +28,7 @@ def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp
     limits is reused; one trained for other epochs is not (its differing section is named)."""
     import yaml
 
+    from kd.experiment import training_differs
     from kd.training.config import TrainConfig
 
     recipe = load_recipe("layerwise_analysis")
@@ -36,15 +37,15 @@ def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp
              "tokens": {"kind": "list", "path": "/elsewhere/tokens.txt"}}
     saved = tmp_path / "config.yaml"
     saved.write_text(TrainConfig.from_dict(other).to_yaml())
-    assert recipe.training_differs(saved, section) == []
+    assert training_differs(saved, section) == []
     fewer = {**other, "optim": {**other["optim"], "max_epochs": 8}}
     saved.write_text(TrainConfig.from_dict(fewer).to_yaml())
-    assert recipe.training_differs(saved, section) == ["optim"]
+    assert training_differs(saved, section) == ["optim"]
 
 
 def test_a_pretraining_from_another_recipe_is_reused_only_with_the_same_settings(tmp_path, capsys, load_recipe):
     """ssl_run: a finished pre-training is analysed in place only when its SSLConfig is the preset's;
-    one with other settings (here the preset's before the thirteenth session) is trained again, saying why."""
+    one with other settings is trained again, saying why."""
     import yaml
 
     from kd.io import mark_done, write_json

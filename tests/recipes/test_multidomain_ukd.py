@@ -56,6 +56,7 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
     # students: random init vs the better teacher's layers (plan), teacher outputs cached per seed
     kd_run = yaml.safe_load((out / "runs/S/tok-unc-kd-us-uk/seed0/config.yaml").read_text())
     assert kd_run["kd"]["loss"]["weighting"] == "dev_wer" and "teacher_cache/seed0/us+uk" in kd_run["kd"]["cache_dir"]
+    assert kd_run["kd"]["loss"]["soft_labels"] == "sampled"  # the paper's soft labels, drawn from the uncertainty head
     assert kd_run["model"]["init_from"] is None
     plan_run = yaml.safe_load((out / "runs/S/no-kd-teacher-layers/seed0/config.yaml").read_text())
     assert plan_run["model"]["init_from"].endswith("students/seed0/S") and plan_run["model"]["freeze"] == [

@@ -157,7 +157,7 @@ def test_config_yaml_round_trip(name):
 
 
 def test_teacher_preset_size():
-    # the teacher named in ENVIRONMENT.md: 27.5M parameters at V = 500 (without the head)
+    # the teacher of docs/environment.md (GPU reference figures): 27.5M parameters at V = 500 (without the head)
     m = build_asr_model(AsrConfig.teacher(500, uncertainty_head=False))
     assert sum(p.numel() for p in m.parameters()) == pytest.approx(27.5e6, rel=0.01)
 

@@ -1,0 +1,409 @@
+"""The stages of the multi-domain KD benchmark (Kim et al. 2021) as library functions.
+
+``recipes/multidomain_ukd/run.py`` parses a preset into a :class:`MultidomainSetup` and runs one
+function per stage (:mod:`kd.stages` skips the finished ones); each function takes the setup, the
+earlier stages' results it needs and the number of worker processes, and returns the JSON-able
+summary that the stage's marker keeps. The claims, the results layout and its markdown are in
+:mod:`kd.multidomain`.
+
+Layout of the output folder ``out``::
+
+    corpus/<domain>/<split>                    the built-in corpus
+    tokens/                                    tokens.txt (and words.model for word units)
+    teachers/seed<s>/<domain>/                 a teacher's training run (model/: its model dir)
+    eval/teachers/seed<s>/<domain>/<set>-<how> a teacher's evaluation, e.g. target-test-beam
+    analysis/seed<s>/<domain>/                 the layer-wise analysis of a teacher (report.json)
+    students/seed<s>/<size>[.plan.json]        a student built from the better teacher's layers, its plan
+    teacher_cache/seed<s>/                     cached teacher outputs of the KD runs
+    runs/<size>/<condition slug>/seed<s>/      a student's training run; eval-beam/, eval-greedy/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
+
+from kd.experiment import Condition, StudentSize, check_pairs, merge_sections, student_train_config, train_run
+from kd.multidomain import GREEDY, Claim, check_results, claims_table, evaluate_model, results_markdown
+
+if TYPE_CHECKING:
+    from kd.analyze import AnalyzeConfig
+    from kd.training.config import TrainConfig
+
+__all__ = ["MultidomainSetup", "analyse_teachers", "build_students", "distil_students", "evaluate_students",
+           "evaluate_teachers", "make_corpus", "make_tokens", "publish_results", "results_table", "student_config",
+           "student_rows", "teacher_config", "teacher_means", "train_teachers"]
+
+METRICS = ("wer", "cer")
+
+
+def _no_section(key: str) -> ContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class MultidomainSetup:
+    """One preset of the benchmark, its sections parsed and checked, and where its files go."""
+
+    out: Path  # the output folder (layout: the module docstring)
+    corpus: Mapping[str, Any]  # kd.corpus.synth.build_corpus's preset and seed
+    tokens: str  # "words" (a word-level SentencePiece model) or "chars" (a character list)
+    domains: tuple[str, ...]  # the teachers' domains
+    target: str  # the students' domain: little data, shifted recording conditions
+    teacher: Mapping[str, Any]  # the teachers' TrainConfig section (data, tokens and seed filled in here)
+    student: Mapping[str, Any]  # the students' section of kd.experiment.student_train_config
+    sizes: tuple[StudentSize, ...]
+    conditions: tuple[Condition, ...]
+    claims: tuple[Claim, ...]
+    seeds: tuple[int, ...]  # the teachers' and the students' training seeds
+    decode: Mapping[str, Any]  # the headline decoding (a DecodeConfig section); GREEDY is the other
+    analysis: AnalyzeConfig  # the teachers' layer-wise analysis
+    device: str = "cpu"  # evaluation and analysis
+    shipped: Path | None = None  # shipped teachers (kd.shipped), <shipped>/<domain>; None: trained here
+    freeze: tuple[str, ...] = ()  # parameters that students built from the teacher's layers keep
+
+    @classmethod
+    def from_preset(cls, cfg: Mapping[str, Any], out: Path, *, seeds: Sequence[int], recipe_dir: Path,
+                    section: Callable[[str], ContextManager[Any]] = _no_section) -> "MultidomainSetup":
+        """Parse a preset of ``recipes/multidomain_ukd/config.yaml`` and build every run's settings, so
+        that a bad value stops the recipe before its first stage.
+
+        Args:
+            cfg: the preset (its keys checked by the recipe's ``PRESET_KEYS``).
+            out: the output folder.
+            seeds: the seeds to run (the preset's, or the command line's).
+            recipe_dir: the folder that the preset's ``shipped_teachers`` is relative to.
+            section: ``section(key)`` is entered while the preset section ``key`` is parsed; the
+                recipe passes :func:`kd.stages.preset_section` to turn an error into a command-line
+                error that names the section.
+        """
+        from kd.analyze import AnalyzeConfig
+        from kd.decode import DecodeConfig
+
+        domains, target, device = tuple(cfg["teacher_domains"]), cfg["target_domain"], cfg.get("device", "cpu")
+        with section("tokens"):
+            if cfg["tokens"] not in ("words", "chars"):
+                raise ValueError(f"expected 'words' or 'chars', found {cfg['tokens']!r}")
+        with section("decode"):
+            DecodeConfig.from_dict(cfg["decode"])
+        with section("student_sizes"):
+            sizes = tuple(StudentSize.from_dict(name, spec) for name, spec in cfg["student_sizes"].items())
+        with section("conditions"):
+            conditions = tuple(Condition.from_dict(c) for c in cfg["conditions"])
+        with section("claims"):
+            claims = tuple(Claim.from_dict(c) for c in cfg["claims"])
+            names = [c.name for c in conditions]
+            for claim in claims:  # {best} may stand for either teacher
+                for d in domains:
+                    r = claim.resolve(d)
+                    check_pairs([[r.a, r.b]] + ([[r.premise, r.premise]] if r.premise else []), names,
+                                what="a condition of this preset")
+        with section("analysis"):
+            analysis = AnalyzeConfig(**cfg.get("analysis", {}), device=device)
+        shipped = recipe_dir / cfg["shipped_teachers"] if cfg.get("shipped_teachers") else None
+        freeze = cfg.get("student_freeze", [])
+        with section("student_freeze"):
+            if not (isinstance(freeze, list) and all(isinstance(n, str) and n for n in freeze)):
+                raise ValueError(f"expected a list of parameter names or prefixes, found {freeze!r}")
+        setup = cls(out=out, corpus=cfg["corpus"], tokens=cfg["tokens"], domains=domains, target=target,
+                    teacher=cfg["teacher"], student=cfg["student"], sizes=sizes, conditions=conditions, claims=claims,
+                    seeds=tuple(seeds), decode=cfg["decode"], analysis=analysis, device=device, shipped=shipped,
+                    freeze=tuple(freeze))
+        with section("teacher"):
+            for d in domains:
+                teacher_config(setup, d, setup.seeds[0])
+        with section("student / conditions"):
+            for size in sizes:
+                for c in conditions:
+                    student_config(setup, size, c, setup.seeds[0], None)
+        return setup
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.out / "tokens"
+
+    @property
+    def tokens_section(self) -> dict[str, str]:
+        """The ``tokens`` section of every run: the shared inventory of :func:`make_tokens`."""
+        if self.tokens == "words":
+            return {"kind": "sentencepiece", "path": str(self.tokens_dir / "words.model")}
+        return {"kind": "list", "path": str(self.tokens_dir / "tokens.txt")}
+
+    def data(self, domain: str, split: str) -> Path:
+        return self.out / "corpus" / domain / split
+
+    def teacher_run(self, seed: int, domain: str) -> Path:
+        return self.out / "teachers" / f"seed{seed}" / domain
+
+    def teacher_eval(self, seed: int, domain: str, name: str) -> Path:
+        return self.out / "eval" / "teachers" / f"seed{seed}" / domain / name
+
+    def student_dir(self, seed: int, size: StudentSize) -> Path:
+        return self.out / "students" / f"seed{seed}" / size.name
+
+    def run_dir(self, size: StudentSize, condition: Condition, seed: int) -> Path:
+        return self.out / "runs" / size.name / condition.slug / f"seed{seed}"
+
+    def cells(self) -> list[tuple[StudentSize, Condition, int]]:
+        """Every student run, (size, condition, seed), size-major."""
+        return [(size, c, seed) for size in self.sizes for c in self.conditions for seed in self.seeds]
+
+
+def teacher_config(setup: MultidomainSetup, domain: str, seed: int) -> TrainConfig:
+    """The training run of the teacher of ``domain`` and ``seed``: its domain's train and dev sets."""
+    from kd.training.config import TrainConfig
+
+    return TrainConfig.from_dict(merge_sections(setup.teacher, {
+        "data": {"train": [str(setup.data(domain, "train"))], "dev": str(setup.data(domain, "dev"))},
+        "tokens": setup.tokens_section, "seed": seed}))
+
+
+def student_config(setup: MultidomainSetup, size: StudentSize, condition: Condition, seed: int,
+                   teacher_eval: Mapping[str, Any] | None) -> TrainConfig:
+    """The training run of one student on the target domain.
+
+    ``teacher_eval``: the result of :func:`evaluate_teachers`, whose target dev WERs weigh the teachers
+    of a ``dev_wer`` condition (None, before it ran: every teacher alike).
+    """
+    dev_wers = ({d: teacher_eval[f"seed{seed}/{d}"]["target_dev_beam"]["wer"] / 100.0 for d in setup.domains}
+                if teacher_eval else {d: 1.0 for d in setup.domains})
+    return student_train_config(
+        setup.student, condition, train=[setup.data(setup.target, "train")], dev=setup.data(setup.target, "dev"),
+        tokens=setup.tokens_section, seed=seed, teacher_model=setup.teacher["model"], size=size,
+        plan_student=setup.student_dir(seed, size),
+        teacher_runs={d: setup.teacher_run(seed, d) / "model" for d in setup.domains}, dev_wers=dev_wers,
+        cache_root=setup.out / "teacher_cache" / f"seed{seed}", freeze=setup.freeze,
+        teacher_weights="model.safetensors")
+
+
+def make_corpus(setup: MultidomainSetup) -> dict[str, Any]:
+    """Stage ``corpus``: the built-in corpus (teacher domains, and the target domain with little data)."""
+    from kd.corpus.synth import build_corpus
+
+    return {"hours": build_corpus(setup.out / "corpus", setup.corpus["preset"],
+                                  seed=setup.corpus.get("seed", 0))["hours"]}
+
+
+def make_tokens(setup: MultidomainSetup) -> dict[str, Any]:
+    """Stage ``tokens``: one inventory (words or characters) of every domain's training transcripts."""
+    from kd.corpus.synth import task_vocabulary
+    from kd.experiment import write_token_list
+    from kd.multidomain import write_word_inventory
+
+    train = [setup.data(d, "train") for d in [*setup.domains, setup.target]]
+    if setup.tokens == "words":
+        write_word_inventory(train, setup.tokens_dir, task_vocabulary(setup.corpus["preset"]))
+    else:
+        write_token_list(train, setup.tokens_dir / "tokens.txt")
+    return {"tokens": len((setup.tokens_dir / "tokens.txt").read_text().splitlines())}
+
+
+def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
+    """Stage ``teachers``: a teacher per domain and seed, restored from the shipped teachers when they were
+    trained on exactly this data and config (:func:`kd.shipped.restore`; they are seed 0's), else trained.
+
+    Returns the restored teachers' sources and the trained ones' wall seconds, by run dir.
+    """
+    from kd.parallel import Job, run_jobs
+    from kd.shipped import restore, run_fingerprint
+
+    jobs, restored = [], {}
+    for seed in setup.seeds:
+        for d in setup.domains:
+            config, run = teacher_config(setup, d, seed), setup.teacher_run(seed, d)
+            # shipped teachers are seed 0's; a run that finished here is kept
+            if setup.shipped is not None and seed == 0 and not (run / ".done.json").is_file():
+                reason = restore(setup.shipped / d, run / "model",
+                                 run_fingerprint(config, setup.tokens_dir / "tokens.txt"))
+                if reason is None:
+                    restored[f"seed{seed}/{d}"] = str(setup.shipped / d)
+                    continue
+                print(f"teacher {d}, seed {seed}: training ({reason})", file=sys.stderr)
+            jobs.append(Job(str(run), train_run, (config, run)))
+    trained = run_jobs(jobs, workers=workers)
+    return {"restored": restored, "trained": {j.label: r.wall_seconds for j, r in zip(jobs, trained)}}
+
+
+def evaluate_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
+    """Stage ``teacher-eval``: each teacher on its own and the target test sets (beam search and CTC
+    greedy) and on the target dev set; whether its uncertainty predicts its token errors
+    (:func:`kd.multidomain.teacher_uncertainty`); the better teacher per seed.
+
+    Returns ``{"seed<s>/<domain>": {"own_test_beam", "own_test_greedy", "target_test_beam",
+    "target_test_greedy", "target_dev_beam"}, "seed<s>/uncertainty": ..., "seed<s>/best": domain}``,
+    each evaluation as :func:`kd.multidomain.evaluate_model` returns it.
+    """
+    from kd.multidomain import teacher_uncertainty
+    from kd.parallel import Job, run_jobs
+
+    target, device = setup.target, setup.device
+    jobs = []
+    for seed in setup.seeds:
+        for d in setup.domains:
+            model = setup.teacher_run(seed, d) / "model"
+            for test in (d, target):
+                for name, how in (("beam", setup.decode), ("greedy", GREEDY)):
+                    jobs.append(Job(f"{d} on {test}", evaluate_model, (model, setup.data(test, "test"), how,
+                                    setup.teacher_eval(seed, d, f"{test}-test-{name}")), {"device": device}))
+            jobs.append(Job(f"{d} on {target} dev", evaluate_model, (model, setup.data(target, "dev"), setup.decode,
+                            setup.teacher_eval(seed, d, f"{target}-dev-beam")), {"device": device}))
+    reports = iter(run_jobs(jobs, workers=workers if device == "cpu" else 1))
+    result: dict[str, Any] = {}
+    for seed in setup.seeds:
+        for d in setup.domains:
+            r = {f"{test}_test_{name}": next(reports) for test in ("own", "target") for name in ("beam", "greedy")}
+            r["target_dev_beam"] = next(reports)
+            result[f"seed{seed}/{d}"] = r
+        unc = teacher_uncertainty({d: setup.teacher_run(seed, d) / "model" for d in setup.domains},
+                                  {d: setup.data(d, "dev") for d in setup.domains}, setup.data(target, "dev"),
+                                  setup.out / "eval" / "teachers" / f"seed{seed}" / "uncertainty.json")
+        result[f"seed{seed}/uncertainty"] = unc
+        # the better teacher: the lower target dev WER under the headline decoding
+        result[f"seed{seed}/best"] = min(setup.domains,
+                                         key=lambda d: result[f"seed{seed}/{d}"]["target_dev_beam"]["wer"])
+    return result
+
+
+def analyse_teachers(setup: MultidomainSetup) -> dict[str, Any]:
+    """Stage ``analysis``: ``kd analyze`` of each teacher on its own dev set."""
+    from kd.analyze import analyze_model_dir
+
+    for seed in setup.seeds:
+        for d in setup.domains:
+            analyze_model_dir(setup.teacher_run(seed, d) / "model", setup.data(d, "dev"),
+                              setup.out / "analysis" / f"seed{seed}" / d, setup.analysis)
+    return {"analysed": [f"seed{s}/{d}" for s in setup.seeds for d in setup.domains]}
+
+
+def build_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any]) -> dict[str, Any]:
+    """Stage ``students``: per seed and size, a student of the better teacher's layers, chosen by the
+    analysis-driven plan from the teacher's analysis (the plan saved next to it)."""
+    from kd.compression.asr import asr_student
+    from kd.model_dir import load_model_dir, save_model_dir
+    from kd.plan import CompressionPlan
+    from kd.plan_cli import plan_from_report
+
+    built = {}
+    for seed in setup.seeds:
+        best = teacher_eval[f"seed{seed}/best"]
+        teacher, tokenizer = load_model_dir(setup.teacher_run(seed, best) / "model")
+        for size in setup.sizes:
+            plan = plan_from_report(setup.out / "analysis" / f"seed{seed}" / best / "report.json",
+                                    budget_layers=size.encoder_layers, share_blocks=size.share_encoder)
+            plan.save(setup.student_dir(seed, size).with_suffix(".plan.json"))
+            student = asr_student(teacher, plan, CompressionPlan(keep_layers=list(size.decoder_keep)))
+            save_model_dir(student, tokenizer, setup.student_dir(seed, size))
+            built[f"seed{seed}/{size.name}"] = {"teacher": best, "encoder_layers": list(plan.keep_layers),
+                                                "share_groups": plan.share_groups}
+    return built
+
+
+def distil_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any] | None, workers: int) -> dict[str, Any]:
+    """Stage ``distill``: every (size, condition, seed) training run on the target domain."""
+    from kd.parallel import Job, run_jobs
+
+    jobs = [Job(str(setup.run_dir(*cell)), train_run,
+                (student_config(setup, *cell, teacher_eval), setup.run_dir(*cell))) for cell in setup.cells()]
+    run_jobs(jobs, workers=workers)
+    return {"runs": len(jobs)}
+
+
+def evaluate_students(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
+    """Stage ``eval``: every student on the target test set by beam search and CTC greedy decoding.
+
+    Returns ``{"<size>/<condition>/seed<s>": {"beam": ..., "greedy": ...}}`` (:func:`kd.multidomain.evaluate_model`).
+    """
+    from kd.parallel import Job, run_jobs
+
+    cells, test = setup.cells(), setup.data(setup.target, "test")
+    jobs = [Job(f"{setup.run_dir(*cell)} {name}", evaluate_model,
+                (setup.run_dir(*cell) / "model", test, how, setup.run_dir(*cell) / f"eval-{name}"),
+                {"device": setup.device})
+            for cell in cells for name, how in (("beam", setup.decode), ("greedy", GREEDY))]
+    reports = iter(run_jobs(jobs, workers=workers if setup.device == "cpu" else 1))
+    return {f"{size.name}/{c.name}/seed{seed}": {name: next(reports) for name in ("beam", "greedy")}
+            for size, c, seed in cells}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def teacher_means(teacher_eval: Mapping[str, Any], domains: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """The results' ``teachers``: per domain, its error rates (%, 2 decimals) and uncertainty AUROCs
+    (4 decimals) as means over the seeds, each seed's uncertainty summary and its parameter count.
+
+    ``teacher_eval``: the result of :func:`evaluate_teachers`.
+    """
+    teachers = {}
+    for d in domains:
+        rows = [teacher_eval[f"seed{s}/{d}"] for s in seeds]
+        unc = [teacher_eval[f"seed{s}/uncertainty"]["teachers"][d] for s in seeds]
+        pick = lambda key: {m: round(_mean([r[key][m] for r in rows]), 2) for m in METRICS}  # noqa: E731
+        auroc = lambda key: {p: round(_mean([u[p][key] for u in unc]), 4)  # noqa: E731
+                             for p in ("own_dev", "target_dev")}
+        teachers[d] = {"own_test": pick("own_test_beam"), "target_test": pick("target_test_beam"),
+                       "own_test_greedy": pick("own_test_greedy"), "target_test_greedy": pick("target_test_greedy"),
+                       "target_dev": pick("target_dev_beam"), "uncertainty_auroc": auroc("auroc"),
+                       "posterior_auroc": auroc("auroc_posterior"), "uncertainty": unc,
+                       "params": rows[0]["own_test_beam"]["params"]}
+    return teachers
+
+
+def student_rows(student_eval: Mapping[str, Any], sizes: Sequence[str], conditions: Sequence[str],
+                 seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """The results' ``students``: one row per (size, condition, seed), size-major, error rates in %
+    (2 decimals). ``student_eval``: the result of :func:`evaluate_students`."""
+    rows = []
+    for size in sizes:
+        for c in conditions:
+            for seed in seeds:
+                ev = student_eval[f"{size}/{c}/seed{seed}"]
+                rows.append({"size": size, "condition": c, "seed": seed,
+                             "target_test": {m: round(ev["beam"][m], 2) for m in METRICS},
+                             "target_test_greedy": {m: round(ev["greedy"][m], 2) for m in METRICS},
+                             "params": ev["beam"]["params"]})
+    return rows
+
+
+def results_table(setup: MultidomainSetup, teacher_eval: Mapping[str, Any], student_eval: Mapping[str, Any], *,
+                  preset: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The results file (layout: :func:`kd.multidomain.check_results`, which checks it): the teachers,
+    the students, each claim's interval and verdict per size and metric (from the evaluations'
+    per-utterance errors), the correlation of the teachers' uncertainties and ``provenance``."""
+    te, seeds, target = teacher_eval, list(setup.seeds), setup.target
+    best = {s: te[f"seed{s}/best"] for s in seeds}
+    student_dirs = {(size.name, c.name, seed): setup.run_dir(size, c, seed) / "eval-beam"
+                    for size, c, seed in setup.cells()}
+    teacher_dirs = {s: setup.teacher_eval(s, best[s], f"{target}-test-beam") for s in seeds}
+    claimed = [row for size in setup.sizes for metric in METRICS
+               for row in claims_table(setup.claims, students=student_dirs, teachers=teacher_dirs, best=best,
+                                       size=size.name, metric=metric, domain=target)]
+    n_test = {d: te[f"seed{seeds[0]}/{d}"]["own_test_beam"]["utterances"] for d in setup.domains}
+    n_test[target] = te[f"seed{seeds[0]}/{setup.domains[0]}"]["target_test_beam"]["utterances"]
+    correlation = te[f"seed{seeds[0]}/uncertainty"]["target_dev_variance_correlation"]
+    results = {"preset": preset, "seeds": seeds, "decode": dict(setup.decode), "n_test": n_test,
+               "teachers": teacher_means(te, setup.domains, seeds), "better_teacher": best,
+               "students": student_rows(student_eval, [s.name for s in setup.sizes],
+                                        [c.name for c in setup.conditions], seeds),
+               "claims": claimed,
+               "uncertainty": {"target_dev_variance_correlation": {
+                   k: round(_mean([te[f"seed{s}/uncertainty"]["target_dev_variance_correlation"][k] for s in seeds]), 4)
+                   for k in correlation}},
+               "provenance": dict(provenance)}
+    check_results(results)
+    return results
+
+
+def publish_results(results: Mapping[str, Any], folders: Sequence[Path]) -> str:
+    """Write ``<preset>.json`` and its markdown ``<preset>.md`` into each of ``folders``; returns the markdown."""
+    from kd.io import atomic_write_text, write_json
+
+    text = results_markdown(results)
+    for folder in folders:
+        write_json(folder / f"{results['preset']}.json", results)
+        atomic_write_text(folder / f"{results['preset']}.md", text)
+    return text

@@ -1,0 +1,74 @@
+"""Shipping finished training runs with their provenance; the provenance of a results file.
+
+Restoring by fingerprint, end to end: tests/recipes/test_multidomain_ukd.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from kd import shipped
+from kd.shipped import PROVENANCE, provenance, restore, ship_runs
+
+
+def _run(folder, *, finished=True):
+    from kd.training.config import TrainConfig
+
+    config = TrainConfig.from_dict({"data": {"train": ["train"], "dev": "dev"}, "tokens": {"kind": "list", "path": "t"},
+                                    "model": {"preset": "tiny"}, "optim": {"max_steps": 2}})
+    (folder / "model").mkdir(parents=True)
+    (folder / "model/model.safetensors").write_bytes(b"weights")
+    (folder / "config.yaml").write_text(config.to_yaml())
+    if finished:
+        (folder / "result.json").write_text(json.dumps({"wall_seconds": 12.5}))
+    return folder
+
+
+def test_ship_runs_copies_each_model_with_its_fingerprint_and_wall_time(tmp_path, monkeypatch, capsys):
+    # the fingerprint reads the run's data dirs; here it is the run's config only
+    monkeypatch.setattr(shipped, "run_fingerprint", lambda config, tokens: {"config": config.optim.max_steps,
+                                                                            "tokens": str(tokens)})
+    runs = [_run(tmp_path / "runs/us"), _run(tmp_path / "runs/uk")]
+    target = tmp_path / "teachers"
+    assert ship_runs(runs, tmp_path / "tokens.txt", target, command="run.py --ship", trained={"date": "today"}) == [
+        target / "us", target / "uk"]
+    found = json.loads((target / "uk" / PROVENANCE).read_text())
+    assert found == {"fingerprint": {"config": 2, "tokens": str(tmp_path / "tokens.txt")}, "command": "run.py --ship",
+                     "trained": {"date": "today", "wall_seconds": 12.5}}
+    assert (target / "us/model.safetensors").read_bytes() == b"weights"
+    assert f"shipped {runs[1]} to {target / 'uk'}" in capsys.readouterr().out
+    # what was shipped is restored for the same fingerprint only
+    assert restore(target / "us", tmp_path / "again/model", found["fingerprint"]) is None
+    other = {**found["fingerprint"], "config": 3}
+    assert "trained with other config" in restore(target / "us", tmp_path / "other/model", other)
+
+
+def test_ship_runs_refuses_a_run_that_did_not_finish(tmp_path):
+    run = _run(tmp_path / "runs/us", finished=False)
+    with pytest.raises(ValueError, match=r"runs/us is not a finished training run \(restored teachers are not"):
+        ship_runs([run], tmp_path / "tokens.txt", tmp_path / "teachers", command="c", trained={})
+    assert not (tmp_path / "teachers").exists()
+
+
+def test_provenance_names_the_commit_and_uncommitted_changes_to_the_watched_paths(tmp_path):
+    assert provenance(tmp_path)["commit"] == "unknown"  # not a git checkout
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "kd").mkdir()
+    (tmp_path / "kd/a.py").write_text("a\n")
+    (tmp_path / "notes.txt").write_text("n\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "--short", "HEAD")
+    found = provenance(tmp_path, ["kd"])
+    assert found["commit"] == head and set(found) == {"date", "commit", "cpu", "machine"}
+    (tmp_path / "notes.txt").write_text("changed\n")
+    assert provenance(tmp_path, ["kd"])["commit"] == head  # not a watched path
+    (tmp_path / "kd/a.py").write_text("changed\n")
+    assert provenance(tmp_path, ["kd"])["commit"] == f"{head}+changes"
