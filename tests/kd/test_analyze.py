@@ -55,6 +55,7 @@ def test_espnet_capture_shapes():
     torch.testing.assert_close(acts[1].attentions[0].sum(-1), torch.ones(acts[1].attentions[0].shape[:2]))
 
 
+@pytest.mark.slow  # 88 s (every analysis on 12 utterances) on the 2-core machine; pytest -m slow
 def test_kd_analyze_end_to_end(tests_corpus, tmp_path, capsys):
     root, _ = tests_corpus
     tiny_w2v2(tmp_path / "model")
@@ -251,6 +252,7 @@ def test_analyze_config_validation():
         AnalyzeConfig(bootstrap=-1)
 
 
+@pytest.mark.slow  # 80 s (kd analyze, kd plan by each method, kd compress) on the 2-core machine; pytest -m slow
 def test_plan_and_compress_from_report(tests_corpus, tmp_path):
     """analyze -> plan (each method) -> compress -> plain transformers loads the student."""
     from transformers import Wav2Vec2Model

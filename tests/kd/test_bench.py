@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kd.cli import main
 
 
@@ -32,6 +34,7 @@ def test_bench_analysis_scale_part_on_cpu(tmp_path):
     assert "| 4,000 |" in text and "| 1,000 |" in text
 
 
+@pytest.mark.slow  # 8 s (kd bench analyze end to end) on the 2-core machine; pytest -m slow
 def test_bench_analyze_reports_phases(tests_corpus, tmp_path, capsys):
     from kd.testing import tiny_w2v2
 

@@ -120,6 +120,7 @@ def test_names_default_to_folder_names_made_unique(tmp_path):
         "a/model", "b/model", "c"]
 
 
+@pytest.mark.slow  # 15 s (pre-training, fine-tuning, kd bench speed) on the 2-core machine; pytest -m slow
 def test_ssl_and_bench_speed_cli(tests_corpus, tmp_path, capsys):
     """kd ssl pretrain -> kd ssl finetune -> kd bench speed, through the command line."""
     from transformers import Wav2Vec2ForCTC

@@ -41,15 +41,18 @@ def export_run(tmp_path_factory):
                           text=True, check=True)
 
 
+@pytest.mark.slow  # export_run: 23 s on the 2-core machine (a fresh interpreter importing ESPnet); pytest -m slow
 def test_no_flash_attention_message(export_run):
     assert "Flash Attention" not in export_run.stdout + export_run.stderr
     assert "ESPnet model folder written to" in export_run.stdout  # the command's own output stays
 
 
+@pytest.mark.slow  # export_run: 23 s on the 2-core machine (a fresh interpreter importing ESPnet); pytest -m slow
 def test_no_future_warnings(export_run):
     assert "FutureWarning" not in export_run.stderr, export_run.stderr
 
 
+@pytest.mark.slow  # export_run: 23 s on the 2-core machine (a fresh interpreter importing ESPnet); pytest -m slow
 def test_no_nltk_download_attempt(export_run):
     assert "nltk" not in export_run.stderr, export_run.stderr
     assert "nltk imported: False" in export_run.stdout

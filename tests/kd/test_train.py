@@ -48,6 +48,7 @@ def teachers(corpus, tmp_path_factory):
 
 # ---------------------------------------------------------------- learning
 
+@pytest.mark.slow  # 13 s (training to 0% WER) on the 2-core machine; pytest -m slow
 def test_tiny_teacher_overfits_four_utterances_to_zero_wer(corpus, tmp_path):
     from kd.data import load_data_dir
     from kd.data.batching import AudioDataset, collate

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
+
+@pytest.mark.slow  # 24 s (every stage of smoke) on the 2-core machine; pytest -m slow
 def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys, load_recipe):
     recipe = load_recipe("layerwise_analysis")
     out = tmp_path / "exp"

@@ -19,6 +19,7 @@ def smoke_with(**changes):
     return config, {**config["smoke"], **changes}
 
 
+@pytest.mark.slow  # 37 s (every stage of smoke) on the 2-core machine; pytest -m slow
 def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_recipe):
     recipe = load_recipe("multidomain_ukd")
     out, published = tmp_path / "exp", tmp_path / "results"

@@ -7,6 +7,7 @@ import json
 import pytest
 
 
+@pytest.mark.slow  # 28 s (every stage of smoke) on the 2-core machine; pytest -m slow
 def test_plans_students_and_table(tmp_path, capsys, load_recipe):
     recipe = load_recipe("w2v2_compress")
     out = tmp_path / "exp"

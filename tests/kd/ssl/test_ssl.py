@@ -547,6 +547,7 @@ def test_score_normalises_both_sides():
         score(["a"], [])
 
 
+@pytest.mark.slow  # 55 s (fine-tuning to a low error) on the 2-core machine; pytest -m slow
 def test_ctc_finetuning_overfits_a_few_utterances(tests_corpus, tmp_path):
     from transformers import Wav2Vec2ForCTC
 
