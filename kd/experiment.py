@@ -19,6 +19,7 @@ combines several teachers (``fixed`` uniform, ``dev_wer`` from their dev WER on 
 from __future__ import annotations
 
 import copy
+import enum
 import math
 import os
 import re
@@ -26,54 +27,60 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from kd.losses import KDLevel, KDReduction, TeacherWeighting
+from kd.losses import KDLevel, KDLossConfig, KDReduction, TeacherWeighting
 from kd.training.config import TrainConfig, with_added_fields
 
-__all__ = ["Condition", "StudentSize", "check_pairs", "evaluate_once", "mean_std", "merge_sections",
+__all__ = ["Condition", "Init", "StudentSize", "check_pairs", "evaluate_once", "mean_std", "merge_sections",
            "paired_differences", "seed_summary", "student_train_config", "train_run", "training_differs",
            "write_token_list"]
 
-_INITS = ("random", "plan")
-_PLANS = ("analysis", "first-k", "every-k", "linspace")  # the values of kd.plan_cli.PlanMethod
-_WEIGHTINGS = tuple(w.value for w in TeacherWeighting)
-_LEVELS = tuple(level.value for level in KDLevel)
-_REDUCTIONS = tuple(r.value for r in KDReduction)
+class Init(enum.Enum):
+    """How a student starts: fresh weights, or the teacher's layers chosen by the analysis-driven plan."""
+
+    RANDOM = "random"
+    PLAN = "plan"
+
+
+_KD = KDLossConfig()  # the KD loss's defaults, written once (kd.losses); a condition's KD fields start there
+_CONDITION_ENUMS = {"init": Init, "level": KDLevel, "weighting": TeacherWeighting, "reduction": KDReduction}
 
 
 @dataclass(frozen=True)
 class Condition:
+    """One row of the benchmark: how the student starts and what it distils. The KD fields (``beta`` to
+    ``level``) are those of :class:`kd.losses.KDLossConfig`, with its defaults."""
+
     name: str  # row label in the table, e.g. "tok+unc-KD (us)"
-    init: str = "plan"  # "random" or "plan"
+    init: Init = Init.PLAN
     teachers: tuple[str, ...] = ()  # domain teachers to distil from; () = no KD
-    beta: float = 1.0  # tok-KD share of the KD term (1 - beta: unc-KD, or spread-KD at level frame)
-    alpha: float = 0.5  # weight of the student's own loss
-    temperature: float = 1.0
-    weighting: str = "fixed"  # several teachers: fixed (uniform), dev_wer, uncertainty or posterior_spread
-    reduction: str = "mean"  # of the KD term over tokens (kd.losses.KDReduction): mean or sum_per_utterance
-    plan: str = "analysis"  # init "plan": the planner that picks the teacher layers (kd.plan_cli.PlanMethod)
-    level: str = "token"  # what is matched (kd.losses.KDLevel): decoder tokens or CTC frames
+    beta: float = _KD.beta  # tok-KD share of the KD term (1 - beta: unc-KD, or spread-KD at level frame)
+    alpha: float = _KD.alpha  # weight of the student's own loss
+    temperature: float = _KD.temperature
+    weighting: TeacherWeighting = _KD.weighting  # several teachers: fixed, dev_wer, uncertainty, posterior_spread
+    reduction: KDReduction = _KD.reduction  # of the KD term over tokens: mean or sum_per_utterance
+    level: KDLevel = _KD.level  # what is matched: decoder tokens or CTC frames
 
     def __post_init__(self) -> None:
-        if self.level not in _LEVELS:
-            raise ValueError(f"Condition {self.name!r}: level: expected one of {list(_LEVELS)}, found {self.level!r}")
-        if self.init not in _INITS:
-            raise ValueError(f"Condition {self.name!r}: init: expected one of {list(_INITS)}, found {self.init!r}")
-        if self.plan not in _PLANS:
-            raise ValueError(f"Condition {self.name!r}: plan: expected one of {list(_PLANS)}, found {self.plan!r}")
-        if self.init != "plan" and self.plan != "analysis":
-            raise ValueError(f"Condition {self.name!r}: plan {self.plan!r} needs init 'plan', found {self.init!r}")
-        if self.weighting not in _WEIGHTINGS:
-            raise ValueError(f"Condition {self.name!r}: weighting: expected one of {list(_WEIGHTINGS)}, "
-                             f"found {self.weighting!r}")
-        if self.reduction not in _REDUCTIONS:
-            raise ValueError(f"Condition {self.name!r}: reduction: expected one of {list(_REDUCTIONS)}, "
-                             f"found {self.reduction!r}")
-        if not 0.0 <= self.alpha <= 1.0 or not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"Condition {self.name!r}: alpha and beta must lie in [0, 1], "
-                             f"found alpha={self.alpha!r}, beta={self.beta!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"Condition {self.name!r}: temperature must be > 0, found {self.temperature!r}")
+        for field_name, kind in _CONDITION_ENUMS.items():  # YAML strings to members, naming the condition
+            value = getattr(self, field_name)
+            if not isinstance(value, kind):
+                allowed = [m.value for m in kind]
+                if value not in allowed:
+                    raise ValueError(f"Condition {self.name!r}: {field_name}: expected one of {allowed}, "
+                                     f"found {value!r}")
+                object.__setattr__(self, field_name, kind(value))
         object.__setattr__(self, "teachers", tuple(self.teachers))
+        try:  # the KD fields checked by the loss config itself
+            self.loss_config()
+        except ValueError as e:
+            raise ValueError(f"Condition {self.name!r}: {e}") from None
+
+    def loss_config(self) -> KDLossConfig:
+        """The KD loss of this condition; a ``dev_wer`` weighting gets placeholder WERs (each run's own
+        are the teachers' on the target dev set: :func:`student_train_config`)."""
+        wers = (1.0,) * max(1, len(self.teachers)) if self.weighting is TeacherWeighting.DEV_WER else None
+        return KDLossConfig(alpha=self.alpha, beta=self.beta, temperature=self.temperature, level=self.level,
+                            weighting=self.weighting, reduction=self.reduction, dev_wers=wers)
 
     @property
     def slug(self) -> str:
@@ -169,7 +176,7 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
         "tokens": dict(tokens) if isinstance(tokens, Mapping) else {"kind": "list", "path": str(tokens)},
         "seed": seed,
     })
-    if condition.init == "plan":
+    if condition.init is Init.PLAN:
         if plan_student is None:
             raise ValueError(f"condition {condition.name!r}: init 'plan' needs the student built from the plan")
         section["model"] = {"preset": None, "init_from": str(plan_student), "freeze": list(freeze),
@@ -185,9 +192,9 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
             raise ValueError(f"condition {condition.name!r}: unknown teacher(s) {missing}; "
                              f"expected some of {sorted(teacher_runs)}")
         loss: dict[str, Any] = {"alpha": condition.alpha, "beta": condition.beta,
-                                "temperature": condition.temperature, "weighting": condition.weighting,
-                                "reduction": condition.reduction, "level": condition.level}
-        if condition.weighting == "dev_wer":
+                                "temperature": condition.temperature, "weighting": condition.weighting.value,
+                                "reduction": condition.reduction.value, "level": condition.level.value}
+        if condition.weighting is TeacherWeighting.DEV_WER:
             loss["dev_wers"] = [float(dev_wers[t]) for t in condition.teachers]
         section["kd"] = {
             "teachers": [{"run_dir": str(teacher_runs[t]), "weights": teacher_weights} for t in condition.teachers],
@@ -195,7 +202,7 @@ def student_train_config(base: Mapping[str, Any], condition: Condition, *, train
             "teacher_outputs": "cached",
             # one cache per teacher set and level (a cache holds one level's outputs)
             "cache_dir": str(Path(cache_root) / ("+".join(condition.teachers)
-                                                 + ("" if condition.level == "token" else f"-{condition.level}"))),
+                                                 + ("" if condition.level is KDLevel.TOKEN else f"-{condition.level.value}"))),
         }
     return TrainConfig.from_dict(section)
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from kd.experiment import Condition, StudentSize
+from kd.losses import TeacherWeighting
 from kd.multidomain import Claim, check_results
 from kd.multidomain_stages import (MultidomainSetup, publish_results, results_table, student_config, student_rows,
                                    teacher_config, teacher_means)
@@ -75,7 +76,7 @@ def test_teacher_and_student_runs_use_the_shared_tokens_and_the_teachers_dev_wer
     teacher = teacher_config(setup, "uk", 3)
     assert list(teacher.data.train) == [str(tmp_path / "corpus/uk/train")] and teacher.seed == 3
     assert teacher.tokens.path == str(tmp_path / "tokens/tokens.txt")
-    two = next(c for c in setup.conditions if c.weighting == "dev_wer")
+    two = next(c for c in setup.conditions if c.weighting is TeacherWeighting.DEV_WER)
     evaluated = {"seed3/us": {"target_dev_beam": {"wer": 30.0}}, "seed3/uk": {"target_dev_beam": {"wer": 50.0}}}
     assert student_config(setup, setup.sizes[0], two, 3, evaluated).kd.loss.dev_wers == (0.3, 0.5)
     before = student_config(setup, setup.sizes[0], two, 3, None)  # teacher-eval not run: every teacher alike

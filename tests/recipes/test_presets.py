@@ -15,7 +15,7 @@ import yaml
 from kd.stages import check_keys
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-ALL_PRESETS = [(recipe, preset) for recipe in ("multidomain_ukd", "layerwise_analysis", "w2v2_compress")
+ALL_PRESETS = [(recipe, preset) for recipe in ("multidomain_ukd", "layerwise_analysis", "w2v2_compress", "asr_compress")
                for preset in yaml.safe_load((RECIPES / recipe / "config.yaml").read_text())
                if not preset.startswith("x-")]
 
@@ -74,6 +74,11 @@ def _with_preset(tmp_path, recipe: str, edit) -> Path:
     ("multidomain_ukd", lambda p: p["claims"].append({"claim": "x", "a": "tok-KD (us)", "b": "tok-KD (uk)",
                                                       "premis": "no KD"}), "claims: claim 'x': unknown field 'premis'"),
     ("multidomain_ukd", lambda p: p["teacher"].pop("model"), "student / conditions: missing key 'model'"),
+    ("asr_compress", lambda p: p.update(budgets=[4]), "budgets: a budget must be below the teacher's 4 encoder layers"),
+    ("asr_compress", lambda p: p.update(budgets=[2, 2]), "budgets: expected a list of distinct layer counts >= 1"),
+    ("asr_compress", lambda p: p["speed"].update(repeat=3), "speed: unknown key 'repeat'"),
+    ("asr_compress", lambda p: p["student"].update(model={"preset": "tiny"}),
+     "student: student.model: expected only 'overrides'"),
     ("multidomain_ukd", lambda p: p.update(student_freeze="espnet.encoder.embed"),
      "student_freeze: expected a list of parameter names or prefixes, found 'espnet.encoder.embed'"),
 ])

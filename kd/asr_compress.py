@@ -1,0 +1,419 @@
+"""Compression plans of an ESPnet hybrid CTC/attention teacher compared at an equal budget.
+
+The stages that ``recipes/asr_compress/run.py`` strings together. One deep teacher (12 encoder layers
+in the ``cpu`` preset) is trained on one domain of the built-in corpus, or restored from the recipe's
+shipped teacher when it was trained on exactly this data and config (:mod:`kd.shipped`). It is analysed
+on its dev set (``kd analyze``: linear CKA between its layers, among the rest). At each budget of
+``k`` encoder layers:
+
+- ``analysis``: the analysis-driven plan (:func:`kd.planners.plan_from_similarity`: one layer per
+  block of similar layers);
+- ``first-k``, ``every-k``, ``linspace``: the heuristics;
+- ``shared``: every layer kept, its blocks sharing weights (Audio ALBERT): the teacher's depth with
+  the parameters of ``k`` layers.
+
+Besides, ``unshared``: every layer kept without sharing, trained like the students (the control of the
+shared students). Each student is built from the teacher's layers (:func:`kd.compression.asr.asr_student`,
+the decoder layers of ``decoder_keep``), then fine-tuned with the hybrid CTC/attention loss on the
+teacher's training data, once per seed. (The wav2vec 2.0 students of ``recipes/w2v2_compress`` are
+distilled layer to layer before their CTC fine-tuning; an ESPnet student starts from the teacher's own
+layers, so it is fine-tuned directly.) Every model is scored on the domain's test set by beam search
+(the headline) and CTC greedy decoding, and its encoder's latency is measured.
+
+Each comparison (the analysis plan against each heuristic; shared against pruned of the same parameter
+count and against unshared) is a paired interval over seeds and test utterances (:mod:`kd.evidence`)
+with a verdict: which side makes fewer errors, or a tie when the interval holds 0.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping, Sequence
+
+from kd.experiment import merge_sections, train_run
+from kd.multidomain import GREEDY, evaluate_model
+
+__all__ = ["AsrCompressSetup", "HEURISTICS", "SHARED", "UNSHARED", "analyse_teacher", "build_students",
+           "compare", "encoder_latency", "evaluate_students", "evaluate_teacher", "make_corpus", "make_tokens",
+           "results_markdown", "results_table", "student_config", "train_students", "train_teacher"]
+
+HEURISTICS = ("first-k", "every-k", "linspace")
+ANALYSIS = "analysis"
+SHARED = "shared"  # every layer kept, blocks sharing weights: the parameters of `budget` layers
+UNSHARED = "unshared"  # every layer kept, no sharing: the control of SHARED (not a budget's plan)
+PLANS = (ANALYSIS, *HEURISTICS, SHARED)
+METRICS = ("wer", "cer")
+TIE = "tie"
+
+
+def _no_section(key: str) -> ContextManager[Any]:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class AsrCompressSetup:
+    """One preset of the recipe, parsed and checked, and where its files go."""
+
+    out: Path
+    corpus: Mapping[str, Any]  # kd.corpus.synth.build_corpus's preset and seed
+    domain: str  # the teacher's and the students' domain (train, dev: analysis, test: scores)
+    teacher: Mapping[str, Any]  # the teacher's TrainConfig section (data, tokens and seed filled in here)
+    student: Mapping[str, Any]  # the students' TrainConfig section (optim, data limits, checkpoint, logging)
+    budgets: tuple[int, ...]  # encoder layers (weight sets of a shared student) per student
+    decoder_keep: tuple[int, ...]  # the teacher's decoder layers every student keeps
+    seeds: tuple[int, ...]  # the students' training seeds (one teacher: the teacher's seed is 0)
+    decode: Mapping[str, Any]  # the headline decoding (a DecodeConfig section); GREEDY is the other
+    analysis: Any  # kd.analyze.AnalyzeConfig of the teacher's analysis
+    speed: Mapping[str, Any]  # encoder_latency's batch_sizes, seconds, repeats
+    device: str = "cpu"
+    shipped: Path | None = None  # the shipped teacher's folder (kd.shipped); None: trained here
+
+    @classmethod
+    def from_preset(cls, cfg: Mapping[str, Any], out: Path, *, seeds: Sequence[int], recipe_dir: Path,
+                    section: Callable[[str], ContextManager[Any]] = _no_section) -> "AsrCompressSetup":
+        """Parse a preset of ``recipes/asr_compress/config.yaml`` and build every run's settings, so that a
+        bad value stops the recipe before its first stage (``section(key)`` is entered while the section
+        ``key`` is parsed, as in :class:`kd.multidomain_stages.MultidomainSetup`)."""
+        from kd.analyze import AnalyzeConfig
+        from kd.decode import DecodeConfig
+
+        device = cfg.get("device", "cpu")
+        with section("decode"):
+            DecodeConfig.from_dict(cfg["decode"])
+        with section("budgets"):
+            budgets = cfg["budgets"]
+            if not (isinstance(budgets, list) and budgets and all(isinstance(b, int) and b >= 1 for b in budgets)
+                    and len(set(budgets)) == len(budgets)):
+                raise ValueError(f"expected a list of distinct layer counts >= 1, found {budgets!r}")
+            layers = int(cfg["teacher"]["model"].get("overrides", {}).get("encoder_layers", 0) or 0)
+            if layers and max(budgets) >= layers:
+                raise ValueError(f"a budget must be below the teacher's {layers} encoder layers, found {budgets}")
+        with section("decoder_keep"):
+            keep = cfg["decoder_keep"]
+            if not (isinstance(keep, list) and keep and all(isinstance(i, int) and i >= 0 for i in keep)):
+                raise ValueError(f"expected a list of the teacher's decoder layer indices, found {keep!r}")
+        with section("analysis"):
+            analysis = AnalyzeConfig(**cfg.get("analysis", {}), device=device)
+        with section("speed"):
+            speed = dict(cfg.get("speed", {}))
+            unknown = sorted(set(speed) - {"batch_sizes", "seconds", "repeats"})
+            if unknown:
+                raise ValueError(f"unknown key {unknown[0]!r}; expected batch_sizes, seconds, repeats")
+        shipped = recipe_dir / cfg["shipped_teacher"] if cfg.get("shipped_teacher") else None
+        setup = cls(out=out, corpus=cfg["corpus"], domain=cfg["domain"], teacher=cfg["teacher"],
+                    student=cfg["student"], budgets=tuple(budgets), decoder_keep=tuple(keep), seeds=tuple(seeds),
+                    decode=cfg["decode"], analysis=analysis, speed=speed, device=device, shipped=shipped)
+        with section("teacher"):
+            setup.teacher_config()
+        with section("student"):
+            for name in setup.students():
+                student_config(setup, name, setup.seeds[0])
+        return setup
+
+    # -- where things go ---------------------------------------------------------------------------
+    def data(self, split: str) -> Path:
+        return self.out / "corpus" / self.domain / split
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.out / "tokens"
+
+    @property
+    def tokens_section(self) -> dict[str, str]:
+        return {"kind": "sentencepiece", "path": str(self.tokens_dir / "words.model")}
+
+    @property
+    def teacher_run(self) -> Path:
+        return self.out / "teacher"
+
+    def teacher_config(self) -> Any:
+        from kd.training.config import TrainConfig
+
+        return TrainConfig.from_dict(merge_sections(self.teacher, {
+            "data": {"train": [str(self.data("train"))], "dev": str(self.data("dev"))},
+            "tokens": self.tokens_section, "seed": 0}))
+
+    def students(self) -> list[str]:
+        """Every student's name: ``<budget>/<plan>`` per budget and plan of :data:`PLANS`, and :data:`UNSHARED`."""
+        return [f"{b}/{p}" for b in self.budgets for p in PLANS] + [UNSHARED]
+
+    def student_dir(self, name: str) -> Path:  # the student as built from the teacher's layers
+        return self.out / "students" / name
+
+    def run_dir(self, name: str, seed: int) -> Path:
+        return self.out / "runs" / name / f"seed{seed}"
+
+    def cells(self) -> list[tuple[str, int]]:
+        return [(name, seed) for name in self.students() for seed in self.seeds]
+
+
+def student_config(setup: AsrCompressSetup, name: str, seed: int) -> Any:
+    """The fine-tuning run of one student (built by :func:`build_students`) and seed."""
+    from kd.training.config import TrainConfig
+
+    section = dict(setup.student)
+    student_model = dict(section.pop("model", None) or {})
+    if set(student_model) - {"overrides"}:
+        raise ValueError(f"student.model: expected only 'overrides' (the architecture is the plan's), "
+                         f"found {sorted(student_model)}")
+    return TrainConfig.from_dict(merge_sections(section, {
+        "data": {"train": [str(setup.data("train"))], "dev": str(setup.data("dev"))},
+        "tokens": setup.tokens_section, "seed": seed,
+        "model": {"preset": None, "init_from": str(setup.student_dir(name)),
+                  "overrides": dict(student_model.get("overrides") or {})}}))
+
+
+# -- stages -----------------------------------------------------------------------------------------
+def make_corpus(setup: AsrCompressSetup) -> dict[str, Any]:
+    """Stage ``corpus``: the built-in corpus."""
+    from kd.corpus.synth import build_corpus
+
+    return {"hours": build_corpus(setup.out / "corpus", setup.corpus["preset"], seed=setup.corpus.get("seed", 0))["hours"]}
+
+
+def make_tokens(setup: AsrCompressSetup) -> dict[str, Any]:
+    """Stage ``tokens``: the word inventory of every domain's training transcripts and the task's words,
+    the same inventory as the multi-domain recipe's on the same corpus."""
+    from kd.corpus.domains import DOMAINS
+    from kd.corpus.synth import task_vocabulary
+    from kd.multidomain import write_word_inventory
+
+    # the multi-domain recipe's order (kd.multidomain_stages.make_tokens): the teacher domains, then the target
+    train = [setup.out / "corpus" / d.name / "train" for d in DOMAINS]
+    write_word_inventory(train, setup.tokens_dir, task_vocabulary(setup.corpus["preset"]))
+    return {"tokens": len((setup.tokens_dir / "tokens.txt").read_text(encoding="utf-8").splitlines())}
+
+
+def train_teacher(setup: AsrCompressSetup) -> dict[str, Any]:
+    """Stage ``teacher``: restored from the shipped teacher when its fingerprint matches, else trained."""
+    from kd.shipped import restore, run_fingerprint
+
+    config, run = setup.teacher_config(), setup.teacher_run
+    if setup.shipped is not None and not (run / ".done.json").is_file():
+        reason = restore(setup.shipped, run / "model", run_fingerprint(config, setup.tokens_dir / "tokens.txt"))
+        if reason is None:
+            return {"restored": str(setup.shipped)}
+        print(f"teacher: training ({reason})", file=sys.stderr)
+    result = train_run(config, run)
+    return {"trained": result.wall_seconds, "steps": result.steps}
+
+
+def evaluate_teacher(setup: AsrCompressSetup) -> dict[str, Any]:
+    """Stage ``teacher-eval``: the teacher on the test set, beam search and CTC greedy."""
+    model = setup.teacher_run / "model"
+    return {name: evaluate_model(model, setup.data("test"), how, setup.out / "eval" / "teacher" / name,
+                                 device=setup.device)
+            for name, how in (("beam", setup.decode), ("greedy", GREEDY))}
+
+
+def analyse_teacher(setup: AsrCompressSetup) -> dict[str, Any]:
+    """Stage ``analysis``: ``kd analyze`` of the teacher on its dev set; the least similar pair of layers."""
+    import numpy as np
+
+    from analysis.report import AnalysisReport
+    from kd.analyze import analyze_model_dir
+
+    folder = setup.out / "analysis" / "teacher"
+    analyze_model_dir(setup.teacher_run / "model", setup.data("dev"), folder, setup.analysis)
+    cka = np.asarray(AnalysisReport.load(folder / "report.json").similarity["linear_cka"])[1:, 1:]  # layers only
+    i, j = np.unravel_index(np.argmin(cka), cka.shape)
+    return {"report": str(folder / "report.json"), "layers": int(cka.shape[0]),
+            "lowest_cka": round(float(cka[i, j]), 4), "lowest_cka_layers": [int(i) + 1, int(j) + 1],
+            "adjacent_cka_min": round(float(min(cka[k, k + 1] for k in range(len(cka) - 1))), 4)}
+
+
+def _plan(setup: AsrCompressSetup, name: str, report: Path, layers: int) -> Any:
+    from kd.plan import CompressionPlan
+    from kd.plan_cli import PlanMethod, plan_from_report
+
+    if name == UNSHARED:
+        return CompressionPlan(keep_layers=list(range(layers)), num_teacher_layers=layers)
+    budget, plan = name.split("/")
+    method = {ANALYSIS: PlanMethod.ANALYSIS, SHARED: PlanMethod.ANALYSIS, "first-k": PlanMethod.FIRST_K,
+              "every-k": PlanMethod.EVERY_K, "linspace": PlanMethod.LINSPACE}[plan]
+    return plan_from_report(report, budget_layers=int(budget), method=method, share_blocks=plan == SHARED)
+
+
+def build_students(setup: AsrCompressSetup, analysis: Mapping[str, Any]) -> dict[str, Any]:
+    """Stage ``students``: each student built from the teacher's layers by its plan (saved beside it)."""
+    from kd.compression import count_parameters
+    from kd.compression.asr import asr_student
+    from kd.model_dir import load_model_dir, save_model_dir
+    from kd.plan import CompressionPlan
+
+    teacher, tokenizer = load_model_dir(setup.teacher_run / "model")
+    built = {}
+    for name in setup.students():
+        plan = _plan(setup, name, Path(analysis["report"]), analysis["layers"])
+        folder = setup.student_dir(name)
+        plan.save(folder.with_suffix(".plan.json"))
+        student = asr_student(teacher, plan, CompressionPlan(keep_layers=list(setup.decoder_keep)))
+        save_model_dir(student, tokenizer, folder)
+        built[name] = {"keep_layers": list(plan.keep_layers),
+                       "share_groups": [list(g) for g in plan.share_groups if len(g) > 1],
+                       "params": count_parameters(student)}
+    return built
+
+
+def train_students(setup: AsrCompressSetup, workers: int) -> dict[str, Any]:
+    """Stage ``finetune``: every (student, seed) run on the teacher's training data."""
+    from kd.parallel import Job, run_jobs
+
+    jobs = [Job(str(setup.run_dir(name, seed)), train_run, (student_config(setup, name, seed), setup.run_dir(name, seed)))
+            for name, seed in setup.cells()]
+    results = run_jobs(jobs, workers=workers)
+    return {"runs": len(jobs), "wall_seconds": round(sum(r.wall_seconds for r in results), 1)}
+
+
+def evaluate_students(setup: AsrCompressSetup, workers: int) -> dict[str, Any]:
+    """Stage ``eval``: every student on the test set (beam search and CTC greedy).
+
+    Returns ``{"<student>/seed<s>": {"beam": ..., "greedy": ...}}`` (:func:`kd.multidomain.evaluate_model`)."""
+    from kd.parallel import Job, run_jobs
+
+    cells, test = setup.cells(), setup.data("test")
+    jobs = [Job(f"{setup.run_dir(*cell)} {name}", evaluate_model,
+                (setup.run_dir(*cell) / "model", test, how, setup.run_dir(*cell) / f"eval-{name}"), {"device": setup.device})
+            for cell in cells for name, how in (("beam", setup.decode), ("greedy", GREEDY))]
+    reports = iter(run_jobs(jobs, workers=workers if setup.device == "cpu" else 1))
+    return {f"{name}/seed{seed}": {how: next(reports) for how in ("beam", "greedy")} for name, seed in cells}
+
+
+def encoder_latency(model_dirs: Mapping[str, str | Path], *, batch_sizes: Sequence[int] = (1, 16),
+                    seconds: float = 4.0, repeats: int = 5, warmup: int = 1, device: str = "cpu") -> list[dict[str, Any]]:
+    """Median wall time of each model's ``encode`` (front end and encoder: what a plan prunes) on random
+    audio of ``seconds`` per utterance, per batch size, with the number of threads torch has."""
+    import torch
+
+    from kd.compression import count_parameters
+    from kd.model_dir import load_model_dir
+
+    generator = torch.Generator().manual_seed(0)
+    samples = int(seconds * 16000)
+    audio = 0.1 * torch.randn(max(batch_sizes), samples, generator=generator)
+    rows = []
+    for name, folder in model_dirs.items():
+        model, _ = load_model_dir(folder, device=device)
+        model.eval()
+        for b in batch_sizes:
+            x = audio[:b].to(device)
+            lengths = torch.full((b,), samples, dtype=torch.long, device=device)
+            times = []
+            with torch.inference_mode():
+                for i in range(warmup + repeats):
+                    start = time.perf_counter()
+                    model.encode(x, lengths)
+                    if device != "cpu":
+                        torch.cuda.synchronize()
+                    if i >= warmup:
+                        times.append(time.perf_counter() - start)
+            rows.append({"model": name, "batch_size": b, "seconds": seconds, "params": count_parameters(model),
+                         "latency_ms": round(1000 * statistics.median(times), 2), "repeats": repeats,
+                         "threads": torch.get_num_threads(), "device": device})
+    return rows
+
+
+def measure_speed(setup: AsrCompressSetup) -> dict[str, Any]:
+    """Stage ``speed``: the encoder latency of the teacher and of each student (seed 0's run: the seeds
+    differ in weights, not in architecture)."""
+    models = {"teacher": setup.teacher_run / "model",
+              **{name: setup.run_dir(name, setup.seeds[0]) / "model" for name in setup.students()}}
+    return {"rows": encoder_latency(models, device=setup.device, **setup.speed)}
+
+
+# -- the table --------------------------------------------------------------------------------------
+def compare(a: Mapping[int, Path], b: Mapping[int, Path], *, metric: str, resamples: int = 2000) -> dict[str, Any]:
+    """The paired interval of rate(a) - rate(b) (eval folders per seed) and its verdict: ``"a"`` or ``"b"``
+    (whose error rate is lower) when the 95% interval excludes 0, else :data:`TIE`."""
+    from kd.evidence import paired_interval, read_utterance_errors
+
+    interval = paired_interval({s: read_utterance_errors(p, metric) for s, p in a.items()},
+                               {s: read_utterance_errors(p, metric) for s, p in b.items()}, resamples=resamples)
+    side = "a" if interval.hi < 0 else "b" if interval.lo > 0 else TIE
+    return {"metric": metric, "diff": round(interval.diff, 3), "ci95": [round(interval.lo, 3), round(interval.hi, 3)],
+            "seeds": interval.seeds, "utterances": interval.utterances, "better": side}
+
+
+def _comparisons(setup: AsrCompressSetup) -> list[tuple[str, str, str]]:
+    """(what is asked, a, b): the analysis plan against each heuristic; shared against the pruned
+    student of the same parameters and against the unshared student of the same depth."""
+    pairs = []
+    for budget in setup.budgets:
+        for h in HEURISTICS:
+            pairs.append((f"analysis plan vs {h}, {budget} layers", f"{budget}/{ANALYSIS}", f"{budget}/{h}"))
+        pairs.append((f"shared (depth of the teacher, {budget} weight sets) vs pruned to {budget} layers",
+                      f"{budget}/{SHARED}", f"{budget}/{ANALYSIS}"))
+        pairs.append((f"shared ({budget} weight sets) vs unshared, same depth", f"{budget}/{SHARED}", UNSHARED))
+    return pairs
+
+
+def results_table(setup: AsrCompressSetup, done: Mapping[str, Any], *, preset: str,
+                  provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The results file: the teacher (error rates, layers, how unlike its layers are), every student
+    (plan, parameters, error rates per seed), the encoder latencies, and each comparison per metric."""
+    seeds = list(setup.seeds)
+    student_eval, built = done["eval"], done["students"]
+    students = []
+    for name in setup.students():
+        runs = {s: student_eval[f"{name}/seed{s}"] for s in seeds}
+        students.append({"name": name, **built[name],
+                         **{how: {m: round(statistics.fmean(r[how][m] for r in runs.values()), 2) for m in METRICS}
+                            for how in ("beam", "greedy")},
+                         "per_seed": {str(s): {m: round(r["beam"][m], 2) for m in METRICS} for s, r in runs.items()}})
+    comparisons = []
+    for asked, a, b in _comparisons(setup):
+        for metric in METRICS:
+            row = compare({s: setup.run_dir(a, s) / "eval-beam" for s in seeds},
+                          {s: setup.run_dir(b, s) / "eval-beam" for s in seeds}, metric=metric)
+            row["verdict"] = {"a": f"{a} better", "b": f"{b} better", TIE: TIE}[row["better"]]
+            comparisons.append({"comparison": asked, "a": a, "b": b, **row})
+    teacher = done["teacher-eval"]
+    return {"preset": preset, "seeds": seeds, "domain": setup.domain, "decode": dict(setup.decode),
+            "n_test": teacher["beam"]["utterances"],
+            "teacher": {"layers": done["analysis"]["layers"], "params": teacher["beam"]["params"],
+                        **{how: {m: round(teacher[how][m], 2) for m in METRICS} for how in ("beam", "greedy")},
+                        **{k: done["analysis"][k] for k in ("lowest_cka", "lowest_cka_layers", "adjacent_cka_min")}},
+            "students": students, "speed": done["speed"]["rows"], "comparisons": comparisons,
+            "provenance": dict(provenance)}
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    """The results file as markdown: the teacher, the students, the latencies, the comparisons."""
+    t, dec = results["teacher"], results["decode"]
+    decoding = (f"beam {dec.get('beam_size')}, CTC weight {dec.get('ctc_weight')}"
+                + (f", length bonus {dec['penalty']}" if dec.get("penalty") else ""))
+    prov = results["provenance"]
+    lines = [f"Preset `{results['preset']}`, {results['domain']} test set ({results['n_test']} utterances), seeds "
+             f"{results['seeds']}; {decoding} (CTC greedy beside it). {prov['date']}, commit {prov['commit']}, "
+             f"{prov['cpu']}.", "",
+             f"Teacher: {t['layers']} encoder layers, {t['params'] / 1e6:.2f}M parameters, WER {t['beam']['wer']:.1f}% / "
+             f"CER {t['beam']['cer']:.1f}% (greedy {t['greedy']['wer']:.1f} / {t['greedy']['cer']:.1f}); lowest "
+             f"linear CKA between two of its layers {t['lowest_cka']:.3f} (layers {t['lowest_cka_layers']}), "
+             f"between neighbours {t['adjacent_cka_min']:.3f}.", ""]
+    batch = sorted({r["batch_size"] for r in results["speed"]})
+    latency = {(r["model"], r["batch_size"]): r["latency_ms"] for r in results["speed"]}
+    header = ["student", "teacher layers kept", "shared groups", "params",
+              *[f"encoder ms (b={b})" for b in batch], "WER %", "CER %", "greedy WER %", "WER per seed"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.append("| teacher | all | | " + f"{t['params'] / 1e6:.2f}M | "
+                 + " | ".join(f"{latency[('teacher', b)]:.1f}" for b in batch)
+                 + f" | {t['beam']['wer']:.1f} | {t['beam']['cer']:.1f} | {t['greedy']['wer']:.1f} | |")
+    for s in results["students"]:
+        lines.append("| " + " | ".join([
+            s["name"], str(s["keep_layers"]), str(s["share_groups"]) if s["share_groups"] else "",
+            f"{s['params'] / 1e6:.2f}M", *[f"{latency[(s['name'], b)]:.1f}" for b in batch],
+            f"{s['beam']['wer']:.1f}", f"{s['beam']['cer']:.1f}", f"{s['greedy']['wer']:.1f}",
+            " / ".join(f"{v['wer']:.1f}" for v in s["per_seed"].values())]) + " |")
+    lines += ["", "Paired differences a - b (points; 95% interval over seeds and test utterances): a verdict names "
+              "the better side only where the interval excludes 0.", "",
+              "| comparison | a | b | metric | a - b | 95% interval | verdict |", "|---|---|---|---|---|---|---|"]
+    for c in results["comparisons"]:
+        lines.append(f"| {c['comparison']} | {c['a']} | {c['b']} | {c['metric'].upper()} | {c['diff']:+.2f} | "
+                     f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] | {c['verdict']} |")
+    return "\n".join(lines) + "\n"

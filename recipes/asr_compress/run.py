@@ -1,0 +1,94 @@
+"""Compression plans of a deep ESPnet teacher compared at an equal budget, on the built-in corpus.
+
+    python recipes/asr_compress/run.py --preset cpu [--stage N] [--stop-stage M] [--seeds 0 1 2]
+
+Stages (each skipped when finished with the same settings; see kd.stages; the stage logic is kd.asr_compress):
+  1 corpus        synthesise the built-in corpus
+  2 tokens        the word inventory (the multi-domain recipe's)
+  3 teacher       restored from the recipe's shipped teacher when it was trained on exactly this data and
+                  config (kd.shipped), else trained
+  4 teacher-eval  the teacher on its domain's test set (beam search and CTC greedy)
+  5 analysis      kd analyze of the teacher on its dev set (linear CKA between its layers, ...)
+  6 students      per budget: the analysis-driven plan, first-k, every-k, linspace and the shared student;
+                  and every layer unshared; each built from the teacher's layers
+  7 finetune      every (student, seed) run on the teacher's training data
+  8 eval          students on the test set (beam search and CTC greedy)
+  9 speed         encoder latency of the teacher and each student
+ 10 table         results/<preset>.json and .md: students, latencies, each comparison's interval and verdict
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kd.asr_compress import (AsrCompressSetup, analyse_teacher, build_students, evaluate_students, evaluate_teacher,
+                             make_corpus, make_tokens, measure_speed, results_markdown, results_table, train_students,
+                             train_teacher)
+from kd.io import atomic_write_text, write_json
+from kd.shipped import provenance, ship_runs
+from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
+                       preset_seeds, preset_workers, recipe_parser, run_recipe)
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+WATCHED = ["kd", "recipes/asr_compress/run.py", "recipes/asr_compress/config.yaml"]  # a change: "+changes"
+PRESET_KEYS = PresetKeys(
+    required=["corpus", "domain", "teacher", "budgets", "decoder_keep", "student", "seeds", "decode"],
+    optional=["analysis", "device", "shipped_teacher", "speed", "workers"], sections={"corpus": CORPUS_KEYS})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = recipe_parser(__doc__, HERE / "config.yaml", "asr_compress")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's students' seeds")
+    parser.add_argument("--results", type=Path, default=HERE / "results",
+                        help="where the table stage also writes <preset>.json and .md (default: the recipe's results/)")
+    parser.add_argument("--ship-teacher", action="store_true",
+                        help="after the stages, copy the teacher (trained, not restored) into the recipe's teacher/ "
+                             "folder with its provenance")
+    add_workers_argument(parser, "training runs")
+    args = parser.parse_args(argv)
+    cfg, out = load_preset(parser, args, PRESET_KEYS)
+    seeds, workers = preset_seeds(parser, args, cfg), preset_workers(parser, args, cfg)
+    setup = AsrCompressSetup.from_preset(cfg, out, seeds=seeds, recipe_dir=HERE,
+                                        section=lambda key: preset_section(parser, args, key))
+
+    def table(done):
+        results = results_table(setup, done, preset=args.preset, provenance=provenance(REPO, WATCHED))
+        text = results_markdown(results)
+        for folder in (out, args.results):
+            write_json(folder / f"{args.preset}.json", results)
+            atomic_write_text(folder / f"{args.preset}.md", text)
+        print(text)
+        return {"results": str(args.results / f"{args.preset}.md")}
+
+    stages = [
+        Stage(1, "corpus", lambda done: make_corpus(setup), cfg["corpus"], "synthesise the built-in corpus"),
+        Stage(2, "tokens", lambda done: make_tokens(setup), {"tokens": "words"}, "word inventory"),
+        Stage(3, "teacher", lambda done: train_teacher(setup),
+              {"teacher": cfg["teacher"], "shipped": str(setup.shipped)}, f"the teacher on {setup.domain}"),
+        Stage(4, "teacher-eval", lambda done: evaluate_teacher(setup), {"decode": cfg["decode"]}, "teacher's error rates"),
+        Stage(5, "analysis", lambda done: analyse_teacher(setup), {"analysis": cfg.get("analysis", {})},
+              "layer-wise analysis of the teacher"),
+        Stage(6, "students", lambda done: build_students(setup, done["analysis"]),
+              {"budgets": cfg["budgets"], "decoder_keep": cfg["decoder_keep"]}, "students from the teacher's layers"),
+        Stage(7, "finetune", lambda done: train_students(setup, workers), {"student": cfg["student"], "seeds": seeds},
+              f"{len(setup.cells())} student runs"),
+        Stage(8, "eval", lambda done: evaluate_students(setup, workers), {"decode": cfg["decode"], "seeds": seeds},
+              "students' error rates"),
+        Stage(9, "speed", lambda done: measure_speed(setup), {"speed": cfg.get("speed", {})}, "encoder latency"),
+        Stage(10, "table", table, {"seeds": seeds, "version": 1}, "results and comparisons"),
+    ]
+    run_recipe(stages, out, args)
+    if args.ship_teacher:
+        try:
+            ship_runs([setup.teacher_run], setup.tokens_dir / "tokens.txt", HERE / "teacher",
+                      trained=provenance(REPO, WATCHED),
+                      command=f"python recipes/asr_compress/run.py --preset {args.preset} --stop-stage 3 --ship-teacher")
+        except ValueError as e:
+            raise SystemExit(f"--ship-teacher: {e}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

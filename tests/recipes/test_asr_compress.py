@@ -1,0 +1,43 @@
+"""The ESPnet compression recipe end to end on its `smoke` preset (one seed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kd.asr_compress import HEURISTICS, PLANS, UNSHARED
+
+
+@pytest.mark.slow
+def test_plans_students_speed_and_comparisons(tmp_path, capsys, load_recipe):
+    recipe = load_recipe("asr_compress")
+    out, results_dir = tmp_path / "exp", tmp_path / "results"
+    assert recipe.main(["--preset", "smoke", "--out", str(out), "--seeds", "0", "--results", str(results_dir)]) == 0
+    results = json.loads((results_dir / "smoke.json").read_text())
+    assert (results_dir / "smoke.md").read_text() in capsys.readouterr().out
+    assert results == json.loads((out / "smoke.json").read_text())
+    students = {s["name"]: s for s in results["students"]}
+    assert list(students) == [f"2/{p}" for p in PLANS] + [UNSHARED]
+    # the smoke teacher has 4 encoder layers and 2 decoder layers; students keep decoder layer 1
+    assert students["2/first-k"]["keep_layers"] == [0, 1] and students["2/linspace"]["keep_layers"] == [0, 3]
+    assert len(students["2/analysis"]["keep_layers"]) == 2
+    shared = students["2/shared"]
+    assert shared["keep_layers"] == [0, 1, 2, 3] and len(shared["share_groups"]) >= 1
+    assert students[UNSHARED]["keep_layers"] == [0, 1, 2, 3] and students[UNSHARED]["share_groups"] == []
+    # a pruned and a shared student of 2 weight sets have the same parameters, fewer than the unshared one
+    assert students["2/first-k"]["params"] == students["2/analysis"]["params"] == shared["params"]
+    assert shared["params"] < students[UNSHARED]["params"] < results["teacher"]["params"]
+    teacher = results["teacher"]
+    assert teacher["layers"] == 4 and 0.0 <= teacher["lowest_cka"] <= teacher["adjacent_cka_min"] <= 1.0 + 1e-6
+    assert {r["model"] for r in results["speed"]} == {"teacher", *students}
+    # every comparison twice (WER, CER); a verdict names a side only where the interval excludes 0
+    assert len(results["comparisons"]) == 2 * (len(HEURISTICS) + 2)
+    for c in results["comparisons"]:
+        lo, hi = c["ci95"]
+        assert lo <= c["diff"] <= hi or c["seeds"] == 1
+        expected = f"{c['a']} better" if hi < 0 else f"{c['b']} better" if lo > 0 else "tie"
+        assert c["verdict"] == expected and c["seeds"] == 1 and c["utterances"] == results["n_test"]
+    # every student run was fine-tuned from its plan's student with its own seed
+    config = (out / "runs" / "2" / "first-k" / "seed0" / "config.yaml").read_text()
+    assert str(out / "students" / "2" / "first-k") in config and "seed: 0" in config
