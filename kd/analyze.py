@@ -397,7 +397,7 @@ def analyze_model_dir(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
                       config: AnalyzeConfig = AnalyzeConfig()) -> "AnalysisReport":  # noqa: F821
     """``kd analyze``: load, analyse, write ``report.json``, ``report.md`` and PNG figures to ``out_dir``."""
     from kd.data import load_data_dir, read_alignments
-    from kd.io import atomic_write_text
+    from kd.core.io import atomic_write_text
 
     model = load_layerwise_model(model_dir, device=config.device)
     data = load_data_dir(data_dir)

@@ -8,7 +8,7 @@ import platform
 import time
 from pathlib import Path
 
-from kd.io import atomic_write_text, write_json
+from kd.core.io import atomic_write_text, write_json
 
 
 def _machine() -> dict:

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from kd.io import atomic_write_text, write_json
+from kd.core.io import atomic_write_text, write_json
 
 __all__ = ["bench_speed", "speed_table", "write_speed_results"]
 

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import torch
 
-from kd.io import atomic_write_text, write_json
+from kd.core.io import atomic_write_text, write_json
 
 __all__ = ["PEAK_TFLOPS", "bench_train", "peak_tflops", "train_table"]
 

@@ -173,7 +173,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
 
 def _key_values(items: list[str], option: str) -> dict:
     """``["d_model=256", "encoder_layers=12"]`` -> a dict, each value read as YAML (numbers, booleans)."""
-    from kd.io import load_yaml
+    from kd.core.io import load_yaml
 
     out = {}
     for item in items:

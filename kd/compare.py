@@ -139,7 +139,7 @@ def save_comparison(comparison: ModelComparison, out_dir: str | os.PathLike, *, 
                     title: str = "") -> list[Path]:
     """``comparison.json`` and a PNG of the same-layer CKA curves (one line per model)."""
     from kd.figures import plot_layer_curves
-    from kd.io import write_json
+    from kd.core.io import write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

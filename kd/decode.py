@@ -26,7 +26,7 @@ batch together (same scores and stopping rules, so the same tokens up to float r
 
 from __future__ import annotations
 
-from kd.config_fields import fields_from_dict  # noqa: E402
+from kd.core.config_fields import fields_from_dict  # noqa: E402
 
 import dataclasses
 import enum
@@ -150,7 +150,7 @@ def build_beam_search(model: Any, config: DecodeConfig, token_list: Sequence[str
         lm: optional ESPnet language-model scorer (an ``espnet.nets.scorer_interface.ScorerInterface``,
             e.g. ``ESPnetLanguageModel.lm``), fused with weight ``config.lm_weight``.
     """
-    from kd.quiet import espnet_imports
+    from kd.core.quiet import espnet_imports
 
     espnet_imports()
     from espnet.nets.batch_beam_search import BatchBeamSearch

@@ -33,7 +33,7 @@ import torch
 from kd.data.text import normalize_text
 from kd.decode import DecodeConfig, DecodeMethod, decode_ids
 from kd.hf_ctc import CTCTranscriber, is_hf_model_folder
-from kd.io import atomic_write_text, write_json
+from kd.core.io import atomic_write_text, write_json
 
 __all__ = ["EvalReport", "Score", "UttResult", "evaluate", "score_texts"]
 

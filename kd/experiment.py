@@ -284,7 +284,7 @@ def evaluate_once(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.Pat
 
     from kd.decode import DecodeConfig
     from kd.evaluate import evaluate
-    from kd.io import is_done, mark_done
+    from kd.core.io import is_done, mark_done
 
     import hashlib
 
@@ -311,7 +311,7 @@ def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
     """
     import yaml
 
-    from kd.io import config_digest, load_yaml
+    from kd.core.io import config_digest, load_yaml
     from kd.train import train
 
     out = Path(out_dir)

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import yaml
 
-from kd.io import atomic_write_bytes, atomic_write_text
+from kd.core.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["ESPNET_CONFIG_NAME", "ESPNET_WEIGHTS_NAME", "espnet_config", "export_espnet"]
 
@@ -138,7 +138,7 @@ def _verify(conf: dict[str, Any], state: dict[str, torch.Tensor], config_path: P
     import argparse
     import copy
 
-    from kd.quiet import espnet_imports
+    from kd.core.quiet import espnet_imports
 
     espnet_imports()
     from espnet2.tasks.asr import ASRTask

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.hf_input import InputSpec, read_input_spec, write_input_spec
-from kd.io import atomic_write_text, clear_done, is_done, mark_done
+from kd.core.io import atomic_write_text, clear_done, is_done, mark_done
 from kd.plan import CompressionPlan
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, load_pooled, make_accelerator,
                            make_optimizer, speech_loader, train_loop, write_folder_atomic)

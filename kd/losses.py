@@ -52,8 +52,8 @@ Choices this module makes where the paper leaves them open:
 
 from __future__ import annotations
 
-from kd.config_fields import fields_from_dict  # noqa: E402
-from kd.io import load_yaml  # noqa: E402
+from kd.core.config_fields import fields_from_dict  # noqa: E402
+from kd.core.io import load_yaml  # noqa: E402
 
 import dataclasses
 import enum

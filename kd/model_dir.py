@@ -26,7 +26,7 @@ from typing import Any, Mapping, Union
 import yaml
 
 from kd.data.text import CharTokenizer, SentencePieceTokenizer
-from kd.io import atomic_write_bytes, atomic_write_text, load_yaml
+from kd.core.io import atomic_write_bytes, atomic_write_text, load_yaml
 
 __all__ = [
     "CONFIG_NAME",

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from kd.evidence import (DOES_NOT_REPRODUCE, NOT_A_TEST, REPRODUCES, paired_interval, read_utterance_errors,
                          token_uncertainty, uncertainty_summary, variance_correlation, verdict)
-from kd.io import write_json
+from kd.core.io import write_json
 
 __all__ = ["Claim", "GREEDY", "RESULTS_LAYOUT", "check_results", "claims_table", "evaluate_model", "results_markdown",
            "teacher_uncertainty", "write_word_inventory"]
@@ -48,7 +48,7 @@ def write_word_inventory(data_dirs: Sequence[str | os.PathLike], out_dir: str | 
     """
     from kd.data import load_data_dir
     from kd.data.text import SentencePieceTokenizer
-    from kd.io import atomic_write_text
+    from kd.core.io import atomic_write_text
 
     texts = [u.text for d in data_dirs for u in load_data_dir(d).utterances]
     words = {w for t in texts for w in t.split()}
@@ -325,7 +325,7 @@ def sync_readme(readme: str | os.PathLike, results_dir: str | os.PathLike) -> li
 
     new = re.sub(r"<!-- results: (\S+) -->\n(.*?)" + re.escape(_END), fill, text, flags=re.S)
     if changed:
-        from kd.io import atomic_write_text
+        from kd.core.io import atomic_write_text
 
         atomic_write_text(readme, new)
     return changed

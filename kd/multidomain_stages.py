@@ -400,7 +400,7 @@ def results_table(setup: MultidomainSetup, teacher_eval: Mapping[str, Any], stud
 
 def publish_results(results: Mapping[str, Any], folders: Sequence[Path]) -> str:
     """Write ``<preset>.json`` and its markdown ``<preset>.md`` into each of ``folders``; returns the markdown."""
-    from kd.io import atomic_write_text, write_json
+    from kd.core.io import atomic_write_text, write_json
 
     text = results_markdown(results)
     for folder in folders:

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kd.io import atomic_write_text, config_digest, write_json
+from kd.core.io import atomic_write_text, config_digest, write_json
 
 __all__ = ["cpu_model", "data_digest", "fingerprint", "provenance", "restore", "run_fingerprint", "settings_digest",
            "ship", "ship_runs", "PROVENANCE"]

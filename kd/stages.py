@@ -2,7 +2,7 @@
 
 A recipe is a list of :class:`Stage` objects, each a function with the configuration it depends
 on. :func:`run_stages` runs the stages numbered ``start..stop`` in order. A stage's marker
-(``WORK_DIR/stages/NN-name/.done.json``, written last and atomically, see :mod:`kd.io`) records a
+(``WORK_DIR/stages/NN-name/.done.json``, written last and atomically, see :mod:`kd.core.io`) records a
 digest of that configuration, so:
 
 - a finished stage whose configuration is unchanged is skipped (``--stage`` / ``--stop-stage``
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from kd.io import MARKER_NAME, clear_done, is_done, load_yaml, mark_done
+from kd.core.io import MARKER_NAME, clear_done, is_done, load_yaml, mark_done
 
 __all__ = ["CORPUS_KEYS", "PresetKeys", "Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument",
            "check_keys", "check_stage_range", "keyword_names", "load_preset", "preset_section", "preset_seeds",

@@ -64,7 +64,7 @@ from typing import Any, Mapping
 
 import torch
 
-from kd.io import atomic_write_bytes, atomic_write_text, file_lock, is_done, mark_done, write_json
+from kd.core.io import atomic_write_bytes, atomic_write_text, file_lock, is_done, mark_done, write_json
 from kd.training.checkpoint import (CHECKPOINTS_DIR, WEIGHTS, average_checkpoints, begin_checkpoint, best_checkpoints,
                                     capture_rng, finish_checkpoint, latest_checkpoint, list_checkpoints,
                                     load_optimizer_state, load_rng, load_weights, prune_checkpoints, restore_rng,
@@ -78,7 +78,7 @@ from kd.training.steps import DevScores, accumulate, evaluate, forward_backward,
 __all__ = ["RESUMABLE_FIELDS", "TrainResult", "distill", "distill_from_yaml", "main", "train", "train_from_yaml"]
 
 RESULT_FILE = "result.json"
-RUN_LOCK = ".lock"  # held by the process that trains into the run dir (kd.io.file_lock)
+RUN_LOCK = ".lock"  # held by the process that trains into the run dir (kd.core.io.file_lock)
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ def write_data_dir(out: Path, utterances) -> Path:
     """``wav.scp`` (absolute paths) and ``text`` (normalised) for ``utterances``, sorted by id as
     ESPnet's readers expect."""
     from kd.data import normalize_text
-    from kd.io import atomic_write_text
+    from kd.core.io import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     ordered = sorted(utterances, key=lambda u: u.utt)
@@ -304,7 +304,7 @@ def run_espnet(args: list[str], log: Path) -> float:
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     import yaml
 
-    from kd.io import atomic_write_text
+    from kd.core.io import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
@@ -352,7 +352,7 @@ def espnet_weights(exp: Path) -> Path:
 def load_speech2text(config_path: Path, state: dict, bpemodel: str | None):
     """ESPnet's Speech2Text (beam 5, CTC weight 0.3) built from ``config_path`` with ``state``
     loaded strictly (ESPnet's own loader is not strict, so a misnamed tensor would stay random)."""
-    from kd.quiet import espnet_imports
+    from kd.core.quiet import espnet_imports
 
     espnet_imports()
     from espnet2.bin.asr_inference import Speech2Text
@@ -406,7 +406,7 @@ def decode_set(s2t, tokenizer, data_dir: Path, methods: Sequence[str]) -> dict[s
 def decode_espnet_run(out: Path, tokenizer, methods: Sequence[str]) -> dict[str, Any]:
     import torch
 
-    from kd.io import load_yaml
+    from kd.core.io import load_yaml
 
     exp = out / "exp"
     conf = load_yaml((exp / "config.yaml").read_text(encoding="utf-8"))

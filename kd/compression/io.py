@@ -170,7 +170,7 @@ def load_student(directory: str | os.PathLike) -> nn.Module:
             model = apply_structure(cls(cls.config_class.from_pretrained(directory)), plan)
             load_weights(model, directory / SHARED_WEIGHTS)
     elif library == "espnet2" and name == "TransformerEncoder":
-        from kd.quiet import espnet_imports
+        from kd.core.quiet import espnet_imports
 
         espnet_imports()
         from espnet2.asr.encoder.transformer_encoder import TransformerEncoder

@@ -250,7 +250,7 @@ def write_subset(src: str | os.PathLike, dst: str | os.PathLike, num_utterances:
     import json
     import random
 
-    from kd.io import atomic_write_text
+    from kd.core.io import atomic_write_text
 
     src, dst = Path(src), Path(dst)
     utterances = load_data_dir(src, check_audio=False).utterances

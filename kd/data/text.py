@@ -100,7 +100,7 @@ class CharTokenizer:
         return "".join(out).strip()
 
     def save(self, path: str | os.PathLike) -> None:
-        from kd.io import atomic_write_text
+        from kd.core.io import atomic_write_text
 
         atomic_write_text(path, "".join(t + "\n" for t in self.tokens))
 

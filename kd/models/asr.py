@@ -16,7 +16,7 @@ ESPnet is imported only when a model is built, so importing this module stays ch
 
 from __future__ import annotations
 
-from kd.config_fields import fields_from_dict  # noqa: E402
+from kd.core.config_fields import fields_from_dict  # noqa: E402
 
 import dataclasses
 import enum
@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from kd.io import load_yaml
+from kd.core.io import load_yaml
 from kd.models.uncertainty import AleatoricMode, UncertaintyHead, aleatoric_nll
 
 __all__ = [
@@ -498,7 +498,7 @@ def build_asr_model(config: AsrConfig, token_list: list[str] | None = None) -> A
         config: the model configuration.
         token_list: V symbols with <blank> first and <sos/eos> last; placeholders when None.
     """
-    from kd.quiet import espnet_imports
+    from kd.core.quiet import espnet_imports
 
     espnet_imports()
     from espnet2.asr.ctc import CTC

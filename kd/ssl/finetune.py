@@ -28,7 +28,7 @@ import torch
 
 from kd.hf_ctc import CTCTranscriber, greedy_ctc_decode  # noqa: F401 (greedy_ctc_decode: re-exported)
 from kd.hf_input import InputSpec, read_input_spec, write_input_spec
-from kd.io import atomic_write_text, clear_done, is_done, mark_done, write_json
+from kd.core.io import atomic_write_text, clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, folder_fingerprint, load_pooled,
                            load_speech_model, make_accelerator, make_optimizer, pool_data_dirs,
                            save_pretrained_atomic, speech_loader, train_loop, write_folder_atomic)

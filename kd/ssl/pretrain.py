@@ -54,7 +54,7 @@ import torch
 
 from kd.figures import plot_pretraining_curves
 from kd.hf_input import InputSpec, normalize_waveforms, write_input_spec
-from kd.io import MARKER_NAME, clear_done, is_done, mark_done, write_json
+from kd.core.io import MARKER_NAME, clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
                            make_accelerator, make_optimizer, read_csv_log, save_pretrained_atomic, speech_loader,
                            train_loop)

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import yaml
 
 from kd.data.augment import AugmentConfig
-from kd.io import load_yaml
+from kd.core.io import load_yaml
 from kd.losses import KDLossConfig
 
 __all__ = [

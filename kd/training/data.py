@@ -23,7 +23,7 @@ import torch
 
 from kd.data import CharTokenizer, DataDir, SentencePieceTokenizer
 from kd.data.batching import AudioDataset, collate
-from kd.io import atomic_write_text
+from kd.core.io import atomic_write_text
 from kd.training.config import TokenConfig, TokenKind
 
 __all__ = [

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from kd.io import atomic_write_text
+from kd.core.io import atomic_write_text
 
 __all__ = ["CsvLog", "open_tensorboard"]
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from kd.io import atomic_write_text, clear_done, load_yaml
+from kd.core.io import atomic_write_text, clear_done, load_yaml
 from kd.training.checkpoint import CHECKPOINTS_DIR, list_checkpoints, load_weights, remove_partial_checkpoints
 from kd.training.config import TeacherOutputs, TrainConfig, without_added_defaults
 

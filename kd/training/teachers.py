@@ -8,7 +8,7 @@ length buckets that training uses; cached and online outputs are then the same n
 Cache layout (``<cache_dir>/teacher-<k>/``): safetensors shards ``shard-r<rank>-<n>.safetensors``
 holding ``<utt>/logits`` ``[L+1, V]``, ``<utt>/variances`` ``[L+1, V]`` (token level) or
 ``<utt>/ctc_log_probs`` ``[T', V]`` (frame level), an ``index-r<rank>.json`` (utt -> shard) per
-writing process, and the completion marker of :mod:`kd.io` over everything that determines the
+writing process, and the completion marker of :mod:`kd.core.io` over everything that determines the
 numbers (teacher weights, utterances, batching, dtype).
 
 The cache holds the teachers' mean logits and variances, not draws: the sampled soft labels
@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from kd.io import atomic_write_text, file_lock, is_done, mark_done
+from kd.core.io import atomic_write_text, file_lock, is_done, mark_done
 from kd.losses import KDLevel
 from kd.training.checkpoint import load_weights
 from kd.training.config import TeacherSpec

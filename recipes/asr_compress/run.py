@@ -25,7 +25,7 @@ from pathlib import Path
 from kd.asr_compress import (AsrCompressSetup, analyse_teacher, build_students, evaluate_students, evaluate_teacher,
                              make_corpus, make_tokens, measure_speed, results_markdown, results_table, train_students,
                              train_teacher)
-from kd.io import atomic_write_text, write_json
+from kd.core.io import atomic_write_text, write_json
 from kd.shipped import provenance, ship_runs
 from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
                        preset_seeds, preset_workers, recipe_parser, run_recipe)

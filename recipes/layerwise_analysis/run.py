@@ -24,7 +24,7 @@ from kd.compare import compare_models, save_comparison
 from kd.corpus.synth import build_corpus
 from kd.experiment import merge_sections, training_differs
 from kd.figures import plot_layer_curves, plot_pretraining_curves, report_curves
-from kd.io import atomic_write_text
+from kd.core.io import atomic_write_text
 from kd.ssl.common import list_checkpoints
 from kd.ssl.config import SSLConfig
 from kd.ssl.pretrain import finished_config, pretrain

@@ -151,7 +151,7 @@ def test_a_run_dir_with_other_settings_is_moved_aside_not_reused(tests_corpus, t
     assert yaml.safe_load((moved[0] / "config.yaml").read_text())["optim"]["lr"] == 1e-3
     assert yaml.safe_load((tmp_path / "run/config.yaml").read_text())["optim"]["lr"] == 2e-3
     # a run written before the toolkit had optim.fused / optim.tf32 is the same run: skipped, not moved
-    from kd.io import mark_done
+    from kd.core.io import mark_done
 
     old = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
     for name in ("fused", "tf32"):

@@ -1,4 +1,4 @@
-"""kd.parallel (independent jobs on worker processes) and kd.io.file_lock."""
+"""kd.parallel (independent jobs on worker processes) and kd.core.io.file_lock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from kd.io import LockedError, file_lock
+from kd.core.io import LockedError, file_lock
 from kd.parallel import Job, JobError, run_jobs, worker_threads
 
 
@@ -63,7 +63,7 @@ def test_bad_worker_counts_are_refused():
 def test_file_lock_excludes_another_process_until_released(tmp_path):
     lock = tmp_path / "sub/run.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from kd.io import file_lock\n"
+        [sys.executable, "-c", "import sys, time; from kd.core.io import file_lock\n"
          f"with file_lock({str(lock)!r}):\n    print('held', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True)
     try:

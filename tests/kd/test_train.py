@@ -404,7 +404,7 @@ def test_yaml_reads_exponent_floats_without_a_dot(tmp_path):
     """PyYAML (YAML 1.1) leaves ``3e-5`` a string; configs are read as YAML 1.2 does, as a float."""
     import yaml
 
-    from kd.io import load_yaml
+    from kd.core.io import load_yaml
 
     assert yaml.safe_load("lr: 3e-5") == {"lr": "3e-5"}  # the trap
     assert load_yaml("a: 3e-5\nb: 1E+4\nc: -2e3\nd: 1.5e3\ne: 1_000\nf: '1e2'\ng: 3e\nh: e5\ni: 0.5") == {
@@ -485,7 +485,7 @@ def test_two_cpu_processes_resume_exactly(corpus, tmp_path):
 
 
 def test_a_second_process_training_into_a_busy_run_dir_fails_at_once(corpus, tmp_path):
-    from kd.io import LockedError, file_lock
+    from kd.core.io import LockedError, file_lock
     from kd.train import RUN_LOCK, train
 
     config = make_config([corpus / "us/train"], steps=1)

@@ -51,7 +51,7 @@ def test_a_pretraining_from_another_recipe_is_reused_only_with_the_same_settings
     one with other settings is trained again, saying why."""
     import yaml
 
-    from kd.io import mark_done, write_json
+    from kd.core.io import mark_done, write_json
     from kd.ssl.config import SSLConfig
 
     recipe = load_recipe("layerwise_analysis")

@@ -520,7 +520,7 @@ def test_unfinished_checkpoint_is_never_listed(tmp_path):
 
 
 def test_changed_config_is_not_skipped(pretrained, monkeypatch):
-    from kd.io import is_done
+    from kd.core.io import is_done
     from kd.ssl import pretrain as module
 
     result, data = pretrained

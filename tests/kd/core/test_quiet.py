@@ -1,5 +1,5 @@
 """A quiet console: the toolkit's ESPnet paths print none of ESPnet's import-time messages,
-FutureWarnings or NLTK download attempts (kd/quiet.py)."""
+FutureWarnings or NLTK download attempts (kd/core/quiet.py)."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kd.quiet import FLASH_ATTN_MESSAGE, _DeferredModule
+from kd.core.quiet import FLASH_ATTN_MESSAGE, _DeferredModule
 
 # a tiny model built, run forward (ESPnetASRModel.encode) and exported with `kd export espnet`
 # (ESPnet's ASRTask, whose imports reach its phoneme tokenizer and g2p_en), in a fresh interpreter
