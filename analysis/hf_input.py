@@ -1,6 +1,6 @@
 """The input convention of a Hugging Face speech checkpoint folder: read it, apply it.
 
-The writing side (a derived model keeps its teacher's convention) is in ``kd.hf_input``.
+The writing side (a derived model keeps its teacher's convention) is in ``kd.models.hf_processor``.
 
 A wav2vec 2.0 / HuBERT / WavLM folder as the Hub serves it holds, beside ``config.json`` and the
 weights, its processor's files: ``preprocessor_config.json`` (the feature extractor: sampling

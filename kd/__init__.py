@@ -35,9 +35,9 @@ _LAZY = {
     "DecodeConfig": "kd.decode",
     "decode": "kd.decode",
     "evaluate": "kd.evaluate",
-    "save_model_dir": "kd.model_dir",
-    "load_model_dir": "kd.model_dir",
-    "export_espnet": "kd.export_espnet",
+    "save_model_dir": "kd.models.model_dir",
+    "load_model_dir": "kd.models.model_dir",
+    "export_espnet": "kd.models.export_espnet",
     "train_from_yaml": "kd.train",  # the module kd.train holds train() and distill()
     "distill_from_yaml": "kd.train",
     "TrainResult": "kd.train",

@@ -114,7 +114,7 @@ def load_layerwise_model(model_dir: str | os.PathLike, device: str = "cpu"):
         return EspnetEncoderCapture(model.to(device))
     if (model_dir / "config.yaml").is_file():
         from kd.capture import EspnetEncoderCapture
-        from kd.model_dir import load_model_dir
+        from kd.models.model_dir import load_model_dir
 
         model, _ = load_model_dir(model_dir)
         return EspnetEncoderCapture(model.to(device))

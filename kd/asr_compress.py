@@ -244,7 +244,7 @@ def build_students(setup: AsrCompressSetup, analysis: Mapping[str, Any]) -> dict
     """Stage ``students``: each student built from the teacher's layers by its plan (saved beside it)."""
     from kd.compression import count_parameters
     from kd.compression.asr import asr_student
-    from kd.model_dir import load_model_dir, save_model_dir
+    from kd.models.model_dir import load_model_dir, save_model_dir
     from kd.plan import CompressionPlan
 
     teacher, tokenizer = load_model_dir(setup.teacher_run / "model")
@@ -292,7 +292,7 @@ def encoder_latency(model_dirs: Mapping[str, str | Path], *, batch_sizes: Sequen
     import torch
 
     from kd.compression import count_parameters
-    from kd.model_dir import load_model_dir
+    from kd.models.model_dir import load_model_dir
 
     generator = torch.Generator().manual_seed(0)
     samples = int(seconds * 16000)

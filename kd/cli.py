@@ -121,7 +121,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from kd.export_espnet import export_espnet
+    from kd.models.export_espnet import export_espnet
 
     out = export_espnet(args.model_dir, args.out)
     print(f"ESPnet model folder written to {out} (config.yaml + model.pth; decode with Speech2Text)")

@@ -3,7 +3,7 @@
 The beam search is ESPnet's (``espnet.nets.beam_search.BeamSearch``, switched to
 ``BatchBeamSearch`` when every scorer can score hypotheses in a batch), assembled exactly as
 ``espnet2.bin.asr_inference.Speech2Text`` assembles it, so that a model exported with
-:func:`kd.export_espnet.export_espnet` decodes to the same tokens through Speech2Text.
+:func:`kd.models.export_espnet.export_espnet` decodes to the same tokens through Speech2Text.
 The score of a hypothesis y for encoder output x is (Watanabe et al. 2017, "Hybrid
 CTC/Attention Architecture for End-to-End Speech Recognition")
 

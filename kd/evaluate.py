@@ -174,7 +174,7 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
     """Decode every utterance of ``data_dirs`` with the model of ``model_dir`` and score it.
 
     Args:
-        model_dir: a model directory (:mod:`kd.model_dir`), or a Hugging Face ``*ForCTC``
+        model_dir: a model directory (:mod:`kd.models.model_dir`), or a Hugging Face ``*ForCTC``
             checkpoint folder or compressed student of one (:mod:`kd.hf_ctc`: greedy CTC
             decoding only, inputs prepared as its ``preprocessor_config.json`` says).
         data_dirs: Kaldi/ESPnet data dirs (a list, even for one).
@@ -189,7 +189,7 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
     """
     from kd.data.batching import AudioDataset, bucket_batches, collate
     from kd.data.datadir import load_data_dir
-    from kd.model_dir import load_model_dir
+    from kd.models.model_dir import load_model_dir
 
     if isinstance(data_dirs, (str, os.PathLike)):
         raise TypeError(f"data_dirs: expected a list of data dirs, found a single path {str(data_dirs)!r}")

@@ -195,7 +195,7 @@ def token_uncertainty(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
 
     from kd.data.batching import AudioDataset, bucket_batches, collate
     from kd.data.datadir import load_data_dir
-    from kd.model_dir import load_model_dir
+    from kd.models.model_dir import load_model_dir
 
     model, tokenizer = load_model_dir(model_dir, device=device)
     if model.uncertainty is None:

@@ -15,7 +15,7 @@ other special tokens (``<unk>``, ``<s>``, ``</s>``) and maps the ids to text: th
 tokenizer's own grouped decoding of the argmax ids with those tokens removed. (Asking the
 tokenizer to skip special tokens instead would drop the blanks before merging repeats, and so
 merge a letter that the model wrote twice with a blank between, as in "ll".)
-Inputs are prepared as the folder's ``preprocessor_config.json`` says (:mod:`kd.hf_input`).
+Inputs are prepared as the folder's ``preprocessor_config.json`` says (:mod:`kd.models.hf_processor`).
 Models whose feature encoder normalises over time (``feat_extract_norm: group``, wav2vec 2.0
 base) run one utterance at a time without an attention mask, since padding would change their
 statistics; layer-norm models take padded batches with the mask.
@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from kd.hf_input import InputSpec, read_input_spec
+from kd.models.hf_processor import InputSpec, read_input_spec
 from kd.ssl.common import attention_mask
 
 __all__ = ["CTCTranscriber", "greedy_ctc_decode", "is_hf_model_folder"]

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd.hf_input import InputSpec, read_input_spec, write_input_spec
+from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
 from kd.core.io import atomic_write_text, clear_done, is_done, mark_done
 from kd.plan import CompressionPlan
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, load_pooled, make_accelerator,
@@ -193,7 +193,7 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
     teacher, student: Hugging Face wav2vec 2.0 / HuBERT / WavLM models (any head; their encoders
     are used) with the same feature encoder frame rate; the student has
     ``plan.num_student_layers`` Transformer layers. ``input_spec``: the teacher's input
-    convention (:mod:`kd.hf_input`), used for both models and saved with the student. A finished stage (same config, plan, data
+    convention (:mod:`kd.models.hf_processor`), used for both models and saved with the student. A finished stage (same config, plan, data
     and initial weights) is skipped, leaving ``student`` untouched: load the result from
     ``StageResult.model_dir`` with :func:`kd.compression.load_student`.
     """

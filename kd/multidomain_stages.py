@@ -282,7 +282,7 @@ def build_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any]) -> 
     """Stage ``students``: per seed and size, a student of the better teacher's layers, chosen by the
     analysis-driven plan from the teacher's analysis (the plan saved next to it)."""
     from kd.compression.asr import asr_student
-    from kd.model_dir import load_model_dir, save_model_dir
+    from kd.models.model_dir import load_model_dir, save_model_dir
     from kd.plan import CompressionPlan
     from kd.plan_cli import plan_from_report
 

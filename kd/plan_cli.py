@@ -59,16 +59,16 @@ def compress_model_dir(model_dir: str | os.PathLike, plan_path: str | os.PathLik
       saved in the toolkit's format (``kd.load_student``). The checkpoint's processor files
       (``preprocessor_config.json``, a CTC model's vocabulary) are copied beside it, so the
       student is prepared and decoded as the teacher is (``kd eval``, ``kd analyze``).
-    - A toolkit ASR model dir (``config.yaml``, see :mod:`kd.model_dir`): the plan applies to the
+    - A toolkit ASR model dir (``config.yaml``, see :mod:`kd.models.model_dir`): the plan applies to the
       encoder, ``decoder_plan_path`` (optional) to the decoder (:func:`kd.compression.asr.asr_student`);
       the student is a model dir that ``kd eval`` reads and training starts from
       (``model.init_from``).
     """
-    from kd.model_dir import CONFIG_NAME
+    from kd.models.model_dir import CONFIG_NAME
 
     if (Path(model_dir) / CONFIG_NAME).is_file() and not (Path(model_dir) / "config.json").is_file():
         from kd.compression.asr import asr_student
-        from kd.model_dir import load_model_dir, save_model_dir
+        from kd.models.model_dir import load_model_dir, save_model_dir
 
         teacher, tokenizer = load_model_dir(model_dir)
         decoder = CompressionPlan.load(decoder_plan_path) if decoder_plan_path is not None else None
@@ -81,7 +81,7 @@ def compress_model_dir(model_dir: str | os.PathLike, plan_path: str | os.PathLik
 
     import transformers
     from kd.compression import compress, save_student
-    from kd.hf_input import copy_processor_files
+    from kd.models.hf_processor import copy_processor_files
 
     plan = CompressionPlan.load(plan_path)
     config = AutoConfig.from_pretrained(model_dir)

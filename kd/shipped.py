@@ -1,6 +1,6 @@
 """Models that a recipe ships with the repository, like a recipe that starts from published checkpoints.
 
-A shipped model is a model dir (:mod:`kd.model_dir`) that the toolkit itself trained, committed
+A shipped model is a model dir (:mod:`kd.models.model_dir`) that the toolkit itself trained, committed
 next to a ``provenance.json``::
 
     {"fingerprint": {...},   what must match for the model to stand in for a training run: the digests

@@ -147,7 +147,7 @@ def make_model_dir(directory: Path, corpus_root: Path, *, steps: int, **override
     from kd.data.batching import AudioDataset, collate
     from kd.data.datadir import load_data_dir
     from kd.data.text import CharTokenizer
-    from kd.model_dir import save_model_dir
+    from kd.models.model_dir import save_model_dir
     from kd.models.asr import AsrConfig, build_asr_model
 
     tokenizer = CharTokenizer.from_texts([ALPHABET])

@@ -20,7 +20,7 @@ Run dir (``out_dir``)::
     model.safetensors       weights after the last step
     model_avg.safetensors   mean of the checkpoint.average_best best checkpoints (checkpoint.best_by:
                             the lowest dev loss, or the highest dev token accuracy)
-    model/                  model_avg as a model dir (kd.model_dir) for kd eval / analyze / export
+    model/                  model_avg as a model dir (kd.models.model_dir) for kd eval / analyze / export
     result.json, .done.json the TrainResult and the completion marker (a re-run is skipped)
     .lock                   held by the training process: a second one on the same dir fails at once
 
@@ -355,13 +355,13 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
         audio_seconds_per_second=run_audio / wall if wall > 0 else 0.0, frozen_parameters=frozen,
     )
     if is_main:
-        from kd.training.checkpoint import weights_bytes
+        from kd.models.weights import weights_bytes
 
         averaged = average_checkpoints([c.path / WEIGHTS for c in best])
         atomic_write_bytes(out / "model_avg.safetensors", weights_bytes(averaged))
         atomic_write_bytes(out / "model.safetensors", weights_bytes(raw_model.state_dict()))
         # the averaged model as a model dir that kd eval / kd analyze / kd export read
-        from kd.model_dir import save_model_dir
+        from kd.models.model_dir import save_model_dir
 
         final = build_asr_model(model_config, list(tokenizer.tokens))
         final.load_state_dict(averaged)

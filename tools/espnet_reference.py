@@ -28,7 +28,7 @@ OUT after step 1::
 
 What the ESPnet run shares with the toolkit run, and what it cannot:
 
-- Architecture: the config of ``kd.export_espnet.espnet_config`` (the one an exported toolkit
+- Architecture: the config of ``kd.models.export_espnet.espnet_config`` (the one an exported toolkit
   model decodes with): DefaultFrontend with the toolkit's n_fft / win_length / hop_length /
   n_mels, Transformer encoder (conv2d input layer, pre-norm) and decoder with the toolkit's
   d_model, heads, ffn units and layers, dropout 0.1, ctc_weight 0.3, lsm_weight 0.15,
@@ -182,7 +182,7 @@ def model_section(model_config, tokens: list[str], token: dict[str, Any], normal
     """The architecture part of the ESPnet config: the exported toolkit model's, with the
     feature normalisation of ``normalize`` (``stats_file`` for global_mvn; None: no
     normalisation, for the collect_stats pass) and the token list as a file."""
-    from kd.export_espnet import espnet_config
+    from kd.models.export_espnet import espnet_config
 
     conf = espnet_config(model_config, tokens, token_type=token["token_type"], bpemodel=token["bpemodel"])
     conf["token_list"] = token["token_list"]
@@ -419,11 +419,11 @@ def decode_espnet_run(out: Path, tokenizer, methods: Sequence[str]) -> dict[str,
 def decode_toolkit_run(run_dir: Path, eval_dir: Path, work: Path, methods: Sequence[str],
                        weights: str) -> dict[str, Any]:
     """The toolkit run's model decoded by the same ESPnet decoder (its own utterance-mean
-    normalisation, the exported config of kd.export_espnet)."""
+    normalisation, the exported config of kd.models.export_espnet)."""
     from safetensors.torch import load_file
 
     from kd.data.text import SentencePieceTokenizer
-    from kd.export_espnet import espnet_config
+    from kd.models.export_espnet import espnet_config
     from kd.models.asr import AsrConfig
     from kd.training.data import load_run_tokenizer
     from kd.training.teachers import MODEL_CONFIG_FILE

@@ -7,7 +7,7 @@ plan order, and the plans' share groups become the student's ``encoder_share_gro
 layer). Everything outside the layer stacks (front end, convolutional subsampling, embeddings,
 output layers, CTC, the uncertainty head) is copied unchanged. The student is an ordinary
 ``AsrModel`` described completely by its ``AsrConfig``, so it trains, saves
-(:func:`kd.model_dir.save_model_dir`), evaluates and is analysed like any other model, and a
+(:func:`kd.models.model_dir.save_model_dir`), evaluates and is analysed like any other model, and a
 training run starts from it with ``model.init_from: STUDENT_MODEL_DIR``.
 
 Attention reuse changes the forward computation in a way an ``AsrConfig`` does not describe;

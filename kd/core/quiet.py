@@ -18,7 +18,7 @@ import warnings
 
 # printed by espnet.nets.pytorch_backend.transformer.attention on import when the optional
 # flash_attn package is missing; the toolkit builds every ESPnet block with use_flash_attn=False
-# (kd.models.asr, kd.export_espnet), so the fallback it announces is the code that runs anyway
+# (kd.models.asr, kd.models.export_espnet), so the fallback it announces is the code that runs anyway
 FLASH_ATTN_MESSAGE = "Failed to import Flash Attention, using ESPnet default:"
 
 _ESPNET_ATTENTION = "espnet.nets.pytorch_backend.transformer.attention"

@@ -1,4 +1,7 @@
-"""Model builders: the hybrid CTC/attention ASR model and its uncertainty head.
+"""Models and their folders: the hybrid CTC/attention ASR model and its uncertainty head, the ASR
+model dir format (:mod:`kd.models.model_dir`) and its export to ESPnet (:mod:`kd.models.export_espnet`),
+state dicts as safetensors files (:mod:`kd.models.weights`) and the processor files of Hugging Face
+folders (:mod:`kd.models.hf_processor`).
 
 Names are imported on first use so that importing `kd.models` stays cheap.
 """

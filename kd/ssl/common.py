@@ -9,7 +9,7 @@
 - :func:`load_speech_model`: a Hugging Face checkpoint folder or a compressed-student folder.
 
 Batches hold raw 16 kHz waveforms in [-1, 1] with zero padding; each stage passes them with an
-attention mask, normalised first where the model's folder asks for it (:mod:`kd.hf_input`; the
+attention mask, normalised first where the model's folder asks for it (:mod:`kd.models.hf_processor`; the
 toolkit's own pre-training uses raw waveforms).
 """
 

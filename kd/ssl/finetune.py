@@ -6,7 +6,7 @@ Hugging Face's CTC head uses ``config.pad_token_id`` as the CTC blank, so ``pad_
 (= ``<blank>``); label padding is -100; ``<sos/eos>`` is never a target (its logit is unused).
 The model folder holds ``tokens.txt`` (one token a line, id = line number, readable by
 ``CharTokenizer.load``), ``vocab.json`` (token -> id) and ``preprocessor_config.json`` (16 kHz, attention mask on, and
-the pre-trained folder's waveform normalisation: :mod:`kd.hf_input`; the toolkit's own
+the pre-trained folder's waveform normalisation: :mod:`kd.models.hf_processor`; the toolkit's own
 pre-training uses raw waveforms). ``kd eval`` scores such a folder (:mod:`kd.hf_ctc`).
 
 Greedy decoding: argmax per frame over the valid frames, repeats merged, blanks (and ``<unk>``)
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from kd.hf_ctc import CTCTranscriber, greedy_ctc_decode  # noqa: F401 (greedy_ctc_decode: re-exported)
-from kd.hf_input import InputSpec, read_input_spec, write_input_spec
+from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
 from kd.core.io import atomic_write_text, clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, folder_fingerprint, load_pooled,
                            load_speech_model, make_accelerator, make_optimizer, pool_data_dirs,
@@ -102,7 +102,7 @@ def transcribe(model: torch.nn.Module, tokenizer, dataset, *, max_batch_seconds:
     """Greedy transcripts of every utterance of ``dataset``: ``(utt, reference, hypothesis)`` in data order.
 
     ``model``: a ``*ForCTC`` model whose blank is id 0 of ``tokenizer`` (a ``CharTokenizer``);
-    ``spec``: its input convention (:mod:`kd.hf_input`).
+    ``spec``: its input convention (:mod:`kd.models.hf_processor`).
     """
     if device is not None:
         model = model.to(device)

@@ -30,7 +30,7 @@ Output folder::
     ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
     model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
                         each model folder with preprocessor_config.json: raw waveforms, or normalised
-                        per utterance under ``normalize_waveforms`` (kd.hf_input)
+                        per utterance under ``normalize_waveforms`` (kd.models.hf_processor)
     .done.json          completion marker: a re-run with the same config and data skips the stage;
                         holds the run's outcome (:func:`pretraining_outcome`: learning, at chance or
                         collapsed), also returned as the result's ``metrics`` and logged
@@ -53,7 +53,7 @@ from typing import Any, Sequence
 import torch
 
 from kd.figures import plot_pretraining_curves
-from kd.hf_input import InputSpec, normalize_waveforms, write_input_spec
+from kd.models.hf_processor import InputSpec, normalize_waveforms, write_input_spec
 from kd.core.io import MARKER_NAME, clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
                            make_accelerator, make_optimizer, read_csv_log, save_pretrained_atomic, speech_loader,
@@ -142,7 +142,7 @@ def pretraining_param_groups(model, config: SSLConfig) -> list[dict]:
 
 
 def _input_convention(config: SSLConfig):
-    """A writer of the input convention of pre-training into a model folder (:mod:`kd.hf_input`): raw
+    """A writer of the input convention of pre-training into a model folder (:mod:`kd.models.hf_processor`): raw
     waveforms, or each utterance at zero mean and unit variance (``config.normalize_waveforms``), so
     that fine-tuning and analysis feed the model what it was trained on."""
 

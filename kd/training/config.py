@@ -144,7 +144,7 @@ class TokenConfig:
 class ModelConfig:
     preset: str | None = "small"  # an AsrConfig preset: teacher, base, small, tiny
     overrides: dict[str, Any] = field(default_factory=dict)  # AsrConfig fields on top of the preset
-    init_from: str | None = None  # a run dir or a model dir (kd.model_dir): architecture and weights from it
+    init_from: str | None = None  # a run dir or a model dir (kd.models.model_dir): architecture and weights from it
     init_weights: str = "model_avg.safetensors"  # weights file inside init_from
     # parameters left as they are (ESPnet's --freeze_param): names or dotted prefixes of the model's
     # parameters, e.g. espnet.encoder.embed (the convolutional subsampling a student took from its

@@ -62,9 +62,9 @@ def pool(dirs: list):
 
 def model_config_for(config: TrainConfig, tokenizer):
     """The AsrConfig to build and, for ``model.init_from``, the weights to start from (else None)."""
-    from kd.model_dir import CONFIG_NAME as MODEL_DIR_CONFIG
-    from kd.model_dir import WEIGHTS_NAME as MODEL_DIR_WEIGHTS
-    from kd.model_dir import read_model_dir_config
+    from kd.models.model_dir import CONFIG_NAME as MODEL_DIR_CONFIG
+    from kd.models.model_dir import WEIGHTS_NAME as MODEL_DIR_WEIGHTS
+    from kd.models.model_dir import read_model_dir_config
     from kd.models.asr import AsrConfig
     from kd.training.data import load_run_tokenizer
     from kd.training.teachers import MODEL_CONFIG_FILE, check_same_tokens
@@ -74,7 +74,7 @@ def model_config_for(config: TrainConfig, tokenizer):
         return _with_overrides(AsrConfig.from_preset(m.preset, vocab_size=tokenizer.vocab_size), m.overrides), None
     run = Path(m.init_from)
     if (run / MODEL_DIR_CONFIG).is_file() and not (run / MODEL_CONFIG_FILE).is_file():
-        # a model dir (kd.model_dir), e.g. a student built from a teacher's layers
+        # a model dir (kd.models.model_dir), e.g. a student built from a teacher's layers
         meta = read_model_dir_config(run)
         check_same_tokens(tokenizer.tokens, load_run_tokenizer(run).tokens, f"model.init_from ({run})")
         return _with_overrides(AsrConfig.from_dict(meta["asr"]), m.overrides), load_weights(run / MODEL_DIR_WEIGHTS)

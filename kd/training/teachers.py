@@ -57,7 +57,7 @@ class TeacherOutput:
 def load_run_model(run_dir: str | os.PathLike, weights: str = "model_avg.safetensors"):
     """Rebuild the model a training run saved: ``(AsrModel, tokenizer)``, weights loaded.
 
-    ``run_dir`` may also be a model dir (:mod:`kd.model_dir`, e.g. a run's ``model/`` folder or a
+    ``run_dir`` may also be a model dir (:mod:`kd.models.model_dir`, e.g. a run's ``model/`` folder or a
     shipped teacher); its own weights file is read then and ``weights`` is not used.
     """
     from kd.models.asr import AsrConfig, build_asr_model
@@ -65,7 +65,7 @@ def load_run_model(run_dir: str | os.PathLike, weights: str = "model_avg.safeten
     run_dir = Path(run_dir)
     config_path = run_dir / MODEL_CONFIG_FILE
     if not config_path.is_file() and (run_dir / "model.safetensors").is_file() and (run_dir / "config.yaml").is_file():
-        from kd.model_dir import load_model_dir
+        from kd.models.model_dir import load_model_dir
 
         return load_model_dir(run_dir)
     if not config_path.is_file():

@@ -112,7 +112,7 @@ def test_token_uncertainty_scores_are_the_model_outputs(tests_corpus, tmp_path):
     from kd.data.datadir import load_data_dir
     from kd.data.text import CharTokenizer
     from kd.evidence import token_uncertainty, uncertainty_summary
-    from kd.model_dir import save_model_dir
+    from kd.models.model_dir import save_model_dir
     from kd.models.asr import AsrConfig, build_asr_model
 
     root = tests_corpus[0]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from kd.hf_input import InputSpec, normalize_waveforms, read_input_spec
+from kd.models.hf_processor import InputSpec, normalize_waveforms, read_input_spec
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
 
@@ -229,7 +229,7 @@ def test_normalising_teacher_convention_survives_distillation_and_finetuning(tes
     import dataclasses
 
     from kd.evaluate import evaluate
-    from kd.hf_input import write_input_spec
+    from kd.models.hf_processor import write_input_spec
     from kd.layer_distill import LayerDistillConfig, distill_plan
     from kd.plan import CompressionPlan
     from kd.ssl.config import CTCConfig

@@ -34,7 +34,7 @@ def test_shipped_teacher_belongs_to_the_cpu_preset(domain, tmp_path):
     provenance = json.loads((SHIPPED / domain / PROVENANCE).read_text())
     assert provenance["fingerprint"]["config"] == settings_digest(_preset_teacher(domain, tmp_path).to_dict())
     assert "--ship-teachers" in provenance["command"]
-    from kd.model_dir import load_model_dir
+    from kd.models.model_dir import load_model_dir
 
     model, tokenizer = load_model_dir(SHIPPED / domain)  # a complete, loadable model dir
     assert model.config.encoder_layers == 6 and tokenizer.vocab_size == model.config.vocab_size

@@ -134,7 +134,7 @@ def test_bad_plans_are_refused():
 
 def test_training_starts_from_a_student_model_dir(tests_corpus, tmp_path):
     from kd.data.text import CharTokenizer
-    from kd.model_dir import save_model_dir
+    from kd.models.model_dir import save_model_dir
     from kd.train import train
     from kd.training.checkpoint import load_weights
     from kd.training.config import TrainConfig
@@ -166,7 +166,7 @@ def test_training_starts_from_a_student_model_dir(tests_corpus, tmp_path):
 def test_kd_compress_and_kd_compare_on_asr_model_dirs(tests_corpus, tmp_path, capsys):
     from kd.cli import main
     from kd.data.text import CharTokenizer
-    from kd.model_dir import load_model_dir, save_model_dir
+    from kd.models.model_dir import load_model_dir, save_model_dir
 
     corpus = tests_corpus[0]
     tokenizer = CharTokenizer.from_texts(["abcdefghijklmnopqrstuvwxyz '"])

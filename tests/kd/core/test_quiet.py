@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
 
     from kd.cli import main
     from kd.data.text import CharTokenizer
-    from kd.model_dir import save_model_dir
+    from kd.models.model_dir import save_model_dir
     from kd.models.asr import AsrConfig, build_asr_model
 
     out = Path(sys.argv[1])

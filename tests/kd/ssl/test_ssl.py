@@ -454,7 +454,7 @@ def test_pretraining_records_and_applies_its_input_convention(pretrained, tests_
     """Raw waveforms by default; with normalize_waveforms every utterance reaches the model at zero
     mean and unit variance over its valid samples, and the saved folders say so."""
     import kd.ssl.pretrain as P
-    from kd.hf_input import read_input_spec
+    from kd.models.hf_processor import read_input_spec
 
     result, data = pretrained
     assert not read_input_spec(result.model_dir).normalize

@@ -153,10 +153,10 @@ def _verify(conf: dict[str, Any], state: dict[str, torch.Tensor], config_path: P
 
 
 def export_espnet(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, verify: bool = True) -> Path:
-    """Write the model of ``model_dir`` (see :mod:`kd.model_dir`) as an ESPnet model folder.
+    """Write the model of ``model_dir`` (see :mod:`kd.models.model_dir`) as an ESPnet model folder.
 
     Args:
-        model_dir: a model directory written by :func:`kd.model_dir.save_model_dir`.
+        model_dir: a model directory written by :func:`kd.models.model_dir.save_model_dir`.
         out_dir: the ESPnet model folder to write (created if needed).
         verify: rebuild the model from the written config with ESPnet's ``ASRTask`` and
             check that every exported tensor loads (ESPnet itself loads non-strictly).
@@ -165,7 +165,7 @@ def export_espnet(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, v
         The path of the written ``config.yaml``.
     """
     from kd.data.text import SentencePieceTokenizer
-    from kd.model_dir import load_model_dir
+    from kd.models.model_dir import load_model_dir
 
     model, tokenizer = load_model_dir(model_dir, device="cpu")
     out_dir = Path(out_dir)

@@ -13,8 +13,8 @@ from kd.data.datadir import load_data_dir
 from kd.data.text import normalize_text
 from kd.decode import DecodeConfig, decode, decode_ids
 from kd.evaluate import evaluate
-from kd.export_espnet import espnet_config, export_espnet
-from kd.model_dir import load_model_dir
+from kd.models.export_espnet import espnet_config, export_espnet
+from kd.models.model_dir import load_model_dir
 from kd.testing import make_model_dir
 
 # not the defaults, so that a setting the export forgot to carry over changes shapes or outputs
@@ -120,7 +120,7 @@ def test_kd_eval_hypotheses_equal_speech2text(exported, tests_corpus, tmp_path):
 
 
 def test_export_refuses_weights_the_espnet_model_does_not_take(exported):
-    from kd.export_espnet import _verify
+    from kd.models.export_espnet import _verify
 
     model_dir, config_path = exported
     model, tokenizer = load_model_dir(model_dir)
@@ -135,7 +135,7 @@ def test_a_student_with_shared_layers_exports_with_every_layer_filled(exported, 
     from espnet2.bin.asr_inference import Speech2Text
 
     from kd.compression.asr import asr_student
-    from kd.model_dir import save_model_dir
+    from kd.models.model_dir import save_model_dir
     from kd.plan import CompressionPlan
 
     model_dir, _ = exported

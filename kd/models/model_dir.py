@@ -65,7 +65,7 @@ def save_model_dir(model: Any, tokenizer: AnyTokenizer, directory: str | os.Path
     Returns:
         The path of the written ``config.yaml``.
     """
-    from kd.training.checkpoint import weights_bytes
+    from kd.models.weights import weights_bytes
 
     directory = Path(directory)
     tokens = list(tokenizer.tokens)
@@ -86,7 +86,7 @@ def save_model_dir(model: Any, tokenizer: AnyTokenizer, directory: str | os.Path
     config_path = directory / CONFIG_NAME
     if config_path.exists():  # the folder is "not a model" until the new config lands
         config_path.unlink()
-    # tied (shared) weights are stored once and come back tied (kd.training.checkpoint.load_weights)
+    # tied (shared) weights are stored once and come back tied (kd.models.weights.load_weights)
     atomic_write_bytes(directory / WEIGHTS_NAME, weights_bytes(model.state_dict(), metadata={"format": FORMAT}))
     atomic_write_text(directory / TOKENS_NAME, "".join(t + "\n" for t in tokens))
     if bpemodel is not None:
@@ -157,7 +157,7 @@ def load_model_dir(directory: str | os.PathLike, *, device: str = "cpu") -> tupl
     shapes differ from the model's.
     """
     from kd.models.asr import AsrConfig, build_asr_model
-    from kd.training.checkpoint import load_weights
+    from kd.models.weights import load_weights
 
     directory = Path(directory)
     meta = read_model_dir_config(directory)
