@@ -252,7 +252,7 @@ class AnalysisReport:
         iv = self.curve_intervals(key)
         tied = self.tied_layers(key)
         if tied is None or iv["best"] in vacuous or values[iv["best"]] is None:
-            # the earliest layer among equal values, as kd.summary.peak_layers picks it
+            # the earliest layer among equal values, as kd.analyze.summary.peak_layers picks it
             value, index = max((v, -i) for i, v in enumerate(values) if v is not None)
             return (f"- Highest layer for {label}: {-index} ({value:.3f}; no bootstrap interval, so no layer is called "
                     f"best); last layer: {last_text}.")

@@ -69,7 +69,7 @@ class AsrCompressSetup:
     decoder_keep: tuple[int, ...]  # the teacher's decoder layers every student keeps
     seeds: tuple[int, ...]  # the students' training seeds (one teacher: the teacher's seed is 0)
     decode: Mapping[str, Any]  # the headline decoding (a DecodeConfig section); GREEDY is the other
-    analysis: Any  # kd.analyze.AnalyzeConfig of the teacher's analysis
+    analysis: Any  # kd.analyze.layerwise.AnalyzeConfig of the teacher's analysis
     speed: Mapping[str, Any]  # encoder_latency's batch_sizes, seconds, repeats
     device: str = "cpu"
     shipped: Path | None = None  # the shipped teacher's folder (kd.shipped); None: trained here
@@ -80,7 +80,7 @@ class AsrCompressSetup:
         """Parse a preset of ``recipes/asr_compress/config.yaml`` and build every run's settings, so that a
         bad value stops the recipe before its first stage (``section(key)`` is entered while the section
         ``key`` is parsed, as in :class:`kd.multidomain_stages.MultidomainSetup`)."""
-        from kd.analyze import AnalyzeConfig
+        from kd.analyze.layerwise import AnalyzeConfig
         from kd.decode import DecodeConfig
 
         device = cfg.get("device", "cpu")
@@ -217,7 +217,7 @@ def analyse_teacher(setup: AsrCompressSetup) -> dict[str, Any]:
     import numpy as np
 
     from analysis.report import AnalysisReport
-    from kd.analyze import analyze_model_dir
+    from kd.analyze.layerwise import analyze_model_dir
 
     folder = setup.out / "analysis" / "teacher"
     analyze_model_dir(setup.teacher_run / "model", setup.data("dev"), folder, setup.analysis)

@@ -110,7 +110,7 @@ def bench_analyze(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out
                   device: str = "cpu", max_utterances: int | None = 200, out_json: str | os.PathLike | None = None,
                   out_md: str | os.PathLike | None = None, command: str | None = None) -> dict:
     """``kd analyze`` end to end on a model: seconds of audio analysed per second, and where the time goes."""
-    from kd.analyze import AnalyzeConfig, analyze_model_dir
+    from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 
     start = time.perf_counter()
     report = analyze_model_dir(model_dir, data_dir, out_dir, AnalyzeConfig(device=device,

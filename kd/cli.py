@@ -47,7 +47,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from kd.analyze import AnalyzeConfig, analyze_model_dir
+    from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 
     config = AnalyzeConfig(max_utterances=args.max_utterances, device=_device(args.device), seed=args.seed,
                            attention=not args.no_attention, frames_per_utterance=args.frames_per_utterance,
@@ -94,7 +94,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from kd.compare import compare_models, save_comparison
+    from kd.analyze.compare import compare_models, save_comparison
 
     result = compare_models(args.models, args.reference, args.data, max_utterances=args.max_utterances,
                             device=_device(args.device), seed=args.seed, progress=True)

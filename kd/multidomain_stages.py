@@ -30,7 +30,7 @@ from kd.experiment import Condition, StudentSize, check_pairs, merge_sections, s
 from kd.multidomain import GREEDY, Claim, check_results, claims_table, evaluate_model, results_markdown
 
 if TYPE_CHECKING:
-    from kd.analyze import AnalyzeConfig
+    from kd.analyze.layerwise import AnalyzeConfig
     from kd.training.config import TrainConfig
 
 __all__ = ["MultidomainSetup", "analyse_teachers", "build_students", "distil_students", "evaluate_students",
@@ -80,7 +80,7 @@ class MultidomainSetup:
                 recipe passes :func:`kd.stages.preset_section` to turn an error into a command-line
                 error that names the section.
         """
-        from kd.analyze import AnalyzeConfig
+        from kd.analyze.layerwise import AnalyzeConfig
         from kd.decode import DecodeConfig
 
         domains, target, device = tuple(cfg["teacher_domains"]), cfg["target_domain"], cfg.get("device", "cpu")
@@ -269,7 +269,7 @@ def evaluate_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
 
 def analyse_teachers(setup: MultidomainSetup) -> dict[str, Any]:
     """Stage ``analysis``: ``kd analyze`` of each teacher on its own dev set."""
-    from kd.analyze import analyze_model_dir
+    from kd.analyze.layerwise import analyze_model_dir
 
     for seed in setup.seeds:
         for d in setup.domains:

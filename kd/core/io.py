@@ -9,6 +9,7 @@ skips a stage whose marker matches its configuration and redoes anything else.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -133,3 +134,11 @@ def file_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "") -> 
             yield path
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_csv_log(path: str | os.PathLike) -> list[dict[str, float]]:
+    """A CSV log (a header row, then one row of numbers per update, as :class:`kd.ssl.common.CsvLog`
+    writes it), numbers as floats, empty cells as NaN."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(f)]

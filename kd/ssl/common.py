@@ -142,13 +142,6 @@ class CsvLog:
                              for c in self.columns])
 
 
-def read_csv_log(path: str | os.PathLike) -> list[dict[str, float]]:
-    """A log written by :class:`CsvLog`, numbers as floats."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
 # ---- checkpoints ----------------------------------------------------------------------------
 def _fsync_tree(path: Path) -> None:
     for p in sorted(path.rglob("*")):

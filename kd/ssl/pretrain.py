@@ -26,7 +26,7 @@ Output folder::
                         random each frame's drawn code is), neighbour_codes and neighbour_codes_chance
                         (:func:`neighbour_codes`: whether the codes carry structure in time),
                         temperature, lr, grad_norm, masked_frames, utterances, seconds
-    curves.png          the learning curves (:func:`kd.figures.plot_pretraining_curves`)
+    curves.png          the learning curves (:func:`kd.analyze.figures.plot_pretraining_curves`)
     ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
     model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
                         each model folder with preprocessor_config.json: raw waveforms, or normalised
@@ -52,12 +52,11 @@ from typing import Any, Sequence
 
 import torch
 
-from kd.figures import plot_pretraining_curves
+from kd.analyze.figures import plot_pretraining_curves
+from kd.core.io import MARKER_NAME, clear_done, is_done, mark_done, read_csv_log, write_json
 from kd.models.hf_processor import InputSpec, normalize_waveforms, write_input_spec
-from kd.core.io import MARKER_NAME, clear_done, is_done, mark_done, write_json
 from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
-                           make_accelerator, make_optimizer, read_csv_log, save_pretrained_atomic, speech_loader,
-                           train_loop)
+                           make_accelerator, make_optimizer, save_pretrained_atomic, speech_loader, train_loop)
 from kd.ssl.config import SSLConfig
 
 __all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",

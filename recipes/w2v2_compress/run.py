@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from kd.analyze import AnalyzeConfig, analyze_model_dir
+from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 from kd.bench_speed import bench_speed
 from kd.corpus.synth import build_corpus
 from kd.experiment import merge_sections

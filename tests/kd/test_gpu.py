@@ -32,7 +32,7 @@ def test_mixed_precision_runs_train_on_cuda(tests_corpus, tmp_path, precision):
 
 
 def test_analyze_on_cuda_matches_cpu(tests_corpus, tmp_path):
-    from kd.analyze import AnalyzeConfig, analyze_model_dir
+    from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
     from kd.testing import tiny_w2v2
 
     root, _ = tests_corpus

@@ -118,7 +118,7 @@ def test_heads_follow_the_layer_map():
 def test_distill_layers_lowers_the_loss_and_saves_a_student(tests_corpus, tmp_path):
     from kd.compression import load_student
     from kd.layer_distill import distill_layers
-    from kd.ssl.common import read_csv_log
+    from kd.core.io import read_csv_log
 
     root, _ = tests_corpus
     data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)  # one batch: the same every step
@@ -174,7 +174,7 @@ def test_config_round_trip_and_errors():
 def test_cli_distills_a_student_built_by_the_plan(tests_corpus, tmp_path, capsys):
     from kd.cli import main
     from kd.compression import load_student
-    from kd.ssl.common import read_csv_log
+    from kd.core.io import read_csv_log
 
     root, _ = tests_corpus
     data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from kd.ssl.common import list_checkpoints, read_csv_log, write_folder_atomic
+from kd.core.io import read_csv_log
+from kd.ssl.common import list_checkpoints, write_folder_atomic
 from kd.ssl.config import CTCConfig, OptimSettings, SSLConfig
 
 
@@ -399,7 +400,7 @@ def test_pretraining_outcome_tells_learning_from_chance_and_collapse(tmp_path):
 
 
 def test_moving_average_skips_non_finite_values():
-    from kd.figures import _moving_average
+    from kd.analyze.figures import _moving_average
 
     assert _moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     smoothed = _moving_average([1.0, float("nan"), float("nan"), 3.0, 5.0], 2)
@@ -407,7 +408,7 @@ def test_moving_average_skips_non_finite_values():
 
 
 def test_pretraining_curves_need_the_logged_columns(tmp_path):
-    from kd.figures import plot_pretraining_curves
+    from kd.analyze.figures import plot_pretraining_curves
 
     empty = tmp_path / "empty.csv"
     empty.write_text("step,contrastive,perplexity,temperature\n")

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("espnet2")
 
-from kd.compare import compare_models, pair_frames, save_comparison  # noqa: E402
+from kd.analyze.compare import compare_models, pair_frames, save_comparison  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 

@@ -11,7 +11,7 @@ import torch
 
 from analysis.capture import HFSpeechEncoder, iter_activations
 from analysis.report import AnalysisReport
-from kd.analyze import AnalyzeConfig, analyze_model_dir
+from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 from kd.cli import main
 from kd.testing import tiny_w2v2
 
@@ -43,7 +43,7 @@ def test_group_norm_models_run_one_by_one():
 
 
 def test_espnet_capture_shapes():
-    from kd.capture import EspnetEncoderCapture
+    from kd.analyze.espnet_capture import EspnetEncoderCapture
     from kd.models.asr import AsrConfig, build_asr_model
 
     cap = EspnetEncoderCapture(build_asr_model(AsrConfig.tiny(vocab_size=30)))
@@ -203,7 +203,7 @@ def test_per_layer_figures_draw_every_interval_as_a_band(tmp_path):
 
 
 def test_report_warns_when_the_data_dir_trained_the_model(tmp_path):
-    from kd.analyze import run_training_data
+    from kd.analyze.layerwise import run_training_data
 
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
@@ -220,7 +220,7 @@ def test_report_warns_when_the_data_dir_trained_the_model(tmp_path):
 
 
 def test_peak_layer_summary_gives_the_paired_interval(tmp_path):
-    from kd.summary import peak_layers_markdown
+    from kd.analyze.summary import peak_layers_markdown
 
     for name, low in (("a", 0.05), ("b", -0.01)):
         phone = _intervals([0.35, 0.54, 0.45], [0.30, 0.50, 0.40], [0.40, 0.58, 0.50], [0.1, 0.0, 0.05])
@@ -292,7 +292,7 @@ def test_plan_and_compress_from_report(tests_corpus, tmp_path):
 
 def test_nan_activations_are_an_error_naming_the_utterance(tests_corpus):
     from analysis.capture import LayerOutputs
-    from kd.analyze import analyze
+    from kd.analyze.layerwise import analyze
     from kd.data import load_data_dir, read_alignments
 
     class Broken:
@@ -313,7 +313,7 @@ def test_nan_activations_are_an_error_naming_the_utterance(tests_corpus):
 
 def test_protocol_model_without_attention_is_reported_as_skipped(tests_corpus):
     from analysis.capture import LayerOutputs
-    from kd.analyze import analyze
+    from kd.analyze.layerwise import analyze
     from kd.data import load_data_dir
 
     class Plain:
@@ -342,7 +342,7 @@ def test_report_summary_names_the_earliest_of_equally_good_layers():
 
 
 def test_vacuous_mi_bounds_are_labelled_not_reported_as_findings(tmp_path):
-    from kd.summary import peak_layers_markdown
+    from kd.analyze.summary import peak_layers_markdown
 
     report = AnalysisReport(model="m", data="d", num_utterances=100, num_frames=10, frame_rate=50.0, num_layers=3,
                             per_layer={"mi_cluster_bits": [0.0, 0.4, -0.2],
@@ -369,7 +369,7 @@ def test_vacuous_mi_bounds_are_labelled_not_reported_as_findings(tmp_path):
 
 
 def test_probe_depth_is_an_analyze_option(monkeypatch, tmp_path):
-    import kd.analyze
+    import kd.analyze.layerwise
 
     seen = {}
 
@@ -377,7 +377,7 @@ def test_probe_depth_is_an_analyze_option(monkeypatch, tmp_path):
         seen["config"] = config
         return AnalysisReport(model="m", data="d", num_utterances=1, num_frames=1, frame_rate=50.0, num_layers=1)
 
-    monkeypatch.setattr(kd.analyze, "analyze_model_dir", fake_analyze_model_dir)
+    monkeypatch.setattr(kd.analyze.layerwise, "analyze_model_dir", fake_analyze_model_dir)
     for kind in ("linear", "mlp1", "mlp2"):
         assert main(["analyze", "m", "--data", "d", "--out", str(tmp_path), "--device", "cpu",
                      "--probe-kind", kind, "--mi-pairs", "2"]) == 0

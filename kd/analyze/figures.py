@@ -90,7 +90,7 @@ def plot_pretraining_curves(log_csv: str | os.PathLike, out_path: str | os.PathL
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kd.ssl.common import read_csv_log
+    from kd.core.io import read_csv_log
 
     rows = read_csv_log(log_csv)
     if not rows:

@@ -82,7 +82,7 @@ def compare_models(models: Sequence[str | os.PathLike], reference: str | os.Path
 
     from analysis.capture import iter_activations
     from analysis.streaming import LayerMoments, pairwise_linear_cka
-    from kd.analyze import load_layerwise_model, sample_utterances
+    from kd.analyze.layerwise import load_layerwise_model, sample_utterances
     from kd.data import load_data_dir
     from kd.data.batching import AudioDataset, bucket_batches, collate
 
@@ -138,7 +138,7 @@ def compare_models(models: Sequence[str | os.PathLike], reference: str | os.Path
 def save_comparison(comparison: ModelComparison, out_dir: str | os.PathLike, *, labels: Sequence[str] | None = None,
                     title: str = "") -> list[Path]:
     """``comparison.json`` and a PNG of the same-layer CKA curves (one line per model)."""
-    from kd.figures import plot_layer_curves
+    from kd.analyze.figures import plot_layer_curves
     from kd.core.io import write_json
 
     out = Path(out_dir)

@@ -107,13 +107,13 @@ def load_layerwise_model(model_dir: str | os.PathLike, device: str = "cpu"):
 
         return load_hf_encoder(str(model_dir), device=device)
     if (model_dir / "model_config.yaml").is_file():  # a kd train run dir: its averaged model
-        from kd.capture import EspnetEncoderCapture
+        from kd.analyze.espnet_capture import EspnetEncoderCapture
         from kd.training.teachers import load_run_model
 
         model, _ = load_run_model(model_dir)
         return EspnetEncoderCapture(model.to(device))
     if (model_dir / "config.yaml").is_file():
-        from kd.capture import EspnetEncoderCapture
+        from kd.analyze.espnet_capture import EspnetEncoderCapture
         from kd.models.model_dir import load_model_dir
 
         model, _ = load_model_dir(model_dir)
