@@ -14,11 +14,11 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first access)
 _LAZY = {
     "CompressionPlan": "kd.plan",
-    "first_k": "kd.planners",
-    "every_k": "kd.planners",
-    "linspace": "kd.planners",
-    "plan_from_similarity": "kd.planners",
-    "stand_in_dissimilarity": "kd.planners",
+    "first_k": "kd.plan.planners",
+    "every_k": "kd.plan.planners",
+    "linspace": "kd.plan.planners",
+    "plan_from_similarity": "kd.plan.planners",
+    "stand_in_dissimilarity": "kd.plan.planners",
     "compress": "kd.compression",
     "asr_student": "kd.compression.asr",
     "apply_structure": "kd.compression",

@@ -6,7 +6,7 @@ shipped teacher when it was trained on exactly this data and config (:mod:`kd.sh
 on its dev set (``kd analyze``: linear CKA between its layers, among the rest). At each budget of
 ``k`` encoder layers:
 
-- ``analysis``: the analysis-driven plan (:func:`kd.planners.plan_from_similarity`: one layer per
+- ``analysis``: the analysis-driven plan (:func:`kd.plan.planners.plan_from_similarity`: one layer per
   block of similar layers);
 - ``first-k``, ``every-k``, ``linspace``: the heuristics;
 - ``shared``: every layer kept, its blocks sharing weights (Audio ALBERT): the teacher's depth with
@@ -230,7 +230,7 @@ def analyse_teacher(setup: AsrCompressSetup) -> dict[str, Any]:
 
 def _plan(setup: AsrCompressSetup, name: str, report: Path, layers: int) -> Any:
     from kd.plan import CompressionPlan
-    from kd.plan_cli import PlanMethod, plan_from_report
+    from kd.plan.from_report import PlanMethod, plan_from_report
 
     if name == UNSHARED:
         return CompressionPlan(keep_layers=list(range(layers)), num_teacher_layers=layers)

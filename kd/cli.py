@@ -59,14 +59,14 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from kd.plan_cli import PlanMethod, plan_from_report
+    from kd.plan.from_report import PlanMethod, plan_from_report
 
     budget = args.budget
     if (budget is None) == (args.budget_ms is None):
         raise SystemExit("kd plan: give exactly one of --budget (layers) and --budget-ms (with --latency)")
     if args.budget_ms is not None:
         from analysis.report import AnalysisReport
-        from kd.planners import layers_for_latency_budget
+        from kd.plan.planners import layers_for_latency_budget
 
         measured = []
         for item in args.latency or []:
@@ -86,7 +86,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from kd.plan_cli import compress_model_dir
+    from kd.compression.apply import compress_model_dir
 
     out = compress_model_dir(args.model_dir, args.plan, args.out, decoder_plan_path=args.decoder_plan)
     print(f"student saved to {out}")

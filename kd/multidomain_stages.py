@@ -284,7 +284,7 @@ def build_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any]) -> 
     from kd.compression.asr import asr_student
     from kd.models.model_dir import load_model_dir, save_model_dir
     from kd.plan import CompressionPlan
-    from kd.plan_cli import plan_from_report
+    from kd.plan.from_report import plan_from_report
 
     built = {}
     for seed in setup.seeds:

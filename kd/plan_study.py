@@ -30,7 +30,7 @@ def equal_budget_plans(report: str | os.PathLike, budget_layers: int,
     attention reused where the attention JSD to an earlier layer is below ``reuse_threshold``."""
     import json
 
-    from kd.plan_cli import PlanMethod, plan_from_report
+    from kd.plan.from_report import PlanMethod, plan_from_report
 
     num_layers = json.loads(Path(report).read_text(encoding="utf-8"))["num_layers"] - 1
     k = budget_layers
@@ -93,7 +93,7 @@ def plan_study_table(teacher_eval: Mapping[str, Mapping[str, float]],
         budget_layers: the plans' budget (the table's title).
         domain: the test set's domain (a column name).
     """
-    from kd.planners import stand_in_dissimilarity
+    from kd.plan.planners import stand_in_dissimilarity
 
     plan_names = list(PLAN_NAMES)
     batch_sizes = sorted({r["batch_size"] for r in speed})

@@ -12,6 +12,9 @@ Model families are handled by adapters chosen by ``isinstance`` on the model. Th
 each supported class by module and class name so that this package imports neither transformers
 nor ESPnet: a class is resolved only if its module is already imported, which it must be when a
 model of that class exists.
+
+Saving and loading students is :mod:`kd.compression.io`; ``kd compress`` (a plan applied to a model
+folder on disk) is :mod:`kd.compression.apply`.
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def test_raw_input_differs_from_normalised_input(tests_corpus, tmp_path):
 def test_compressed_hub_student_keeps_the_processor_and_every_layer_reproduces(tests_corpus, tmp_path):
     from kd.evaluate import evaluate
     from kd.plan import CompressionPlan
-    from kd.plan_cli import compress_model_dir
+    from kd.compression.apply import compress_model_dir
 
     root, _ = tests_corpus
     folder = _hub_ctc_folder(tmp_path / "hub")

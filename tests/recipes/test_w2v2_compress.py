@@ -27,7 +27,7 @@ def test_plans_students_and_table(tmp_path, capsys, load_recipe):
     assert plans["first-k"]["keep_layers"] == [0, 1] and plans["linspace"]["keep_layers"] == [0, 2]
     assert len(plans["analysis"]["keep_layers"]) == 2
     assert len(plans["analysis-shared"]["keep_layers"]) == 3  # depth kept, 2 weight sets
-    # the pruning plans scored on the teacher's CKA (kd.planners.stand_in_dissimilarity, tested there)
+    # the pruning plans scored on the teacher's CKA (kd.plan.planners.stand_in_dissimilarity, tested there)
     stand_in = results["stand_in_dissimilarity"]
     assert sorted(stand_in) == ["analysis", "every-k", "first-k", "linspace"]
     assert all(0.0 <= s["mean"] <= s["max"] <= 2.0 for s in stand_in.values())

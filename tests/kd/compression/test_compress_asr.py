@@ -194,7 +194,7 @@ def test_kd_compress_and_kd_compare_on_asr_model_dirs(tests_corpus, tmp_path, ca
                  "--device", "cpu"]) == 0
     assert "same-layer CKA 1.000 1.000" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--decoder-plan: only for kd ASR model dirs"):
-        from kd.plan_cli import compress_model_dir
+        from kd.compression.apply import compress_model_dir
 
         (tmp_path / "hf").mkdir()
         (tmp_path / "hf/config.json").write_text("{}")

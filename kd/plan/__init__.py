@@ -1,5 +1,9 @@
 """Compression plans: which teacher layers a student keeps, shares and reuses attention from.
 
+The plan stage, between analysis and compression: this module holds :class:`CompressionPlan`;
+:mod:`kd.plan.planners` makes plans from a budget (and layer similarities), :mod:`kd.plan.from_report`
+from a ``kd analyze`` report (``kd plan``). Plain Python: importing the package loads no torch.
+
 A :class:`CompressionPlan` is a small, versioned, validated value object that travels between
 stages as JSON (``kd plan`` writes it, ``kd compress`` and layer-to-layer distillation read it).
 

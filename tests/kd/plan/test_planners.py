@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from kd import planners
+from kd.plan import planners
 from kd.plan import CompressionPlan
 
 
@@ -151,7 +151,7 @@ def test_planners_are_deterministic_and_accept_tensors():
 
 
 def test_latency_budget_fits_a_line_through_measured_depths():
-    from kd.planners import layers_for_latency_budget
+    from kd.plan.planners import layers_for_latency_budget
 
     # fixed 10 ms + 5 ms per layer
     measured = [(12, 70.0), (6, 40.0), (3, 25.0)]
