@@ -27,8 +27,8 @@ _LAZY = {
     "load_student": "kd.compression",
     "AsrConfig": "kd.models.asr",
     "build_asr_model": "kd.models.asr",
-    "KDLossConfig": "kd.losses",
-    "kd_loss": "kd.losses",
+    "KDLossConfig": "kd.training.losses",
+    "kd_loss": "kd.training.losses",
     "load_data_dir": "kd.data",
     "normalize_text": "kd.data",
     "build_corpus": "kd.corpus.synth",
@@ -38,9 +38,9 @@ _LAZY = {
     "save_model_dir": "kd.models.model_dir",
     "load_model_dir": "kd.models.model_dir",
     "export_espnet": "kd.models.export_espnet",
-    "train_from_yaml": "kd.train",  # the module kd.train holds train() and distill()
-    "distill_from_yaml": "kd.train",
-    "TrainResult": "kd.train",
+    "train_from_yaml": "kd.training.loop",  # train() and distill() are in kd.training.loop too
+    "distill_from_yaml": "kd.training.loop",
+    "TrainResult": "kd.training.loop",
     "TrainConfig": "kd.training.config",
 }
 

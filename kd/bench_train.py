@@ -7,11 +7,11 @@ One run, one model, one sequence of micro-batches, measured in turn by:
     matmuls, no compilation, ``torch.optim.Adam`` (multi-tensor), gradient clipping, and the
     per-step ``.item()`` reads of the loss and gradient norm that its reporter does.
 ``kd_train``
-    :func:`kd.train.train` itself with the bench's ``mixed_precision`` (bf16 on CUDA by
+    :func:`kd.training.loop.train` itself with the bench's ``mixed_precision`` (bf16 on CUDA by
     default), TF32 and the fused Adam (CUDA), and no host-device synchronisation inside a
     logging window.
 ``kd_distill_online`` / ``kd_distill_cached`` (with ``--teacher``)
-    :func:`kd.train.train` distilling from a teacher run, its outputs computed on every batch
+    :func:`kd.training.loop.train` distilling from a teacher run, its outputs computed on every batch
     or read from the disk cache. The one-off time to fill the cache is reported separately.
 
 Throughput is seconds of training audio per wall second over the steps after a warm-up window
@@ -119,7 +119,7 @@ class _TrainingData:
 
 
 def _training_data(config, run_dir: Path) -> _TrainingData:
-    """The data, batches and model :func:`kd.train.train` built for ``run_dir`` (read once per bench)."""
+    """The data, batches and model :func:`kd.training.loop.train` built for ``run_dir`` (read once per bench)."""
     from kd.data.batching import AudioDataset, bucket_batches
     from kd.models.asr import AsrConfig
     from kd.training.data import load_run_tokenizer
@@ -183,8 +183,8 @@ def espnet_default_loop(config, data: _TrainingData, device: torch.device) -> di
 
 
 def kd_loop(config, run_dir: Path, device: torch.device) -> dict:
-    """:func:`kd.train.train` into ``run_dir``; throughput from its log rows after the first window."""
-    from kd.train import train
+    """:func:`kd.training.loop.train` into ``run_dir``; throughput from its log rows after the first window."""
+    from kd.training.loop import train
 
     _reset_memory(device)
     result = train(config, run_dir, resume=False)

@@ -129,7 +129,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from kd.train import distill_from_yaml, train_from_yaml
+    from kd.training.loop import distill_from_yaml, train_from_yaml
 
     fn = distill_from_yaml if args.command == "distill" else train_from_yaml
     result = fn(args.config, args.out, resume=not args.no_resume)
@@ -200,7 +200,7 @@ def _distill_layers(args: argparse.Namespace) -> int:
     import dataclasses
 
     from kd.compression import count_parameters, load_student
-    from kd.layer_distill import LayerDistillConfig, distill_plan
+    from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
     from kd.ssl.config import OptimSettings
 
     config = LayerDistillConfig.from_preset(args.preset)

@@ -13,7 +13,7 @@ the domain teachers to distil from (none: no KD); ``beta`` is the share of tok-K
 term (1: tok-KD only, 0.5: tok-KD + unc-KD, or + spread-KD at ``level: frame``); ``weighting``
 combines several teachers (``fixed`` uniform, ``dev_wer`` from their dev WER on the target domain,
 ``uncertainty`` per token, ``posterior_spread`` per frame). The teachers' soft labels are
-``KDLossConfig``'s default, the paper's sampled ones (``kd.losses.SoftLabels``).
+``KDLossConfig``'s default, the paper's sampled ones (``kd.training.losses.SoftLabels``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from kd.losses import KDLevel, KDLossConfig, KDReduction, TeacherWeighting
+from kd.training.losses import KDLevel, KDLossConfig, KDReduction, TeacherWeighting
 from kd.training.config import TrainConfig, with_added_fields
 
 __all__ = ["Condition", "Init", "StudentSize", "check_pairs", "evaluate_once", "mean_std", "merge_sections",
@@ -41,14 +41,14 @@ class Init(enum.Enum):
     PLAN = "plan"
 
 
-_KD = KDLossConfig()  # the KD loss's defaults, written once (kd.losses); a condition's KD fields start there
+_KD = KDLossConfig()  # the KD loss's defaults, written once (kd.training.losses); a condition's KD fields start there
 _CONDITION_ENUMS = {"init": Init, "level": KDLevel, "weighting": TeacherWeighting, "reduction": KDReduction}
 
 
 @dataclass(frozen=True)
 class Condition:
     """One row of the benchmark: how the student starts and what it distils. The KD fields (``beta`` to
-    ``level``) are those of :class:`kd.losses.KDLossConfig`, with its defaults."""
+    ``level``) are those of :class:`kd.training.losses.KDLossConfig`, with its defaults."""
 
     name: str  # row label in the table, e.g. "tok+unc-KD (us)"
     init: Init = Init.PLAN
@@ -302,7 +302,7 @@ def evaluate_once(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.Pat
 
 
 def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
-    """``kd.train.train`` for a recipe: a run dir left by other settings is moved aside, not reused.
+    """``kd.training.loop.train`` for a recipe: a run dir left by other settings is moved aside, not reused.
 
     A recipe re-run with changed settings (for example teacher weights from new dev error rates)
     would otherwise meet a run dir that ``train`` refuses to resume. The old run is renamed to
@@ -312,7 +312,7 @@ def train_run(config: TrainConfig, out_dir: str | os.PathLike, *, log=print):
     import yaml
 
     from kd.core.io import config_digest, load_yaml
-    from kd.train import train
+    from kd.training.loop import train
 
     out = Path(out_dir)
     old_config = out / "config.yaml"

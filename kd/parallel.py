@@ -15,7 +15,7 @@ another with all the threads (measured: docs/measurements.md). On a GPU, one run
   written atomically either way), and :class:`JobError` names the job, with the worker's error
   as its cause.
 - Workers die with this process (Linux: ``PR_SET_PDEATHSIG``), so a killed recipe leaves no
-  worker writing into a run dir that its re-run resumes; ``kd.train`` also locks each run dir.
+  worker writing into a run dir that its re-run resumes; ``kd.training.loop`` also locks each run dir.
 
 Functions and arguments must be picklable (module-level functions, configs, paths).
 """

@@ -1,4 +1,6 @@
-"""A self-supervised wav2vec 2.0 teacher: pre-training on unlabelled audio, then CTC fine-tuning.
+"""The wav2vec 2.0 family: a self-supervised teacher (pre-training on unlabelled audio, then CTC
+fine-tuning) and the layer-to-layer distillation of its compressed students (``kd distill-layers``,
+:mod:`kd.ssl.layer_distill`), on one loop of their own (:mod:`kd.ssl.common`).
 
 ``pretrain(config, data_dirs, out_dir)`` and ``finetune_ctc(pretrained_dir, data_dirs, out_dir,
 config)`` are stages that hand over Hugging Face folders and skip themselves when finished.

@@ -1,4 +1,8 @@
-"""Training and distillation machinery behind :mod:`kd.train`: config, data order, checkpoints, teachers.
+"""Training and distillation of the hybrid CTC/attention ASR models (``kd train``, ``kd distill``).
+
+:mod:`kd.training.loop` is the one training loop (``train``, ``distill``; ``python -m kd.training.loop``);
+around it: its config, the KD losses (:mod:`kd.training.losses`), data order, steps, checkpoints,
+schedules, frozen teachers and logs.
 
 Names are imported on first use so that importing `kd.training` stays cheap.
 """

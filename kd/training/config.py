@@ -25,7 +25,7 @@ import yaml
 
 from kd.data.augment import AugmentConfig
 from kd.core.io import load_yaml
-from kd.losses import KDLossConfig
+from kd.training.losses import KDLossConfig
 
 __all__ = [
     "CheckpointConfig",

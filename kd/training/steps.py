@@ -22,7 +22,7 @@ def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: 
                      token_lengths: list[int] | None = None):
     """The scalar training loss of one micro-batch and its detached parts.
 
-    Without kd: the model's hybrid loss. With kd: ``kd.losses.kd_loss`` with that loss as the
+    Without kd: the model's hybrid loss. With kd: ``kd.training.losses.kd_loss`` with that loss as the
     NLL term and the teachers' outputs, online (``teachers``) or from the ``cache``. The noise of
     sampled soft labels comes from ``noise`` after the student's own draws: the run's generator,
     saved in checkpoints, so cached and online teachers, and resumed runs, see the same draws.
@@ -32,7 +32,7 @@ def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: 
     for the accelerator. ``token_lengths``: the batch's transcript lengths as host integers (the
     cache checks its rows against them without reading the device).
     """
-    from kd.losses import kd_loss
+    from kd.training.losses import kd_loss
     from kd.training.teachers import teacher_forward
 
     out = model(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths, generator=noise, check=False)

@@ -12,7 +12,7 @@ writing process, and the completion marker of :mod:`kd.core.io` over everything 
 numbers (teacher weights, utterances, batching, dtype).
 
 The cache holds the teachers' mean logits and variances, not draws: the sampled soft labels
-(``kd.losses.SoftLabels.SAMPLED``) are drawn from them at loss time with the run's noise generator,
+(``kd.training.losses.SoftLabels.SAMPLED``) are drawn from them at loss time with the run's noise generator,
 cached or online alike. One cache therefore serves any ``soft_labels``, ``num_samples`` and
 temperature, and the draws resume with the generator's state in each checkpoint.
 """
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from kd.core.io import atomic_write_text, file_lock, is_done, mark_done
-from kd.losses import KDLevel
+from kd.training.losses import KDLevel
 from kd.training.checkpoint import load_weights
 from kd.training.config import TeacherSpec
 from kd.training.data import load_run_tokenizer
@@ -45,7 +45,7 @@ _SHARD_UTTERANCES = 256
 
 @dataclass(frozen=True)
 class TeacherOutput:
-    """What the KD loss reads from a teacher (the fields of `kd.losses.TokenOutputs`/`FrameOutputs`)."""
+    """What the KD loss reads from a teacher (the fields of `kd.training.losses.TokenOutputs`/`FrameOutputs`)."""
 
     logits: Tensor | None  # [B, L+1, V]
     variances: Tensor | None  # [B, L+1, V]

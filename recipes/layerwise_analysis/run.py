@@ -30,7 +30,7 @@ from kd.ssl.config import SSLConfig
 from kd.ssl.pretrain import finished_config, pretrain
 from kd.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
 from kd.analyze.summary import peak_layers_markdown
-from kd.train import train
+from kd.training.loop import train
 from kd.training.config import TrainConfig
 
 HERE = Path(__file__).resolve().parent

@@ -30,7 +30,7 @@ from kd.bench_speed import bench_speed
 from kd.corpus.synth import build_corpus
 from kd.experiment import merge_sections
 from kd.core.io import atomic_write_text, write_json
-from kd.layer_distill import LayerDistillConfig, distill_plan
+from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
 from kd.parallel import Job, run_jobs
 from kd.plan_study import PLAN_NAMES, equal_budget_plans, per_seed, plan_study_table, save_plans, with_seed
 from kd.ssl.config import CTCConfig, SSLConfig

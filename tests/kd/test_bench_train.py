@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def teacher(tests_corpus, tmp_path_factory):
-    from kd.train import train
+    from kd.training.loop import train
 
     corpus = tests_corpus[0]
     run = tmp_path_factory.mktemp("bench_teacher") / "t"

@@ -44,7 +44,7 @@ def test_seed_summary_and_paired_differences_by_hand():
 def test_condition_kd_defaults_are_the_loss_configs_and_strings_become_enums():
     """One default per KD setting: a condition that omits beta distils as `kd distill` does."""
     from kd.experiment import Init
-    from kd.losses import KDLevel, KDLossConfig, KDReduction, TeacherWeighting
+    from kd.training.losses import KDLevel, KDLossConfig, KDReduction, TeacherWeighting
 
     c = Condition.from_dict({"name": "x", "teachers": ["us"], "init": "random", "weighting": "dev_wer",
                              "reduction": "sum_per_utterance"})

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_runs_train_on_cuda(tests_corpus, tmp_path, precision):
-    from kd.train import train
+    from kd.training.loop import train
     from kd.training.checkpoint import latest_checkpoint, load_optimizer_state
 
     corpus = tests_corpus[0]

@@ -230,7 +230,7 @@ def test_normalising_teacher_convention_survives_distillation_and_finetuning(tes
 
     from kd.evaluate import evaluate
     from kd.models.hf_processor import write_input_spec
-    from kd.layer_distill import LayerDistillConfig, distill_plan
+    from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
     from kd.plan import CompressionPlan
     from kd.ssl.config import CTCConfig
     from kd.ssl.finetune import finetune_ctc

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from kd.experiment import Condition, StudentSize
-from kd.losses import TeacherWeighting
+from kd.training.losses import TeacherWeighting
 from kd.multidomain import Claim, check_results
 from kd.multidomain_stages import (MultidomainSetup, publish_results, results_table, student_config, student_rows,
                                    teacher_config, teacher_means)

@@ -173,7 +173,7 @@ def test_the_whole_script_on_alnum_tests(ref, tmp_path, monkeypatch):
     3-step toolkit run of the same config (about a minute and a half on one core)."""
     from kd.corpus.synth import build_corpus
     from kd.multidomain import write_word_inventory
-    from kd.train import train
+    from kd.training.loop import train
     from kd.training.config import TrainConfig
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -135,7 +135,7 @@ def test_bad_plans_are_refused():
 def test_training_starts_from_a_student_model_dir(tests_corpus, tmp_path):
     from kd.data.text import CharTokenizer
     from kd.models.model_dir import save_model_dir
-    from kd.train import train
+    from kd.training.loop import train
     from kd.training.checkpoint import load_weights
     from kd.training.config import TrainConfig
 

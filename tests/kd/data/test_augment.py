@@ -105,7 +105,7 @@ def test_config_errors():
 
 
 def test_training_with_augmentation_resumes_exactly(tests_corpus, tmp_path):
-    from kd.train import train
+    from kd.training.loop import train
     from kd.training.checkpoint import load_weights
 
     corpus = tests_corpus[0]

@@ -148,7 +148,7 @@ def test_rng_states_round_trip():
 
 
 def test_run_resumes_from_the_newest_finished_checkpoint_and_averages_the_best(tests_corpus, tmp_path):
-    from kd.train import train
+    from kd.training.loop import train
 
     corpus = tests_corpus[0]
 
@@ -191,7 +191,7 @@ def test_run_resumes_from_the_newest_finished_checkpoint_and_averages_the_best(t
 def test_best_by_accuracy_keeps_and_averages_the_most_accurate_checkpoint(tests_corpus, tmp_path):
     from kd.data import load_data_dir, normalize_text, read_audio
     from kd.models.model_dir import load_model_dir
-    from kd.train import train
+    from kd.training.loop import train
 
     corpus = tests_corpus[0]
     config = make_config([corpus / "us/train"], dev=corpus / "us/dev", steps=5,

@@ -23,7 +23,7 @@ STEPS = 30
 
 def _run(config_path: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "kd.train", str(config_path), str(out)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "kd.training.loop", str(config_path), str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

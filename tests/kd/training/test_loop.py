@@ -36,7 +36,7 @@ def corpus(tests_corpus):
 @pytest.fixture(scope="module")
 def teachers(corpus, tmp_path_factory):
     """Two tiny teachers (different seeds and data) that share one character inventory."""
-    from kd.train import train
+    from kd.training.loop import train
 
     root = tmp_path_factory.mktemp("teachers")
     first = train(make_config([corpus / "us/train", corpus / "uk/train"], steps=3, seed=1), root / "t1")
@@ -52,7 +52,7 @@ def teachers(corpus, tmp_path_factory):
 def test_tiny_teacher_overfits_four_utterances_to_zero_wer(corpus, tmp_path):
     from kd.data import load_data_dir
     from kd.data.batching import AudioDataset, collate
-    from kd.train import train
+    from kd.training.loop import train
     from kd.training.teachers import load_run_model
 
     data = subset_dir(corpus / "us/train", tmp_path / "four", 4)
@@ -104,7 +104,7 @@ def test_schedules_follow_their_formulas():
 
 def test_resumed_run_ends_with_exactly_the_uninterrupted_weights(corpus, tmp_path):
     """Dropout, aleatoric noise, accumulation (with a short last group) and a mid-epoch stop."""
-    from kd.train import train
+    from kd.training.loop import train
 
     def config(steps):
         return make_config([corpus / "us/train"], dev=corpus / "us/dev", steps=steps, max_seconds=7.0,
@@ -151,7 +151,7 @@ def test_kd_with_one_teacher_matches_a_direct_float64_computation(corpus, teache
     from kd.data import load_data_dir
     from kd.data.batching import AudioDataset, collate
     from kd.models.asr import AsrConfig, build_asr_model
-    from kd.train import distill
+    from kd.training.loop import distill
     from kd.training.teachers import load_run_model
 
     t1, _ = teachers
@@ -191,7 +191,7 @@ def test_kd_with_one_teacher_matches_a_direct_float64_computation(corpus, teache
 
 
 def test_kd_with_two_teachers_and_the_cache_equal_to_online(corpus, teachers, tmp_path):
-    from kd.train import distill
+    from kd.training.loop import distill
 
     t1, t2 = teachers
     tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
@@ -224,7 +224,7 @@ def test_kd_with_two_teachers_and_the_cache_equal_to_online(corpus, teachers, tm
 
 def test_frame_level_kd_from_yaml_cached_equals_online(corpus, teachers, tmp_path):
     """CTC-posterior KD with per-frame posterior-spread weighting, configured through YAML files."""
-    from kd.train import distill_from_yaml
+    from kd.training.loop import distill_from_yaml
 
     t1, t2 = teachers
     tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
@@ -245,7 +245,7 @@ def test_frame_level_kd_from_yaml_cached_equals_online(corpus, teachers, tmp_pat
 
 def test_distillation_with_sampled_soft_labels_resumes_exactly(corpus, teachers, tmp_path):
     """The teachers' noise is drawn from the run's checkpointed generator: interrupted == uninterrupted."""
-    from kd.train import distill
+    from kd.training.loop import distill
 
     t1, t2 = teachers
     tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
@@ -267,7 +267,7 @@ def test_distillation_with_sampled_soft_labels_resumes_exactly(corpus, teachers,
 
 
 def test_teacher_with_another_token_inventory_is_refused(corpus, teachers, tmp_path):
-    from kd.train import distill
+    from kd.training.loop import distill
 
     t1, _ = teachers
     symbols = (t1 / "tokens.txt").read_text().splitlines()
@@ -282,7 +282,7 @@ def test_teacher_with_another_token_inventory_is_refused(corpus, teachers, tmp_p
 
 
 def test_init_from_a_run_starts_from_its_weights(corpus, teachers, tmp_path):
-    from kd.train import train
+    from kd.training.loop import train
 
     t1, _ = teachers
     tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
@@ -301,7 +301,7 @@ def test_init_from_a_run_starts_from_its_weights(corpus, teachers, tmp_path):
 def test_frozen_parameters_keep_the_teachers_values_and_the_rest_train(corpus, teachers, tmp_path):
     """model.freeze: the named module keeps its initial values bit for bit, everything else moves;
     a name that matches no parameter is refused with the model's module names."""
-    from kd.train import train
+    from kd.training.loop import train
     from kd.training.checkpoint import load_optimizer_state, latest_checkpoint
 
     t1, _ = teachers
@@ -345,7 +345,7 @@ def test_bf16_run_logs_to_tensorboard_what_it_logs_to_csv(corpus, tmp_path):
     """A bf16-autocast run (CPU) trains with finite losses; TensorBoard holds the CSV's scalars."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from kd.train import train
+    from kd.training.loop import train
 
     config = make_config([corpus / "us/train"], steps=3, optim={"mixed_precision": "bf16"},
                          logging={"every_steps": 1, "progress": False, "tensorboard": True})
@@ -429,7 +429,7 @@ def test_two_cpu_processes_train_like_one_process_with_accumulation(corpus, tmp_
     does with grad_accum=2 over the same pairs, so the weights agree up to float rounding.
     (Dropout and the aleatoric noise are off: their random draws differ between processes.)
     """
-    from kd.train import train
+    from kd.training.loop import train
 
     overrides = {"dropout_rate": 0.0, "uncertainty_head": False}
     ddp = make_config([corpus / "us/train"], dev=corpus / "us/dev", steps=2, max_seconds=5.0, overrides=overrides,
@@ -441,7 +441,7 @@ def test_two_cpu_processes_train_like_one_process_with_accumulation(corpus, tmp_
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "-m", "kd.train", str(config_path), str(tmp_path / "ddp")],
+         "-m", "kd.training.loop", str(config_path), str(tmp_path / "ddp")],
         env=env, capture_output=True, text=True, timeout=300,
     )
     elapsed = time.perf_counter() - start
@@ -472,7 +472,7 @@ def test_two_cpu_processes_resume_exactly(corpus, tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-             "-m", "kd.train", str(path), str(out)],
+             "-m", "kd.training.loop", str(path), str(out)],
             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -486,7 +486,7 @@ def test_two_cpu_processes_resume_exactly(corpus, tmp_path):
 
 def test_a_second_process_training_into_a_busy_run_dir_fails_at_once(corpus, tmp_path):
     from kd.core.io import LockedError, file_lock
-    from kd.train import RUN_LOCK, train
+    from kd.training.loop import RUN_LOCK, train
 
     config = make_config([corpus / "us/train"], steps=1)
     with file_lock(tmp_path / "run" / RUN_LOCK):  # as if another process trained into run/
@@ -501,7 +501,7 @@ def test_runs_sharing_a_teacher_cache_side_by_side_equal_the_runs_alone(corpus, 
     """Two distillation runs on two worker processes fill one cache dir once (under its lock) and
     train exactly as they do one after the other in this process."""
     from kd.parallel import Job, run_jobs
-    from kd.train import distill
+    from kd.training.loop import distill
 
     t1, t2 = teachers
     tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}

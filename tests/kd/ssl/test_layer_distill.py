@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kd.layer_distill import LayerDistillConfig, PredictionHeads, layer_distill_loss
+from kd.ssl.layer_distill import LayerDistillConfig, PredictionHeads, layer_distill_loss
 from kd.plan import CompressionPlan
 
 
@@ -117,7 +117,7 @@ def test_heads_follow_the_layer_map():
 # ---- the stage ------------------------------------------------------------------------------
 def test_distill_layers_lowers_the_loss_and_saves_a_student(tests_corpus, tmp_path):
     from kd.compression import load_student
-    from kd.layer_distill import distill_layers
+    from kd.ssl.layer_distill import distill_layers
     from kd.core.io import read_csv_log
 
     root, _ = tests_corpus
@@ -150,7 +150,7 @@ def test_distill_layers_lowers_the_loss_and_saves_a_student(tests_corpus, tmp_pa
 
 def test_distill_layers_rejects_a_student_of_the_wrong_depth(tmp_path):
     from kd.compression import compress
-    from kd.layer_distill import distill_layers
+    from kd.ssl.layer_distill import distill_layers
 
     teacher = tiny_teacher()
     student = compress(teacher, CompressionPlan(keep_layers=(0, 1, 2)))

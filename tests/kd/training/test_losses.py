@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kd.losses import (
+from kd.training.losses import (
     KDLevel,
     KDLossConfig,
     SoftLabels,
@@ -290,7 +290,7 @@ def test_kd_loss_reads_nothing_back_and_an_empty_mask_gives_zero_kd():
 
 
 def test_sum_per_utterance_reduction_puts_kd_on_the_nll_scale():
-    from kd.losses import KDReduction
+    from kd.training.losses import KDReduction
 
     s, t = make_outs(0, MASK), make_outs(1, MASK)
     mean_config = KDLossConfig(alpha=0.0, beta=0.5, soft_labels=MEAN)

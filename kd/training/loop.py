@@ -2,9 +2,9 @@
 
 ``train(config, out_dir)`` trains a model from a :class:`~kd.training.config.TrainConfig`; with
 a ``kd`` section the same loop distils it from frozen teachers with
-L = alpha * L_NLL + (1 - alpha) * L_KD (:func:`kd.losses.kd_loss`, Kim et al. 2021), where
+L = alpha * L_NLL + (1 - alpha) * L_KD (:func:`kd.training.losses.kd_loss`, Kim et al. 2021), where
 L_NLL is the student's own hybrid loss. The loop runs unchanged on one CPU, one GPU or many
-processes: ``accelerate launch --multi_gpu --num_processes N -m kd.train CONFIG OUT_DIR`` (on a
+processes: ``accelerate launch --multi_gpu --num_processes N -m kd.training.loop CONFIG OUT_DIR`` (on a
 machine without CUDA this is DDP on CPU with gloo; note that ``accelerate launch --cpu
 --num_processes N`` starts ONE process unless run under mpirun).
 
@@ -374,11 +374,11 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
     return result
 
 
-# ---------------------------------------------------------------- command line (accelerate launch -m kd.train)
+# ---------------------------------------------------------------- command line (accelerate launch -m kd.training.loop)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kd.train", description="Train or distil an ASR model.")
+    parser = argparse.ArgumentParser(prog="python -m kd.training.loop", description="Train or distil an ASR model.")
     parser.add_argument("config", help="TrainConfig YAML (a kd section makes it a distillation run)")
     parser.add_argument("out_dir", help="run dir")
     parser.add_argument("--no-resume", action="store_true", help="refuse a run dir that holds checkpoints")
