@@ -21,7 +21,7 @@ layers, so it is fine-tuned directly.) Every model is scored on the domain's tes
 (the headline) and CTC greedy decoding, and its encoder's latency is measured.
 
 Each comparison (the analysis plan against each heuristic; shared against pruned of the same parameter
-count and against unshared) is a paired interval over seeds and test utterances (:mod:`kd.evidence`)
+count and against unshared) is a paired interval over seeds and test utterances (:mod:`kd.evaluation.evidence`)
 with a verdict: which side makes fewer errors, or a tie when the interval holds 0.
 """
 
@@ -81,7 +81,7 @@ class AsrCompressSetup:
         bad value stops the recipe before its first stage (``section(key)`` is entered while the section
         ``key`` is parsed, as in :class:`kd.multidomain_stages.MultidomainSetup`)."""
         from kd.analyze.layerwise import AnalyzeConfig
-        from kd.decode import DecodeConfig
+        from kd.evaluation.decode import DecodeConfig
 
         device = cfg.get("device", "cpu")
         with section("decode"):
@@ -331,7 +331,7 @@ def measure_speed(setup: AsrCompressSetup) -> dict[str, Any]:
 def compare(a: Mapping[int, Path], b: Mapping[int, Path], *, metric: str, resamples: int = 2000) -> dict[str, Any]:
     """The paired interval of rate(a) - rate(b) (eval folders per seed) and its verdict: ``"a"`` or ``"b"``
     (whose error rate is lower) when the 95% interval excludes 0, else :data:`TIE`."""
-    from kd.evidence import paired_interval, read_utterance_errors
+    from kd.evaluation.evidence import paired_interval, read_utterance_errors
 
     interval = paired_interval({s: read_utterance_errors(p, metric) for s, p in a.items()},
                                {s: read_utterance_errors(p, metric) for s, p in b.items()}, resamples=resamples)

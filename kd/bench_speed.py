@@ -78,7 +78,7 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
     ``attention`` (the attention implementation that ran).
     """
     from kd.compression import count_parameters
-    from kd.ssl.common import load_speech_model
+    from kd.compression.io import load_speech_model
 
     if isinstance(model_dirs, (str, os.PathLike)) or not model_dirs:
         raise ValueError(f"model_dirs: expected a non-empty list of model folders, found {model_dirs!r}")

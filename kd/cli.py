@@ -106,10 +106,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from kd.decode import DecodeConfig, DecodeMethod
-    from kd.evaluate import evaluate
+    from kd.evaluation.decode import DecodeConfig, DecodeMethod
+    from kd.evaluation.evaluate import evaluate
 
-    from kd.hf_ctc import is_hf_model_folder
+    from kd.evaluation.hf_ctc import is_hf_model_folder
 
     method = args.method or ("ctc_greedy" if is_hf_model_folder(args.model_dir) else "beam")
     config = DecodeConfig(method=DecodeMethod(method), beam_size=args.beam_size,
@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", nargs="+", required=True, help="one or more data dirs")
     ev.add_argument("--out", default=None, help="folder for report.json, report.md, hyp.txt, utterances.jsonl")
     ev.add_argument("--method", default=None, choices=["beam", "ctc_greedy"], type=lambda s: s.replace("-", "_"),
-                    help="kd.decode.DecodeMethod, as in a decode config (ctc-greedy is read as ctc_greedy); default: "
+                    help="kd.evaluation.decode.DecodeMethod, as in a decode config (ctc-greedy is read as ctc_greedy); default: "
                          "beam for a kd model dir, ctc_greedy (the only one) for a Hugging Face CTC folder")
     ev.add_argument("--beam-size", type=int, default=10)
     ev.add_argument("--ctc-weight", type=float, default=0.3)

@@ -276,14 +276,14 @@ def check_pairs(pairs: Any, names: Sequence[str], *, what: str = "a condition") 
 
 def evaluate_once(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike], decode: Mapping[str, Any],
                   out_dir: str | os.PathLike, *, device: str = "cpu") -> dict[str, Any]:
-    """``kd.evaluate.evaluate`` with a completion marker: a re-run with the same inputs reads the report.
+    """``kd.evaluation.evaluate.evaluate`` with a completion marker: a re-run with the same inputs reads the report.
 
     Returns ``{"params", "rtf", "overall": {"wer", "cer"}, "domains": {name: {"wer", "cer"}}}``.
     """
     import json
 
-    from kd.decode import DecodeConfig
-    from kd.evaluate import evaluate
+    from kd.evaluation.decode import DecodeConfig
+    from kd.evaluation.evaluate import evaluate
     from kd.core.io import is_done, mark_done
 
     import hashlib

@@ -2,7 +2,7 @@
 
 Its stages, which ``recipes/multidomain_ukd/run.py`` strings together, are in :mod:`kd.multidomain_stages`.
 The benchmark asks whether distillation from teachers of other domains helps a student of a target
-domain with little data, and tests the paper's claims with paired intervals (:mod:`kd.evidence`):
+domain with little data, and tests the paper's claims with paired intervals (:mod:`kd.evaluation.evidence`):
 
 - KD beats no KD;
 - the uncertainty term added to token-level KD beats token-level KD alone;
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kd.evidence import (DOES_NOT_REPRODUCE, NOT_A_TEST, REPRODUCES, paired_interval, read_utterance_errors,
+from kd.evaluation.evidence import (DOES_NOT_REPRODUCE, NOT_A_TEST, REPRODUCES, paired_interval, read_utterance_errors,
                          token_uncertainty, uncertainty_summary, variance_correlation, verdict)
 from kd.core.io import write_json
 

@@ -81,7 +81,7 @@ class MultidomainSetup:
                 error that names the section.
         """
         from kd.analyze.layerwise import AnalyzeConfig
-        from kd.decode import DecodeConfig
+        from kd.evaluation.decode import DecodeConfig
 
         domains, target, device = tuple(cfg["teacher_domains"]), cfg["target_domain"], cfg.get("device", "cpu")
         with section("tokens"):

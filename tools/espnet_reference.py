@@ -371,7 +371,7 @@ def decode_set(s2t, tokenizer, data_dir: Path, methods: Sequence[str]) -> dict[s
 
     from kd.data import load_data_dir
     from kd.data.audio import read_audio
-    from kd.evaluate import score_texts
+    from kd.evaluation.evaluate import score_texts
 
     data = load_data_dir(data_dir)
     refs = [u.text for u in data.utterances]

@@ -180,3 +180,27 @@ def load_student(directory: str | os.PathLike) -> nn.Module:
     else:
         raise ValueError(f"{directory / STUDENT_FILE}: unsupported library/class {library!r}/{name!r}")
     return model.eval()
+
+
+def load_speech_model(path: str | os.PathLike, **kwargs: Any):
+    """A model from a Hugging Face checkpoint folder or a compressed-student folder, in eval mode.
+
+    A folder with ``speechkd_student.json`` goes through :func:`kd.compression.load_student`
+    (which rebuilds weight sharing and attention reuse); any other folder with ``config.json``
+    is loaded with the class named in its ``architectures`` field (``kwargs`` go to
+    ``from_pretrained``).
+    """
+    import transformers
+
+    path = Path(path)
+    if (path / STUDENT_FILE).is_file():
+        return load_student(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"Expected a Hugging Face checkpoint folder (config.json) or a student folder "
+                                f"({STUDENT_FILE}) at {path}, found neither")
+    config = transformers.AutoConfig.from_pretrained(path)
+    arch = (config.architectures or [""])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:
+        cls = transformers.AutoModel
+    return cls.from_pretrained(path, **kwargs).eval()

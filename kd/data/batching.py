@@ -1,10 +1,11 @@
-"""Datasets, length-bucketed batches with padding masks, and log-mel FBANK features."""
+"""Datasets, length-bucketed batches with padding masks, and log-mel FBANK features; loaders of
+waveform batches in a new order every epoch (:func:`speech_loader`) and their attention masks."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -156,3 +157,39 @@ def frame_labels(intervals: Sequence[Sequence], num_frames: int, frame_rate: flo
         sel = (centres >= start) & (centres < end)
         out[sel] = label_index[label]
     return out
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Length-bucketed batches of indices; every pass over it (an epoch) draws a new batch order."""
+
+    def __init__(self, durations: Sequence[float], *, max_seconds: float, max_utterances: int, seed: int,
+                 shuffle: bool = True):
+        self.durations, self.max_seconds, self.max_utterances = list(durations), max_seconds, max_utterances
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self._len = len(self._batches(0))
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        return bucket_batches(self.durations, max_seconds=self.max_seconds, max_utterances=self.max_utterances,
+                              shuffle=self.shuffle, seed=self.seed + epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches(self.epoch)
+        self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return self._len
+
+
+def speech_loader(dataset, durations: Sequence[float], *, max_seconds: float, max_utterances: int = 64,
+                  num_workers: int = 0, seed: int = 0, shuffle: bool = True) -> torch.utils.data.DataLoader:
+    """A DataLoader of padded :class:`Batch` objects, length-bucketed, in a new order every epoch."""
+    sampler = EpochBatches(durations, max_seconds=max_seconds, max_utterances=max_utterances, seed=seed,
+                           shuffle=shuffle)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                                       persistent_workers=num_workers > 0)
+
+
+def attention_mask(speech_lengths: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """1 at real samples, 0 at padding. ``[B] -> [B, num_samples]`` (int64)."""
+    return (torch.arange(num_samples, device=speech_lengths.device)[None, :] < speech_lengths[:, None]).long()

@@ -24,7 +24,7 @@ _LAZY = {
     "greedy_ctc_decode": "kd.ssl.finetune",
     "StageResult": "kd.ssl.common",
     "list_checkpoints": "kd.ssl.common",
-    "load_speech_model": "kd.ssl.common",
+    "load_speech_model": "kd.compression.io",
 }
 
 

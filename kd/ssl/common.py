@@ -1,16 +1,17 @@
 """Pieces shared by the self-supervised stages and layer distillation.
 
-- speech batches from data dirs (length-bucketed, reshuffled every epoch);
+- speech datasets pooled from several data dirs;
 - :func:`train_loop`: the one training loop on ``accelerate`` (prepare, accumulate, backward,
   clip, step, learning rate as a pure function of the step, CSV log, time limit);
 - Hugging Face folders written atomically (:func:`save_pretrained_atomic`) and listed safely
   (:func:`list_checkpoints`): a folder is written under ``.tmp-<name>`` and renamed when complete,
-  so a killed save never looks like a finished one;
-- :func:`load_speech_model`: a Hugging Face checkpoint folder or a compressed-student folder.
+  so a killed save never looks like a finished one.
 
-Batches hold raw 16 kHz waveforms in [-1, 1] with zero padding; each stage passes them with an
-attention mask, normalised first where the model's folder asks for it (:mod:`kd.models.hf_processor`; the
-toolkit's own pre-training uses raw waveforms).
+Batches (:func:`kd.data.batching.speech_loader`: length-bucketed, reshuffled every epoch) hold raw
+16 kHz waveforms in [-1, 1] with zero padding; each stage passes them with an attention mask
+(:func:`kd.data.batching.attention_mask`), normalised first where the model's folder asks for it
+(:mod:`kd.models.hf_processor`; the toolkit's own pre-training uses raw waveforms). Models are
+loaded with :func:`kd.compression.io.load_speech_model`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from kd.ssl.config import OptimSettings
 
-__all__ = ["CsvLog", "EpochBatches", "StageResult", "list_checkpoints", "load_pooled", "load_speech_model",
-           "pool_data_dirs", "save_pretrained_atomic", "speech_loader", "train_loop", "write_folder_atomic"]
+__all__ = ["CsvLog", "StageResult", "list_checkpoints", "load_pooled", "pool_data_dirs", "save_pretrained_atomic",
+           "train_loop", "write_folder_atomic"]
 
 TMP_PREFIX = ".tmp-"
 _CKPT = re.compile(r"^ckpt-(\d+)$")
@@ -79,46 +80,6 @@ def folder_fingerprint(path: str | os.PathLike) -> list:
     path = Path(path)
     return [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
             for p in sorted(path.rglob("*")) if p.is_file()]
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """Length-bucketed batches of indices; every pass over it (an epoch) draws a new batch order."""
-
-    def __init__(self, durations: Sequence[float], *, max_seconds: float, max_utterances: int, seed: int,
-                 shuffle: bool = True):
-        self.durations, self.max_seconds, self.max_utterances = list(durations), max_seconds, max_utterances
-        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
-        self._len = len(self._batches(0))
-
-    def _batches(self, epoch: int) -> list[list[int]]:
-        from kd.data.batching import bucket_batches
-
-        return bucket_batches(self.durations, max_seconds=self.max_seconds, max_utterances=self.max_utterances,
-                              shuffle=self.shuffle, seed=self.seed + epoch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches(self.epoch)
-        self.epoch += 1
-        return iter(batches)
-
-    def __len__(self) -> int:
-        return self._len
-
-
-def speech_loader(dataset, durations: Sequence[float], *, max_seconds: float, max_utterances: int = 64,
-                  num_workers: int = 0, seed: int = 0, shuffle: bool = True) -> torch.utils.data.DataLoader:
-    """A DataLoader of padded :class:`kd.data.batching.Batch` objects."""
-    from kd.data.batching import collate
-
-    sampler = EpochBatches(durations, max_seconds=max_seconds, max_utterances=max_utterances, seed=seed,
-                           shuffle=shuffle)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                                       persistent_workers=num_workers > 0)
-
-
-def attention_mask(speech_lengths: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """1 at real samples, 0 at padding. ``[B] -> [B, num_samples]`` (int64)."""
-    return (torch.arange(num_samples, device=speech_lengths.device)[None, :] < speech_lengths[:, None]).long()
 
 
 # ---- logging --------------------------------------------------------------------------------
@@ -209,35 +170,7 @@ def clean_stage_dir(out_dir: Path, names: Sequence[str]) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-# ---- models ---------------------------------------------------------------------------------
-def load_speech_model(path: str | os.PathLike, **kwargs: Any):
-    """A model from a Hugging Face checkpoint folder or a compressed-student folder, in eval mode.
-
-    A folder with ``speechkd_student.json`` goes through :func:`kd.compression.load_student`
-    (which rebuilds weight sharing and attention reuse); any other folder with ``config.json``
-    is loaded with the class named in its ``architectures`` field (``kwargs`` go to
-    ``from_pretrained``).
-    """
-    import transformers
-
-    from kd.compression.io import STUDENT_FILE
-
-    path = Path(path)
-    if (path / STUDENT_FILE).is_file():
-        from kd.compression import load_student
-
-        return load_student(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"Expected a Hugging Face checkpoint folder (config.json) or a student folder "
-                                f"({STUDENT_FILE}) at {path}, found neither")
-    config = transformers.AutoConfig.from_pretrained(path)
-    arch = (config.architectures or [""])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    if cls is None:
-        cls = transformers.AutoModel
-    return cls.from_pretrained(path, **kwargs).eval()
-
-
+# ---- optimisation ---------------------------------------------------------------------------
 def make_accelerator(optim: OptimSettings, *, find_unused_parameters: bool = False):
     """An ``Accelerator`` for ``optim`` (seeds python, numpy and torch with ``optim.seed``).
 

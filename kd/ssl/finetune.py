@@ -7,7 +7,7 @@ Hugging Face's CTC head uses ``config.pad_token_id`` as the CTC blank, so ``pad_
 The model folder holds ``tokens.txt`` (one token a line, id = line number, readable by
 ``CharTokenizer.load``), ``vocab.json`` (token -> id) and ``preprocessor_config.json`` (16 kHz, attention mask on, and
 the pre-trained folder's waveform normalisation: :mod:`kd.models.hf_processor`; the toolkit's own
-pre-training uses raw waveforms). ``kd eval`` scores such a folder (:mod:`kd.hf_ctc`).
+pre-training uses raw waveforms). ``kd eval`` scores such a folder (:mod:`kd.evaluation.hf_ctc`).
 
 Greedy decoding: argmax per frame over the valid frames, repeats merged, blanks (and ``<unk>``)
 dropped. Scoring: jiwer WER and CER after :func:`kd.data.normalize_text` on both sides.
@@ -26,12 +26,13 @@ from typing import Any, Sequence
 
 import torch
 
-from kd.hf_ctc import CTCTranscriber, greedy_ctc_decode  # noqa: F401 (greedy_ctc_decode: re-exported)
-from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
+from kd.compression.io import load_speech_model
 from kd.core.io import atomic_write_text, clear_done, is_done, mark_done, write_json
-from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, folder_fingerprint, load_pooled,
-                           load_speech_model, make_accelerator, make_optimizer, pool_data_dirs,
-                           save_pretrained_atomic, speech_loader, train_loop, write_folder_atomic)
+from kd.data.batching import attention_mask, speech_loader
+from kd.evaluation.hf_ctc import CTCTranscriber, greedy_ctc_decode  # noqa: F401 (greedy_ctc_decode: re-exported)
+from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
+from kd.ssl.common import (CsvLog, StageResult, clean_stage_dir, folder_fingerprint, load_pooled, make_accelerator,
+                           make_optimizer, pool_data_dirs, save_pretrained_atomic, train_loop, write_folder_atomic)
 from kd.ssl.config import CTCConfig
 
 __all__ = ["build_ctc_model", "evaluate_ctc", "finetune_ctc", "greedy_ctc_decode", "score", "transcribe"]

@@ -43,11 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
 from kd.core.io import atomic_write_text, clear_done, is_done, mark_done
+from kd.data.batching import attention_mask, speech_loader
+from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
 from kd.plan import CompressionPlan
-from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, load_pooled, make_accelerator,
-                           make_optimizer, speech_loader, train_loop, write_folder_atomic)
+from kd.ssl.common import (CsvLog, StageResult, clean_stage_dir, load_pooled, make_accelerator, make_optimizer,
+                           train_loop, write_folder_atomic)
 from kd.ssl.config import CONFIG_VERSION, OptimSettings, config_from_dict
 
 __all__ = ["LayerDistillConfig", "LayerDistillLoss", "PredictionHeads", "distill_layers", "distill_plan",
@@ -296,7 +297,7 @@ def distill_plan(teacher_dir: str | os.PathLike, plan: CompressionPlan | str | o
     so recipes can run several plans side by side on worker processes (:mod:`kd.parallel`).
     """
     from kd.compression import compress
-    from kd.ssl.common import load_speech_model
+    from kd.compression.io import load_speech_model
 
     if not isinstance(plan, CompressionPlan):
         plan = CompressionPlan.load(plan)

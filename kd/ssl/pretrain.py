@@ -54,9 +54,10 @@ import torch
 
 from kd.analyze.figures import plot_pretraining_curves
 from kd.core.io import MARKER_NAME, clear_done, is_done, mark_done, read_csv_log, write_json
+from kd.data.batching import attention_mask, speech_loader
 from kd.models.hf_processor import InputSpec, normalize_waveforms, write_input_spec
-from kd.ssl.common import (CsvLog, StageResult, attention_mask, clean_stage_dir, list_checkpoints, load_pooled,
-                           make_accelerator, make_optimizer, save_pretrained_atomic, speech_loader, train_loop)
+from kd.ssl.common import (CsvLog, StageResult, clean_stage_dir, list_checkpoints, load_pooled, make_accelerator,
+                           make_optimizer, save_pretrained_atomic, train_loop)
 from kd.ssl.config import SSLConfig
 
 __all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",

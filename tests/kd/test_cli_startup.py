@@ -78,7 +78,7 @@ def test_device_default_resolved_when_the_command_runs():
 @pytest.mark.parametrize("spelling", ["ctc_greedy", "ctc-greedy"])
 def test_eval_method_is_the_decode_config_value(spelling):
     from kd.cli import build_parser
-    from kd.decode import DecodeMethod
+    from kd.evaluation.decode import DecodeMethod
 
     args = build_parser().parse_args(["eval", "m", "--data", "d", "--method", spelling])
     assert DecodeMethod(args.method) is DecodeMethod.CTC_GREEDY

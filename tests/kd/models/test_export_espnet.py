@@ -11,8 +11,8 @@ import yaml
 from kd.data.batching import AudioDataset, collate
 from kd.data.datadir import load_data_dir
 from kd.data.text import normalize_text
-from kd.decode import DecodeConfig, decode, decode_ids
-from kd.evaluate import evaluate
+from kd.evaluation.decode import DecodeConfig, decode, decode_ids
+from kd.evaluation.evaluate import evaluate
 from kd.models.export_espnet import espnet_config, export_espnet
 from kd.models.model_dir import load_model_dir
 from kd.testing import make_model_dir

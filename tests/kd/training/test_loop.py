@@ -74,8 +74,8 @@ def test_tiny_teacher_overfits_four_utterances_to_zero_wer(corpus, tmp_path):
         hyp = tokenizer.decode(greedy_ctc(out.ctc_log_probs[i], int(out.encoder_lengths[i])))
         assert hyp.split() == batch.texts[i].split(), utt  # WER 0 on the training utterances
     # the run also leaves its averaged model as a model dir that kd eval reads
-    from kd.evaluate import evaluate
-    from kd.decode import DecodeConfig, DecodeMethod
+    from kd.evaluation.evaluate import evaluate
+    from kd.evaluation.decode import DecodeConfig, DecodeMethod
 
     report = evaluate(tmp_path / "run" / "model", [data], DecodeConfig(method=DecodeMethod.CTC_GREEDY))
     assert report.to_dict()["num_parameters"] > 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kd.data.text import CharTokenizer, normalize_text
-from kd.decode import DecodeConfig, DecodeMethod, ctc_greedy, decode, decode_ids, encode_utterances
+from kd.evaluation.decode import DecodeConfig, DecodeMethod, ctc_greedy, decode, decode_ids, encode_utterances
 from kd.testing import TEXTS, TOKENS, speech_batch, train_briefly
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py

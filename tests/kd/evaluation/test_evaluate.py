@@ -13,8 +13,8 @@ import torch
 from kd.data.batching import AudioDataset, collate
 from kd.data.datadir import load_data_dir
 from kd.data.text import CharTokenizer, normalize_text
-from kd.decode import DecodeConfig, DecodeMethod, decode
-from kd.evaluate import EvalReport, Score, UttResult, evaluate, score_texts
+from kd.evaluation.decode import DecodeConfig, DecodeMethod, decode
+from kd.evaluation.evaluate import EvalReport, Score, UttResult, evaluate, score_texts
 from kd.models.model_dir import ModelDirError, load_model_dir, save_model_dir
 from kd.testing import ALPHABET, make_model_dir
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kd.beam import BeamHypothesis, _Ended, batched_beam_search
+from kd.evaluation.beam import BeamHypothesis, _Ended, batched_beam_search
 from kd.data.text import CharTokenizer
-from kd.decode import DecodeConfig, build_beam_search, decode_ids, encode_utterances
+from kd.evaluation.decode import DecodeConfig, build_beam_search, decode_ids, encode_utterances
 from kd.testing import TOKENS, speech_batch, train_briefly
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py

@@ -19,9 +19,9 @@ subsampling gives it ceil(T / 2) frames per stage instead of (T - 1) // 2, so pa
 one-by-one encoding differ (``DecodeConfig.batched_encoder`` trades this for speed).
 
 ``DecodeConfig.batched_search`` replaces ESPnet's search, which advances one utterance's
-hypotheses per step, by :func:`kd.beam.batched_beam_search`, which advances those of the whole
+hypotheses per step, by :func:`kd.evaluation.beam.batched_beam_search`, which advances those of the whole
 batch together (same scores and stopping rules, so the same tokens up to float rounding; see
-:mod:`kd.beam`). The encoder outputs are the same either way.
+:mod:`kd.evaluation.beam`). The encoder outputs are the same either way.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class DecodeConfig:
     minlenratio: float = 0.0  # min tokens = ratio * encoder frames; < 0: -ratio tokens
     normalize_length: bool = False  # rank ended hypotheses by score / length instead of score
     batched_encoder: bool = False  # encode a padded batch at once (faster; not identical, see module doc)
-    batched_search: bool = False  # beam search of the whole batch at once (kd.beam; faster, no LM)
+    batched_search: bool = False  # beam search of the whole batch at once (kd.evaluation.beam; faster, no LM)
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -257,7 +257,7 @@ def decode_ids(model: Any, speech: Tensor, speech_lengths: Tensor, config: Decod
 
 def _batched_search_ids(model: Any, encoded: list[Tensor], config: DecodeConfig, vocab_size: int, *,
                         lm: Any = None) -> list[list[int]]:
-    from kd.beam import batched_beam_search
+    from kd.evaluation.beam import batched_beam_search
 
     espnet = model.espnet
     if lm is not None and config.lm_weight > 0.0:

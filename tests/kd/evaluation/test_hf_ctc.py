@@ -103,7 +103,7 @@ def test_read_input_spec(tmp_path):
 @pytest.mark.parametrize("stable", [True, False], ids=["layer-norm", "group-norm"])
 def test_kd_eval_of_a_hub_ctc_folder_equals_the_processor_pipeline(tests_corpus, tmp_path, stable):
     from kd.data import normalize_text
-    from kd.evaluate import evaluate
+    from kd.evaluation.evaluate import evaluate
 
     root, _ = tests_corpus
     folder = _hub_ctc_folder(tmp_path / "hub", stable=stable)
@@ -120,7 +120,7 @@ def test_kd_eval_of_a_hub_ctc_folder_equals_the_processor_pipeline(tests_corpus,
 
 def test_raw_input_differs_from_normalised_input(tests_corpus, tmp_path):
     """The folder's do_normalize is what makes the parity above hold: without it the outputs change."""
-    from kd.hf_ctc import CTCTranscriber
+    from kd.evaluation.hf_ctc import CTCTranscriber
 
     root, _ = tests_corpus
     folder = _hub_ctc_folder(tmp_path / "hub")
@@ -134,7 +134,7 @@ def test_raw_input_differs_from_normalised_input(tests_corpus, tmp_path):
 
 
 def test_compressed_hub_student_keeps_the_processor_and_every_layer_reproduces(tests_corpus, tmp_path):
-    from kd.evaluate import evaluate
+    from kd.evaluation.evaluate import evaluate
     from kd.plan import CompressionPlan
     from kd.compression.apply import compress_model_dir
 
@@ -198,7 +198,7 @@ def test_analysis_capture_honours_do_normalize(tests_corpus, tmp_path):
 
 # ---- helpers -----------------------------------------------------------------------------------
 def _greedy():
-    from kd.decode import DecodeConfig, DecodeMethod
+    from kd.evaluation.decode import DecodeConfig, DecodeMethod
 
     return DecodeConfig(method=DecodeMethod.CTC_GREEDY)
 
@@ -228,7 +228,7 @@ def test_normalising_teacher_convention_survives_distillation_and_finetuning(tes
     waveforms and write the convention with their models, so that kd eval prepares them alike."""
     import dataclasses
 
-    from kd.evaluate import evaluate
+    from kd.evaluation.evaluate import evaluate
     from kd.models.hf_processor import write_input_spec
     from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
     from kd.plan import CompressionPlan
@@ -257,7 +257,7 @@ def test_normalising_teacher_convention_survives_distillation_and_finetuning(tes
 def test_ctc_folder_errors_name_the_file(tmp_path):
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from kd.hf_ctc import CTCTranscriber
+    from kd.evaluation.hf_ctc import CTCTranscriber
 
     folder = _hub_ctc_folder(tmp_path / "hub")
     config = json.loads((folder / "config.json").read_text())

@@ -1,4 +1,4 @@
-"""Error rates by recording condition of the built-in corpus (kd.corpus.conditions)."""
+"""Error rates by recording condition of the built-in corpus (kd.evaluation.conditions)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kd.corpus.conditions import (condition_table, error_by_condition, read_manifest, read_utterances,
+from kd.evaluation.conditions import (condition_table, error_by_condition, read_manifest, read_utterances,
                                   utterance_conditions)
 
 

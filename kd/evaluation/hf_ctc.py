@@ -29,8 +29,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from kd.data.batching import attention_mask
 from kd.models.hf_processor import InputSpec, read_input_spec
-from kd.ssl.common import attention_mask
 
 __all__ = ["CTCTranscriber", "greedy_ctc_decode", "is_hf_model_folder"]
 
@@ -75,7 +75,7 @@ class CTCTranscriber:
     @classmethod
     def from_folder(cls, model_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> "CTCTranscriber":
         """Load a CTC checkpoint folder (or student folder) with its vocabulary and input convention."""
-        from kd.ssl.common import load_speech_model
+        from kd.compression.io import load_speech_model
 
         model_dir = Path(model_dir)
         spec = read_input_spec(model_dir)
@@ -155,7 +155,7 @@ class CTCTranscriber:
 
     def transcribe(self, dataset, *, max_batch_seconds: float = 120.0) -> list[tuple[str, str, str]]:
         """``(utt, reference, hypothesis)`` for every utterance of ``dataset`` (an ``AudioDataset``), in data order."""
-        from kd.ssl.common import speech_loader
+        from kd.data.batching import speech_loader
 
         loader = speech_loader(dataset, dataset.durations(), max_seconds=max_batch_seconds, shuffle=False)
         results = {}

@@ -1,4 +1,4 @@
-"""Claims' intervals and verdicts (kd.evidence): the paired two-level bootstrap, AUROC, token uncertainty."""
+"""Claims' intervals and verdicts (kd.evaluation.evidence): the paired two-level bootstrap, AUROC, token uncertainty."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kd.evidence import (NOT_A_TEST, REPRODUCES, DOES_NOT_REPRODUCE, Interval, UttErrors, auroc, paired_interval,
+from kd.evaluation.evidence import (NOT_A_TEST, REPRODUCES, DOES_NOT_REPRODUCE, Interval, UttErrors, auroc, paired_interval,
                          read_utterance_errors, verdict)
 
 
@@ -111,7 +111,7 @@ def test_token_uncertainty_scores_are_the_model_outputs(tests_corpus, tmp_path):
     from kd.data.batching import AudioDataset, collate
     from kd.data.datadir import load_data_dir
     from kd.data.text import CharTokenizer
-    from kd.evidence import token_uncertainty, uncertainty_summary
+    from kd.evaluation.evidence import token_uncertainty, uncertainty_summary
     from kd.models.model_dir import save_model_dir
     from kd.models.asr import AsrConfig, build_asr_model
 

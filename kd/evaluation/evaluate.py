@@ -31,8 +31,8 @@ from typing import Any, Sequence
 import torch
 
 from kd.data.text import normalize_text
-from kd.decode import DecodeConfig, DecodeMethod, decode_ids
-from kd.hf_ctc import CTCTranscriber, is_hf_model_folder
+from kd.evaluation.decode import DecodeConfig, DecodeMethod, decode_ids
+from kd.evaluation.hf_ctc import CTCTranscriber, is_hf_model_folder
 from kd.core.io import atomic_write_text, write_json
 
 __all__ = ["EvalReport", "Score", "UttResult", "evaluate", "score_texts"]
@@ -175,7 +175,7 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
 
     Args:
         model_dir: a model directory (:mod:`kd.models.model_dir`), or a Hugging Face ``*ForCTC``
-            checkpoint folder or compressed student of one (:mod:`kd.hf_ctc`: greedy CTC
+            checkpoint folder or compressed student of one (:mod:`kd.evaluation.hf_ctc`: greedy CTC
             decoding only, inputs prepared as its ``preprocessor_config.json`` says).
         data_dirs: Kaldi/ESPnet data dirs (a list, even for one).
         config: decoding settings.

@@ -3,7 +3,7 @@
 Every output step advances the K hypotheses of all B utterances together: one decoder call on
 B * K prefixes (with the decoder's per-layer cache, reordered by the chosen beams) and one
 vectorised CTC prefix-score update. The scores, pruning and stopping rules are those of
-ESPnet's ``BatchBeamSearch`` as :func:`kd.decode.build_beam_search` assembles it, so that the
+ESPnet's ``BatchBeamSearch`` as :func:`kd.evaluation.decode.build_beam_search` assembles it, so that the
 two searches return the same hypotheses (see "Differences" below). The score of a hypothesis
 y for encoder output x is (Watanabe et al. 2017)
 

@@ -3,7 +3,7 @@
 The corpus manifest (``manifest.jsonl``) records, for every utterance, how it was made: voice,
 variant, speaking rate, additive noise and its SNR, reverberation. ``error_by_condition`` joins
 it with the per-utterance output of ``kd eval`` (``utterances.jsonl``) and scores each group of
-utterances with :func:`kd.evaluate.score_texts` (corpus-level WER and CER, as ``kd eval``), so a
+utterances with :func:`kd.evaluation.evaluate.score_texts` (corpus-level WER and CER, as ``kd eval``), so a
 table can say which part of a domain shift a model fails on.
 
 Test speakers are few (4 per domain in the ``cpu`` preset) and each has one voice, variant and
@@ -64,7 +64,7 @@ def error_by_condition(utterances: Iterable[Mapping], manifest: Mapping[str, Map
     ``utterances``: rows with ``utt``, ``ref`` and ``hyp`` (normalised, as ``utterances.jsonl``).
     Every utterance must be in the manifest (a row from another corpus is an error, not a skip).
     """
-    from kd.evaluate import score_texts
+    from kd.evaluation.evaluate import score_texts
 
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
