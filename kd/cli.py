@@ -138,7 +138,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench_analysis(args: argparse.Namespace) -> int:
-    from kd.bench import analysis_table, bench_analysis
+    from kd.bench.analyze import analysis_table, bench_analysis
 
     result = bench_analysis(args.out, args.table, layers=args.layers, dim=args.dim, frames=args.frames,
                             device=args.device, gpu_scale=args.gpu_scale, threads=args.threads,
@@ -149,7 +149,7 @@ def _bench_analysis(args: argparse.Namespace) -> int:
 
 
 def _bench_analyze(args: argparse.Namespace) -> int:
-    from kd.bench import analyze_table, bench_analyze, random_base_checkpoint
+    from kd.bench.analyze import analyze_table, bench_analyze, random_base_checkpoint
 
     model = args.model_dir
     if model == "random-base":
@@ -162,7 +162,7 @@ def _bench_analyze(args: argparse.Namespace) -> int:
 
 
 def _bench_speed(args: argparse.Namespace) -> int:
-    from kd.bench_speed import bench_speed, speed_table, write_speed_results
+    from kd.bench.speed import bench_speed, speed_table, write_speed_results
 
     results = bench_speed(args.model_dirs, batch_sizes=args.batch_sizes, seconds=args.seconds, device=args.device,
                           warmup=args.warmup, repeats=args.repeats, attn_implementation=args.attn_implementation)
@@ -185,7 +185,7 @@ def _key_values(items: list[str], option: str) -> dict:
 
 
 def _bench_train(args: argparse.Namespace) -> int:
-    from kd.bench_train import bench_train, train_table
+    from kd.bench.train import bench_train, train_table
 
     result = bench_train(args.data, args.out, teacher=args.teacher, preset=args.preset,
                          overrides=_key_values(args.set, "--set"), window=args.window, windows=args.windows,

@@ -88,7 +88,7 @@ def plan_study_table(teacher_eval: Mapping[str, Mapping[str, float]],
         student_evals: seed (a string) -> plan name -> ``{"eval": {eval dir: {"wer", "cer"}}}``, per
             plan of :data:`PLAN_NAMES`.
         plans: plan name -> ``CompressionPlan.to_dict()``.
-        speed: ``kd.bench_speed.bench_speed`` rows of the teacher (``teacher``) and each plan's student.
+        speed: ``kd.bench.speed.bench_speed`` rows of the teacher (``teacher``) and each plan's student.
         cka: the teacher's linear CKA between its layers, input included (``[L + 1, L + 1]``).
         budget_layers: the plans' budget (the table's title).
         domain: the test set's domain (a column name).

@@ -36,7 +36,7 @@ base_model() {
     "$PY" - "$WORK/w2v2-base" "$SMOKE" <<'EOF'
 import sys
 
-from kd.bench import random_base_checkpoint
+from kd.bench.analyze import random_base_checkpoint
 
 toy = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, conv_dim=[16] * 7,
            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)

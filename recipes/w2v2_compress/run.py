@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
-from kd.bench_speed import bench_speed
+from kd.bench.speed import bench_speed
 from kd.corpus.synth import build_corpus
 from kd.experiment import merge_sections
 from kd.core.io import atomic_write_text, write_json

@@ -52,7 +52,7 @@ def test_analyze_on_cuda_matches_cpu(tests_corpus, tmp_path):
 
 
 def test_bench_train_on_cuda_reports_memory_and_mfu(tests_corpus, tmp_path):
-    from kd.bench_train import bench_train, peak_tflops
+    from kd.bench.train import bench_train, peak_tflops
 
     result = bench_train(tests_corpus[0] / "us/train", tmp_path, preset="tiny", window=2, windows=2,
                          max_seconds=6.0)

@@ -332,7 +332,7 @@ def bench_train(data: str | os.PathLike, out_dir: str | os.PathLike, *, teacher:
     cache, allocator, kernel selection); in every variant ``window`` steps then warm up and
     ``windows`` windows of ``window`` steps are timed.
     """
-    from kd.bench import _machine
+    from kd.bench import machine_info
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -377,7 +377,7 @@ def bench_train(data: str | os.PathLike, out_dir: str | os.PathLike, *, teacher:
     from kd.models.asr import build_asr_model
 
     params = sum(p.numel() for p in build_asr_model(data.model_config, data.tokens).parameters())
-    result = {"machine": _machine(), "device": str(device), "preset": preset, "overrides": dict(overrides or {}),
+    result = {"machine": machine_info(), "device": str(device), "preset": preset, "overrides": dict(overrides or {}),
               "parameters": params, "window": window, "windows": windows, "max_seconds": max_seconds,
               "flops_measured_steps": flops_per_window, "peak_tflops": peak, "teacher": str(teacher) if teacher else None,
               "cache_fill_seconds": cache_seconds, "command": command, "variants": variants}

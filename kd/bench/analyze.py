@@ -1,24 +1,15 @@
-"""``kd bench ...``: benchmarks whose results go to a JSON file and a markdown table in docs/."""
+"""``kd bench analysis`` (streamed all-pairs similarity) and ``kd bench analyze`` (``kd analyze`` end to end):
+results to a JSON file and a markdown table in docs/bench/."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
+from kd.bench import machine_info
 from kd.core.io import atomic_write_text, write_json
-
-
-def _machine() -> dict:
-    import torch
-
-    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def bench_analysis(out_json: str | os.PathLike, out_md: str | os.PathLike | None = None, *, layers: int = 13,
@@ -40,7 +31,7 @@ def bench_analysis(out_json: str | os.PathLike, out_md: str | os.PathLike | None
         torch.set_num_threads(threads)
     if not (similarity or gpu_scale):
         raise ValueError("bench_analysis: nothing to run (similarity=False and gpu_scale=False)")
-    result: dict = {"machine": _machine()}
+    result: dict = {"machine": machine_info()}
     if similarity:
         result["similarity"] = bench_similarity(layers=layers, dim=dim, frames=frames, device=device)
     if gpu_scale:
@@ -116,7 +107,7 @@ def bench_analyze(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out
     report = analyze_model_dir(model_dir, data_dir, out_dir, AnalyzeConfig(device=device,
                                                                           max_utterances=max_utterances))
     wall = time.perf_counter() - start
-    result = {"machine": _machine(), "model": str(model_dir), "data": str(data_dir), "device": device,
+    result = {"machine": machine_info(), "model": str(model_dir), "data": str(data_dir), "device": device,
               "num_layers": report.num_layers, "utterances": report.num_utterances, "frames": report.num_frames,
               "wall_seconds_with_loading_and_figures": wall, "timing": report.extras["timing"], "command": command}
     if out_json is not None:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from kd.bench_speed import bench_speed, write_speed_results
+from kd.bench.speed import bench_speed, write_speed_results
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_model_dirs_must_be_a_list(model_dirs):
 
 
 def test_names_default_to_folder_names_made_unique(tmp_path):
-    from kd.bench_speed import _default_names
+    from kd.bench.speed import _default_names
 
     assert _default_names([tmp_path / "a" / "model", tmp_path / "b" / "model", tmp_path / "c"]) == [
         "a/model", "b/model", "c"]

@@ -24,7 +24,7 @@ def teacher(tests_corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(tests_corpus, teacher, tmp_path_factory):
-    from kd.bench_train import bench_train
+    from kd.bench.train import bench_train
 
     out = tmp_path_factory.mktemp("bench_train")
     return out, bench_train(tests_corpus[0] / "us/train", out, teacher=teacher, preset="tiny", window=2, windows=2,
@@ -77,7 +77,7 @@ def test_flops_cover_forward_and_backward(result, tests_corpus):
     """Training FLOPs of the measured steps exceed twice the forward FLOPs (backward ~ 2x forward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from kd.bench_train import _training_data, step_batches
+    from kd.bench.train import _training_data, step_batches
     from kd.data.batching import collate
     from kd.models.asr import build_asr_model
 
@@ -111,7 +111,7 @@ def test_table(result):
 
 
 def test_peak_and_mfu():
-    from kd.bench_train import peak_tflops
+    from kd.bench.train import peak_tflops
 
     assert peak_tflops(torch.device("cpu")) is None
 
