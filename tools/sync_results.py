@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kd.multidomain import readme_blocks, sync_readme  # noqa: E402
+from kd.recipes.multidomain import readme_blocks, sync_readme  # noqa: E402
 
 
 def readmes() -> list[tuple[Path, Path]]:

@@ -294,7 +294,7 @@ def distill_plan(teacher_dir: str | os.PathLike, plan: CompressionPlan | str | o
     loaded from ``student_dir`` or, without one, built by ``kd.compress(teacher, plan)``.
 
     ``plan``: a :class:`CompressionPlan` or its JSON file. Takes and returns only picklable values,
-    so recipes can run several plans side by side on worker processes (:mod:`kd.parallel`).
+    so recipes can run several plans side by side on worker processes (:mod:`kd.recipes.parallel`).
     """
     from kd.compression import compress
     from kd.compression.io import load_speech_model

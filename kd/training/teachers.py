@@ -151,7 +151,7 @@ class TeacherCache:
         root = Path(cache_dir)
         utts = [u.utt for u in dataset.data.utterances]
         key = _cache_key(specs, utts, buckets, level, dtype)
-        # runs of a recipe that share a cache dir may run side by side (kd.parallel): the first
+        # runs of a recipe that share a cache dir may run side by side (kd.recipes.parallel): the first
         # fills it under the lock, the others wait and find it done. The main process locks for
         # its ranks, which look at the marker only after it holds the lock.
         lock = (file_lock(root.with_name(root.name + ".lock")) if accelerator.is_main_process

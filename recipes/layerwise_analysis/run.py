@@ -2,7 +2,7 @@
 
     python recipes/layerwise_analysis/run.py --preset cpu [--stage N] [--stop-stage M]
 
-Stages (each skipped when finished with the same settings; see kd.stages):
+Stages (each skipped when finished with the same settings; see kd.recipes.stages):
   1 corpus        synthesise the built-in corpus
   2 asr-teacher   train an ESPnet hybrid CTC/attention teacher
   3 asr-analysis  kd analyze: CKA/SVCCA/PWCCA, CCA with FBANK/phones/words, attention JSD, probes, MI
@@ -22,13 +22,13 @@ from pathlib import Path
 from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 from kd.analyze.compare import compare_models, save_comparison
 from kd.corpus.synth import build_corpus
-from kd.experiment import merge_sections, training_differs
+from kd.recipes.experiment import merge_sections, training_differs
 from kd.analyze.figures import plot_layer_curves, plot_pretraining_curves, report_curves
 from kd.core.io import atomic_write_text
 from kd.ssl.common import list_checkpoints
 from kd.ssl.config import SSLConfig
 from kd.ssl.pretrain import finished_config, pretrain
-from kd.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
+from kd.recipes.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
 from kd.analyze.summary import peak_layers_markdown
 from kd.training.loop import train
 from kd.training.config import TrainConfig

@@ -2,11 +2,11 @@
 
     python recipes/multidomain_ukd/run.py --preset cpu [--stage N] [--stop-stage M] [--seeds 0 1 2]
 
-Stages (each skipped when finished with the same settings; see kd.stages):
+Stages (each skipped when finished with the same settings; see kd.recipes.stages):
   1 corpus        synthesise the built-in corpus (us, uk: teacher domains; target: little data, shifted)
   2 tokens        one token inventory (words or characters) for teachers and students
   3 teachers      a teacher per teacher domain and seed: restored from the recipe's shipped teachers when
-                  they were trained on exactly this data and config (kd.shipped), else trained
+                  they were trained on exactly this data and config (kd.recipes.shipped), else trained
   4 teacher-eval  teachers on their own test set and the target dev/test sets (beam search and CTC
                   greedy), and whether their uncertainty predicts their own token errors
   5 analysis      layer-wise analysis of each teacher on its dev set (kd analyze)
@@ -21,11 +21,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kd.multidomain_stages import (MultidomainSetup, analyse_teachers, build_students, distil_students,
+from kd.recipes.multidomain_stages import (MultidomainSetup, analyse_teachers, build_students, distil_students,
                                    evaluate_students, evaluate_teachers, make_corpus, make_tokens, publish_results,
                                    results_table, train_teachers)
-from kd.shipped import provenance, ship_runs
-from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
+from kd.recipes.shipped import provenance, ship_runs
+from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
                        preset_seeds, preset_workers, recipe_parser, run_recipe)
 
 HERE = Path(__file__).resolve().parent

@@ -2,7 +2,7 @@
 
     python recipes/w2v2_compress/run.py --preset cpu [--stage N] [--stop-stage M]
 
-Stages (each skipped when finished with the same settings; see kd.stages):
+Stages (each skipped when finished with the same settings; see kd.recipes.stages):
   1 corpus        synthesise the built-in corpus
   2 ssl-pretrain  wav2vec 2.0 pre-training on unlabelled audio (checkpoints kept)
   3 teacher-ctc   CTC fine-tuning of the teacher: its WER is the reference
@@ -28,15 +28,15 @@ from pathlib import Path
 from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 from kd.bench.speed import bench_speed
 from kd.corpus.synth import build_corpus
-from kd.experiment import merge_sections
+from kd.recipes.experiment import merge_sections
 from kd.core.io import atomic_write_text, write_json
 from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
-from kd.parallel import Job, run_jobs
-from kd.plan_study import PLAN_NAMES, equal_budget_plans, per_seed, plan_study_table, save_plans, with_seed
+from kd.recipes.parallel import Job, run_jobs
+from kd.recipes.plan_study import PLAN_NAMES, equal_budget_plans, per_seed, plan_study_table, save_plans, with_seed
 from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
 from kd.ssl.pretrain import pretrain
-from kd.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, keyword_names, load_preset, preset_section,
+from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, keyword_names, load_preset, preset_section,
                        preset_seeds, preset_workers, recipe_parser, run_recipe)
 
 HERE = Path(__file__).resolve().parent

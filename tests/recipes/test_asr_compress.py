@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kd.asr_compress import HEURISTICS, PLANS, UNSHARED
+from kd.recipes.asr_compress import HEURISTICS, PLANS, UNSHARED
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp
     limits is reused; one trained for other epochs is not (its differing section is named)."""
     import yaml
 
-    from kd.experiment import training_differs
+    from kd.recipes.experiment import training_differs
     from kd.training.config import TrainConfig
 
     recipe = load_recipe("layerwise_analysis")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from kd.multidomain import check_results
+from kd.recipes.multidomain import check_results
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -71,7 +71,7 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
 
 
 def test_shipped_teachers_are_restored_only_for_the_same_data_and_config(tmp_path, capsys, load_recipe):
-    from kd.shipped import PROVENANCE, run_fingerprint, ship
+    from kd.recipes.shipped import PROVENANCE, run_fingerprint, ship
     from kd.training.config import TrainConfig
 
     recipe = load_recipe("multidomain_ukd")

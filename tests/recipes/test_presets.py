@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kd.stages import check_keys
+from kd.recipes.stages import check_keys
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 ALL_PRESETS = [(recipe, preset) for recipe in ("multidomain_ukd", "layerwise_analysis", "w2v2_compress", "asr_compress")

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from kd.experiment import merge_sections
-from kd.shipped import PROVENANCE, settings_digest
+from kd.recipes.experiment import merge_sections
+from kd.recipes.shipped import PROVENANCE, settings_digest
 from kd.training.config import TrainConfig
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -49,9 +49,9 @@ def test_retraining_a_teacher_reproduces_the_shipped_weights(tmp_path):
     Marked ``retrain``, not ``slow``: too long for CI's 90 minutes, so in neither step of ``.ci/run``; run it
     with ``pytest -m retrain tests/recipes/test_shipped_teachers.py``."""
     from kd.corpus.synth import build_corpus, task_vocabulary
-    from kd.experiment import train_run
-    from kd.multidomain import write_word_inventory
-    from kd.shipped import cpu_model, run_fingerprint
+    from kd.recipes.experiment import train_run
+    from kd.recipes.multidomain import write_word_inventory
+    from kd.recipes.shipped import cpu_model, run_fingerprint
     from kd.training.checkpoint import load_weights
 
     provenance = json.loads((SHIPPED / "us" / PROVENANCE).read_text())

@@ -16,7 +16,7 @@ def test_plans_students_and_table(tmp_path, capsys, load_recipe):
     names = ["teacher", "analysis", "first-k", "every-k", "linspace", "analysis-shared", "attention-reuse"]
     assert sorted(results["wer"]) == sorted(names)
     # the smoke preset's two seeds: every student twice, aggregated over seeds and paired by seed
-    # against the analysis plan (kd.experiment.seed_summary / paired_differences, tested there)
+    # against the analysis plan (kd.recipes.experiment.seed_summary / paired_differences, tested there)
     assert results["seeds"] == [0, 1] and list(results["wer"]["teacher"]) == ["teacher"]
     for name in names[1:]:
         assert list(results["wer"][name]) == ["0", "1"]

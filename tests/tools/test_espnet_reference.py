@@ -172,7 +172,7 @@ def test_the_whole_script_on_alnum_tests(ref, tmp_path, monkeypatch):
     """ESPnet's collect_stats and 3 updates of asr_train, decoding, then the comparison with a
     3-step toolkit run of the same config (about a minute and a half on one core)."""
     from kd.corpus.synth import build_corpus
-    from kd.multidomain import write_word_inventory
+    from kd.recipes.multidomain import write_word_inventory
     from kd.training.loop import train
     from kd.training.config import TrainConfig
 

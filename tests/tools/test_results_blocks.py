@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kd.multidomain import readme_blocks, sync_readme
+from kd.recipes.multidomain import readme_blocks, sync_readme
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -500,7 +500,7 @@ def test_a_second_process_training_into_a_busy_run_dir_fails_at_once(corpus, tmp
 def test_runs_sharing_a_teacher_cache_side_by_side_equal_the_runs_alone(corpus, teachers, tmp_path):
     """Two distillation runs on two worker processes fill one cache dir once (under its lock) and
     train exactly as they do one after the other in this process."""
-    from kd.parallel import Job, run_jobs
+    from kd.recipes.parallel import Job, run_jobs
     from kd.training.loop import distill
 
     t1, t2 = teachers

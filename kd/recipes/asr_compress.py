@@ -2,7 +2,7 @@
 
 The stages that ``recipes/asr_compress/run.py`` strings together. One deep teacher (12 encoder layers
 in the ``cpu`` preset) is trained on one domain of the built-in corpus, or restored from the recipe's
-shipped teacher when it was trained on exactly this data and config (:mod:`kd.shipped`). It is analysed
+shipped teacher when it was trained on exactly this data and config (:mod:`kd.recipes.shipped`). It is analysed
 on its dev set (``kd analyze``: linear CKA between its layers, among the rest). At each budget of
 ``k`` encoder layers:
 
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
-from kd.experiment import merge_sections, train_run
-from kd.multidomain import GREEDY, evaluate_model
+from kd.recipes.experiment import merge_sections, train_run
+from kd.recipes.multidomain import GREEDY, evaluate_model
 
 __all__ = ["AsrCompressSetup", "HEURISTICS", "SHARED", "UNSHARED", "analyse_teacher", "build_students",
            "compare", "encoder_latency", "evaluate_students", "evaluate_teacher", "make_corpus", "make_tokens",
@@ -72,14 +72,14 @@ class AsrCompressSetup:
     analysis: Any  # kd.analyze.layerwise.AnalyzeConfig of the teacher's analysis
     speed: Mapping[str, Any]  # encoder_latency's batch_sizes, seconds, repeats
     device: str = "cpu"
-    shipped: Path | None = None  # the shipped teacher's folder (kd.shipped); None: trained here
+    shipped: Path | None = None  # the shipped teacher's folder (kd.recipes.shipped); None: trained here
 
     @classmethod
     def from_preset(cls, cfg: Mapping[str, Any], out: Path, *, seeds: Sequence[int], recipe_dir: Path,
                     section: Callable[[str], ContextManager[Any]] = _no_section) -> "AsrCompressSetup":
         """Parse a preset of ``recipes/asr_compress/config.yaml`` and build every run's settings, so that a
         bad value stops the recipe before its first stage (``section(key)`` is entered while the section
-        ``key`` is parsed, as in :class:`kd.multidomain_stages.MultidomainSetup`)."""
+        ``key`` is parsed, as in :class:`kd.recipes.multidomain_stages.MultidomainSetup`)."""
         from kd.analyze.layerwise import AnalyzeConfig
         from kd.evaluation.decode import DecodeConfig
 
@@ -182,9 +182,9 @@ def make_tokens(setup: AsrCompressSetup) -> dict[str, Any]:
     the same inventory as the multi-domain recipe's on the same corpus."""
     from kd.corpus.domains import DOMAINS
     from kd.corpus.synth import task_vocabulary
-    from kd.multidomain import write_word_inventory
+    from kd.recipes.multidomain import write_word_inventory
 
-    # the multi-domain recipe's order (kd.multidomain_stages.make_tokens): the teacher domains, then the target
+    # the multi-domain recipe's order (kd.recipes.multidomain_stages.make_tokens): the teacher domains, then the target
     train = [setup.out / "corpus" / d.name / "train" for d in DOMAINS]
     write_word_inventory(train, setup.tokens_dir, task_vocabulary(setup.corpus["preset"]))
     return {"tokens": len((setup.tokens_dir / "tokens.txt").read_text(encoding="utf-8").splitlines())}
@@ -192,7 +192,7 @@ def make_tokens(setup: AsrCompressSetup) -> dict[str, Any]:
 
 def train_teacher(setup: AsrCompressSetup) -> dict[str, Any]:
     """Stage ``teacher``: restored from the shipped teacher when its fingerprint matches, else trained."""
-    from kd.shipped import restore, run_fingerprint
+    from kd.recipes.shipped import restore, run_fingerprint
 
     config, run = setup.teacher_config(), setup.teacher_run
     if setup.shipped is not None and not (run / ".done.json").is_file():
@@ -263,7 +263,7 @@ def build_students(setup: AsrCompressSetup, analysis: Mapping[str, Any]) -> dict
 
 def train_students(setup: AsrCompressSetup, workers: int) -> dict[str, Any]:
     """Stage ``finetune``: every (student, seed) run on the teacher's training data."""
-    from kd.parallel import Job, run_jobs
+    from kd.recipes.parallel import Job, run_jobs
 
     jobs = [Job(str(setup.run_dir(name, seed)), train_run, (student_config(setup, name, seed), setup.run_dir(name, seed)))
             for name, seed in setup.cells()]
@@ -274,8 +274,8 @@ def train_students(setup: AsrCompressSetup, workers: int) -> dict[str, Any]:
 def evaluate_students(setup: AsrCompressSetup, workers: int) -> dict[str, Any]:
     """Stage ``eval``: every student on the test set (beam search and CTC greedy).
 
-    Returns ``{"<student>/seed<s>": {"beam": ..., "greedy": ...}}`` (:func:`kd.multidomain.evaluate_model`)."""
-    from kd.parallel import Job, run_jobs
+    Returns ``{"<student>/seed<s>": {"beam": ..., "greedy": ...}}`` (:func:`kd.recipes.multidomain.evaluate_model`)."""
+    from kd.recipes.parallel import Job, run_jobs
 
     cells, test = setup.cells(), setup.data("test")
     jobs = [Job(f"{setup.run_dir(*cell)} {name}", evaluate_model,

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from kd.experiment import merge_sections, paired_differences, seed_summary
+from kd.recipes.experiment import merge_sections, paired_differences, seed_summary
 
 if TYPE_CHECKING:
     from kd.plan import CompressionPlan

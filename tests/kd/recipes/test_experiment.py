@@ -7,7 +7,7 @@ import math
 import pytest
 import yaml
 
-from kd.experiment import (Condition, StudentSize, mean_std, paired_differences, seed_summary, student_train_config,
+from kd.recipes.experiment import (Condition, StudentSize, mean_std, paired_differences, seed_summary, student_train_config,
                            train_run)
 
 
@@ -43,7 +43,7 @@ def test_seed_summary_and_paired_differences_by_hand():
 
 def test_condition_kd_defaults_are_the_loss_configs_and_strings_become_enums():
     """One default per KD setting: a condition that omits beta distils as `kd distill` does."""
-    from kd.experiment import Init
+    from kd.recipes.experiment import Init
     from kd.training.losses import KDLevel, KDLossConfig, KDReduction, TeacherWeighting
 
     c = Condition.from_dict({"name": "x", "teachers": ["us"], "init": "random", "weighting": "dev_wer",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kd.plan_study import PLAN_NAMES, per_seed, plan_study_table, with_seed
+from kd.recipes.plan_study import PLAN_NAMES, per_seed, plan_study_table, with_seed
 
 
 def test_per_seed_groups_the_runs_seed_by_seed():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kd.stages import Stage, run_stages, stage_dir
+from kd.recipes.stages import Stage, run_stages, stage_dir
 
 
 class Recorder:

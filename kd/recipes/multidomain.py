@@ -1,6 +1,6 @@
 """The multi-domain KD benchmark (Kim et al. 2021): its claims, evaluations and results file.
 
-Its stages, which ``recipes/multidomain_ukd/run.py`` strings together, are in :mod:`kd.multidomain_stages`.
+Its stages, which ``recipes/multidomain_ukd/run.py`` strings together, are in :mod:`kd.recipes.multidomain_stages`.
 The benchmark asks whether distillation from teachers of other domains helps a student of a target
 domain with little data, and tests the paper's claims with paired intervals (:mod:`kd.evaluation.evidence`):
 
@@ -65,7 +65,7 @@ def evaluate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike, de
                    out_dir: str | os.PathLike, device: str = "cpu") -> dict[str, float]:
     """WER and CER (%) of a model on one test set under one decoding (skipped when done; the report
     folder keeps the per-utterance errors that the intervals resample)."""
-    from kd.experiment import evaluate_once
+    from kd.recipes.experiment import evaluate_once
 
     report = evaluate_once(model_dir, [data_dir], decode, out_dir, device=device)
     return {"wer": report["overall"]["wer"] * 100.0, "cer": report["overall"]["cer"] * 100.0,

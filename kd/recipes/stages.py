@@ -157,10 +157,10 @@ def recipe_parser(doc: str, config: Path, name: str) -> argparse.ArgumentParser:
 
 
 def add_workers_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--workers N``: ``what`` (a recipe's independent runs) side by side (:mod:`kd.parallel`)."""
+    """``--workers N``: ``what`` (a recipe's independent runs) side by side (:mod:`kd.recipes.parallel`)."""
     parser.add_argument("--workers", type=int, default=None,
                         help=f"{what} side by side, each on its share of the cores (default: the preset's "
-                             f"workers, else 1; see kd.parallel)")
+                             f"workers, else 1; see kd.recipes.parallel)")
 
 
 def preset_workers(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: Mapping[str, Any]) -> int:

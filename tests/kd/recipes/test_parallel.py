@@ -1,4 +1,4 @@
-"""kd.parallel (independent jobs on worker processes) and kd.core.io.file_lock."""
+"""kd.recipes.parallel (independent jobs on worker processes) and kd.core.io.file_lock."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kd.core.io import LockedError, file_lock
-from kd.parallel import Job, JobError, run_jobs, worker_threads
+from kd.recipes.parallel import Job, JobError, run_jobs, worker_threads
 
 
 def _square(x: int) -> tuple[int, int, int]:
@@ -93,9 +93,9 @@ def _alive(pid: int) -> bool:
 def test_workers_die_with_a_killed_parent(tmp_path):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     # the job is defined in the parent's script: spawned workers import it from there (as __mp_main__)
-    script = ("import os, sys, time\nfrom kd.parallel import Job, run_jobs\n\n\n"
+    script = ("import os, sys, time\nfrom kd.recipes.parallel import Job, run_jobs\n\n\n"
               "def _report_pid_and_sleep(folder: str, i: int) -> None:\n"
               "    with open(os.path.join(folder, f'worker{i}.pid'), 'w') as f:\n"
               "        f.write(str(os.getpid()))\n"

@@ -1,4 +1,4 @@
-"""kd.asr_compress: the verdict of a comparison, from per-utterance errors."""
+"""kd.recipes.asr_compress: the verdict of a comparison, from per-utterance errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kd.asr_compress import TIE, compare
+from kd.recipes.asr_compress import TIE, compare
 
 
 def _eval(folder, errors, words=5):

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from kd import shipped
-from kd.shipped import PROVENANCE, provenance, restore, ship_runs
+from kd.recipes import shipped
+from kd.recipes.shipped import PROVENANCE, provenance, restore, ship_runs
 
 
 def _run(folder, *, finished=True):

@@ -1,10 +1,10 @@
 """The stages of the multi-domain KD benchmark (Kim et al. 2021) as library functions.
 
 ``recipes/multidomain_ukd/run.py`` parses a preset into a :class:`MultidomainSetup` and runs one
-function per stage (:mod:`kd.stages` skips the finished ones); each function takes the setup, the
+function per stage (:mod:`kd.recipes.stages` skips the finished ones); each function takes the setup, the
 earlier stages' results it needs and the number of worker processes, and returns the JSON-able
 summary that the stage's marker keeps. The claims, the results layout and its markdown are in
-:mod:`kd.multidomain`.
+:mod:`kd.recipes.multidomain`.
 
 Layout of the output folder ``out``::
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
 
-from kd.experiment import Condition, StudentSize, check_pairs, merge_sections, student_train_config, train_run
-from kd.multidomain import GREEDY, Claim, check_results, claims_table, evaluate_model, results_markdown
+from kd.recipes.experiment import Condition, StudentSize, check_pairs, merge_sections, student_train_config, train_run
+from kd.recipes.multidomain import GREEDY, Claim, check_results, claims_table, evaluate_model, results_markdown
 
 if TYPE_CHECKING:
     from kd.analyze.layerwise import AnalyzeConfig
@@ -54,7 +54,7 @@ class MultidomainSetup:
     domains: tuple[str, ...]  # the teachers' domains
     target: str  # the students' domain: little data, shifted recording conditions
     teacher: Mapping[str, Any]  # the teachers' TrainConfig section (data, tokens and seed filled in here)
-    student: Mapping[str, Any]  # the students' section of kd.experiment.student_train_config
+    student: Mapping[str, Any]  # the students' section of kd.recipes.experiment.student_train_config
     sizes: tuple[StudentSize, ...]
     conditions: tuple[Condition, ...]
     claims: tuple[Claim, ...]
@@ -62,7 +62,7 @@ class MultidomainSetup:
     decode: Mapping[str, Any]  # the headline decoding (a DecodeConfig section); GREEDY is the other
     analysis: AnalyzeConfig  # the teachers' layer-wise analysis
     device: str = "cpu"  # evaluation and analysis
-    shipped: Path | None = None  # shipped teachers (kd.shipped), <shipped>/<domain>; None: trained here
+    shipped: Path | None = None  # shipped teachers (kd.recipes.shipped), <shipped>/<domain>; None: trained here
     freeze: tuple[str, ...] = ()  # parameters that students built from the teacher's layers keep
 
     @classmethod
@@ -77,7 +77,7 @@ class MultidomainSetup:
             seeds: the seeds to run (the preset's, or the command line's).
             recipe_dir: the folder that the preset's ``shipped_teachers`` is relative to.
             section: ``section(key)`` is entered while the preset section ``key`` is parsed; the
-                recipe passes :func:`kd.stages.preset_section` to turn an error into a command-line
+                recipe passes :func:`kd.recipes.stages.preset_section` to turn an error into a command-line
                 error that names the section.
         """
         from kd.analyze.layerwise import AnalyzeConfig
@@ -190,8 +190,8 @@ def make_corpus(setup: MultidomainSetup) -> dict[str, Any]:
 def make_tokens(setup: MultidomainSetup) -> dict[str, Any]:
     """Stage ``tokens``: one inventory (words or characters) of every domain's training transcripts."""
     from kd.corpus.synth import task_vocabulary
-    from kd.experiment import write_token_list
-    from kd.multidomain import write_word_inventory
+    from kd.recipes.experiment import write_token_list
+    from kd.recipes.multidomain import write_word_inventory
 
     train = [setup.data(d, "train") for d in [*setup.domains, setup.target]]
     if setup.tokens == "words":
@@ -203,12 +203,12 @@ def make_tokens(setup: MultidomainSetup) -> dict[str, Any]:
 
 def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     """Stage ``teachers``: a teacher per domain and seed, restored from the shipped teachers when they were
-    trained on exactly this data and config (:func:`kd.shipped.restore`; they are seed 0's), else trained.
+    trained on exactly this data and config (:func:`kd.recipes.shipped.restore`; they are seed 0's), else trained.
 
     Returns the restored teachers' sources and the trained ones' wall seconds, by run dir.
     """
-    from kd.parallel import Job, run_jobs
-    from kd.shipped import restore, run_fingerprint
+    from kd.recipes.parallel import Job, run_jobs
+    from kd.recipes.shipped import restore, run_fingerprint
 
     jobs, restored = [], {}
     for seed in setup.seeds:
@@ -230,14 +230,14 @@ def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
 def evaluate_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     """Stage ``teacher-eval``: each teacher on its own and the target test sets (beam search and CTC
     greedy) and on the target dev set; whether its uncertainty predicts its token errors
-    (:func:`kd.multidomain.teacher_uncertainty`); the better teacher per seed.
+    (:func:`kd.recipes.multidomain.teacher_uncertainty`); the better teacher per seed.
 
     Returns ``{"seed<s>/<domain>": {"own_test_beam", "own_test_greedy", "target_test_beam",
     "target_test_greedy", "target_dev_beam"}, "seed<s>/uncertainty": ..., "seed<s>/best": domain}``,
-    each evaluation as :func:`kd.multidomain.evaluate_model` returns it.
+    each evaluation as :func:`kd.recipes.multidomain.evaluate_model` returns it.
     """
-    from kd.multidomain import teacher_uncertainty
-    from kd.parallel import Job, run_jobs
+    from kd.recipes.multidomain import teacher_uncertainty
+    from kd.recipes.parallel import Job, run_jobs
 
     target, device = setup.target, setup.device
     jobs = []
@@ -303,7 +303,7 @@ def build_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any]) -> 
 
 def distil_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any] | None, workers: int) -> dict[str, Any]:
     """Stage ``distill``: every (size, condition, seed) training run on the target domain."""
-    from kd.parallel import Job, run_jobs
+    from kd.recipes.parallel import Job, run_jobs
 
     jobs = [Job(str(setup.run_dir(*cell)), train_run,
                 (student_config(setup, *cell, teacher_eval), setup.run_dir(*cell))) for cell in setup.cells()]
@@ -314,9 +314,9 @@ def distil_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any] | N
 def evaluate_students(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     """Stage ``eval``: every student on the target test set by beam search and CTC greedy decoding.
 
-    Returns ``{"<size>/<condition>/seed<s>": {"beam": ..., "greedy": ...}}`` (:func:`kd.multidomain.evaluate_model`).
+    Returns ``{"<size>/<condition>/seed<s>": {"beam": ..., "greedy": ...}}`` (:func:`kd.recipes.multidomain.evaluate_model`).
     """
-    from kd.parallel import Job, run_jobs
+    from kd.recipes.parallel import Job, run_jobs
 
     cells, test = setup.cells(), setup.data(setup.target, "test")
     jobs = [Job(f"{setup.run_dir(*cell)} {name}", evaluate_model,
@@ -371,7 +371,7 @@ def student_rows(student_eval: Mapping[str, Any], sizes: Sequence[str], conditio
 
 def results_table(setup: MultidomainSetup, teacher_eval: Mapping[str, Any], student_eval: Mapping[str, Any], *,
                   preset: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """The results file (layout: :func:`kd.multidomain.check_results`, which checks it): the teachers,
+    """The results file (layout: :func:`kd.recipes.multidomain.check_results`, which checks it): the teachers,
     the students, each claim's interval and verdict per size and metric (from the evaluations'
     per-utterance errors), the correlation of the teachers' uncertainties and ``provenance``."""
     te, seeds, target = teacher_eval, list(setup.seeds), setup.target
