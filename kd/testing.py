@@ -147,8 +147,8 @@ def make_model_dir(directory: Path, corpus_root: Path, *, steps: int, **override
     from kd.data.batching import AudioDataset, collate
     from kd.data.datadir import load_data_dir
     from kd.data.text import CharTokenizer
-    from kd.models.model_dir import save_model_dir
     from kd.models.asr import AsrConfig, build_asr_model
+    from kd.models.model_dir import save_model_dir
 
     tokenizer = CharTokenizer.from_texts([ALPHABET])
     torch.manual_seed(0)

@@ -157,8 +157,8 @@ def peak_lr(config, d_model: int) -> float:
 def write_data_dir(out: Path, utterances) -> Path:
     """``wav.scp`` (absolute paths) and ``text`` (normalised) for ``utterances``, sorted by id as
     ESPnet's readers expect."""
-    from kd.data import normalize_text
     from kd.core.io import atomic_write_text
+    from kd.data import normalize_text
 
     out.mkdir(parents=True, exist_ok=True)
     ordered = sorted(utterances, key=lambda u: u.utt)
@@ -423,8 +423,8 @@ def decode_toolkit_run(run_dir: Path, eval_dir: Path, work: Path, methods: Seque
     from safetensors.torch import load_file
 
     from kd.data.text import SentencePieceTokenizer
-    from kd.models.export_espnet import espnet_config
     from kd.models.asr import AsrConfig
+    from kd.models.export_espnet import espnet_config
     from kd.training.data import load_run_tokenizer
     from kd.training.teachers import MODEL_CONFIG_FILE
 

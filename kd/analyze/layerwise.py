@@ -257,8 +257,8 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
             data_name: str = ""):
     """Run all analyses. ``model``: an ``analysis.capture.LayerwiseModel``; ``data``: a ``DataDir``."""
     from analysis import feature_cca as fc
-    from analysis.mutual_info import MIBoundConfig, cluster_mi_bound, labelled_mi_bound, vacuous_layers
     from analysis.kmeans import KMeansConfig
+    from analysis.mutual_info import MIBoundConfig, cluster_mi_bound, labelled_mi_bound, vacuous_layers
     from analysis.probing import ProbeConfig, probe_frames, probe_utterances, probe_weighted_sum
     from analysis.report import AnalysisReport
     from analysis.streaming import pairwise_linear_cka, pairwise_pwcca, pairwise_svcca
@@ -396,8 +396,8 @@ class _Laps:
 def analyze_model_dir(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                       config: AnalyzeConfig = AnalyzeConfig()) -> "AnalysisReport":  # noqa: F821
     """``kd analyze``: load, analyse, write ``report.json``, ``report.md`` and PNG figures to ``out_dir``."""
-    from kd.data import load_data_dir, read_alignments
     from kd.core.io import atomic_write_text
+    from kd.data import load_data_dir, read_alignments
 
     model = load_layerwise_model(model_dir, device=config.device)
     data = load_data_dir(data_dir)

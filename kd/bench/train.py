@@ -240,8 +240,8 @@ def host_waits(config, data: _TrainingData, device: torch.device, *, espnet_defa
     from accelerate.utils import set_seed
 
     from kd.models.asr import build_asr_model
-    from kd.training.data import make_loader
     from kd.training.config import TeacherOutputs
+    from kd.training.data import make_loader
     from kd.training.steps import accumulate, forward_backward
     from kd.training.syncs import HostSyncCounter
     from kd.training.teachers import TeacherCache, load_teachers

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kd.corpus.domains import DOMAIN_BY_NAME, DOMAINS, PRESETS, SPLITS, CorpusPreset, Speaker, make_speakers
 from kd.core.io import atomic_write_bytes, atomic_write_text, clear_done, is_done, mark_done, write_json
+from kd.corpus.domains import DOMAIN_BY_NAME, DOMAINS, PRESETS, SPLITS, CorpusPreset, Speaker, make_speakers
 
 SAMPLE_RATE = 16000
 CORPUS_VERSION = 1

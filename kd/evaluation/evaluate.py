@@ -30,10 +30,10 @@ from typing import Any, Sequence
 
 import torch
 
+from kd.core.io import atomic_write_text, write_json
 from kd.data.text import normalize_text
 from kd.evaluation.decode import DecodeConfig, DecodeMethod, decode_ids
 from kd.evaluation.hf_ctc import CTCTranscriber, is_hf_model_folder
-from kd.core.io import atomic_write_text, write_json
 
 __all__ = ["EvalReport", "Score", "UttResult", "evaluate", "score_texts"]
 

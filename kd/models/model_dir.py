@@ -25,8 +25,8 @@ from typing import Any, Mapping, Union
 
 import yaml
 
-from kd.data.text import CharTokenizer, SentencePieceTokenizer
 from kd.core.io import atomic_write_bytes, atomic_write_text, load_yaml
+from kd.data.text import CharTokenizer, SentencePieceTokenizer
 
 __all__ = [
     "CONFIG_NAME",

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from kd.training.losses import KDLevel, KDLossConfig, KDReduction, TeacherWeighting
 from kd.training.config import TrainConfig, with_added_fields
+from kd.training.losses import KDLevel, KDLossConfig, KDReduction, TeacherWeighting
 
 __all__ = ["Condition", "Init", "StudentSize", "check_pairs", "evaluate_once", "mean_std", "merge_sections",
            "paired_differences", "seed_summary", "student_train_config", "train_run", "training_differs",
@@ -282,9 +282,9 @@ def evaluate_once(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.Pat
     """
     import json
 
+    from kd.core.io import is_done, mark_done
     from kd.evaluation.decode import DecodeConfig
     from kd.evaluation.evaluate import evaluate
-    from kd.core.io import is_done, mark_done
 
     import hashlib
 

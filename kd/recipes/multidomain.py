@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kd.evaluation.evidence import (DOES_NOT_REPRODUCE, NOT_A_TEST, REPRODUCES, paired_interval, read_utterance_errors,
-                         token_uncertainty, uncertainty_summary, variance_correlation, verdict)
 from kd.core.io import write_json
+from kd.evaluation.evidence import (DOES_NOT_REPRODUCE, NOT_A_TEST, REPRODUCES, paired_interval, read_utterance_errors,
+                                    token_uncertainty, uncertainty_summary, variance_correlation, verdict)
 
 __all__ = ["Claim", "GREEDY", "RESULTS_LAYOUT", "check_results", "claims_table", "evaluate_model", "results_markdown",
            "teacher_uncertainty", "write_word_inventory"]
@@ -46,9 +46,9 @@ def write_word_inventory(data_dirs: Sequence[str | os.PathLike], out_dir: str | 
     one step per word instead of one per character. The token list, not the model file, identifies the
     inventory (SentencePiece writes its output path into the model file).
     """
+    from kd.core.io import atomic_write_text
     from kd.data import load_data_dir
     from kd.data.text import SentencePieceTokenizer
-    from kd.core.io import atomic_write_text
 
     texts = [u.text for d in data_dirs for u in load_data_dir(d).utterances]
     words = {w for t in texts for w in t.split()}

@@ -314,7 +314,8 @@ def distil_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any] | N
 def evaluate_students(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     """Stage ``eval``: every student on the target test set by beam search and CTC greedy decoding.
 
-    Returns ``{"<size>/<condition>/seed<s>": {"beam": ..., "greedy": ...}}`` (:func:`kd.recipes.multidomain.evaluate_model`).
+    Returns ``{"<size>/<condition>/seed<s>": {"beam": ..., "greedy": ...}}``
+    (:func:`kd.recipes.multidomain.evaluate_model`).
     """
     from kd.recipes.parallel import Job, run_jobs
 

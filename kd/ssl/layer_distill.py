@@ -194,8 +194,8 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
     teacher, student: Hugging Face wav2vec 2.0 / HuBERT / WavLM models (any head; their encoders
     are used) with the same feature encoder frame rate; the student has
     ``plan.num_student_layers`` Transformer layers. ``input_spec``: the teacher's input
-    convention (:mod:`kd.models.hf_processor`), used for both models and saved with the student. A finished stage (same config, plan, data
-    and initial weights) is skipped, leaving ``student`` untouched: load the result from
+    convention (:mod:`kd.models.hf_processor`), used for both models and saved with the student. A
+    finished stage (same config, plan, data and initial weights) is skipped, leaving ``student`` untouched: load the result from
     ``StageResult.model_dir`` with :func:`kd.compression.load_student`.
     """
     from kd.compression import save_student

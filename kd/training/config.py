@@ -23,8 +23,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from kd.data.augment import AugmentConfig
 from kd.core.io import load_yaml
+from kd.data.augment import AugmentConfig
 from kd.training.losses import KDLossConfig
 
 __all__ = [

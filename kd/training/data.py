@@ -21,9 +21,9 @@ from typing import Sequence, Union
 
 import torch
 
+from kd.core.io import atomic_write_text
 from kd.data import CharTokenizer, DataDir, SentencePieceTokenizer
 from kd.data.batching import AudioDataset, collate
-from kd.core.io import atomic_write_text
 from kd.training.config import TokenConfig, TokenKind
 
 __all__ = [

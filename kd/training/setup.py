@@ -62,10 +62,10 @@ def pool(dirs: list):
 
 def model_config_for(config: TrainConfig, tokenizer):
     """The AsrConfig to build and, for ``model.init_from``, the weights to start from (else None)."""
+    from kd.models.asr import AsrConfig
     from kd.models.model_dir import CONFIG_NAME as MODEL_DIR_CONFIG
     from kd.models.model_dir import WEIGHTS_NAME as MODEL_DIR_WEIGHTS
     from kd.models.model_dir import read_model_dir_config
-    from kd.models.asr import AsrConfig
     from kd.training.data import load_run_tokenizer
     from kd.training.teachers import MODEL_CONFIG_FILE, check_same_tokens
 

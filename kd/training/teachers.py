@@ -31,10 +31,10 @@ import torch
 from torch import Tensor
 
 from kd.core.io import atomic_write_text, file_lock, is_done, mark_done
-from kd.training.losses import KDLevel
 from kd.training.checkpoint import load_weights
 from kd.training.config import TeacherSpec
 from kd.training.data import load_run_tokenizer
+from kd.training.losses import KDLevel
 
 __all__ = ["MODEL_CONFIG_FILE", "TeacherCache", "TeacherOutput", "load_run_model", "load_teachers",
            "teacher_forward"]

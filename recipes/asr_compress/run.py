@@ -2,7 +2,8 @@
 
     python recipes/asr_compress/run.py --preset cpu [--stage N] [--stop-stage M] [--seeds 0 1 2]
 
-Stages (each skipped when finished with the same settings; see kd.recipes.stages; the stage logic is kd.recipes.asr_compress):
+Stages (each skipped when finished with the same settings; see kd.recipes.stages; the stage logic is
+kd.recipes.asr_compress):
   1 corpus        synthesise the built-in corpus
   2 tokens        the word inventory (the multi-domain recipe's)
   3 teacher       restored from the recipe's shipped teacher when it was trained on exactly this data and
@@ -22,13 +23,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kd.recipes.asr_compress import (AsrCompressSetup, analyse_teacher, build_students, evaluate_students, evaluate_teacher,
-                             make_corpus, make_tokens, measure_speed, results_markdown, results_table, train_students,
-                             train_teacher)
 from kd.core.io import atomic_write_text, write_json
+from kd.recipes.asr_compress import (AsrCompressSetup, analyse_teacher, build_students, evaluate_students,
+                                     evaluate_teacher, make_corpus, make_tokens, measure_speed, results_markdown,
+                                     results_table, train_students, train_teacher)
 from kd.recipes.shipped import provenance, ship_runs
 from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
-                       preset_seeds, preset_workers, recipe_parser, run_recipe)
+                               preset_seeds, preset_workers, recipe_parser, run_recipe)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -19,19 +19,19 @@ import json
 import sys
 from pathlib import Path
 
-from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 from kd.analyze.compare import compare_models, save_comparison
+from kd.analyze.figures import plot_layer_curves, plot_pretraining_curves, report_curves
+from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
+from kd.analyze.summary import peak_layers_markdown
+from kd.core.io import atomic_write_text
 from kd.corpus.synth import build_corpus
 from kd.recipes.experiment import merge_sections, training_differs
-from kd.analyze.figures import plot_layer_curves, plot_pretraining_curves, report_curves
-from kd.core.io import atomic_write_text
+from kd.recipes.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
 from kd.ssl.common import list_checkpoints
 from kd.ssl.config import SSLConfig
 from kd.ssl.pretrain import finished_config, pretrain
-from kd.recipes.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
-from kd.analyze.summary import peak_layers_markdown
-from kd.training.loop import train
 from kd.training.config import TrainConfig
+from kd.training.loop import train
 
 HERE = Path(__file__).resolve().parent
 PRESET_KEYS = PresetKeys(

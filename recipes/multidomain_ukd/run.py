@@ -22,11 +22,11 @@ import sys
 from pathlib import Path
 
 from kd.recipes.multidomain_stages import (MultidomainSetup, analyse_teachers, build_students, distil_students,
-                                   evaluate_students, evaluate_teachers, make_corpus, make_tokens, publish_results,
-                                   results_table, train_teachers)
+                                           evaluate_students, evaluate_teachers, make_corpus, make_tokens,
+                                           publish_results, results_table, train_teachers)
 from kd.recipes.shipped import provenance, ship_runs
 from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
-                       preset_seeds, preset_workers, recipe_parser, run_recipe)
+                               preset_seeds, preset_workers, recipe_parser, run_recipe)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -27,17 +27,17 @@ from pathlib import Path
 
 from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 from kd.bench.speed import bench_speed
+from kd.core.io import atomic_write_text, write_json
 from kd.corpus.synth import build_corpus
 from kd.recipes.experiment import merge_sections
-from kd.core.io import atomic_write_text, write_json
-from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
 from kd.recipes.parallel import Job, run_jobs
 from kd.recipes.plan_study import PLAN_NAMES, equal_budget_plans, per_seed, plan_study_table, save_plans, with_seed
+from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, keyword_names, load_preset,
+                               preset_section, preset_seeds, preset_workers, recipe_parser, run_recipe)
 from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
+from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
 from kd.ssl.pretrain import pretrain
-from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, keyword_names, load_preset, preset_section,
-                       preset_seeds, preset_workers, recipe_parser, run_recipe)
 
 HERE = Path(__file__).resolve().parent
 PRESET_KEYS = PresetKeys(

@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_runs_train_on_cuda(tests_corpus, tmp_path, precision):
-    from kd.training.loop import train
     from kd.training.checkpoint import latest_checkpoint, load_optimizer_state
+    from kd.training.loop import train
 
     corpus = tests_corpus[0]
     # CTC's CUDA backward has no deterministic implementation: deterministic mode is for CPUs

@@ -173,8 +173,8 @@ def test_the_whole_script_on_alnum_tests(ref, tmp_path, monkeypatch):
     3-step toolkit run of the same config (about a minute and a half on one core)."""
     from kd.corpus.synth import build_corpus
     from kd.recipes.multidomain import write_word_inventory
-    from kd.training.loop import train
     from kd.training.config import TrainConfig
+    from kd.training.loop import train
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(tmp_path)

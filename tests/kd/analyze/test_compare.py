@@ -34,8 +34,8 @@ def test_pair_frames_pairs_centres_across_rates():
 def test_a_model_against_itself_and_against_a_pruned_student(tests_corpus, tmp_path):
     from kd.compression.asr import asr_student
     from kd.data.text import CharTokenizer
-    from kd.models.model_dir import save_model_dir
     from kd.models.asr import AsrConfig, build_asr_model
+    from kd.models.model_dir import save_model_dir
     from kd.plan import CompressionPlan
 
     corpus = tests_corpus[0]

@@ -135,9 +135,9 @@ def test_bad_plans_are_refused():
 def test_training_starts_from_a_student_model_dir(tests_corpus, tmp_path):
     from kd.data.text import CharTokenizer
     from kd.models.model_dir import save_model_dir
-    from kd.training.loop import train
     from kd.training.checkpoint import load_weights
     from kd.training.config import TrainConfig
+    from kd.training.loop import train
 
     corpus = tests_corpus[0]
     tokenizer = CharTokenizer.from_texts(["abcdefghijklmnopqrstuvwxyz '"])

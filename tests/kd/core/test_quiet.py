@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent("""
 
     from kd.cli import main
     from kd.data.text import CharTokenizer
-    from kd.models.model_dir import save_model_dir
     from kd.models.asr import AsrConfig, build_asr_model
+    from kd.models.model_dir import save_model_dir
 
     out = Path(sys.argv[1])
     tokenizer = CharTokenizer.from_texts(["abc"])

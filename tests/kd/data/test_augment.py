@@ -105,8 +105,8 @@ def test_config_errors():
 
 
 def test_training_with_augmentation_resumes_exactly(tests_corpus, tmp_path):
-    from kd.training.loop import train
     from kd.training.checkpoint import load_weights
+    from kd.training.loop import train
 
     corpus = tests_corpus[0]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kd.evaluation.beam import BeamHypothesis, _Ended, batched_beam_search
 from kd.data.text import CharTokenizer
+from kd.evaluation.beam import BeamHypothesis, _Ended, batched_beam_search
 from kd.evaluation.decode import DecodeConfig, build_beam_search, decode_ids, encode_utterances
 from kd.testing import TOKENS, speech_batch, train_briefly
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kd.evaluation.conditions import (condition_table, error_by_condition, read_manifest, read_utterances,
-                                  utterance_conditions)
+                                      utterance_conditions)
 
 
 def record(utt, noise=None, snr=None, rt60=None, variant="m1", voice="en-029", rate=220):

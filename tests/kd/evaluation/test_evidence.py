@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from kd.evaluation.evidence import (NOT_A_TEST, REPRODUCES, DOES_NOT_REPRODUCE, Interval, UttErrors, auroc, paired_interval,
-                         read_utterance_errors, verdict)
+from kd.evaluation.evidence import (NOT_A_TEST, REPRODUCES, DOES_NOT_REPRODUCE, Interval, UttErrors, auroc,
+                                    paired_interval, read_utterance_errors, verdict)
 
 
 def _run(errors, lengths=None):
@@ -112,8 +112,8 @@ def test_token_uncertainty_scores_are_the_model_outputs(tests_corpus, tmp_path):
     from kd.data.datadir import load_data_dir
     from kd.data.text import CharTokenizer
     from kd.evaluation.evidence import token_uncertainty, uncertainty_summary
-    from kd.models.model_dir import save_model_dir
     from kd.models.asr import AsrConfig, build_asr_model
+    from kd.models.model_dir import save_model_dir
 
     root = tests_corpus[0]
     data_dir = root / "target" / "test"

@@ -134,9 +134,9 @@ def test_raw_input_differs_from_normalised_input(tests_corpus, tmp_path):
 
 
 def test_compressed_hub_student_keeps_the_processor_and_every_layer_reproduces(tests_corpus, tmp_path):
+    from kd.compression.apply import compress_model_dir
     from kd.evaluation.evaluate import evaluate
     from kd.plan import CompressionPlan
-    from kd.compression.apply import compress_model_dir
 
     root, _ = tests_corpus
     folder = _hub_ctc_folder(tmp_path / "hub")
@@ -230,10 +230,10 @@ def test_normalising_teacher_convention_survives_distillation_and_finetuning(tes
 
     from kd.evaluation.evaluate import evaluate
     from kd.models.hf_processor import write_input_spec
-    from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
     from kd.plan import CompressionPlan
     from kd.ssl.config import CTCConfig
     from kd.ssl.finetune import finetune_ctc
+    from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
 
     root, _ = tests_corpus
     data = root / "target" / "test"

@@ -7,8 +7,8 @@ import math
 import pytest
 import yaml
 
-from kd.recipes.experiment import (Condition, StudentSize, mean_std, paired_differences, seed_summary, student_train_config,
-                           train_run)
+from kd.recipes.experiment import (Condition, StudentSize, mean_std, paired_differences, seed_summary,
+                                   student_train_config, train_run)
 
 
 def test_mean_std_is_the_sample_statistic():

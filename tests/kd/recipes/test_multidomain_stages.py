@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from kd.recipes.experiment import Condition, StudentSize
-from kd.training.losses import TeacherWeighting
 from kd.recipes.multidomain import Claim, check_results
-from kd.recipes.multidomain_stages import (MultidomainSetup, publish_results, results_table, student_config, student_rows,
-                                   teacher_config, teacher_means)
+from kd.recipes.multidomain_stages import (MultidomainSetup, publish_results, results_table, student_config,
+                                           student_rows, teacher_config, teacher_means)
+from kd.training.losses import TeacherWeighting
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 SMOKE = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())["smoke"]

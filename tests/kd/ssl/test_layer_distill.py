@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from kd.ssl.layer_distill import LayerDistillConfig, PredictionHeads, layer_distill_loss
 from kd.plan import CompressionPlan
+from kd.ssl.layer_distill import LayerDistillConfig, PredictionHeads, layer_distill_loss
 
 
 def subset_data_dir(src: Path, dst: Path, count: int) -> Path:
@@ -117,8 +117,8 @@ def test_heads_follow_the_layer_map():
 # ---- the stage ------------------------------------------------------------------------------
 def test_distill_layers_lowers_the_loss_and_saves_a_student(tests_corpus, tmp_path):
     from kd.compression import load_student
-    from kd.ssl.layer_distill import distill_layers
     from kd.core.io import read_csv_log
+    from kd.ssl.layer_distill import distill_layers
 
     root, _ = tests_corpus
     data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)  # one batch: the same every step

@@ -13,10 +13,10 @@ from safetensors.torch import save_file
 
 from kd.testing import all_equal, make_config, read_csv
 from kd.training import checkpoint as ckpt
-from kd.training.config import Criterion
 from kd.training.checkpoint import (average_checkpoints, begin_checkpoint, capture_rng, finish_checkpoint,
                                     latest_checkpoint, list_checkpoints, load_weights, prune_checkpoints,
                                     restore_rng)
+from kd.training.config import Criterion
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 

@@ -74,8 +74,8 @@ def test_tiny_teacher_overfits_four_utterances_to_zero_wer(corpus, tmp_path):
         hyp = tokenizer.decode(greedy_ctc(out.ctc_log_probs[i], int(out.encoder_lengths[i])))
         assert hyp.split() == batch.texts[i].split(), utt  # WER 0 on the training utterances
     # the run also leaves its averaged model as a model dir that kd eval reads
-    from kd.evaluation.evaluate import evaluate
     from kd.evaluation.decode import DecodeConfig, DecodeMethod
+    from kd.evaluation.evaluate import evaluate
 
     report = evaluate(tmp_path / "run" / "model", [data], DecodeConfig(method=DecodeMethod.CTC_GREEDY))
     assert report.to_dict()["num_parameters"] > 0
@@ -301,8 +301,8 @@ def test_init_from_a_run_starts_from_its_weights(corpus, teachers, tmp_path):
 def test_frozen_parameters_keep_the_teachers_values_and_the_rest_train(corpus, teachers, tmp_path):
     """model.freeze: the named module keeps its initial values bit for bit, everything else moves;
     a name that matches no parameter is refused with the model's module names."""
-    from kd.training.loop import train
     from kd.training.checkpoint import load_optimizer_state, latest_checkpoint
+    from kd.training.loop import train
 
     t1, _ = teachers
     tokens = {"kind": "list", "path": str(t1 / "tokens.txt")}
