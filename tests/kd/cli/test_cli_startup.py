@@ -65,14 +65,15 @@ def test_entry_point_help_runs_without_heavy_modules():
 
 
 def test_device_default_resolved_when_the_command_runs():
-    from kd.cli import _device, build_parser
+    from kd.cli import build_parser
+    from kd.cli.common import device
 
     for argv in (["analyze", "m", "--data", "d", "--out", "o"], ["eval", "m", "--data", "d"],
                  ["compare", "m", "--reference", "r", "--data", "d", "--out", "o"],
                  ["bench", "analyze", "m", "--data", "d"], ["bench", "speed", "m"]):
         assert build_parser().parse_args(argv).device is None
-    assert _device("cpu") == "cpu"
-    assert _device(None) in ("cpu", "cuda")
+    assert device("cpu") == "cpu"
+    assert device(None) in ("cpu", "cuda")
 
 
 @pytest.mark.parametrize("spelling", ["ctc_greedy", "ctc-greedy"])

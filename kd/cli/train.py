@@ -1,0 +1,63 @@
+"""``kd train``, ``kd distill`` (:mod:`kd.training`) and ``kd distill-layers`` (:mod:`kd.ssl.layer_distill`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from kd.cli.common import key_values
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the train command group to the ``kd`` parser's subcommands."""
+    for name, text in (("train", "train an ASR model (teacher, or student without KD) from a YAML config"),
+                       ("distill", "train a student with knowledge distillation from a YAML config")):
+        tr = sub.add_parser(name, help=text)
+        tr.add_argument("config", help="YAML config (see recipes/ and kd/training/config.py)")
+        tr.add_argument("out", help="run dir (resumed from its newest finished checkpoint if present)")
+        tr.add_argument("--no-resume", action="store_true", help="refuse a run dir that already has checkpoints")
+        tr.set_defaults(run=_train)
+
+    dl = sub.add_parser("distill-layers", help="layer-to-layer distillation (DistilHuBERT) of a wav2vec2-family "
+                                               "student built by a plan")
+    dl.add_argument("teacher", help="Hugging Face checkpoint folder (wav2vec2 / HuBERT / WavLM) or a student folder")
+    dl.add_argument("plan", help="plan JSON (kd plan); its layer map pairs teacher and student layers")
+    dl.add_argument("--data", nargs="+", required=True, help="data dirs (audio only is used)")
+    dl.add_argument("--out", required=True, help="stage folder: student/, heads, log.csv (a finished one is skipped)")
+    dl.add_argument("--student", default=None, help="initial student folder (default: kd.compress(teacher, plan))")
+    dl.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
+    dl.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="optimiser settings over the preset (steps, lr, warmup_steps, max_batch_seconds, ...)")
+    dl.set_defaults(run=_distill_layers)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kd.training.loop import distill_from_yaml, train_from_yaml
+
+    fn = distill_from_yaml if args.command == "distill" else train_from_yaml
+    result = fn(args.config, args.out, resume=not args.no_resume)
+    print(json.dumps(result.to_dict(), indent=1))
+    return 0
+
+
+def _distill_layers(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from kd.compression import count_parameters, load_student
+    from kd.ssl.config import OptimSettings
+    from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
+
+    config = LayerDistillConfig.from_preset(args.preset)
+    optim = key_values(args.set, "--set")
+    if optim:
+        unknown = sorted(set(optim) - {f.name for f in dataclasses.fields(OptimSettings)})
+        if unknown:
+            raise ValueError(f"--set: unknown OptimSettings field(s) {unknown}; expected some of "
+                             f"{[f.name for f in dataclasses.fields(OptimSettings)]}")
+        config = dataclasses.replace(config, optim=OptimSettings.from_dict({**config.optim.to_dict(), **optim}))
+    result = distill_plan(args.teacher, args.plan, args.data, args.out, config, student_dir=args.student,
+                          progress=True)
+    student = load_student(result.model_dir)
+    print(f"student ({count_parameters(student):,} parameters) after {result.steps} updates"
+          f"{' (finished earlier; skipped)' if result.skipped else ''}: {result.model_dir}")
+    return 0
