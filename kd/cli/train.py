@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         tr.add_argument("config", help="YAML config (see recipes/ and kd/training/config.py)")
         tr.add_argument("out", help="run dir (resumed from its newest finished checkpoint if present)")
         tr.add_argument("--no-resume", action="store_true", help="refuse a run dir that already has checkpoints")
+        tr.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
+                        help="config fields over the YAML (optim.lr=0.001, model.overrides.encoder_layers=3, ...)")
         tr.set_defaults(run=_train)
 
     dl = sub.add_parser("distill-layers", help="layer-to-layer distillation (DistilHuBERT) of a wav2vec2-family "
@@ -35,7 +37,7 @@ def _train(args: argparse.Namespace) -> int:
     from kd.training.loop import distill_from_yaml, train_from_yaml
 
     fn = distill_from_yaml if args.command == "distill" else train_from_yaml
-    result = fn(args.config, args.out, resume=not args.no_resume)
+    result = fn(args.config, args.out, resume=not args.no_resume, overrides=args.set)
     print(json.dumps(result.to_dict(), indent=1))
     return 0
 

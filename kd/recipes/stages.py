@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from kd.core.config_fields import with_overrides
 from kd.core.io import MARKER_NAME, clear_done, is_done, load_yaml, mark_done
 
 __all__ = ["CORPUS_KEYS", "PresetKeys", "Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument",
@@ -151,6 +152,8 @@ def recipe_parser(doc: str, config: Path, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="cpu", help="section of config.yaml (smoke, cpu, gpu)")
     parser.add_argument("--config", type=Path, default=config)
     parser.add_argument("--out", type=Path, default=None, help=f"default: exp/{name}/PRESET")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
+                        help="preset settings over the YAML (seeds=[0], teacher.optim.max_epochs=8, ...)")
     parser.set_defaults(recipe=name)
     add_stage_arguments(parser)
     return parser
@@ -262,6 +265,13 @@ def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace,
     presets = {k: v for k, v in data.items() if not str(k).startswith("x-")}
     if args.preset not in presets:
         parser.error(f"--preset: expected one of {sorted(presets)}, found {args.preset!r}")
+    if getattr(args, "set", None):
+        if not isinstance(presets[args.preset], Mapping):
+            parser.error(f"{_where(args)}: expected a mapping of settings")
+        try:
+            presets[args.preset] = with_overrides(presets[args.preset], args.set)
+        except ValueError as e:
+            parser.error(f"{_where(args)}: {e}")
     if keys is not None:
         try:
             keys.check(presets[args.preset], _where(args))

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -241,8 +241,11 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
-        """Read a YAML file; errors are prefixed with the file name."""
+    def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "TrainConfig":
+        """Read a YAML file, with ``overrides`` (``KEY.PATH=VALUE``, the command line's ``--set``) set over
+        it; errors are prefixed with the file name."""
+        from kd.core.config_fields import with_overrides
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Expected a YAML config at {path}, found no such file")
@@ -253,7 +256,7 @@ class TrainConfig:
         if not isinstance(data, Mapping):
             raise ValueError(f"{path}: expected a mapping of sections, found {type(data).__name__}")
         try:
-            return cls.from_dict(data)
+            return cls.from_dict(with_overrides(data, overrides))
         except (ValueError, TypeError) as e:
             raise type(e)(f"{path}: {e}") from None
 

@@ -60,7 +60,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -168,12 +168,16 @@ def distill(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = T
     return train(config, out_dir, resume=resume)
 
 
-def train_from_yaml(path: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = True) -> TrainResult:
-    return train(TrainConfig.from_yaml(path), out_dir, resume=resume)
+def train_from_yaml(path: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = True,
+                    overrides: Sequence[str] = ()) -> TrainResult:
+    """``kd train``: the YAML config with ``overrides`` (``KEY.PATH=VALUE``) set over it."""
+    return train(TrainConfig.from_yaml(path, overrides), out_dir, resume=resume)
 
 
-def distill_from_yaml(path: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = True) -> TrainResult:
-    return distill(TrainConfig.from_yaml(path), out_dir, resume=resume)
+def distill_from_yaml(path: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = True,
+                      overrides: Sequence[str] = ()) -> TrainResult:
+    """``kd distill``: the YAML config with ``overrides`` (``KEY.PATH=VALUE``) set over it."""
+    return distill(TrainConfig.from_yaml(path, overrides), out_dir, resume=resume)
 
 
 # ---------------------------------------------------------------- the loop

@@ -110,3 +110,34 @@ def test_check_keys():
         check_keys({"a": 1, "zzz": 2}, "where", required=["a"], optional=["b"])
     with pytest.raises(ValueError, match=r"where: missing key\(s\) \['a'\]"):
         check_keys({"b": 1}, "where", required=["a"], optional=["b"])
+
+
+@pytest.mark.parametrize("recipe_name,items,expected", [
+    # --set goes through the same checks as the YAML: a misspelt key, a bad value of a late stage
+    ("multidomain_ukd", ["seed=[0]"], "unknown key 'seed' (did you mean 'seeds'?)"),
+    ("asr_compress", ["budgets=[4]"], "budgets: a budget must be below the teacher's 4 encoder layers"),
+    ("multidomain_ukd", ["student.optim.lr_max=1.0"], "student / conditions: TrainConfig.optim: unknown field 'lr_max'"),
+    ("w2v2_compress", ["seeds.first=1"], "--set 'seeds.first=1': seeds is [0, 1], not a section"),
+])
+def test_set_overrides_a_preset_before_its_checks(recipe_name, items, expected, tmp_path, capsys, load_recipe):
+    out = tmp_path / "exp"
+    err = run_error(load_recipe(recipe_name), ["--preset", "smoke", "--out", str(out), "--set", *items], capsys)
+    assert f"preset 'smoke': {expected}" in err
+    assert not out.exists()
+
+
+def test_set_values_reach_the_stages(tmp_path, capsys, load_recipe):
+    """An accepted --set changes the preset that the stages get: here the seeds that --stage 99 checks."""
+    recipe = load_recipe("asr_compress")
+    err = run_error(recipe, ["--preset", "smoke", "--out", str(tmp_path), "--stage", "99", "--set", "seeds=[3, 4, 5]",
+                             "teacher.optim.max_steps=3"], capsys)
+    assert "stage range 99" in err
+    cfg, _ = recipe.load_preset(recipe.recipe_parser(recipe.__doc__, recipe.HERE / "config.yaml", "asr_compress"),
+                                _args(recipe, ["--preset", "smoke", "--set", "seeds=[3, 4, 5]",
+                                               "teacher.optim.max_steps=3"]), recipe.PRESET_KEYS)
+    assert cfg["seeds"] == [3, 4, 5] and cfg["teacher"]["optim"]["max_steps"] == 3
+    assert cfg["teacher"]["optim"]["lr"] == 0.002  # the rest of the section as the YAML has it
+
+
+def _args(recipe, argv):
+    return recipe.recipe_parser(recipe.__doc__, recipe.HERE / "config.yaml", "asr_compress").parse_args(argv)
