@@ -3,7 +3,7 @@ and short commands, in the manner of CMU's AN4 ("alphanumeric") database that ES
 recipe trains on a CPU.
 
 The large-vocabulary sentences of `kd.corpus.sentences` (about 3500 words) are too hard for a
-model trained for minutes on two cores: its teachers stay at 25-40% CER. This task has 150 words,
+model trained for minutes on two cores: its teachers stay at 25-40% CER. This task has 147 words,
 short utterances (2-10 words), and the same speakers, accents, noise and reverberation, so that
 the teachers of a CPU run can recognise their own domain well and the multi-domain distillation
 has something to transfer.

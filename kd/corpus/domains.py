@@ -124,7 +124,7 @@ PRESETS: dict[str, CorpusPreset] = {
     "cpu_large": CorpusPreset("cpu_large", _sizes((4000, 200, 200), (300, 100, 200), (40, 4, 4), (8, 4, 4))),
     # tens of hours of audio, for GPU runs
     "gpu": CorpusPreset("gpu", _sizes((24000, 500, 500), (3000, 500, 1000), (40, 8, 8), (16, 8, 8))),
-    # the alphanumeric task (kd.corpus.alnum, 150 words, 2-12 words an utterance): seconds, for tests
+    # the alphanumeric task (kd.corpus.alnum, 147 words, 2-12 words an utterance): seconds, for tests
     "alnum_tests": CorpusPreset("alnum_tests", _sizes((12, 4, 4), (8, 4, 4), (3, 2, 2), (2, 2, 2)), min_words=2,
                                 max_words=12, task=Task.ALNUM),
     # what two CPU cores can learn: each teacher domain has 13x the target's training utterances
