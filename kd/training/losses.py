@@ -67,6 +67,7 @@ import yaml
 from torch import Tensor
 
 __all__ = [
+    "DEFAULT_TEMPERATURE",
     "FrameOutputs",
     "KDLevel",
     "KDLossConfig",
@@ -85,6 +86,11 @@ __all__ = [
     "uncertainty_kd",
     "uncertainty_teacher_weights",
 ]
+
+
+# the temperature T of the softened distributions when none is given: KDLossConfig's and every
+# loss function's default, written once
+DEFAULT_TEMPERATURE = 1.0
 
 
 class KDLevel(enum.Enum):
@@ -165,7 +171,7 @@ class KDLossConfig:
     alpha: float = 0.5  # weight of the student's own supervised loss
     # share of tok-KD within the KD term; the rest is unc-KD (level=token) or spread-KD (frame)
     beta: float = 0.5
-    temperature: float = 1.0  # T of the softened distributions
+    temperature: float = DEFAULT_TEMPERATURE  # T of the softened distributions
     level: KDLevel = KDLevel.TOKEN
     # the teacher distribution of tok-KD: the paper's, averaged over noisy logits drawn from the
     # teacher's uncertainty head (needs teachers with one), or softmax of the mean logits. Level
@@ -334,7 +340,7 @@ def token_kd(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     mask: Tensor | None = None,
 ) -> Tensor:
     """Mean over real positions of T^2 * KL(softmax(teacher / T) || softmax(student / T)).
@@ -359,7 +365,7 @@ def sampled_soft_labels(
     logits: Tensor,
     variances: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     num_samples: int,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -507,7 +513,7 @@ def ctc_kd(
     *,
     student_lengths: Tensor,
     teacher_lengths: Tensor,
-    temperature: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> Tensor:
     """Mean over the student's valid frames of T^2 * KL(teacher || student) of CTC posteriors.
 
