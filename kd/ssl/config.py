@@ -153,13 +153,10 @@ class OptimSettings:
 
     def learning_rate(self, step: int) -> float:
         """Learning rate of optimizer update ``step`` (1 for the first): a pure function of the step."""
-        if step < 1:
-            raise ValueError(f"step: expected >= 1, found {step}")
-        if step <= self.warmup_steps:
-            return self.lr * step / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
-        floor = self.min_lr_ratio
-        return self.lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+        from kd.training.schedule import warmup_cosine
+
+        return warmup_cosine(step, lr=self.lr, warmup_steps=self.warmup_steps, total_steps=self.steps,
+                             min_lr_ratio=self.min_lr_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
