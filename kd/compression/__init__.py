@@ -124,4 +124,4 @@ def count_parameters(model: nn.Module) -> int:
 def __getattr__(name: str) -> Any:  # save/load live in kd.compression.io (imports safetensors)
     if name in ("save_student", "load_student"):
         return getattr(importlib.import_module("kd.compression.io"), name)
-    raise AttributeError(f"module 'kd.compress' has no attribute {name!r}")
+    raise AttributeError(f"module 'kd.compression' has no attribute {name!r}")

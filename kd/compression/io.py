@@ -51,7 +51,7 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
+def save_weights_from(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the unique tensors of ``model`` to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
@@ -68,8 +68,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a :func:`save_weights` file into ``model``, which must have the same structure."""
+def load_weights_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a :func:`save_weights_from` file into ``model``, which must have the same structure."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -102,8 +102,8 @@ def save_student(model: nn.Module, plan: CompressionPlan, directory: str | os.Pa
     ``encoder_conf``: for an ESPnet ``TransformerEncoder`` only, the JSON-serialisable keyword
     arguments it was built with (ESPnet's ``encoder_conf``; ``num_blocks`` is set to the student's
     depth). An ``ESPnetASRModel`` or ``AsrModel`` is saved by its own code: build it with the
-    student's depth, then use :func:`kd.compression.apply_structure` and :func:`save_weights` /
-    :func:`load_weights`.
+    student's depth, then use :func:`kd.compression.apply_structure` and :func:`save_weights_from` /
+    :func:`load_weights_into`.
     """
     entry, adapter = _entry_for(model), _adapter_for(model)
     depth = len(adapter.layers(model))
@@ -118,7 +118,7 @@ def save_student(model: nn.Module, plan: CompressionPlan, directory: str | os.Pa
         meta["library"] = "transformers"
         if structured:
             model.config.save_pretrained(directory)
-            save_weights(model, directory / SHARED_WEIGHTS)
+            save_weights_from(model, directory / SHARED_WEIGHTS)
         else:
             model.save_pretrained(directory)
         meta["weights"] = SHARED_WEIGHTS if structured else HF_WEIGHTS
@@ -127,10 +127,10 @@ def save_student(model: nn.Module, plan: CompressionPlan, directory: str | os.Pa
             raise ValueError("encoder_conf: an ESPnet TransformerEncoder is saved with the keyword arguments it was "
                              "built with; found None")
         meta.update(library="espnet2", weights=SHARED_WEIGHTS, encoder_conf={**encoder_conf, "num_blocks": depth})
-        save_weights(model, directory / SHARED_WEIGHTS)
+        save_weights_from(model, directory / SHARED_WEIGHTS)
     else:
         raise TypeError(f"save_student does not save a {entry.name}; save its TransformerEncoder, or build the model "
-                        "with the student's depth and use apply_structure + save_weights/load_weights")
+                        "with the student's depth and use apply_structure + save_weights_from/load_weights_into")
     plan.save(directory / PLAN_FILE)
     _write_json(directory / STUDENT_FILE, meta)
     return directory
@@ -168,7 +168,7 @@ def load_student(directory: str | os.PathLike) -> nn.Module:
             apply_structure(model, plan)  # checks the depth; no sharing or reuse to apply
         else:
             model = apply_structure(cls(cls.config_class.from_pretrained(directory)), plan)
-            load_weights(model, directory / SHARED_WEIGHTS)
+            load_weights_into(model, directory / SHARED_WEIGHTS)
     elif library == "espnet2" and name == "TransformerEncoder":
         from kd.core.quiet import espnet_imports
 
@@ -176,7 +176,7 @@ def load_student(directory: str | os.PathLike) -> nn.Module:
         from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 
         model = apply_structure(TransformerEncoder(**meta["encoder_conf"]), plan)
-        load_weights(model, directory / SHARED_WEIGHTS)
+        load_weights_into(model, directory / SHARED_WEIGHTS)
     else:
         raise ValueError(f"{directory / STUDENT_FILE}: unsupported library/class {library!r}/{name!r}")
     return model.eval()

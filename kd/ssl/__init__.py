@@ -23,7 +23,7 @@ _LAZY = {
     "evaluate_ctc": "kd.ssl.finetune",
     "greedy_ctc_decode": "kd.ssl.finetune",
     "StageResult": "kd.ssl.common",
-    "list_checkpoints": "kd.ssl.common",
+    "list_stage_checkpoints": "kd.ssl.common",
     "load_speech_model": "kd.compression.io",
 }
 

@@ -4,7 +4,7 @@
 - :func:`train_loop`: the one training loop on ``accelerate`` (prepare, accumulate, backward,
   clip, step, learning rate as a pure function of the step, CSV log, time limit);
 - Hugging Face folders written atomically (:func:`save_pretrained_atomic`) and listed safely
-  (:func:`list_checkpoints`): a folder is written under ``.tmp-<name>`` and renamed when complete,
+  (:func:`list_stage_checkpoints`): a folder is written under ``.tmp-<name>`` and renamed when complete,
   so a killed save never looks like a finished one.
 
 Batches (:func:`kd.data.batching.speech_loader`: length-bucketed, reshuffled every epoch) hold raw
@@ -29,7 +29,7 @@ import torch
 
 from kd.ssl.config import OptimSettings
 
-__all__ = ["CsvLog", "StageResult", "list_checkpoints", "load_pooled", "pool_data_dirs", "save_pretrained_atomic",
+__all__ = ["CsvLog", "StageResult", "list_stage_checkpoints", "load_pooled", "pool_data_dirs", "save_pretrained_atomic",
            "train_loop", "write_folder_atomic"]
 
 TMP_PREFIX = ".tmp-"
@@ -149,7 +149,7 @@ def save_pretrained_atomic(model, target: str | os.PathLike,
     return write_folder_atomic(target, write)
 
 
-def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+def list_stage_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """Finished ``ckpt-<step>`` folders of a stage, by step (temporary ``.tmp-*`` folders never count)."""
     out_dir = Path(out_dir)
     found = []

@@ -56,7 +56,7 @@ from kd.analyze.figures import plot_pretraining_curves
 from kd.core.io import MARKER_NAME, clear_done, is_done, mark_done, read_csv_log, write_json
 from kd.data.batching import attention_mask, speech_loader
 from kd.models.hf_processor import InputSpec, normalize_waveforms, write_input_spec
-from kd.ssl.common import (CsvLog, StageResult, clean_stage_dir, list_checkpoints, load_pooled, make_accelerator,
+from kd.ssl.common import (CsvLog, StageResult, clean_stage_dir, list_stage_checkpoints, load_pooled, make_accelerator,
                            make_optimizer, save_pretrained_atomic, train_loop)
 from kd.ssl.config import SSLConfig
 
@@ -427,7 +427,7 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
                                       codebook_size=config.codebook_size)
         (logger.info if outcome["state"] == "learning" else logger.warning)("pretrain: %s", outcome["message"])
         mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
-                  seconds=round(result.seconds, 3), checkpoints=[s for s, _ in list_checkpoints(out_dir)],
+                  seconds=round(result.seconds, 3), checkpoints=[s for s, _ in list_stage_checkpoints(out_dir)],
                   outcome=outcome, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     accelerator.wait_for_everyone()
     return StageResult(out_dir, out_dir / MODEL_DIR, result.steps, result.seconds, stopped_early=result.stopped_early,

@@ -27,7 +27,7 @@ from kd.core.io import atomic_write_text
 from kd.corpus.synth import build_corpus
 from kd.recipes.experiment import merge_sections, training_differs
 from kd.recipes.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
-from kd.ssl.common import list_checkpoints
+from kd.ssl.common import list_stage_checkpoints
 from kd.ssl.config import SSLConfig
 from kd.ssl.pretrain import finished_config, pretrain
 from kd.training.config import TrainConfig
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def checkpoints(done) -> dict[str, Path]:
         ssl = Path(done["ssl-pretrain"]["run"])
-        found = {f"step {step}": path for step, path in list_checkpoints(ssl)}
+        found = {f"step {step}": path for step, path in list_stage_checkpoints(ssl)}
         found["final"] = ssl / "model"
         return found
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kd.core.io import read_csv_log
-from kd.ssl.common import list_checkpoints, write_folder_atomic
+from kd.ssl.common import list_stage_checkpoints, write_folder_atomic
 from kd.ssl.config import CTCConfig, OptimSettings, SSLConfig
 
 
@@ -346,13 +346,13 @@ def test_pretrain_logs_losses_and_keeps_checkpoints(pretrained):
         assert TINY.num_codevector_groups <= r["frame_perplexity"] <= r["perplexity"] + 1e-3
         temperature = max(TINY.gumbel_min, TINY.gumbel_max * TINY.gumbel_decay ** (r["step"] - 1))
         assert r["temperature"] == pytest.approx(temperature, rel=1e-5)
-    assert [s for s, _ in list_checkpoints(result.out_dir)] == [2, 4]
+    assert [s for s, _ in list_stage_checkpoints(result.out_dir)] == [2, 4]
     assert (result.out_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the learning curves
     # the outcome of the last updates, returned, kept in the completion marker and logged
     assert result.metrics["state"] in ("learning", "at chance", "collapsed") and result.metrics["updates"] == 4
     assert result.metrics["contrastive"] == pytest.approx(sum(r["contrastive"] for r in rows) / 4)
     assert json.loads((result.out_dir / ".done.json").read_text())["outcome"] == result.metrics
-    models = {s: Wav2Vec2ForPreTraining.from_pretrained(p) for s, p in list_checkpoints(result.out_dir)}
+    models = {s: Wav2Vec2ForPreTraining.from_pretrained(p) for s, p in list_stage_checkpoints(result.out_dir)}
     final = Wav2Vec2ForPreTraining.from_pretrained(result.model_dir)
     assert final.config.num_hidden_layers == TINY.num_layers
     w = "wav2vec2.encoder.layers.0.attention.q_proj.weight"
@@ -436,7 +436,7 @@ def test_cli_pretrain_takes_settings_over_the_preset(tests_corpus, tmp_path, cap
     tiny = SSLConfig.from_preset("tiny")
     assert saved == dataclasses.replace(tiny, diversity_weight=0.3, checkpoint_steps=(1,), optim=dataclasses.replace(
         tiny.optim, steps=2, max_batch_seconds=8.0, lr=3e-4, seed=3))
-    assert [s for s, _ in list_checkpoints(out)] == [1] and len(read_csv_log(out / "log.csv")) == 2
+    assert [s for s, _ in list_stage_checkpoints(out)] == [1] and len(read_csv_log(out / "log.csv")) == 2
     capsys.readouterr()
     for setting, message in (("diversity_wieght=0.3", "SSLConfig: unknown field(s) ['diversity_wieght']"),
                              ("optim.lr=fast", "SSLConfig.optim.lr: expected a finite number, found 'fast'"),
@@ -514,9 +514,9 @@ def test_unfinished_checkpoint_is_never_listed(tmp_path):
         write_folder_atomic(tmp_path / "ckpt-7", crash)
     assert (tmp_path / ".tmp-ckpt-7" / "config.json").is_file()
     assert not (tmp_path / "ckpt-7").exists()
-    assert list_checkpoints(tmp_path) == []
+    assert list_stage_checkpoints(tmp_path) == []
     write_folder_atomic(tmp_path / "ckpt-7", lambda f: (f / "config.json").write_text("{}"))
-    assert list_checkpoints(tmp_path) == [(7, tmp_path / "ckpt-7")]
+    assert list_stage_checkpoints(tmp_path) == [(7, tmp_path / "ckpt-7")]
     assert not (tmp_path / ".tmp-ckpt-7").exists()
 
 
