@@ -11,6 +11,8 @@ Stages (each skipped when finished with the same settings; see kd.recipes.stages
   6 dynamics      pre-training curves; per-layer curves across checkpoints and same-layer CKA against
                   the final model
   7 summary       summary.md: where each property peaks, per model
+  8 asr-dynamics  every kept checkpoint of the ESPnet teacher analysed and scored on the dev set; whether
+                  the label-free MI bound tracks the phone probe and the WER (rank correlations)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kd.analyze.summary import peak_layers_markdown
 from kd.core.io import atomic_write_text
 from kd.corpus.synth import build_corpus
 from kd.recipes.experiment import merge_sections, training_differs
+from kd.recipes.layerwise import analyse_run_checkpoints, tracking_markdown
 from kd.recipes.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
 from kd.ssl.common import list_stage_checkpoints
 from kd.ssl.config import SSLConfig
@@ -126,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out / "summary.md", text)
         print(text)
 
+    def stage_asr_dynamics(done):
+        table = analyse_run_checkpoints(done["asr-teacher"]["run"], dev, out / "asr_dynamics", analysis,
+                                        title="ESPnet teacher along training")
+        atomic_write_text(out / "asr_dynamics.md", tracking_markdown(table))
+        return {"tracks_probe": table["bound_vs_probe_over_checkpoints_and_layers"]["tracks"]}
+
     stages = [
         Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),
         Stage(2, "asr-teacher", stage_asr_teacher, {"train": cfg["asr_teacher"], "reuse": cfg.get("asr_teacher_run")},
@@ -138,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         Stage(6, "dynamics", stage_dynamics, {"compare_utterances": cfg["compare_utterances"]},
               "learning-dynamics figures"),
         Stage(7, "summary", stage_summary, {}, "summary.md"),
+        Stage(8, "asr-dynamics", stage_asr_dynamics, cfg["analysis"], "the ESPnet teacher along its training"),
     ]
     run_recipe(stages, out, args)
     return 0

@@ -7,7 +7,7 @@ import json
 import pytest
 
 
-@pytest.mark.slow  # 24 s (every stage of smoke) on the 2-core machine; pytest -m slow
+@pytest.mark.slow  # 30 s (every stage of smoke) on the 2-core machine; pytest -m slow
 def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys, load_recipe):
     recipe = load_recipe("layerwise_analysis")
     out = tmp_path / "exp"
@@ -24,6 +24,14 @@ def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys, load_recip
     summary = (out / "summary.md").read_text()
     assert "| ESPnet ASR teacher | 3 |" in summary and "| wav2vec 2.0, final | 2 |" in summary
     assert summary in capsys.readouterr().out
+    # the ESPnet teacher along its training: its two kept checkpoints analysed and scored, the tracking
+    # table written (the smoke bound is undefined on 4 utterances: no points, said so)
+    tracking = json.loads((out / "asr_dynamics/tracking.json").read_text())
+    assert tracking["checkpoints"] == ["step 1", "step 2"] and tracking["wer_decoding"] == "CTC greedy"
+    assert sorted(p.parent.name for p in (out / "asr_dynamics/analysis").glob("*/report.json")) == ["step-1", "step-2"]
+    assert all(0.0 <= row["wer"] for row in tracking["per_checkpoint"].values())
+    assert any(f.endswith("checkpoints_probe_phone_accuracy.png") for f in tracking["figures"])
+    assert "| step 2 |" in (out / "asr_dynamics.md").read_text()
 
 
 def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp_path, load_recipe):
