@@ -47,6 +47,17 @@ def subset_dir(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
+def shortest_subset_dir(src: Path, dst: Path, count: int) -> Path:
+    """The ``count`` utterances with the shortest transcripts of data dir ``src``, as data dir ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    wav = dict(line.split(maxsplit=1) for line in (src / "wav.scp").read_text().splitlines())
+    text = dict(line.split(maxsplit=1) for line in (src / "text").read_text().splitlines())
+    utts = sorted(text, key=lambda u: (len(text[u]), u))[:count]
+    (dst / "wav.scp").write_text("".join(f"{u} {(src / wav[u].strip()).resolve()}\n" for u in utts))
+    (dst / "text").write_text("".join(f"{u} {text[u]}\n" for u in utts))
+    return dst
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,17 +11,7 @@ import torch
 
 from kd.plan import CompressionPlan
 from kd.ssl.layer_distill import LayerDistillConfig, PredictionHeads, layer_distill_loss
-
-
-def subset_data_dir(src: Path, dst: Path, count: int) -> Path:
-    """The ``count`` utterances with the shortest transcripts of data dir ``src``, as data dir ``dst``."""
-    dst.mkdir(parents=True, exist_ok=True)
-    wav = dict(line.split(maxsplit=1) for line in (src / "wav.scp").read_text().splitlines())
-    text = dict(line.split(maxsplit=1) for line in (src / "text").read_text().splitlines())
-    utts = sorted(text, key=lambda u: (len(text[u]), u))[:count]
-    (dst / "wav.scp").write_text("".join(f"{u} {(src / wav[u].strip()).resolve()}\n" for u in utts))
-    (dst / "text").write_text("".join(f"{u} {text[u]}\n" for u in utts))
-    return dst
+from kd.testing import shortest_subset_dir
 
 
 def reference_loss(pred: np.ndarray, target: np.ndarray, lengths: list[int], cos_weight: float) -> float:
@@ -121,7 +110,7 @@ def test_distill_layers_lowers_the_loss_and_saves_a_student(tests_corpus, tmp_pa
     from kd.ssl.layer_distill import distill_layers
 
     root, _ = tests_corpus
-    data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)  # one batch: the same every step
+    data = shortest_subset_dir(root / "target" / "train", tmp_path / "data", 2)  # one batch: the same every step
     teacher = tiny_teacher()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     plan = CompressionPlan(keep_layers=(0, 2), layer_map={1: 0, 3: 1})
@@ -177,7 +166,7 @@ def test_cli_distills_a_student_built_by_the_plan(tests_corpus, tmp_path, capsys
     from kd.core.io import read_csv_log
 
     root, _ = tests_corpus
-    data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)
+    data = shortest_subset_dir(root / "target" / "train", tmp_path / "data", 2)
     tiny_teacher().save_pretrained(tmp_path / "teacher")
     CompressionPlan(keep_layers=(1, 3)).save(tmp_path / "plan.json")
     args = ["distill-layers", str(tmp_path / "teacher"), str(tmp_path / "plan.json"), "--data", str(data),

@@ -14,17 +14,7 @@ import torch
 from kd.core.io import read_csv_log
 from kd.ssl.common import list_stage_checkpoints, write_folder_atomic
 from kd.ssl.config import CTCConfig, OptimSettings, SSLConfig
-
-
-def subset_data_dir(src: Path, dst: Path, count: int) -> Path:
-    """The ``count`` utterances with the shortest transcripts of data dir ``src``, as data dir ``dst``."""
-    dst.mkdir(parents=True, exist_ok=True)
-    wav = dict(line.split(maxsplit=1) for line in (src / "wav.scp").read_text().splitlines())
-    text = dict(line.split(maxsplit=1) for line in (src / "text").read_text().splitlines())
-    utts = sorted(text, key=lambda u: (len(text[u]), u))[:count]
-    (dst / "wav.scp").write_text("".join(f"{u} {(src / wav[u].strip()).resolve()}\n" for u in utts))
-    (dst / "text").write_text("".join(f"{u} {text[u]}\n" for u in utts))
-    return dst
+from kd.testing import shortest_subset_dir
 
 
 TINY = SSLConfig.from_preset("tiny", optim=dataclasses.replace(SSLConfig.from_preset("tiny").optim,
@@ -557,7 +547,7 @@ def test_ctc_finetuning_overfits_a_few_utterances(tests_corpus, tmp_path):
     from kd.ssl.pretrain import build_pretraining_model
 
     root, _ = tests_corpus
-    data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)
+    data = shortest_subset_dir(root / "target" / "train", tmp_path / "data", 2)
     torch.manual_seed(0)
     build_pretraining_model(SSLConfig.from_preset("tiny")).save_pretrained(tmp_path / "pretrained")
     config = CTCConfig.from_preset("tiny")
@@ -584,7 +574,7 @@ def test_ctc_finetuning_of_a_student_keeps_its_structure(tests_corpus, tmp_path)
     from kd.ssl.pretrain import build_pretraining_model
 
     root, _ = tests_corpus
-    data = subset_data_dir(root / "target" / "train", tmp_path / "data", 2)
+    data = shortest_subset_dir(root / "target" / "train", tmp_path / "data", 2)
     torch.manual_seed(0)
     teacher = build_pretraining_model(SSLConfig.from_preset("tiny", num_layers=4))
     plan = CompressionPlan(keep_layers=(0, 1, 3), share_groups=((0, 1),))
