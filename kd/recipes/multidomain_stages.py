@@ -399,11 +399,13 @@ def results_table(setup: MultidomainSetup, teacher_eval: Mapping[str, Any], stud
     return results
 
 
-def publish_results(results: Mapping[str, Any], folders: Sequence[Path]) -> str:
-    """Write ``<preset>.json`` and its markdown ``<preset>.md`` into each of ``folders``; returns the markdown."""
+def publish_results(results: Mapping[str, Any], folders: Sequence[Path],
+                    to_markdown: Callable[[Mapping[str, Any]], str] = results_markdown) -> str:
+    """Write ``<preset>.json`` and its markdown ``<preset>.md`` (``to_markdown``: the multi-domain table by
+    default) into each of ``folders``; returns the markdown."""
     from kd.core.io import atomic_write_text, write_json
 
-    text = results_markdown(results)
+    text = to_markdown(results)
     for folder in folders:
         write_json(folder / f"{results['preset']}.json", results)
         atomic_write_text(folder / f"{results['preset']}.md", text)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kd.core.io import atomic_write_text, write_json
 from kd.recipes.asr_compress import (AsrCompressSetup, analyse_teacher, build_students, evaluate_students,
                                      evaluate_teacher, make_corpus, make_tokens, measure_speed, results_markdown,
                                      results_table, train_students, train_teacher)
+from kd.recipes.multidomain_stages import publish_results
 from kd.recipes.shipped import provenance, ship_runs
 from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
                                preset_seeds, preset_workers, recipe_parser, run_recipe)
@@ -56,11 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def table(done):
         results = results_table(setup, done, preset=args.preset, provenance=provenance(REPO, WATCHED))
-        text = results_markdown(results)
-        for folder in (out, args.results):
-            write_json(folder / f"{args.preset}.json", results)
-            atomic_write_text(folder / f"{args.preset}.md", text)
-        print(text)
+        print(publish_results(results, [out, args.results], to_markdown=results_markdown))
         return {"results": str(args.results / f"{args.preset}.md")}
 
     stages = [
