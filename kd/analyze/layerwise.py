@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,9 @@ class AnalyzeConfig:
     # depth of the phone and speaker probes (and of the labelled MI bound's probe): "linear", "mlp1"
     # (one hidden ReLU layer) or "mlp2" (two); analysis.probing.ProbeKind. The label-free bound stays linear.
     probe_kind: str = "linear"
+    # also the phone probe at every depth ("linear", "mlp1", "mlp2"), side by side as Audio ALBERT compares
+    # them: curves probe_phone_accuracy_<kind>, each with its interval
+    probe_depths: bool = False
     # bootstrap replicates over utterances for every per-layer curve's interval (0: none)
     bootstrap: int = 1000
     mi_clusters: int = 8  # k of the label-free MI bound
@@ -322,6 +326,15 @@ def analyze(model, data, alignments: dict | None, config: AnalyzeConfig = Analyz
         _curve(report, "probe_phone_accuracy", phone_probe.accuracy,
                lambda n_boot, seed: phone_probe.intervals(n_boot=n_boot, seed=seed), config)
         report.extras["probe_phone_majority_accuracy"] = float(phone_probe.majority_accuracy.ravel()[0])
+        if config.probe_depths:
+            from analysis.probing import ProbeKind
+
+            for kind in ProbeKind:
+                depth = phone_probe if kind.value == config.probe_kind else probe_frames(
+                    feats[:, keep], labels[keep], groups[keep], dataclasses.replace(probe_conf, kind=kind),
+                    num_classes=len(phones))
+                _curve(report, f"probe_phone_accuracy_{kind.value}", depth.accuracy,
+                       lambda n_boot, seed, depth=depth: depth.intervals(n_boot=n_boot, seed=seed), config)
         ws = probe_weighted_sum(feats[:, keep], labels[keep], groups[keep], probe_conf, num_classes=len(phones))
         report.extras["superb_phone_layer_weights"] = list(map(float, ws.layer_weights))
         report.extras["superb_phone_accuracy"] = float(ws.accuracy)

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--no-attention", action="store_true", help="skip attention analyses")
     an.add_argument("--probe-kind", choices=("linear", "mlp1", "mlp2"), default="linear",
                     help="phone and speaker probe depth: linear, one hidden layer (mlp1) or two (mlp2)")
+    an.add_argument("--probe-depths", action="store_true",
+                    help="also the phone probe at each of the three depths, side by side (a figure of its own)")
     an.add_argument("--mi-pairs", type=int, default=4,
                     help="label-free MI bound: section pairs per utterance (each section run through the model alone)")
     an.add_argument("--device", default=None, help=DEVICE_HELP)
@@ -30,7 +32,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
     config = AnalyzeConfig(max_utterances=args.max_utterances, device=device(args.device), seed=args.seed,
                            attention=not args.no_attention, frames_per_utterance=args.frames_per_utterance,
-                           mi_pairs=args.mi_pairs, probe_kind=args.probe_kind)
+                           mi_pairs=args.mi_pairs, probe_kind=args.probe_kind,
+                           probe_depths=args.probe_depths)
     report = analyze_model_dir(args.model_dir, args.data, args.out, config)
     print(report.to_markdown())
     print(f"report: {args.out}/report.json, {args.out}/report.md, figures in {args.out}/figures/")

@@ -382,8 +382,44 @@ def test_probe_depth_is_an_analyze_option(monkeypatch, tmp_path):
         assert main(["analyze", "m", "--data", "d", "--out", str(tmp_path), "--device", "cpu",
                      "--probe-kind", kind, "--mi-pairs", "2"]) == 0
         assert seen["config"].probe_kind == kind and seen["config"].mi_pairs == 2
+        assert not seen["config"].probe_depths
+    assert main(["analyze", "m", "--data", "d", "--out", str(tmp_path), "--probe-depths"]) == 0
+    assert seen["config"].probe_depths
     assert AnalyzeConfig().probe_kind == "linear"
     with pytest.raises(ValueError, match=r"probe_kind: expected one of \['linear', 'mlp1', 'mlp2'\], found 'mlp3'"):
         AnalyzeConfig(probe_kind="mlp3")
     with pytest.raises(ValueError, match="mi_pairs: expected >= 1, found 0"):
         AnalyzeConfig(mi_pairs=0)
+
+
+@pytest.mark.slow  # 20-40 s on the 2-core machine (every analysis of analyze, on 10 utterances)
+def test_probe_depths_put_the_phone_probe_of_each_depth_side_by_side(tests_corpus, tmp_path):
+    """probe_depths: the phone probe at each depth as its own curve with its interval (the configured
+    kind's curve is the phone probe's), drawn together in one figure."""
+    from analysis.capture import LayerOutputs
+    from kd.analyze.layerwise import analyze
+    from kd.data import load_data_dir
+    from kd.data import read_alignments
+
+    class Plain:
+        frame_rate, num_layers, batch_consistent = 50.0, 2, True
+
+        def extract(self, speech, lengths, *, attentions=False):
+            frames = (lengths // 320).long()
+            g = torch.Generator().manual_seed(int(lengths.sum()))
+            base = torch.randn(speech.shape[0], int(frames.max()), 6, generator=g)
+            return LayerOutputs(hidden=[base, torch.tanh(base * 3)], lengths=frames)
+
+    root, _ = tests_corpus
+    config = AnalyzeConfig(attention=False, probe_depths=True, probe_kind="mlp1", probe_epochs=2, bootstrap=20,
+                           max_utterances=10, frames_per_utterance=8, cca_folds=2, mi_clusters=2, mi_pairs=1,
+                           top_words=20)
+    report = analyze(Plain(), load_data_dir(root / "us" / "train"), read_alignments(root / "us" / "train"), config)
+    kinds = ("linear", "mlp1", "mlp2")
+    for kind in kinds:
+        curve = report.per_layer[f"probe_phone_accuracy_{kind}"]
+        assert len(curve) == 2 and all(0.0 <= v <= 1.0 for v in curve)
+        assert report.intervals[f"probe_phone_accuracy_{kind}"]["estimate"] == pytest.approx(curve)
+    assert report.per_layer["probe_phone_accuracy_mlp1"] == report.per_layer["probe_phone_accuracy"]
+    assert tmp_path / "per_layer_probe_depths.png" in report.save_figures(tmp_path)
+    assert "phone probe (2 hidden layers)" in report.to_markdown()
