@@ -18,6 +18,7 @@ resolve them so; absolute paths work too).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import multiprocessing
@@ -37,6 +38,7 @@ CORPUS_VERSION = 1
 # state from one utterance to the next, so every chunk starts in a new process: the
 # output then depends on the seed only, not on the number of workers.
 CHUNK_SIZE = 48
+SPLIT_FILE = "corpus_split.json"  # in every data dir: the split's plan digest (split_digest)
 BABBLE_SENTENCES = 200
 
 
@@ -249,9 +251,59 @@ def task_vocabulary(preset: str | CorpusPreset) -> list[str]:
     return sorted(alnum.vocabulary() if task is sentences.Task.ALNUM else sentences.vocabulary())
 
 
+def engine_version() -> str:
+    """The eSpeak NG build that renders the audio (the pinned ``espeakng-loader`` package)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"espeakng-loader {version('espeakng-loader')}"
+    except PackageNotFoundError:
+        return "espeakng-loader unknown"
+
+
+def split_digest(specs: list[UttSpec], engine: str) -> str:
+    """What identifies one split's audio without rendering it: the corpus version, the engine and every
+    utterance's plan (text, speaker, effects, seeds), 16 hex digits of SHA-256."""
+    h = hashlib.sha256(f"corpus {CORPUS_VERSION}\n{engine}\n".encode("utf-8"))
+    for spec in specs:
+        h.update(json.dumps(asdict(spec), sort_keys=True).encode("utf-8") + b"\n")
+    return h.hexdigest()[:16]
+
+
+def _write_planned_dir(root: Path, domain: str, split: str, specs: list[UttSpec], digest: str, engine: str) -> None:
+    """A split's data dir from its plan: transcripts, speakers and the WAV paths (the audio may not be
+    rendered yet: reading it is then an error naming the missing file), and ``corpus_split.json``."""
+    d = root / domain / split
+    ordered = sorted(specs, key=lambda spec: spec.utt)
+    rel = os.path.relpath(root, d)
+    atomic_write_text(d / "wav.scp", "".join(f"{u.utt} {rel}/{u.wav_path}\n" for u in ordered))
+    atomic_write_text(d / "text", "".join(f"{u.utt} {u.text}\n" for u in ordered))
+    atomic_write_text(d / "utt2spk", "".join(f"{u.utt} {u.speaker.id}\n" for u in ordered))
+    atomic_write_text(d / "utt2dom", "".join(f"{u.utt} {u.domain}\n" for u in ordered))
+    spk2utt: dict[str, list[str]] = {}
+    for u in ordered:
+        spk2utt.setdefault(u.speaker.id, []).append(u.utt)
+    atomic_write_text(d / "spk2utt", "".join(f"{k} {' '.join(v)}\n" for k, v in sorted(spk2utt.items())))
+    write_json(d / SPLIT_FILE, {"version": CORPUS_VERSION, "engine": engine, "digest": digest,
+                                "utterances": len(ordered)})
+
+
+def _split_records(root: Path, domain: str, split: str) -> list[dict]:
+    path = root / domain / split / "records.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def build_corpus(out_dir: str | os.PathLike, preset: str | CorpusPreset = "cpu", seed: int = 0,
-                 jobs: int | None = None, progress: bool = True) -> dict:
-    """Synthesise the corpus into ``out_dir`` (skipped if already built with the same settings).
+                 jobs: int | None = None, progress: bool = True, splits: list[str] | None = None) -> dict:
+    """Synthesise the corpus into ``out_dir``; a split already rendered with the same plan is kept.
+
+    Args:
+        splits: the ``"domain/split"`` names whose audio is rendered (None: every split). Every split's
+            data dir is written from the plan either way (transcripts, speakers, WAV paths and
+            ``corpus_split.json`` with the split's :func:`split_digest`), so that a recipe can read
+            transcripts and identify the data of a split (``kd.recipes.shipped.data_digest``) whose audio it never
+            needs; a later call renders the rest. The audio of an utterance does not depend on which
+            splits are rendered: the utterances are rendered in the same chunks of the whole plan.
 
     Returns the summary written to ``corpus.json`` plus synthesis timings.
     """
@@ -260,47 +312,76 @@ def build_corpus(out_dir: str | os.PathLike, preset: str | CorpusPreset = "cpu",
             raise ValueError(f"Unknown corpus preset {preset!r}; expected one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
     root = Path(out_dir)
+    all_splits = [f"{d}/{s}" for d in preset.sizes for s in SPLITS]
+    wanted = all_splits if splits is None else list(dict.fromkeys(splits))
+    unknown = sorted(set(wanted) - set(all_splits))
+    if unknown:
+        raise ValueError(f"splits: unknown {unknown}; expected some of {all_splits}")
+    engine = engine_version()
+    specs = plan_corpus(preset, seed)
+    by_split: dict[str, list[UttSpec]] = {name: [] for name in all_splits}
+    for spec in specs:
+        by_split[f"{spec.domain}/{spec.split}"].append(spec)
+    digests = {name: split_digest(by_split[name], engine) for name in all_splits}
+    # a split is rendered when its marker holds its digest
+    rendered = {name for name in all_splits if is_done(root / name, {"digest": digests[name]})}
     config = {"version": CORPUS_VERSION, "preset": preset.to_dict(), "seed": seed,
-              "domains": [asdict(DOMAIN_BY_NAME[d]) for d in preset.sizes]}
-    if is_done(root, config):
+              "domains": [asdict(DOMAIN_BY_NAME[d]) for d in preset.sizes], "engine": engine}
+    todo = [name for name in wanted if name not in rendered]
+    if not todo and is_done(root, {**config, "rendered": sorted(rendered)}):
         summary = json.loads((root / "corpus.json").read_text())
         summary["skipped"] = True
         return summary
     clear_done(root)
-    specs = plan_corpus(preset, seed)
-    chunks = [(str(root), specs[i:i + CHUNK_SIZE]) for i in range(0, len(specs), CHUNK_SIZE)]
+    for name in all_splits:
+        domain, split = name.split("/")
+        _write_planned_dir(root, domain, split, by_split[name], digests[name], engine)
+    # the chunks of the whole plan that hold an utterance to render: eSpeak keeps state from one
+    # utterance to the next within a worker, so an utterance's audio depends on its chunk
+    chunks = [specs[i:i + CHUNK_SIZE] for i in range(0, len(specs), CHUNK_SIZE)]
+    todo_set = set(todo)
+    chunks = [(str(root), c) for c in chunks if any(f"{u.domain}/{u.split}" in todo_set for u in c)]
     jobs = jobs or os.cpu_count() or 1
-    # import what the workers use once here: forked workers inherit it (scipy.signal alone
-    # takes seconds to import, which every fresh worker would otherwise pay)
-    import scipy.signal  # noqa: F401
-    import soundfile  # noqa: F401
-
-    from kd.corpus import effects  # noqa: F401
-
     start = time.perf_counter()
     records: list[dict] = []
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(processes=min(jobs, len(chunks)), maxtasksperchild=1) as pool:
-        it = pool.imap(_render_chunk, chunks)
-        if progress:
-            from tqdm import tqdm
+    if chunks:
+        # import what the workers use once here: forked workers inherit it (scipy.signal alone
+        # takes seconds to import, which every fresh worker would otherwise pay)
+        import scipy.signal  # noqa: F401
+        import soundfile  # noqa: F401
 
-            it = tqdm(it, total=len(chunks), desc=f"synthesising {len(specs)} utterances", unit="chunk")
-        for chunk_records in it:
-            records.extend(chunk_records)
+        from kd.corpus import effects  # noqa: F401
+
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(processes=min(jobs, len(chunks)), maxtasksperchild=1) as pool:
+            it = pool.imap(_render_chunk, chunks)
+            if progress:
+                from tqdm import tqdm
+
+                n = sum(len(c) for _, c in chunks)
+                it = tqdm(it, total=len(chunks), desc=f"synthesising {n} utterances", unit="chunk")
+            for chunk_records in it:
+                records.extend(chunk_records)
     elapsed = time.perf_counter() - start
-    for domain in preset.sizes:
-        for split in SPLITS:
-            _write_data_dir(root, domain, split, [r for r in records if r["domain"] == domain and r["split"] == split])
-    atomic_write_text(root / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    phones = sorted({p for r in records for _, _, p in r["phones"]})
+    for name in todo:
+        domain, split = name.split("/")
+        mine = [r for r in records if r["domain"] == domain and r["split"] == split]
+        _write_data_dir(root, domain, split, mine)
+        atomic_write_text(root / name / "records.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in mine))
+        mark_done(root / name, {"digest": digests[name]})
+        rendered.add(name)
+    # the root files over every rendered split, in the plan's order
+    done_records = [r for name in all_splits if name in rendered for r in _split_records(root, *name.split("/"))]
+    atomic_write_text(root / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in done_records))
+    phones = sorted({p for r in done_records for _, _, p in r["phones"]})
     atomic_write_text(root / "phones.txt", "".join(p + "\n" for p in phones))
     summary = {"version": CORPUS_VERSION, "preset": preset.name, "seed": seed, "sample_rate": SAMPLE_RATE,
-               "splits": summarize(records), "num_phones": len(phones),
-               "hours": round(sum(r["duration"] for r in records) / 3600.0, 4)}
+               "splits": summarize(done_records), "num_phones": len(phones),
+               "hours": round(sum(r["duration"] for r in done_records) / 3600.0, 4),
+               "not_rendered": [name for name in all_splits if name not in rendered]}
     write_json(root / "corpus.json", summary)
     audio_s = sum(r["duration"] for r in records)
     timing = {"synthesis_seconds": round(elapsed, 2), "audio_seconds": round(audio_s, 1),
               "realtime_factor": round(audio_s / max(elapsed, 1e-9), 1), "jobs": jobs}
-    mark_done(root, config, **timing)
+    mark_done(root, {**config, "rendered": sorted(rendered)}, **timing)
     return {**summary, **timing, "skipped": False}

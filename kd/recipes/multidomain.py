@@ -50,7 +50,8 @@ def write_word_inventory(data_dirs: Sequence[str | os.PathLike], out_dir: str | 
     from kd.data import load_data_dir
     from kd.data.text import SentencePieceTokenizer
 
-    texts = [u.text for d in data_dirs for u in load_data_dir(d).utterances]
+    # transcripts only: a split of the built-in corpus may not have its audio rendered (build_corpus's splits)
+    texts = [u.text for d in data_dirs for u in load_data_dir(d, check_audio=False).utterances]
     words = {w for t in texts for w in t.split()}
     missing = sorted(set(vocabulary) - words)  # one line each; none when the transcripts hold every word
     texts += missing

@@ -21,13 +21,14 @@ Layout of the output folder ``out``::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
 
 from kd.recipes.experiment import Condition, StudentSize, check_pairs, merge_sections, student_train_config, train_run
-from kd.recipes.multidomain import GREEDY, Claim, check_results, claims_table, evaluate_model, results_markdown
+from kd.recipes.multidomain import BEST, GREEDY, Claim, check_results, claims_table, evaluate_model, results_markdown
 
 if TYPE_CHECKING:
     from kd.analyze.layerwise import AnalyzeConfig
@@ -170,6 +171,10 @@ def student_config(setup: MultidomainSetup, size: StudentSize, condition: Condit
     """
     dev_wers = ({d: teacher_eval[f"seed{seed}/{d}"]["target_dev_beam"]["wer"] / 100.0 for d in setup.domains}
                 if teacher_eval else {d: 1.0 for d in setup.domains})
+    # a condition's teacher "{best}": this seed's better teacher (before the teachers are evaluated: the first)
+    if BEST in condition.teachers:
+        best = teacher_eval[f"seed{seed}/best"] if teacher_eval else setup.domains[0]
+        condition = dataclasses.replace(condition, teachers=tuple(best if t == BEST else t for t in condition.teachers))
     return student_train_config(
         setup.student, condition, train=[setup.data(setup.target, "train")], dev=setup.data(setup.target, "dev"),
         tokens=setup.tokens_section, seed=seed, teacher_model=setup.teacher["model"], size=size,
@@ -180,11 +185,17 @@ def student_config(setup: MultidomainSetup, size: StudentSize, condition: Condit
 
 
 def make_corpus(setup: MultidomainSetup) -> dict[str, Any]:
-    """Stage ``corpus``: the built-in corpus (teacher domains, and the target domain with little data)."""
+    """Stage ``corpus``: the built-in corpus (teacher domains, and the target domain with little data).
+    With shipped teachers the teacher domains' training audio is not rendered here: the teachers stage
+    renders it for a teacher it has to train (every data dir is written either way)."""
+    from kd.corpus.domains import SPLITS
     from kd.corpus.synth import build_corpus
 
-    return {"hours": build_corpus(setup.out / "corpus", setup.corpus["preset"],
-                                  seed=setup.corpus.get("seed", 0))["hours"]}
+    splits = [f"{d}/{s}" for d in (*setup.domains, setup.target) for s in SPLITS
+              if setup.shipped is None or not (d in setup.domains and s == "train")]
+    summary = build_corpus(setup.out / "corpus", setup.corpus["preset"], seed=setup.corpus.get("seed", 0),
+                           splits=splits)
+    return {"hours": summary["hours"], "not_rendered": summary["not_rendered"]}
 
 
 def make_tokens(setup: MultidomainSetup) -> dict[str, Any]:
@@ -210,7 +221,7 @@ def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     from kd.recipes.parallel import Job, run_jobs
     from kd.recipes.shipped import restore, run_fingerprint
 
-    jobs, restored = [], {}
+    jobs, restored, render = [], {}, set()
     for seed in setup.seeds:
         for d in setup.domains:
             config, run = teacher_config(setup, d, seed), setup.teacher_run(seed, d)
@@ -222,7 +233,13 @@ def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
                     restored[f"seed{seed}/{d}"] = str(setup.shipped / d)
                     continue
                 print(f"teacher {d}, seed {seed}: training ({reason})", file=sys.stderr)
+            render.add(f"{d}/train")
             jobs.append(Job(str(run), train_run, (config, run)))
+    if render:  # the training audio of the teachers to train (make_corpus may have left it out)
+        from kd.corpus.synth import build_corpus
+
+        build_corpus(setup.out / "corpus", setup.corpus["preset"], seed=setup.corpus.get("seed", 0),
+                     splits=sorted(render))
     trained = run_jobs(jobs, workers=workers)
     return {"restored": restored, "trained": {j.label: r.wall_seconds for j, r in zip(jobs, trained)}}
 

@@ -26,22 +26,39 @@ from typing import Any, Mapping, Sequence
 
 from kd.core.io import atomic_write_text, config_digest, write_json
 
-__all__ = ["cpu_model", "data_digest", "fingerprint", "provenance", "restore", "run_fingerprint", "settings_digest",
-           "ship", "ship_runs", "PROVENANCE"]
+__all__ = ["audio_digest", "cpu_model", "data_digest", "fingerprint", "provenance", "reidentify", "restore",
+           "run_fingerprint", "settings_digest", "ship", "ship_runs", "PROVENANCE"]
 
 PROVENANCE = "provenance.json"
 
 
-def data_digest(data_dir: str | os.PathLike) -> str:
+def audio_digest(data_dir: str | os.PathLike) -> str:
     """SHA-256 (16 hex digits) of a data dir's transcripts and audio bytes, in utterance order."""
     from kd.data.datadir import load_data_dir
 
-    data = load_data_dir(data_dir)
     h = hashlib.sha256()
-    for u in data.utterances:
+    for u in load_data_dir(data_dir).utterances:
         h.update(f"{u.utt} {u.text}\n".encode("utf-8"))
         h.update(Path(u.path).read_bytes())
     return h.hexdigest()[:16]
+
+
+def data_digest(data_dir: str | os.PathLike) -> str:
+    """SHA-256 (16 hex digits) of a data dir's transcripts and audio, in utterance order.
+
+    A split of the built-in corpus (its ``corpus_split.json``, written by ``kd.corpus.synth.build_corpus``)
+    is identified by its plan digest (engine, texts, speakers, effects and seeds of every utterance) and
+    its transcripts, so that its audio need not be rendered to check a shipped model trained on it.
+    """
+    from kd.corpus.synth import SPLIT_FILE
+
+    split_file = Path(data_dir) / SPLIT_FILE
+    if split_file.is_file():
+        plan = json.loads(split_file.read_text(encoding="utf-8"))
+        h = hashlib.sha256(f"corpus split {plan['digest']}\n".encode("utf-8"))
+        h.update((Path(data_dir) / "text").read_bytes())
+        return "plan-" + h.hexdigest()[:16]
+    return audio_digest(data_dir)
 
 
 def fingerprint(*, train: list[str | os.PathLike], dev: str | os.PathLike | None, config: Mapping[str, Any],
@@ -95,6 +112,28 @@ def ship_runs(runs: Sequence[str | os.PathLike], tokens: str | os.PathLike, targ
                             trained={**trained, "wall_seconds": wall}, fingerprint=run_fingerprint(config, tokens)))
         print(f"shipped {run} to {Path(target) / run.name}")
     return shipped
+
+
+def reidentify(shipped: str | os.PathLike, *, train: Sequence[str | os.PathLike],
+               dev: str | os.PathLike | None) -> dict[str, Any]:
+    """Rewrite the data digests of a shipped model that was identified by its data's audio bytes
+    (:func:`audio_digest`) as the digests :func:`data_digest` gives today (a built-in corpus split: its
+    plan), without retraining it. ``train`` and ``dev`` are rendered data dirs of the same data: each must
+    still give the recorded audio digest, else nothing is written (ValueError naming the dir). The former
+    digests stay in the provenance under ``audio_fingerprint``. Returns the new fingerprint."""
+    path = Path(shipped) / PROVENANCE
+    record = json.loads(path.read_text(encoding="utf-8"))
+    found = record["fingerprint"]
+    old = {"train": [audio_digest(d) for d in train], "dev": audio_digest(dev) if dev else None}
+    for key in ("train", "dev"):
+        if found.get(key) != old[key]:
+            raise ValueError(f"{shipped}: the {key} data given ({train if key == 'train' else dev}) has audio digest "
+                             f"{old[key]}, the shipped model was trained on {found.get(key)}")
+    record["audio_fingerprint"] = old
+    record["fingerprint"] = {**found, "train": [data_digest(d) for d in train],
+                             "dev": data_digest(dev) if dev else None}
+    write_json(path, record)
+    return record["fingerprint"]
 
 
 def restore(shipped: str | os.PathLike, model_dir: str | os.PathLike, expected: Mapping[str, Any]) -> str | None:

@@ -149,3 +149,40 @@ def test_data_dirs_load_and_check_clean(tests_corpus, capsys):
             assert lines == sorted(lines)
     assert main(["data", "check", str(root / "target" / "train")]) == 0
     assert "no problems found" in capsys.readouterr().out
+
+
+def test_splits_rendered_later_have_the_bytes_of_a_corpus_rendered_at_once(tests_corpus, tmp_path):
+    """A recipe renders the teacher domains' training audio only when it trains a teacher: the audio
+    does not depend on which splits a call renders (the chunks are the whole plan's)."""
+    from kd.corpus.synth import SPLIT_FILE
+    from kd.recipes.shipped import data_digest
+
+    root, _ = tests_corpus
+    lazy = tmp_path / "lazy"
+    # the plan's first chunk of 48 utterances holds us, uk and target/train; the second target/dev, test
+    first = build_corpus(lazy, preset="tests", seed=0, jobs=2, progress=False, splits=["target/dev", "target/test"])
+    assert sorted(first["not_rendered"]) == sorted(f"{d}/{s}" for d in ("us", "uk", "target") for s in SPLITS
+                                                   if f"{d}/{s}" not in {"target/dev", "target/test"})
+    assert set(first["splits"]) == {"target"} and set(first["splits"]["target"]) == {"dev", "test"}
+    # an unrendered split: its data dir from the plan (transcripts readable, identified by its plan) ...
+    train = lazy / "us/train"
+    assert (train / "text").read_bytes() == (root / "us/train/text").read_bytes()
+    assert json.loads((train / SPLIT_FILE).read_text())["utterances"] == PRESETS["tests"].sizes["us"]["train"].utterances
+    planned = data_digest(train)
+    assert planned.startswith("plan-") and planned == data_digest(root / "us/train")
+    assert len(load_data_dir(train, check_audio=False).utterances) == 12
+    # ... whose audio is an error naming the missing files, not silently empty
+    with pytest.raises(Exception, match="missing audio file"):
+        load_data_dir(train)
+    second = build_corpus(lazy, preset="tests", seed=0, jobs=1, progress=False)  # the rest, one worker
+    assert second["not_rendered"] == [] and second["skipped"] is False
+    assert build_corpus(lazy, preset="tests", seed=0, jobs=2, progress=False)["skipped"] is True
+    a, b = _files(root), _files(lazy)
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+    assert data_digest(train) == planned  # rendering does not change what identifies the split
+
+
+def test_unknown_split_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"splits: unknown \['us/eval'\]"):
+        build_corpus(tmp_path / "c", preset="tests", seed=0, progress=False, splits=["us/eval"])

@@ -89,6 +89,22 @@ def test_teacher_and_student_runs_use_the_shared_tokens_and_the_teachers_dev_wer
         tmp_path / "corpus/target/dev")
 
 
+def test_a_condition_of_the_better_teacher_distils_from_each_seeds_better_teacher(tmp_path):
+    """teachers: ["{best}"]: the teacher chosen on the target dev set of that seed (the first domain
+    before the teachers are evaluated), with the cache of that teacher."""
+    setup = MultidomainSetup.from_preset({**SMOKE, "tokens": "chars"}, tmp_path, seeds=[0, 1], recipe_dir=tmp_path)
+    better = Condition.from_dict({"name": "tok-KD (better teacher)", "init": "random", "teachers": ["{best}"],
+                                  "beta": 1.0})
+    evaluated = {"seed0/best": "uk", "seed1/best": "us",
+                 **{f"seed{s}/{d}": {"target_dev_beam": {"wer": 40.0}} for s in (0, 1) for d in ("us", "uk")}}
+    for seed, domain in ((0, "uk"), (1, "us")):
+        config = student_config(setup, setup.sizes[0], better, seed, evaluated)
+        assert [t.run_dir for t in config.kd.teachers] == [str(tmp_path / f"teachers/seed{seed}/{domain}/model")]
+        assert config.kd.cache_dir == str(tmp_path / f"teacher_cache/seed{seed}/{domain}")
+    before = student_config(setup, setup.sizes[0], better, 0, None)
+    assert [t.run_dir for t in before.kd.teachers] == [str(tmp_path / "teachers/seed0/us/model")]
+
+
 def _report(wer, cer=None, utterances=4, params=1000):
     return {"wer": wer, "cer": wer / 2 if cer is None else cer, "utterances": utterances, "params": params}
 

@@ -72,3 +72,28 @@ def test_provenance_names_the_commit_and_uncommitted_changes_to_the_watched_path
     assert provenance(tmp_path, ["kd"])["commit"] == head  # not a watched path
     (tmp_path / "kd/a.py").write_text("changed\n")
     assert provenance(tmp_path, ["kd"])["commit"] == f"{head}+changes"
+
+
+def test_reidentify_swaps_audio_digests_for_plan_digests_only_for_the_same_audio(tmp_path):
+    """A model shipped with audio digests of its data gets the plan digests of the same built-in corpus
+    splits; data whose audio differs from what it was trained on is refused and nothing is written."""
+    from kd.corpus.synth import build_corpus
+
+    corpus = tmp_path / "corpus"
+    build_corpus(corpus, "alnum_tests", seed=0, jobs=1, progress=False, splits=["us/train", "us/dev"])
+    train, dev = corpus / "us/train", corpus / "us/dev"
+    model = tmp_path / "teacher"
+    model.mkdir()
+    record = {"fingerprint": {"train": [shipped.audio_digest(train)], "dev": shipped.audio_digest(dev),
+                              "config": "c", "tokens": "t"}, "command": "retrain", "trained": {"date": "d"}}
+    (model / PROVENANCE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"the dev data given \(.*us/train\) has audio digest"):
+        shipped.reidentify(model, train=[train], dev=train)
+    assert json.loads((model / PROVENANCE).read_text()) == record
+    new = shipped.reidentify(model, train=[train], dev=dev)
+    assert new == {"train": [shipped.data_digest(train)], "dev": shipped.data_digest(dev), "config": "c", "tokens": "t"}
+    assert new["dev"].startswith("plan-") and new["dev"] != new["train"][0]
+    found = json.loads((model / PROVENANCE).read_text())
+    assert found["fingerprint"] == new and found["audio_fingerprint"] == {k: record["fingerprint"][k]
+                                                                          for k in ("train", "dev")}
+    assert found["command"] == "retrain"
