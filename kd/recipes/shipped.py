@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from kd.core.io import atomic_write_text, config_digest, write_json
 
 __all__ = ["audio_digest", "cpu_model", "data_digest", "fingerprint", "provenance", "reidentify", "restore",
-           "run_fingerprint", "settings_digest", "ship", "ship_runs", "PROVENANCE"]
+           "run_fingerprint", "settings_digest", "ship", "ship_run", "ship_runs", "PROVENANCE"]
 
 PROVENANCE = "provenance.json"
 
@@ -94,24 +94,34 @@ def ship(model_dir: str | os.PathLike, target: str | os.PathLike, *, fingerprint
     return target
 
 
-def ship_runs(runs: Sequence[str | os.PathLike], tokens: str | os.PathLike, target: str | os.PathLike, *,
-              command: str, trained: Mapping[str, Any]) -> list[Path]:
-    """:func:`ship` each finished training run's model dir to ``target/<run folder name>``, with the
-    run's fingerprint (:func:`run_fingerprint` with the token list ``tokens``) and its wall time added
-    to ``trained`` (:func:`provenance`). A run without ``result.json`` (not trained to the end, or
-    restored from a shipped model) is a ValueError; the runs before it are shipped."""
+def ship_run(run: str | os.PathLike, tokens: str | os.PathLike, target: str | os.PathLike, *, command: str,
+             trained: Mapping[str, Any]) -> Path:
+    """:func:`ship` a finished training run's model dir to ``target``, with the run's fingerprint
+    (:func:`run_fingerprint` with the token list ``tokens``) and its wall time added to ``trained``
+    (:func:`provenance`); for a run resumed from a checkpoint, that wall time covers the updates after
+    ``resumed_from`` only, and ``resumed_from`` says so. A run without ``result.json`` (not trained to the end,
+    or restored from a shipped model) is a ValueError."""
     from kd.training.config import TrainConfig
 
-    shipped = []
-    for run in map(Path, runs):
-        if not (run / "result.json").is_file():
-            raise ValueError(f"{run} is not a finished training run (restored teachers are not shipped)")
-        config = TrainConfig.from_yaml(run / "config.yaml")
-        wall = json.loads((run / "result.json").read_text())["wall_seconds"]
-        shipped.append(ship(run / "model", Path(target) / run.name, command=command,
-                            trained={**trained, "wall_seconds": wall}, fingerprint=run_fingerprint(config, tokens)))
-        print(f"shipped {run} to {Path(target) / run.name}")
+    run = Path(run)
+    if not (run / "result.json").is_file():
+        raise ValueError(f"{run} is not a finished training run (restored teachers are not shipped)")
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    result = json.loads((run / "result.json").read_text())
+    timing = {"wall_seconds": result["wall_seconds"]}
+    if result.get("resumed_from"):
+        timing["resumed_from"] = result["resumed_from"]
+    shipped = ship(run / "model", target, command=command, trained={**trained, **timing},
+                   fingerprint=run_fingerprint(config, tokens))
+    print(f"shipped {run} to {target}")
     return shipped
+
+
+def ship_runs(runs: Sequence[str | os.PathLike], tokens: str | os.PathLike, target: str | os.PathLike, *,
+              command: str, trained: Mapping[str, Any]) -> list[Path]:
+    """:func:`ship_run` each finished training run to ``target/<run folder name>``; the runs before one
+    that is not finished are shipped."""
+    return [ship_run(run, tokens, Path(target) / Path(run).name, command=command, trained=trained) for run in runs]
 
 
 def reidentify(shipped: str | os.PathLike, *, train: Sequence[str | os.PathLike],

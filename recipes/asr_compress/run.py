@@ -27,7 +27,7 @@ from kd.recipes.asr_compress import (AsrCompressSetup, analyse_teacher, build_st
                                      evaluate_teacher, make_corpus, make_tokens, measure_speed, results_markdown,
                                      results_table, train_students, train_teacher)
 from kd.recipes.multidomain_stages import publish_results
-from kd.recipes.shipped import provenance, ship_runs
+from kd.recipes.shipped import provenance, ship_run
 from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
                                preset_seeds, preset_workers, recipe_parser, run_recipe)
 
@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     run_recipe(stages, out, args)
     if args.ship_teacher:
         try:
-            ship_runs([setup.teacher_run], setup.tokens_dir / "tokens.txt", HERE / "teacher",
-                      trained=provenance(REPO, WATCHED),
-                      command=f"python recipes/asr_compress/run.py --preset {args.preset} --stop-stage 3 --ship-teacher")
+            if setup.shipped is None:
+                raise ValueError(f"the preset {args.preset!r} names no shipped_teacher folder")
+            ship_run(setup.teacher_run, setup.tokens_dir / "tokens.txt", setup.shipped,
+                     trained=provenance(REPO, WATCHED),
+                     command=f"python recipes/asr_compress/run.py --preset {args.preset} --stop-stage 3 --ship-teacher")
         except ValueError as e:
             raise SystemExit(f"--ship-teacher: {e}") from None
     return 0

@@ -13,7 +13,7 @@ from kd.recipes import shipped
 from kd.recipes.shipped import PROVENANCE, provenance, restore, ship_runs
 
 
-def _run(folder, *, finished=True):
+def _run(folder, *, finished=True, resumed_from=None):
     from kd.training.config import TrainConfig
 
     config = TrainConfig.from_dict({"data": {"train": ["train"], "dev": "dev"}, "tokens": {"kind": "list", "path": "t"},
@@ -22,7 +22,7 @@ def _run(folder, *, finished=True):
     (folder / "model/model.safetensors").write_bytes(b"weights")
     (folder / "config.yaml").write_text(config.to_yaml())
     if finished:
-        (folder / "result.json").write_text(json.dumps({"wall_seconds": 12.5}))
+        (folder / "result.json").write_text(json.dumps({"wall_seconds": 12.5, "resumed_from": resumed_from}))
     return folder
 
 
@@ -43,6 +43,15 @@ def test_ship_runs_copies_each_model_with_its_fingerprint_and_wall_time(tmp_path
     assert restore(target / "us", tmp_path / "again/model", found["fingerprint"]) is None
     other = {**found["fingerprint"], "config": 3}
     assert "trained with other config" in restore(target / "us", tmp_path / "other/model", other)
+
+
+def test_a_shipped_resumed_run_says_its_wall_time_covers_the_updates_after_the_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(shipped, "run_fingerprint", lambda config, tokens: {})
+    run = _run(tmp_path / "runs/teacher", resumed_from=5140)
+    assert shipped.ship_run(run, tmp_path / "tokens.txt", tmp_path / "shipped", command="c", trained={}) == (
+        tmp_path / "shipped")
+    assert json.loads((tmp_path / "shipped" / PROVENANCE).read_text())["trained"] == {"wall_seconds": 12.5,
+                                                                                      "resumed_from": 5140}
 
 
 def test_ship_runs_refuses_a_run_that_did_not_finish(tmp_path):
