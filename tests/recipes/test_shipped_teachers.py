@@ -73,3 +73,20 @@ def test_retraining_a_teacher_reproduces_the_shipped_weights(tmp_path):
     assert ours.keys() == shipped.keys()
     assert [k for k in ours if not torch.equal(ours[k], shipped[k])] == []
 
+
+
+def test_shipped_asr_compress_teacher_belongs_to_the_cpu_preset(tmp_path):
+    """The 12-layer teacher of recipes/asr_compress/teacher/: trained with the cpu preset's teacher settings
+    (else the recipe would train it itself, hours beyond its budget), and a complete 12-layer model dir."""
+    from kd.models.model_dir import load_model_dir
+    from kd.recipes.asr_compress import AsrCompressSetup
+
+    cpu = yaml.safe_load((RECIPES / "asr_compress/config.yaml").read_text())["cpu"]
+    setup = AsrCompressSetup.from_preset(cpu, tmp_path, seeds=cpu["seeds"], recipe_dir=RECIPES / "asr_compress")
+    shipped = RECIPES / "asr_compress" / cpu["shipped_teacher"]
+    assert setup.shipped == shipped
+    provenance = json.loads((shipped / PROVENANCE).read_text())
+    assert provenance["fingerprint"]["config"] == settings_digest(setup.teacher_config().to_dict())
+    assert "--ship-teacher" in provenance["command"]
+    model, tokenizer = load_model_dir(shipped)
+    assert model.config.encoder_layers == 12 and tokenizer.vocab_size == model.config.vocab_size
