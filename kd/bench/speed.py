@@ -15,8 +15,10 @@ Protocol, per model folder and batch size:
    real-time factor = latency / (batch * seconds of audio) (below 1: faster than real time).
 
 What runs: the whole model for ``*ForCTC`` and plain encoders; for ``*ForPreTraining`` only its
-encoder (the quantiser and projection heads are training-only). ``parameters`` counts that part,
-each shared tensor once.
+encoder (the quantiser and projection heads are training-only); for the toolkit's ESPnet ASR model
+dirs (:mod:`kd.models.model_dir`) its ``encode``: front end, feature normalisation and encoder, the
+part a compression plan prunes (the decoder's cost depends on the search). ``parameters`` counts the
+part that runs, each shared tensor once.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from kd.core.io import atomic_write_text, write_json
 
-__all__ = ["bench_speed", "speed_table", "write_speed_results"]
+__all__ = ["AsrEncode", "bench_speed", "speed_table", "write_speed_results"]
 
 SAMPLE_RATE = 16000
 
@@ -45,6 +47,40 @@ def _device_name(device: torch.device) -> str:
 
 def _inference_module(model: torch.nn.Module) -> torch.nn.Module:
     return model.base_model if type(model).__name__.endswith("ForPreTraining") else model
+
+
+class AsrEncode(torch.nn.Module):
+    """The ``encode`` path of an ESPnet ASR model (front end, normalisation, pre-encoder, encoder,
+    post-encoder) as a module of a waveform batch without padding; only those parts are its submodules,
+    so that moving it to a device or dtype and counting its parameters concern what runs."""
+
+    def __init__(self, espnet_model: torch.nn.Module) -> None:
+        super().__init__()
+        names = ("frontend", "normalize", "preencoder", "encoder", "postencoder")
+        self.parts = torch.nn.ModuleDict({n: m for n in names
+                                          if isinstance(m := getattr(espnet_model, n, None), torch.nn.Module)})
+        object.__setattr__(self, "_espnet", espnet_model)  # not a submodule: its decoder and CTC head do not run
+
+    def forward(self, speech: torch.Tensor) -> torch.Tensor:
+        lengths = torch.full((speech.shape[0],), speech.shape[1], dtype=torch.long, device=speech.device)
+        return self._espnet.encode(speech, lengths)[0]
+
+
+def _load(model_dir: str | os.PathLike, attn_implementation: str | None) -> tuple[torch.nn.Module, str | None]:
+    """The module that :func:`bench_speed` times and the attention implementation that runs in it."""
+    from kd.compression.io import load_speech_model
+    from kd.models.model_dir import CONFIG_NAME, load_model_dir
+
+    path = Path(model_dir)
+    if (path / CONFIG_NAME).is_file() and not (path / "config.json").is_file():  # a kd ASR model dir
+        if attn_implementation is not None:
+            raise ValueError(f"attn_implementation: applies to Hugging Face models; {path} is an ESPnet ASR model dir")
+        model, _ = load_model_dir(path)
+        return AsrEncode(model.espnet), None
+    model = load_speech_model(path)
+    if attn_implementation is not None:
+        model.set_attn_implementation(attn_implementation)
+    return _inference_module(model), getattr(model.config, "_attn_implementation", None)
 
 
 def _sync(device: torch.device) -> None:
@@ -78,7 +114,6 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
     ``attention`` (the attention implementation that ran).
     """
     from kd.compression import count_parameters
-    from kd.compression.io import load_speech_model
 
     if isinstance(model_dirs, (str, os.PathLike)) or not model_dirs:
         raise ValueError(f"model_dirs: expected a non-empty list of model folders, found {model_dirs!r}")
@@ -103,11 +138,8 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
 
     rows = []
     for name, model_dir in zip(names, model_dirs):
-        model = load_speech_model(model_dir)
-        if attn_implementation is not None:
-            model.set_attn_implementation(attn_implementation)
-        attention = getattr(model.config, "_attn_implementation", None)
-        module = _inference_module(model).to(device=device, dtype=dtype).eval()
+        module, attention = _load(model_dir, attn_implementation)
+        module = module.to(device=device, dtype=dtype).eval()
         params = count_parameters(module)
         for batch in batch_sizes:
             x = waveform[:batch].to(device=device, dtype=dtype)
@@ -127,7 +159,7 @@ def bench_speed(model_dirs: Sequence[str | os.PathLike], *, batch_sizes: Sequenc
                          "rtf": latency / (batch * seconds), "device": _device_name(device),
                          "dtype": str(dtype).removeprefix("torch."), "repeats": repeats, "torch": torch.__version__,
                          "attention": attention})
-        del model, module
+        del module
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
@@ -38,7 +37,7 @@ from kd.recipes.experiment import merge_sections, train_run
 from kd.recipes.multidomain import GREEDY, evaluate_model
 
 __all__ = ["AsrCompressSetup", "HEURISTICS", "SHARED", "UNSHARED", "analyse_teacher", "build_students",
-           "compare", "encoder_latency", "evaluate_students", "evaluate_teacher", "make_corpus", "make_tokens",
+           "compare", "evaluate_students", "evaluate_teacher", "make_corpus", "make_tokens",
            "results_markdown", "results_table", "student_config", "train_students", "train_teacher"]
 
 HEURISTICS = ("first-k", "every-k", "linspace")
@@ -70,7 +69,7 @@ class AsrCompressSetup:
     seeds: tuple[int, ...]  # the students' training seeds (one teacher: the teacher's seed is 0)
     decode: Mapping[str, Any]  # the headline decoding (a DecodeConfig section); GREEDY is the other
     analysis: Any  # kd.analyze.layerwise.AnalyzeConfig of the teacher's analysis
-    speed: Mapping[str, Any]  # encoder_latency's batch_sizes, seconds, repeats
+    speed: Mapping[str, Any]  # kd.bench.speed.bench_speed's batch_sizes, seconds, repeats
     device: str = "cpu"
     shipped: Path | None = None  # the shipped teacher's folder (kd.recipes.shipped); None: trained here
 
@@ -289,46 +288,15 @@ def evaluate_students(setup: AsrCompressSetup, workers: int) -> dict[str, Any]:
     return {f"{name}/seed{seed}": {how: next(reports) for how in ("beam", "greedy")} for name, seed in cells}
 
 
-def encoder_latency(model_dirs: Mapping[str, str | Path], *, batch_sizes: Sequence[int] = (1, 16),
-                    seconds: float = 4.0, repeats: int = 5, warmup: int = 1, device: str = "cpu") -> list[dict[str, Any]]:
-    """Median wall time of each model's ``encode`` (front end and encoder: what a plan prunes) on random
-    audio of ``seconds`` per utterance, per batch size, with the number of threads torch has."""
-    import torch
-
-    from kd.compression import count_parameters
-    from kd.models.model_dir import load_model_dir
-
-    generator = torch.Generator().manual_seed(0)
-    samples = int(seconds * 16000)
-    audio = 0.1 * torch.randn(max(batch_sizes), samples, generator=generator)
-    rows = []
-    for name, folder in model_dirs.items():
-        model, _ = load_model_dir(folder, device=device)
-        model.eval()
-        for b in batch_sizes:
-            x = audio[:b].to(device)
-            lengths = torch.full((b,), samples, dtype=torch.long, device=device)
-            times = []
-            with torch.inference_mode():
-                for i in range(warmup + repeats):
-                    start = time.perf_counter()
-                    model.encode(x, lengths)
-                    if device != "cpu":
-                        torch.cuda.synchronize()
-                    if i >= warmup:
-                        times.append(time.perf_counter() - start)
-            rows.append({"model": name, "batch_size": b, "seconds": seconds, "params": count_parameters(model),
-                         "latency_ms": round(1000 * statistics.median(times), 2), "repeats": repeats,
-                         "threads": torch.get_num_threads(), "device": device})
-    return rows
-
-
 def measure_speed(setup: AsrCompressSetup) -> dict[str, Any]:
     """Stage ``speed``: the encoder latency of the teacher and of each student (seed 0's run: the seeds
     differ in weights, not in architecture)."""
+    from kd.bench.speed import bench_speed
+
     models = {"teacher": setup.teacher_run / "model",
               **{name: setup.run_dir(name, setup.seeds[0]) / "model" for name in setup.students()}}
-    return {"rows": encoder_latency(models, device=setup.device, **setup.speed)}
+    return {"rows": bench_speed(list(models.values()), names=list(models), device=setup.device, warmup=1,
+                                **setup.speed)}
 
 
 # -- the table --------------------------------------------------------------------------------------

@@ -139,3 +139,28 @@ def test_ssl_and_bench_speed_cli(tests_corpus, tmp_path, capsys):
                  "--warmup", "1", "--repeats", "2", "--out", str(tmp_path / "s.json"),
                  "--table", str(tmp_path / "s.md")]) == 0
     assert (tmp_path / "s.md").read_text().count("\n|") >= 2
+
+
+def test_an_asr_model_dir_is_timed_through_its_encode_path(tests_corpus, tmp_path):
+    """A kd ESPnet ASR model dir: what runs is encode (front end, normalisation, encoder), what is
+    counted are those parameters; its encoder output is the model's own."""
+    from kd.bench.speed import AsrEncode
+    from kd.compression import count_parameters
+    from kd.models.model_dir import load_model_dir
+    from kd.testing import make_model_dir
+
+    root, _ = tests_corpus
+    folder = make_model_dir(tmp_path / "asr", root, steps=1)
+    rows = bench_speed([folder], batch_sizes=[1, 2], seconds=0.5, warmup=0, repeats=1, device="cpu")
+    model, _ = load_model_dir(folder)
+    espnet = model.espnet
+    encode_params = sum(count_parameters(m) for m in (espnet.frontend, espnet.normalize, espnet.encoder) if m is not None)
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    assert {r["parameters"] for r in rows} == {encode_params} and encode_params < count_parameters(model)
+    assert all(r["latency_ms"] > 0 and r["attention"] is None for r in rows)
+    x = 0.1 * torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model.encode(x, torch.full((2,), 8000))[0]
+        torch.testing.assert_close(AsrEncode(espnet).eval()(x), expected)
+    with pytest.raises(ValueError, match="attn_implementation: applies to Hugging Face models; .*asr is an ESPnet"):
+        bench_speed([folder], batch_sizes=[1], seconds=0.5, attn_implementation="eager")
