@@ -28,13 +28,12 @@ with a verdict: which side makes fewer errors, or a tie when the interval holds 
 from __future__ import annotations
 
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 from kd.recipes.experiment import merge_sections, train_run
-from kd.recipes.multidomain import GREEDY, evaluate_model
+from kd.recipes.multidomain import GREEDY, evaluate_model, evaluate_runs
 
 __all__ = ["AsrCompressSetup", "HEURISTICS", "SHARED", "UNSHARED", "analyse_teacher", "build_students",
            "compare", "evaluate_students", "evaluate_teacher", "make_corpus", "make_tokens",
@@ -195,14 +194,11 @@ def make_tokens(setup: AsrCompressSetup) -> dict[str, Any]:
 
 def train_teacher(setup: AsrCompressSetup) -> dict[str, Any]:
     """Stage ``teacher``: restored from the shipped teacher when its fingerprint matches, else trained."""
-    from kd.recipes.shipped import restore, run_fingerprint
+    from kd.recipes.shipped import restore_for_run
 
     config, run = setup.teacher_config(), setup.teacher_run
-    if setup.shipped is not None and not (run / ".done.json").is_file():
-        reason = restore(setup.shipped, run / "model", run_fingerprint(config, setup.tokens_dir / "tokens.txt"))
-        if reason is None:
-            return {"restored": str(setup.shipped)}
-        print(f"teacher: training ({reason})", file=sys.stderr)
+    if restore_for_run(setup.shipped, run, config, setup.tokens_dir / "tokens.txt", "teacher"):
+        return {"restored": str(setup.shipped)}
     result = train_run(config, run)
     return {"trained": result.wall_seconds, "steps": result.steps}
 
@@ -278,14 +274,8 @@ def evaluate_students(setup: AsrCompressSetup, workers: int) -> dict[str, Any]:
     """Stage ``eval``: every student on the test set (beam search and CTC greedy).
 
     Returns ``{"<student>/seed<s>": {"beam": ..., "greedy": ...}}`` (:func:`kd.recipes.multidomain.evaluate_model`)."""
-    from kd.recipes.parallel import Job, run_jobs
-
-    cells, test = setup.cells(), setup.data("test")
-    jobs = [Job(f"{setup.run_dir(*cell)} {name}", evaluate_model,
-                (setup.run_dir(*cell) / "model", test, how, setup.run_dir(*cell) / f"eval-{name}"), {"device": setup.device})
-            for cell in cells for name, how in (("beam", setup.decode), ("greedy", GREEDY))]
-    reports = iter(run_jobs(jobs, workers=workers if setup.device == "cpu" else 1))
-    return {f"{name}/seed{seed}": {how: next(reports) for how in ("beam", "greedy")} for name, seed in cells}
+    runs = {f"{name}/seed{seed}": setup.run_dir(name, seed) for name, seed in setup.cells()}
+    return evaluate_runs(runs, setup.data("test"), setup.decode, device=setup.device, workers=workers)
 
 
 def measure_speed(setup: AsrCompressSetup) -> dict[str, Any]:

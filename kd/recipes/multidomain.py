@@ -28,7 +28,8 @@ from kd.core.io import write_json
 from kd.evaluation.evidence import (DOES_NOT_REPRODUCE, NOT_A_TEST, REPRODUCES, paired_interval, read_utterance_errors,
                                     token_uncertainty, uncertainty_summary, variance_correlation, verdict)
 
-__all__ = ["Claim", "GREEDY", "RESULTS_LAYOUT", "check_results", "claims_table", "evaluate_model", "results_markdown",
+__all__ = ["Claim", "GREEDY", "RESULTS_LAYOUT", "check_results", "claims_table", "evaluate_model", "evaluate_runs",
+           "results_markdown",
            "teacher_uncertainty", "write_word_inventory"]
 
 GREEDY = {"method": "ctc_greedy"}
@@ -71,6 +72,21 @@ def evaluate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike, de
     report = evaluate_once(model_dir, [data_dir], decode, out_dir, device=device)
     return {"wer": report["overall"]["wer"] * 100.0, "cer": report["overall"]["cer"] * 100.0,
             "utterances": report["overall"]["utterances"], "params": report["params"]}
+
+
+def evaluate_runs(runs: Mapping[str, str | os.PathLike], data_dir: str | os.PathLike, decode: Mapping[str, Any], *,
+                  device: str = "cpu", workers: int = 1) -> dict[str, dict[str, dict[str, float]]]:
+    """Every run (``{key: run dir}``) on one test set by ``decode`` (the headline, ``"beam"``) and by CTC
+    greedy decoding (``"greedy"``): ``{key: {"beam": ..., "greedy": ...}}`` of :func:`evaluate_model`,
+    the reports in ``<run>/eval-beam`` and ``<run>/eval-greedy``. On the CPU ``workers`` processes
+    decode at once (one thread each); on a GPU one."""
+    from kd.recipes.parallel import Job, run_jobs
+
+    ways = (("beam", decode), ("greedy", GREEDY))
+    jobs = [Job(f"{run} {name}", evaluate_model, (Path(run) / "model", data_dir, how, Path(run) / f"eval-{name}"),
+                {"device": device}) for run in runs.values() for name, how in ways]
+    reports = iter(run_jobs(jobs, workers=workers if device == "cpu" else 1))
+    return {key: {name: next(reports) for name, _ in ways} for key in runs}
 
 
 def teacher_uncertainty(model_dirs: Mapping[str, str | os.PathLike], dev_dirs: Mapping[str, str | os.PathLike],

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
 
 from kd.recipes.experiment import Condition, StudentSize, check_pairs, merge_sections, student_train_config, train_run
-from kd.recipes.multidomain import BEST, GREEDY, Claim, check_results, claims_table, evaluate_model, results_markdown
+from kd.recipes.multidomain import (BEST, GREEDY, Claim, check_results, claims_table, evaluate_model, evaluate_runs,
+                                    results_markdown)
 
 if TYPE_CHECKING:
     from kd.analyze.layerwise import AnalyzeConfig
@@ -219,20 +219,16 @@ def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     Returns the restored teachers' sources and the trained ones' wall seconds, by run dir.
     """
     from kd.recipes.parallel import Job, run_jobs
-    from kd.recipes.shipped import restore, run_fingerprint
+    from kd.recipes.shipped import restore_for_run
 
     jobs, restored, render = [], {}, set()
     for seed in setup.seeds:
         for d in setup.domains:
             config, run = teacher_config(setup, d, seed), setup.teacher_run(seed, d)
-            # shipped teachers are seed 0's; a run that finished here is kept
-            if setup.shipped is not None and seed == 0 and not (run / ".done.json").is_file():
-                reason = restore(setup.shipped / d, run / "model",
-                                 run_fingerprint(config, setup.tokens_dir / "tokens.txt"))
-                if reason is None:
-                    restored[f"seed{seed}/{d}"] = str(setup.shipped / d)
-                    continue
-                print(f"teacher {d}, seed {seed}: training ({reason})", file=sys.stderr)
+            shipped = setup.shipped / d if setup.shipped is not None and seed == 0 else None  # seed 0's teachers
+            if restore_for_run(shipped, run, config, setup.tokens_dir / "tokens.txt", f"teacher {d}, seed {seed}"):
+                restored[f"seed{seed}/{d}"] = str(shipped)
+                continue
             render.add(f"{d}/train")
             jobs.append(Job(str(run), train_run, (config, run)))
     if render:  # the training audio of the teachers to train (make_corpus may have left it out)
@@ -334,16 +330,8 @@ def evaluate_students(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     Returns ``{"<size>/<condition>/seed<s>": {"beam": ..., "greedy": ...}}``
     (:func:`kd.recipes.multidomain.evaluate_model`).
     """
-    from kd.recipes.parallel import Job, run_jobs
-
-    cells, test = setup.cells(), setup.data(setup.target, "test")
-    jobs = [Job(f"{setup.run_dir(*cell)} {name}", evaluate_model,
-                (setup.run_dir(*cell) / "model", test, how, setup.run_dir(*cell) / f"eval-{name}"),
-                {"device": setup.device})
-            for cell in cells for name, how in (("beam", setup.decode), ("greedy", GREEDY))]
-    reports = iter(run_jobs(jobs, workers=workers if setup.device == "cpu" else 1))
-    return {f"{size.name}/{c.name}/seed{seed}": {name: next(reports) for name in ("beam", "greedy")}
-            for size, c, seed in cells}
+    runs = {f"{size.name}/{c.name}/seed{seed}": setup.run_dir(size, c, seed) for size, c, seed in setup.cells()}
+    return evaluate_runs(runs, setup.data(setup.target, "test"), setup.decode, device=setup.device, workers=workers)
 
 
 def _mean(values: Sequence[float]) -> float:

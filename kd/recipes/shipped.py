@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from kd.core.io import atomic_write_text, config_digest, write_json
 
-__all__ = ["audio_digest", "cpu_model", "data_digest", "fingerprint", "provenance", "reidentify", "restore",
+__all__ = ["audio_digest", "cpu_model", "data_digest", "fingerprint", "provenance", "reidentify", "restore", "restore_for_run",
            "run_fingerprint", "settings_digest", "ship", "ship_run", "ship_runs", "PROVENANCE"]
 
 PROVENANCE = "provenance.json"
@@ -170,6 +170,23 @@ def restore(shipped: str | os.PathLike, model_dir: str | os.PathLike, expected: 
     os.replace(tmp, model_dir)
     atomic_write_text(model_dir.parent / "restored-from.txt", f"{shipped}\n")
     return None
+
+
+def restore_for_run(shipped: str | os.PathLike | None, run: str | os.PathLike, config: Any,
+                    tokens: str | os.PathLike, label: str) -> bool:
+    """Whether the shipped model stands in for the training run ``run`` of ``config`` (a ``TrainConfig``;
+    ``tokens``: its token list file): restored into ``run/model`` when its fingerprint matches and ``run``
+    has not finished training here; otherwise False, with the reason on stderr under ``label``."""
+    import sys
+
+    from kd.core.io import MARKER_NAME
+
+    if shipped is None or (Path(run) / MARKER_NAME).is_file():  # a run that finished here is kept
+        return False
+    reason = restore(shipped, Path(run) / "model", run_fingerprint(config, tokens))
+    if reason is not None:
+        print(f"{label}: training ({reason})", file=sys.stderr)
+    return reason is None
 
 
 def provenance(repo: str | os.PathLike, watched: Sequence[str] = ()) -> dict[str, str]:
