@@ -26,6 +26,7 @@ from kd.analyze.figures import plot_layer_curves, plot_pretraining_curves, repor
 from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 from kd.analyze.summary import peak_layers_markdown
 from kd.core.io import atomic_write_text
+from kd.corpus.domains import SPLITS
 from kd.corpus.synth import build_corpus
 from kd.recipes.experiment import merge_sections, training_differs
 from kd.recipes.layerwise import analyse_run_checkpoints, tracking_markdown
@@ -61,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         ssl_config = SSLConfig.from_preset(cfg["ssl_preset"])
     dev = corpus / domain / "dev"
 
-    def stage_corpus(done):
-        build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))
+    def stage_corpus(done):  # the audio the stages read: the ASR domain's splits, the SSL domains' training sets
+        splits = [f"{domain}/{s}" for s in SPLITS] + [f"{d}/train" for d in cfg["ssl_domains"]]
+        build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0), splits=splits)
 
     def stage_asr_teacher(done):
         existing = cfg.get("asr_teacher_run")
