@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 from kd.recipes.experiment import merge_sections, train_run
+from kd.evaluation.evidence import NOT_A_TEST
 from kd.recipes.multidomain import GREEDY, evaluate_model, evaluate_runs
 
-__all__ = ["AsrCompressSetup", "HEURISTICS", "SHARED", "UNSHARED", "analyse_teacher", "build_students",
-           "compare", "evaluate_students", "evaluate_teacher", "make_corpus", "make_tokens",
-           "results_markdown", "results_table", "student_config", "train_students", "train_teacher"]
+__all__ = ["AsrCompressSetup", "HEURISTICS", "LAYERS_DIFFER_BELOW", "SHARED", "UNSHARED", "analyse_teacher",
+           "build_students", "compare", "evaluate_students", "evaluate_teacher", "make_corpus", "make_tokens",
+           "results_markdown", "results_table", "student_config", "train_students", "train_teacher", "verdict"]
 
 HEURISTICS = ("first-k", "every-k", "linspace")
 ANALYSIS = "analysis"
@@ -46,6 +47,10 @@ UNSHARED = "unshared"  # every layer kept, no sharing: the control of SHARED (no
 PLANS = (ANALYSIS, *HEURISTICS, SHARED)
 METRICS = ("wer", "cer")
 TIE = "tie"
+# the premise of comparing plans: the teacher's layers are not all alike (the lowest linear CKA between
+# two of its layers below this); otherwise every plan keeps near-copies of the same layer and a
+# comparison of plans says nothing about the analysis
+LAYERS_DIFFER_BELOW = 0.7
 
 
 def _no_section(key: str) -> ContextManager[Any]:
@@ -302,6 +307,14 @@ def compare(a: Mapping[int, Path], b: Mapping[int, Path], *, metric: str, resamp
             "seeds": interval.seeds, "utterances": interval.utterances, "better": side}
 
 
+def verdict(better: str, a: str, b: str, premise: str | None = None) -> str:
+    """A comparison's verdict from :func:`compare`'s ``better``: the better side, or a tie; "not a test"
+    when the comparison's ``premise`` (why it fails) does not hold, whatever the interval says."""
+    if premise is not None:
+        return f"{NOT_A_TEST} ({premise})"
+    return {"a": f"{a} better", "b": f"{b} better", TIE: TIE}[better]
+
+
 def _comparisons(setup: AsrCompressSetup) -> list[tuple[str, str, str]]:
     """(what is asked, a, b): the analysis plan against each heuristic; shared against the pruned
     student of the same parameters and against the unshared student of the same depth."""
@@ -328,19 +341,25 @@ def results_table(setup: AsrCompressSetup, done: Mapping[str, Any], *, preset: s
                          **{how: {m: round(statistics.fmean(r[how][m] for r in runs.values()), 2) for m in METRICS}
                             for how in ("beam", "greedy")},
                          "per_seed": {str(s): {m: round(r["beam"][m], 2) for m in METRICS} for s, r in runs.items()}})
+    lowest = done["analysis"]["lowest_cka"]
+    alike = (None if lowest < LAYERS_DIFFER_BELOW else
+             f"the teacher's layers are alike: lowest linear CKA {lowest:.3f}, not below {LAYERS_DIFFER_BELOW}")
     comparisons = []
     for asked, a, b in _comparisons(setup):
+        # analysis against a heuristic needs layers that differ; sharing against pruning or no sharing does not
+        premise = alike if b.split("/")[-1] in HEURISTICS else None
         for metric in METRICS:
             row = compare({s: setup.run_dir(a, s) / "eval-beam" for s in seeds},
                           {s: setup.run_dir(b, s) / "eval-beam" for s in seeds}, metric=metric)
-            row["verdict"] = {"a": f"{a} better", "b": f"{b} better", TIE: TIE}[row["better"]]
+            row["verdict"] = verdict(row["better"], a, b, premise)
             comparisons.append({"comparison": asked, "a": a, "b": b, **row})
     teacher = done["teacher-eval"]
     return {"preset": preset, "seeds": seeds, "domain": setup.domain, "decode": dict(setup.decode),
             "n_test": teacher["beam"]["utterances"],
             "teacher": {"layers": done["analysis"]["layers"], "params": teacher["beam"]["params"],
                         **{how: {m: round(teacher[how][m], 2) for m in METRICS} for how in ("beam", "greedy")},
-                        **{k: done["analysis"][k] for k in ("lowest_cka", "lowest_cka_layers", "adjacent_cka_min")}},
+                        **{k: done["analysis"][k] for k in ("lowest_cka", "lowest_cka_layers", "adjacent_cka_min")},
+                        "layers_differ": alike is None},
             "students": students, "speed": done["speed"]["rows"], "comparisons": comparisons,
             "provenance": dict(provenance)}
 
@@ -357,7 +376,9 @@ def results_markdown(results: Mapping[str, Any]) -> str:
              f"Teacher: {t['layers']} encoder layers, {t['params'] / 1e6:.2f}M parameters, WER {t['beam']['wer']:.1f}% / "
              f"CER {t['beam']['cer']:.1f}% (greedy {t['greedy']['wer']:.1f} / {t['greedy']['cer']:.1f}); lowest "
              f"linear CKA between two of its layers {t['lowest_cka']:.3f} (layers {t['lowest_cka_layers']}), "
-             f"between neighbours {t['adjacent_cka_min']:.3f}.", ""]
+             f"between neighbours {t['adjacent_cka_min']:.3f}"
+             + ("." if t["layers_differ"] else f": its layers are alike (not below {LAYERS_DIFFER_BELOW}), so the "
+                "comparisons of the analysis plan with the heuristics are not a test."), ""]
     batch = sorted({r["batch_size"] for r in results["speed"]})
     latency = {(r["model"], r["batch_size"]): r["latency_ms"] for r in results["speed"]}
     header = ["student", "teacher layers kept", "shared groups", "params",

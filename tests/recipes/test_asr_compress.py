@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kd.recipes.asr_compress import HEURISTICS, PLANS, UNSHARED
+from kd.recipes.asr_compress import HEURISTICS, LAYERS_DIFFER_BELOW, PLANS, UNSHARED, verdict
 
 
 @pytest.mark.slow
@@ -37,7 +37,18 @@ def test_plans_students_speed_and_comparisons(tmp_path, capsys, load_recipe):
         lo, hi = c["ci95"]
         assert lo <= c["diff"] <= hi or c["seeds"] == 1
         expected = f"{c['a']} better" if hi < 0 else f"{c['b']} better" if lo > 0 else "tie"
-        assert c["verdict"] == expected and c["seeds"] == 1 and c["utterances"] == results["n_test"]
+        if c["b"].split("/")[-1] in HEURISTICS and not teacher["layers_differ"]:
+            expected = "not a test (the teacher's layers are alike: lowest linear CKA"
+        assert c["verdict"].startswith(expected) and c["seeds"] == 1 and c["utterances"] == results["n_test"]
+    assert teacher["layers_differ"] == (teacher["lowest_cka"] < LAYERS_DIFFER_BELOW)
     # every student run was fine-tuned from its plan's student with its own seed
     config = (out / "runs" / "2" / "first-k" / "seed0" / "config.yaml").read_text()
     assert str(out / "students" / "2" / "first-k") in config and "seed: 0" in config
+
+
+def test_a_verdict_names_a_side_only_when_the_premise_holds():
+    assert verdict("a", "6/analysis", "6/first-k") == "6/analysis better"
+    assert verdict("b", "6/analysis", "6/first-k") == "6/first-k better"
+    assert verdict("tie", "6/analysis", "6/first-k") == "tie"
+    for better in ("a", "b", "tie"):  # whatever the interval says
+        assert verdict(better, "6/analysis", "6/first-k", "layers alike") == "not a test (layers alike)"
