@@ -589,6 +589,55 @@ def test_ssl_and_asr_runs_write_the_same_checkpoints_and_log_columns(pretrained,
         assert "grad_norm" in columns
 
 
+def test_a_stage_finished_before_the_one_training_stack_stays_finished(pretrained, tmp_path):
+    """A stage folder as the earlier version left it (its marker for the config in the earlier layout,
+    ckpt-N model folders, no checkpoints/): skipped, its model untouched, its ckpt-N folders listed."""
+    import shutil
+
+    from kd.core.io import mark_done
+    from kd.ssl.pretrain import _legacy_stage_key, pretrain
+
+    result, data = pretrained
+    config = dataclasses.replace(TINY, deterministic=False)  # a field the earlier layout did not have
+    old = tmp_path / "old"
+    shutil.copytree(result.out_dir, old)
+    for step, folder in list_stage_checkpoints(old):
+        shutil.copytree(folder, old / f"ckpt-{step}")
+    shutil.rmtree(old / "checkpoints")
+    mark_done(old, _legacy_stage_key(config, data), steps=4, stopped_early=False, outcome=result.metrics)
+    before = (old / "model" / "model.safetensors").stat().st_mtime_ns
+    again = pretrain(config, data, old, progress=False)
+    assert again.skipped and again.steps == 4 and again.metrics == result.metrics
+    assert (old / "model" / "model.safetensors").stat().st_mtime_ns == before
+    assert list_stage_checkpoints(old) == [(2, old / "ckpt-2"), (4, old / "ckpt-4")]
+
+
+def test_an_unfinished_stage_of_before_starts_afresh_saying_why(tmp_path, caplog):
+    """ckpt-N folders hold no optimiser state or data position: no resume from them, a warning, a clean
+    start; checkpoints of the same stage are kept for the resume, those of another stage are not."""
+    from kd.ssl.common import prepare_stage_dir
+    from kd.training.checkpoint import begin_checkpoint, finish_checkpoint
+
+    class OneProcess:
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+    out, key = tmp_path / "stage", {"stage": "ssl-pretrain", "config": TINY.to_dict()}
+    (out / "ckpt-2").mkdir(parents=True)
+    (out / "log.csv").write_text("step\n1\n")
+    assert prepare_stage_dir(out, key, ["log.csv"], OneProcess()) is None
+    assert not (out / "ckpt-2").exists() and not (out / "log.csv").exists()
+    assert "ckpt-2 were kept by a version without resumable checkpoints" in caplog.text
+    finish_checkpoint(begin_checkpoint(out / "checkpoints", 3), model_state={"w": torch.zeros(1)}, optimizer_state={},
+                      step=3, epoch=0, batch=3, dev_loss=None, world_size=1)
+    longer = {**key, "config": {**key["config"], "optim": {**key["config"]["optim"], "max_steps": 9}}}
+    assert prepare_stage_dir(out, longer, [], OneProcess()) == 3  # max_steps may change on resume
+    other = {**key, "config": {**key["config"], "mask_prob": 0.5}}
+    assert prepare_stage_dir(out, other, [], OneProcess()) is None  # another stage: a fresh start
+
+
 def test_changed_config_is_not_skipped(pretrained, monkeypatch):
     from kd.core.io import is_done
     from kd.ssl import pretrain as module
