@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     dl.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
     dl.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="settings over the preset: optimiser fields (max_steps, lr, warmup_steps, ...: "
-                         "kd.training.config.OptimConfig) and SECTION.FIELD of the config's data and checkpoint "
-                         "sections (data.max_seconds=20, ...)")
+                         "kd.training.config.OptimConfig), seed, deterministic, and SECTION.FIELD of the config's "
+                         "data and checkpoint sections (data.max_seconds=20, checkpoint.every_steps=50, ...)")
     dl.set_defaults(run=_distill_layers)
 
 
@@ -58,12 +58,14 @@ def _distill_layers(args: argparse.Namespace) -> int:
         section, dot, field = key.partition(".")
         if dot and section in ("data", "checkpoint"):
             data[section][field] = value
+        elif key in ("seed", "deterministic"):  # the config's own fields
+            data[key] = value
         elif key in RENAMED_OPTIM_FIELDS:
-            raise ValueError(f"--set: {key!r} is now {RENAMED_OPTIM_FIELDS[key].removeprefix('optim.')} (the "
-                             "optimiser fields of kd.training.config.OptimConfig); set that instead")
+            raise ValueError(f"--set: {key!r} is now {RENAMED_OPTIM_FIELDS[key].removeprefix('optim.')}; set that "
+                             "instead (the optimiser settings are those of kd.training.config.OptimConfig)")
         elif dot or key not in names:
-            raise ValueError(f"--set: unknown OptimConfig field {key!r}; expected one of {names}, or data.FIELD "
-                             "or checkpoint.FIELD")
+            raise ValueError(f"--set: unknown OptimConfig field {key!r}; expected one of {names}, seed, "
+                             "deterministic, data.FIELD or checkpoint.FIELD")
         else:
             data["optim"][key] = value
     config = LayerDistillConfig.from_dict(data)
