@@ -1,4 +1,6 @@
-"""Training and distillation of hybrid CTC/attention ASR models, in one loop on `accelerate`.
+"""Training and distillation of hybrid CTC/attention ASR models, on the toolkit's one training loop
+(:class:`kd.training.engine.TrainingLoop`, on `accelerate`; the wav2vec 2.0 stages of :mod:`kd.ssl` run on
+it too).
 
 ``train(config, out_dir)`` trains a model from a :class:`~kd.training.config.TrainConfig`; with
 a ``kd`` section the same loop distils it from frozen teachers with
