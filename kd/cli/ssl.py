@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="SSLConfig fields over the preset (diversity_weight=0.3, mask_length=4, ...) and "
-                         "optim.FIELD for its optimiser (optim.lr=1e-4, optim.steps=400, ...)")
+                         "SECTION.FIELD of its optim, data and checkpoint sections (optim.lr=1e-4, "
+                         "optim.max_steps=400, data.max_seconds=30, checkpoint.every_steps=100, ...)")
     sp.set_defaults(run=_ssl_pretrain)
     sf = ssl_sub.add_parser("finetune", help="CTC fine-tuning of a pre-trained encoder")
     sf.add_argument("pretrained", help="the pretrain stage folder (or its model/ folder)")
@@ -28,21 +29,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     sf.add_argument("--out", required=True)
     sf.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
     sf.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="CTCConfig fields over the preset (freeze_feature_encoder=false, ...) and optim.FIELD "
-                         "(optim.steps=800, ...)")
+                    help="CTCConfig fields over the preset (freeze_feature_encoder=false, ...) and SECTION.FIELD "
+                         "of its optim, data and checkpoint sections (optim.max_steps=800, ...)")
     sf.set_defaults(run=_ssl_finetune)
+
+
+SECTIONS = ("optim", "data", "checkpoint")  # the training sections of a stage config (kd.ssl.config)
 
 
 def _preset_with_settings(cls, preset: str, items: list[str], option: str = "--set"):
     """``cls.from_preset(preset)`` with KEY=VALUE settings over it: fields of ``cls``, or
-    ``optim.FIELD`` for its OptimSettings; names and types checked by ``cls.from_dict``."""
+    ``SECTION.FIELD`` for its optim (kd.training.config.OptimConfig), data and checkpoint sections;
+    names and types checked by ``cls.from_dict``."""
     data = cls.from_preset(preset).to_dict()
     for key, value in key_values(items, option).items():
         section, dot, field = key.partition(".")
-        if dot and section == "optim":
-            data["optim"][field] = value
+        if dot and section in SECTIONS:
+            data[section][field] = value
         elif dot:
-            raise ValueError(f"{option}: {key!r}: only optim.FIELD names a nested setting")
+            raise ValueError(f"{option}: {key!r}: only {', '.join(s + '.FIELD' for s in SECTIONS)} name a nested "
+                             "setting")
         else:
             data[key] = value
     return cls.from_dict(data)
@@ -52,7 +58,7 @@ def _ssl_pretrain(args: argparse.Namespace) -> int:
     from kd.ssl.config import SSLConfig
     from kd.ssl.pretrain import pretrain
 
-    config = _preset_with_settings(SSLConfig, args.preset, args.set + [f"optim.seed={args.seed}"])
+    config = _preset_with_settings(SSLConfig, args.preset, args.set + [f"seed={args.seed}"])
     result = pretrain(config, args.data, args.out)
     print(result)
     if "message" in result.metrics:

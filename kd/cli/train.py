@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     dl.add_argument("--student", default=None, help="initial student folder (default: kd.compress(teacher, plan))")
     dl.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
     dl.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="optimiser settings over the preset (steps, lr, warmup_steps, max_batch_seconds, ...)")
+                    help="settings over the preset: optimiser fields (max_steps, lr, warmup_steps, ...: "
+                         "kd.training.config.OptimConfig), seed, deterministic, and SECTION.FIELD of the config's "
+                         "data and checkpoint sections (data.max_seconds=20, checkpoint.every_steps=50, ...)")
     dl.set_defaults(run=_distill_layers)
 
 
@@ -46,17 +48,27 @@ def _distill_layers(args: argparse.Namespace) -> int:
     import dataclasses
 
     from kd.compression import count_parameters, load_student
-    from kd.ssl.config import OptimSettings
+    from kd.ssl.config import RENAMED_OPTIM_FIELDS
     from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
+    from kd.training.config import OptimConfig
 
-    config = LayerDistillConfig.from_preset(args.preset)
-    optim = key_values(args.set, "--set")
-    if optim:
-        unknown = sorted(set(optim) - {f.name for f in dataclasses.fields(OptimSettings)})
-        if unknown:
-            raise ValueError(f"--set: unknown OptimSettings field(s) {unknown}; expected some of "
-                             f"{[f.name for f in dataclasses.fields(OptimSettings)]}")
-        config = dataclasses.replace(config, optim=OptimSettings.from_dict({**config.optim.to_dict(), **optim}))
+    data = LayerDistillConfig.from_preset(args.preset).to_dict()
+    names = [f.name for f in dataclasses.fields(OptimConfig)]
+    for key, value in key_values(args.set, "--set").items():
+        section, dot, field = key.partition(".")
+        if dot and section in ("data", "checkpoint"):
+            data[section][field] = value
+        elif key in ("seed", "deterministic"):  # the config's own fields
+            data[key] = value
+        elif key in RENAMED_OPTIM_FIELDS:
+            raise ValueError(f"--set: {key!r} is now {RENAMED_OPTIM_FIELDS[key].removeprefix('optim.')}; set that "
+                             "instead (the optimiser settings are those of kd.training.config.OptimConfig)")
+        elif dot or key not in names:
+            raise ValueError(f"--set: unknown OptimConfig field {key!r}; expected one of {names}, seed, "
+                             "deterministic, data.FIELD or checkpoint.FIELD")
+        else:
+            data["optim"][key] = value
+    config = LayerDistillConfig.from_dict(data)
     result = distill_plan(args.teacher, args.plan, args.data, args.out, config, student_dir=args.student,
                           progress=True)
     student = load_student(result.model_dir)

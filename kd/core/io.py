@@ -137,7 +137,7 @@ def file_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "") -> 
 
 
 def read_csv_log(path: str | os.PathLike) -> list[dict[str, float]]:
-    """A CSV log (a header row, then one row of numbers per update, as :class:`kd.ssl.common.CsvLog`
+    """A CSV log (a header row, then one row of numbers per update, as :class:`kd.training.logs.CsvLog`
     writes it), numbers as floats, empty cells as NaN."""
     with open(path, newline="", encoding="utf-8") as f:
         return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}

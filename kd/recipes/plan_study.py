@@ -54,9 +54,9 @@ def save_plans(plans: Mapping[str, CompressionPlan], folder: str | os.PathLike) 
 
 
 def with_seed(config: Any, seed: int) -> Any:
-    """The same run (a config dataclass with ``to_dict`` / ``from_dict`` and an ``optim`` section)
-    with ``optim.seed = seed``."""
-    return type(config).from_dict(merge_sections(config.to_dict(), {"optim": {"seed": seed}}))
+    """The same run (a stage config dataclass with ``to_dict`` / ``from_dict`` and a ``seed`` field)
+    with ``seed = seed``."""
+    return type(config).from_dict(merge_sections(config.to_dict(), {"seed": seed}))
 
 
 def per_seed(cells: Sequence[tuple[int, str]], values: Sequence[Any]) -> dict[str, dict[str, Any]]:

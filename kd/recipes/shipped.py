@@ -74,12 +74,25 @@ def run_fingerprint(config: Any, tokens: str | os.PathLike) -> dict[str, Any]:
     return fingerprint(train=list(config.data.train), dev=config.data.dev, config=config.to_dict(), tokens=tokens)
 
 
+# TrainConfig fields added after the shipped teachers' fingerprints were taken: left out of the digest
+# while they hold the value of the runs before them (kd.training.config.ADDED_FIELDS), so that an
+# unchanged preset keeps the fingerprint its shipped teachers carry
+ADDED_SINCE_SHIPPED = (("optim", "decoupled_weight_decay"), ("optim", "time_limit_s"))
+
+
 def settings_digest(config: Mapping[str, Any]) -> str:
-    """Digest of a training config (``TrainConfig.to_dict()``) without its data and token paths."""
+    """Digest of a training config (``TrainConfig.to_dict()``) without its data and token paths (and
+    without the fields of :data:`ADDED_SINCE_SHIPPED` at their earlier value)."""
+    from kd.training.config import ADDED_FIELDS
+
     settings = json.loads(json.dumps(config))
     settings.get("data", {}).pop("train", None)
     settings.get("data", {}).pop("dev", None)
     settings.get("tokens", {}).pop("path", None)
+    for section, name in ADDED_SINCE_SHIPPED:
+        holder = settings.get(section)
+        if isinstance(holder, dict) and holder.get(name) == ADDED_FIELDS[(section, name)]:
+            holder.pop(name)
     return config_digest(settings)
 
 

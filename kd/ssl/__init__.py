@@ -1,6 +1,8 @@
 """The wav2vec 2.0 family: a self-supervised teacher (pre-training on unlabelled audio, then CTC
 fine-tuning) and the layer-to-layer distillation of its compressed students (``kd distill-layers``,
-:mod:`kd.ssl.layer_distill`), on one loop of their own (:mod:`kd.ssl.common`).
+:mod:`kd.ssl.layer_distill`), trained on the toolkit's one training stack (:mod:`kd.training.engine`,
+with the checkpoints of :mod:`kd.training.checkpoint` and the ``OptimConfig`` of
+:mod:`kd.training.config`; the stage plumbing is in :mod:`kd.ssl.common`).
 
 ``pretrain(config, data_dirs, out_dir)`` and ``finetune_ctc(pretrained_dir, data_dirs, out_dir,
 config)`` are stages that hand over Hugging Face folders and skip themselves when finished.
@@ -17,7 +19,7 @@ from typing import Any
 _LAZY = {
     "SSLConfig": "kd.ssl.config",
     "CTCConfig": "kd.ssl.config",
-    "OptimSettings": "kd.ssl.config",
+    "BatchConfig": "kd.ssl.config",
     "sample_masks": "kd.ssl.pretrain",
     "finetune_ctc": "kd.ssl.finetune",
     "evaluate_ctc": "kd.ssl.finetune",

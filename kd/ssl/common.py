@@ -1,13 +1,15 @@
 """Pieces shared by the self-supervised stages and layer distillation.
 
 - speech datasets pooled from several data dirs;
-- :func:`train_loop`: the one training loop on ``accelerate`` (prepare, accumulate, backward,
-  clip, step, learning rate as a pure function of the step, CSV log, time limit);
-- Hugging Face folders written atomically (:func:`save_pretrained_atomic`) and listed safely
-  (:func:`list_stage_checkpoints`): a folder is written under ``.tmp-<name>`` and renamed when complete,
-  so a killed save never looks like a finished one.
+- a stage's training run on the toolkit's one training stack: :func:`stage_accelerator`,
+  :func:`prepare_stage_dir` (resume or start afresh), :func:`run_stage` (the loop of
+  :mod:`kd.training.engine`: checkpoints in the format of :mod:`kd.training.checkpoint` under
+  ``<stage>/checkpoints/``, exact resume, the CSV log of :class:`kd.training.logs.CsvLog`);
+- Hugging Face folders written atomically (:func:`save_pretrained_atomic`): a folder is written under
+  ``.tmp-<name>`` and renamed when complete, so a killed save never looks like a finished one;
+- :func:`list_stage_checkpoints`: the model folders a stage kept along training.
 
-Batches (:func:`kd.data.batching.speech_loader`: length-bucketed, reshuffled every epoch) hold raw
+Batches (length buckets, a new order every epoch: :func:`kd.training.data.epoch_batches`) hold raw
 16 kHz waveforms in [-1, 1] with zero padding; each stage passes them with an attention mask
 (:func:`kd.data.batching.attention_mask`), normalised first where the model's folder asks for it
 (:mod:`kd.models.hf_processor`; the toolkit's own pre-training uses raw waveforms). Models are
@@ -16,24 +18,33 @@ loaded with :func:`kd.compression.io.load_speech_model`.
 
 from __future__ import annotations
 
-import csv
+import contextlib
+import json
+import logging
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import torch
 
-from kd.ssl.config import OptimSettings
+from kd.core.io import atomic_write_text, clear_done, config_digest, file_lock, is_done
+from kd.training.checkpoint import CHECKPOINTS_DIR, list_checkpoints, remove_partial_checkpoints
 
-__all__ = ["CsvLog", "StageResult", "list_stage_checkpoints", "load_pooled", "pool_data_dirs", "save_pretrained_atomic",
-           "train_loop", "write_folder_atomic"]
+__all__ = ["MODEL_SUBDIR", "StageResult", "list_stage_checkpoints", "load_pooled", "pool_data_dirs",
+           "prepare_stage_dir", "run_stage", "save_pretrained_atomic", "stage_accelerator", "stage_done",
+           "write_folder_atomic"]
+
+logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
-_CKPT = re.compile(r"^ckpt-(\d+)$")
+MODEL_SUBDIR = "model"  # the Hugging Face folder inside a kept checkpoint (checkpoints/step-N/model/)
+IDENTITY_FILE = "identity.json"  # in checkpoints/: what the checkpoints were trained for
+STAGE_LOCK = ".lock"  # held by the process that trains into the stage folder (kd.core.io.file_lock)
+SAMPLE_RATE = 16000
+_LEGACY_CKPT = re.compile(r"^ckpt-(\d+)$")  # Hugging Face folders of versions before the one training stack
 
 
 @dataclass(frozen=True)
@@ -45,8 +56,9 @@ class StageResult:
     steps: int  # optimizer updates done
     seconds: float  # training time of this call (0 when skipped)
     skipped: bool = False
-    stopped_early: bool = False  # the time limit ended the stage before optim.steps
+    stopped_early: bool = False  # the time limit ended the stage before optim.max_steps
     metrics: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int | None = None  # step of the checkpoint this call continued from
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -82,28 +94,7 @@ def folder_fingerprint(path: str | os.PathLike) -> list:
             for p in sorted(path.rglob("*")) if p.is_file()]
 
 
-# ---- logging --------------------------------------------------------------------------------
-class CsvLog:
-    """Rows appended to a CSV file; the first row fixes the columns."""
-
-    def __init__(self, path: str | os.PathLike, enabled: bool = True):
-        self.path, self.enabled, self.columns = Path(path), enabled, None
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        new = self.columns is None
-        if new:
-            self.columns = list(row)
-        with open(self.path, "a" if not new else "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(self.columns)
-            writer.writerow([f"{row.get(c):.6g}" if isinstance(row.get(c), float) else row.get(c, "")
-                             for c in self.columns])
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
+# ---- model folders -------------------------------------------------------------------------
 def _fsync_tree(path: Path) -> None:
     for p in sorted(path.rglob("*")):
         if p.is_file():
@@ -150,29 +141,57 @@ def save_pretrained_atomic(model, target: str | os.PathLike,
 
 
 def list_stage_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Finished ``ckpt-<step>`` folders of a stage, by step (temporary ``.tmp-*`` folders never count)."""
+    """The model folders a stage kept along training, by step: ``(step, folder)``.
+
+    Finished checkpoints ``checkpoints/step-N/`` that hold a Hugging Face folder (``model/``, written at
+    the pre-training's ``checkpoint_steps``), and the ``ckpt-N/`` folders that versions before the one
+    training stack kept in the stage folder itself; unfinished ones (``.tmp-*``) never count.
+    """
     out_dir = Path(out_dir)
-    found = []
+    found = {c.step: c.path / MODEL_SUBDIR for c in list_checkpoints(out_dir / CHECKPOINTS_DIR)
+             if (c.path / MODEL_SUBDIR / "config.json").is_file()}
     if out_dir.is_dir():
         for p in out_dir.iterdir():
-            m = _CKPT.match(p.name)
+            m = _LEGACY_CKPT.match(p.name)
             if m and p.is_dir() and (p / "config.json").is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
+                found.setdefault(int(m.group(1)), p)
+    return sorted(found.items())
+
+
+def _legacy_checkpoints(out_dir: Path) -> list[Path]:
+    return sorted(p for p in out_dir.iterdir() if _LEGACY_CKPT.match(p.name)) if out_dir.is_dir() else []
 
 
 def clean_stage_dir(out_dir: Path, names: Sequence[str]) -> None:
-    """Remove what an earlier, unfinished attempt left: temporary folders, checkpoints and ``names``."""
+    """Remove what an earlier attempt left: temporary folders, checkpoints (today's and the ``ckpt-N``
+    folders of earlier versions) and ``names``."""
     if not out_dir.is_dir():
         return
     for p in out_dir.iterdir():
-        if p.name.startswith(TMP_PREFIX) or _CKPT.match(p.name) or p.name in names:
+        if p.name.startswith(TMP_PREFIX) or _LEGACY_CKPT.match(p.name) or p.name in (*names, CHECKPOINTS_DIR):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-# ---- optimisation ---------------------------------------------------------------------------
-def make_accelerator(optim: OptimSettings, *, find_unused_parameters: bool = False):
-    """An ``Accelerator`` for ``optim`` (seeds python, numpy and torch with ``optim.seed``).
+# ---- the stage's training run ---------------------------------------------------------------
+def stage_done(out_dir: str | os.PathLike, key: Mapping[str, Any], legacy_key: Mapping[str, Any] | None) -> bool:
+    """Whether the stage in ``out_dir`` finished for ``key``, or for ``legacy_key``: the same stage as a
+    version before the one training stack recorded it (:func:`kd.ssl.config.legacy_stage_config`)."""
+    return is_done(out_dir, key) or (legacy_key is not None and is_done(out_dir, legacy_key))
+
+
+def resume_identity(key: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage key without the config fields a resumed run may change (when to stop, when to save, how
+    many loader processes: :data:`kd.training.setup.RESUMABLE_FIELDS`, as for ``kd train``)."""
+    from kd.training.setup import RESUMABLE_FIELDS, flatten_config
+
+    config = {k: v for k, v in flatten_config(key.get("config", {})).items()
+              if not any(k.startswith(f) for f in RESUMABLE_FIELDS)}
+    return {**key, "config": config}
+
+
+def stage_accelerator(config: Any, *, find_unused_parameters: bool = False):
+    """An ``Accelerator`` for a stage config (its ``optim.mixed_precision``), with python, numpy and torch
+    seeded with ``config.seed`` (the same initial weights on every process).
 
     ``find_unused_parameters``: for models that skip parameters in some steps (layerdrop) under DDP.
     """
@@ -181,110 +200,85 @@ def make_accelerator(optim: OptimSettings, *, find_unused_parameters: bool = Fal
     from kd.training.setup import new_accelerator
 
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
-    kwargs = dict(mixed_precision=optim.mixed_precision, gradient_accumulation_steps=optim.grad_accum,
-                  kwargs_handlers=handlers)
-    accelerator = new_accelerator(**kwargs)  # an earlier stage may have chosen another mixed precision
-    set_seed(optim.seed)  # python, numpy (masks and negatives), torch
+    # an earlier stage in this process may have chosen another mixed precision
+    accelerator = new_accelerator(mixed_precision=config.optim.mixed_precision.value, kwargs_handlers=handlers)
+    set_seed(config.seed)
     return accelerator
 
 
-def _group_lr(group: dict, lr: float) -> float:
-    """The learning rate of one parameter group: the scheduled ``lr`` times its ``lr_scale`` (default 1)."""
-    return lr * group.get("lr_scale", 1.0)
+@contextlib.contextmanager
+def stage_lock(out_dir: Path, accelerator, config: Any) -> Iterator[None]:
+    """One training process per stage folder: a second one (a re-run started while the first still
+    trains) fails at once instead of interleaving checkpoints; the main process holds the lock for its
+    ranks. Within it, the numerics of ``config`` (``deterministic``, ``optim.tf32``:
+    :func:`kd.training.engine.numerics`)."""
+    from kd.training.engine import numerics
+
+    lock = contextlib.nullcontext()
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = file_lock(out_dir / STAGE_LOCK, wait=False, what=f"training stage {out_dir}")
+    with lock, numerics(deterministic=config.deterministic, tf32=config.optim.tf32):
+        yield
 
 
-def make_optimizer(parameters, optim: OptimSettings) -> torch.optim.Optimizer:
-    """AdamW over ``parameters``: tensors, or parameter groups (dicts with ``params``) as torch takes
-    them. A group's ``lr_scale`` (default 1) multiplies the scheduled learning rate in
-    :func:`train_loop`. Parameters that need no gradient are left out."""
-    items = list(parameters)
-    if items and isinstance(items[0], dict):
-        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]
-    else:
-        groups = [{"params": [p for p in items if p.requires_grad]}]
-    groups = [g for g in groups if g["params"]]
-    for g in groups:
-        g["lr"] = _group_lr(g, optim.learning_rate(1))
-    return torch.optim.AdamW(groups, lr=optim.learning_rate(1), betas=optim.betas, eps=optim.eps,
-                             weight_decay=optim.weight_decay)
+def prepare_stage_dir(out_dir: Path, key: Mapping[str, Any], outputs: Sequence[str], accelerator) -> int | None:
+    """Make ``out_dir`` ready for the stage ``key``: keep the checkpoints of an earlier, unfinished run of
+    the same stage (up to :func:`resume_identity`) so the loop resumes from the newest, else remove what an
+    earlier attempt left (``outputs``, checkpoints, temporary folders) for a fresh start. Returns the step
+    the run will resume from, or None. Every process calls it; the main one does the work.
 
-
-# ---- the loop -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LoopResult:
-    steps: int
-    seconds: float
-    stopped_early: bool
-
-
-def train_loop(accelerator, model: torch.nn.Module, optimizer, loader, optim: OptimSettings,
-               compute: Callable[[Any], tuple[torch.Tensor, dict[str, float]]], *, log: CsvLog,
-               before_update: Callable[[int], dict[str, float]] | None = None,
-               after_update: Callable[[int], None] | None = None, desc: str = "train",
-               progress: bool = True) -> LoopResult:
-    """Run ``optim.steps`` optimizer updates (or until ``optim.time_limit_s``).
-
-    ``model``, ``optimizer`` and ``loader`` must come from ``accelerator.prepare``.
-    ``compute(batch)`` returns the micro-batch loss (a scalar to minimise) and numbers to log;
-    ``before_update(step)`` runs before the first micro-batch of update ``step`` (1-based) and
-    returns extra numbers to log (e.g. a temperature); ``after_update(step)`` runs after it
-    (e.g. to save a checkpoint). One CSV row per update: ``step``, ``lr``, ``grad_norm``, the
-    micro-batch means of ``compute``'s numbers, ``seconds`` since the start.
+    Stage folders of versions before the one training stack hold ``ckpt-N`` Hugging Face folders without
+    optimizer state or data position: an unfinished such stage cannot resume and starts afresh (as it
+    always did), with a warning.
     """
-    from tqdm.auto import tqdm
+    root = out_dir / CHECKPOINTS_DIR
+    identity = config_digest(resume_identity(key))
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clear_done(out_dir)
+        remove_partial_checkpoints(root)
+        recorded = None
+        if (root / IDENTITY_FILE).is_file():
+            recorded = json.loads((root / IDENTITY_FILE).read_text(encoding="utf-8")).get("identity")
+        if not (list_checkpoints(root) and recorded == identity):
+            legacy = _legacy_checkpoints(out_dir)
+            if legacy:
+                logger.warning("%s: %s were kept by a version without resumable checkpoints (no optimizer state "
+                               "or data position); the stage starts from the beginning", out_dir,
+                               ", ".join(p.name for p in legacy))
+            clean_stage_dir(out_dir, outputs)
+            root.mkdir(parents=True)
+            atomic_write_text(root / IDENTITY_FILE, json.dumps({"identity": identity}) + "\n")
+    accelerator.wait_for_everyone()
+    newest = list_checkpoints(root)
+    return newest[-1].step if newest else None
 
-    if len(loader) == 0:
-        raise ValueError("the training data gives no batches (no utterances)")
-    params = [p for p in model.parameters() if p.requires_grad]
-    step, micro, stopped_early = 0, 0, False
-    sums: dict[str, float] = {}
-    extra: dict[str, float] = {}
-    start = time.perf_counter()
-    bar = tqdm(total=optim.steps, desc=desc, disable=not (progress and accelerator.is_main_process),
-               leave=False)
-    model.train()
-    while step < optim.steps:
-        for batch in loader:
-            if micro == 0:
-                lr = optim.learning_rate(step + 1)
-                for group in optimizer.param_groups:
-                    group["lr"] = _group_lr(group, lr)
-                extra = before_update(step + 1) if before_update is not None else {}
-            with accelerator.accumulate(model):
-                loss, numbers = compute(batch)
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients and optim.clip_norm is not None:
-                    grad_norm = accelerator.clip_grad_norm_(params, optim.clip_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro += 1
-            for k, v in numbers.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            elapsed = time.perf_counter() - start
-            row: dict[str, Any] = {"step": step, "lr": lr,
-                                   "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
-            row.update({k: v / micro for k, v in sums.items()})
-            row.update(extra)
-            row["seconds"] = elapsed
-            log.write(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
-            sums, micro = {}, 0
-            if after_update is not None:
-                after_update(step)
-            if step >= optim.steps:
-                break
-            if optim.time_limit_s is not None:
-                # every process must stop at the same update (they meet in gradient all-reduces)
-                over = torch.tensor(float(elapsed > optim.time_limit_s), device=accelerator.device)
-                if accelerator.reduce(over, reduction="sum").item() > 0:
-                    stopped_early = True
-                    break
-        if stopped_early:
-            break
-    bar.close()
-    return LoopResult(step, time.perf_counter() - start, stopped_early)
+
+def run_stage(accelerator, model, optimizer, config: Any, dataset, durations: Sequence[float],
+              compute: Callable[[Any], tuple[torch.Tensor, Mapping[str, Any]]], out_dir: Path, *, log_file: str,
+              d_model: int, before_update: Callable[[int], Mapping[str, float]] | None = None,
+              save_steps: Collection[int] = (), checkpoint_files: Callable[[Path, int], None] | None = None,
+              desc: str = "train", progress: bool = True):
+    """Train a stage's ``model`` (and ``optimizer``, both from ``accelerator.prepare``) with the toolkit's
+    one loop (:class:`kd.training.engine.TrainingLoop`), from the newest checkpoint that
+    :func:`prepare_stage_dir` kept. One CSV row per step in ``out_dir/log_file``; ``config``: the stage
+    config (``optim``, ``data``, ``checkpoint``, ``seed``). Returns the loop's
+    :class:`~kd.training.engine.LoopResult`."""
+    from kd.data.batching import bucket_batches
+    from kd.training.engine import TrainingLoop
+    from kd.training.logs import CsvLog
+    from kd.training.schedule import learning_rate
+
+    buckets = bucket_batches(durations, max_seconds=config.data.max_seconds,
+                             max_utterances=config.data.max_utterances, shuffle=False)
+    loop = TrainingLoop(
+        accelerator=accelerator, model=model, optimizer=optimizer, optim=config.optim, dataset=dataset,
+        buckets=buckets, seed=config.seed, compute=compute,
+        lr_at=lambda step, total: learning_rate(config.optim, step, d_model=d_model, total_steps=total),
+        checkpoint_root=out_dir / CHECKPOINTS_DIR, checkpoint=config.checkpoint,
+        log=CsvLog(out_dir / log_file, accelerator.is_main_process), log_every=1,
+        num_workers=config.data.num_workers, audio_seconds=lambda batch: float(batch.speech_lengths.sum()) / SAMPLE_RATE,
+        before_update=before_update, save_steps=save_steps, checkpoint_files=checkpoint_files, desc=desc,
+        progress=progress)
+    return loop.run(resume=True)

@@ -1,37 +1,90 @@
-"""Configurations of the self-supervised teacher stages: pre-training, CTC fine-tuning, optimisation.
+"""Configurations of the self-supervised teacher stages: pre-training and CTC fine-tuning.
 
-Three frozen, versioned dataclasses, each with ``tiny`` (CPU unit tests, seconds), ``cpu`` (2 CPU
-cores: pre-training about 40 minutes, the updates it needs to leave the chance-level plateau; CTC
+Frozen, versioned dataclasses, each with ``tiny`` (CPU unit tests, seconds), ``cpu`` (2 CPU cores:
+pre-training about 40 minutes, the updates it needs to leave the chance-level plateau; CTC
 fine-tuning about 40 minutes, the updates it needs to leave the blank-only plateau) and ``gpu``
 (wav2vec 2.0 base, 12 x 768, each stage within about 9 minutes on one H100) presets:
 
-- :class:`OptimSettings`: the optimisation and batching part shared by every stage
-  (AdamW, linear warmup then cosine decay, gradient accumulation, clipping, mixed precision);
 - :class:`SSLConfig`: the wav2vec 2.0 architecture and its pre-training objective
   (Baevski et al. 2020: span masking, contrastive task over Gumbel-quantised targets,
   codebook-diversity penalty, Gumbel temperature annealing);
 - :class:`CTCConfig`: fine-tuning with a character CTC head.
 
+Every stage (these two and :class:`kd.ssl.layer_distill.LayerDistillConfig`) trains on the toolkit's
+one training stack (:mod:`kd.training.engine`) and has the sections of a ``TrainConfig`` that it needs,
+under the same names: ``optim`` (:class:`kd.training.config.OptimConfig`: AdamW, linear warmup then
+cosine decay, gradient accumulation, clipping, mixed precision, time limit), ``data``
+(:class:`BatchConfig`: micro-batch size and loader processes), ``checkpoint``
+(:class:`kd.training.config.CheckpointConfig`: how often to save for a resume) and ``seed``. A section
+given in part (``optim: {lr: 1e-4}``) takes its other fields from the stage's default, not from the
+class's: :func:`ssl_optim` holds the defaults of the wav2vec 2.0 stages. Settings of the layout before
+the one training stack (``optim.steps``, ``optim.max_batch_seconds``, ``optim.seed``, ...) are refused
+with the name to use instead (:data:`RENAMED_OPTIM_FIELDS`); configs such a version saved are read with
+:func:`upgrade_saved_config`.
+
 Sizing of the ``gpu`` presets (not measured here; no GPU on the development machine): a base
 training step on 128 s of audio takes about 0.075 s on an H100 (sdpa, bf16), so a 192 s
 pre-training micro-batch (quantiser and 100 negatives on top) is budgeted at about 0.15 s and
-2500 steps at about 6-7 minutes; ``time_limit_s`` stops a stage early, with a final checkpoint,
+2500 steps at about 6-7 minutes; ``optim.time_limit_s`` stops a stage early, with a final checkpoint,
 should the machine be slower.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import enum
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-CONFIG_VERSION = 1
-MIXED_PRECISION = ("no", "bf16", "fp16")  # accelerate's names
+from kd.training.config import (CheckpointConfig, MixedPrecision, OptimConfig, Schedule, check_checkpoint,
+                                check_optim)
 
-__all__ = ["CONFIG_VERSION", "CTCConfig", "OptimSettings", "SSLConfig", "config_from_dict"]
+CONFIG_VERSION = 1
+
+__all__ = ["CONFIG_VERSION", "RENAMED_OPTIM_FIELDS", "BatchConfig", "CTCConfig", "SSLConfig", "config_from_dict",
+           "legacy_stage_config", "ssl_checkpoints", "ssl_optim", "upgrade_saved_config"]
+
+# the wav2vec 2.0 stages' optimisation (Baevski et al. 2020): AdamW, warmup then cosine decay to 5 % of the peak
+SSL_OPTIM_DEFAULTS: dict[str, Any] = {
+    "lr": 5e-4, "schedule": Schedule.WARMUP_COSINE, "warmup_steps": 100, "min_lr_ratio": 0.05,
+    "weight_decay": 0.01, "decoupled_weight_decay": True, "betas": (0.9, 0.98), "eps": 1e-6, "clip_norm": 10.0,
+    "max_steps": 1000,
+}
+
+# settings of the stages' optim section before it became kd.training.config.OptimConfig -> where they went
+RENAMED_OPTIM_FIELDS = {"steps": "optim.max_steps", "max_batch_seconds": "data.max_seconds",
+                        "max_utterances": "data.max_utterances", "num_workers": "data.num_workers", "seed": "seed"}
+
+
+def ssl_optim(**fields: Any) -> OptimConfig:
+    """An :class:`OptimConfig` with the wav2vec 2.0 stages' defaults (:data:`SSL_OPTIM_DEFAULTS`), ``fields`` over them."""
+    return OptimConfig(**{**SSL_OPTIM_DEFAULTS, **fields})
+
+
+def ssl_checkpoints(**fields: Any) -> CheckpointConfig:
+    """The stages' checkpoints: for resuming only (no dev set ranks them), so the newest one is kept and
+    none is written at epoch ends (an epoch of a small corpus is a few steps); ``every_steps`` (0: only after
+    the last step) bounds the work a killed stage loses."""
+    return CheckpointConfig(**{"every_steps": 0, "at_epoch_end": False, "keep_last": 1, "average_best": 1,
+                               **fields})
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Micro-batches of a stage (the fields of ``TrainConfig.data`` that a stage given its data dirs needs)."""
+
+    max_seconds: float = 60.0  # padded audio per micro-batch (utterances x longest), seconds
+    max_utterances: int = 64  # utterances per micro-batch at most
+    num_workers: int = 0  # DataLoader processes reading audio
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_seconds", "max_utterances")
+        if self.num_workers < 0:
+            _fail("BatchConfig.num_workers", self.num_workers, "an integer >= 0")
 
 
 def _fail(field_name: str, value: Any, expected: str) -> None:
@@ -52,6 +105,27 @@ def _fraction(obj: Any, *names: str, upper_open: bool = False) -> None:
             _fail(f"{type(obj).__name__}.{name}", value, "a value in [0, 1)" if upper_open else "a value in [0, 1]")
 
 
+def check_training_sections(config: Any) -> None:
+    """Check a stage config's ``optim`` and ``checkpoint`` sections (``OptimConfig`` checks nothing itself),
+    naming fields as ``SSLConfig.optim.lr``."""
+    name = type(config).__name__
+    check_optim(config.optim, lambda f, value, expected: _fail(f"{name}.optim.{f}", value, expected))
+    check_checkpoint(config.checkpoint, lambda f, value, expected: _fail(f"{name}.checkpoint.{f}", value, expected))
+
+
+def to_plain(value: Any) -> Any:
+    """A config as JSON-ready values: enums as their values, tuples as lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
+
 def _convert(value: Any, hint: Any, path: str) -> Any:
     """Check ``value`` against the type ``hint`` (and build nested dataclasses); ``path`` names the field."""
     origin = typing.get_origin(hint)
@@ -70,6 +144,15 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             if str(err).startswith(path):
                 raise
             raise ValueError(f"{path}: {err}") from None
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if isinstance(value, hint):
+            return value
+        if hint is MixedPrecision and value is False:  # YAML 1.1 reads an unquoted no as false
+            return MixedPrecision.NO
+        try:
+            return hint(value)
+        except ValueError:
+            _fail(path, value, f"one of {[m.value for m in hint]}")
     if origin is tuple:
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
             _fail(path, value, "a list")
@@ -98,72 +181,89 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
 T = typing.TypeVar("T")
 
 
+def _reject_renamed(name: str, data: Mapping[str, Any]) -> None:
+    """A clear error for an optim setting of the layout before the one training stack."""
+    optim = data.get("optim")
+    if isinstance(optim, Mapping):
+        for old, new in RENAMED_OPTIM_FIELDS.items():
+            if old in optim:
+                raise ValueError(f"{name}.optim.{old}: this setting is now {new} (the stages share the optimisation "
+                                 f"section of kd.training.config.OptimConfig); set {new} instead")
+
+
 def config_from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
-    """Build the frozen dataclass ``cls`` from a mapping, checking names and types field by field."""
+    """Build the frozen dataclass ``cls`` from a mapping, checking names and types field by field.
+
+    A nested section given in part keeps the other fields of the section's default in ``cls``.
+    """
     name = prefix.rstrip(".") or cls.__name__
     if not isinstance(data, Mapping):
         raise TypeError(f"{name}: expected a mapping of {cls.__name__} fields, found {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if "optim" in fields:
+        _reject_renamed(name, data)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{name}: unknown field(s) {unknown}; expected only {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in data.items():
+        f = fields[key]
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
+            default = (f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            if default is not None:  # the section's other fields as the stage's default has them
+                value = {**{g.name: getattr(default, g.name) for g in dataclasses.fields(default)}, **value}
         values[key] = _convert(value, hints[key], f"{prefix or cls.__name__ + '.'}{key}")
     if "version" in fields and data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
         raise ValueError(f"{name}.version: this code reads version {CONFIG_VERSION}, found {data['version']!r}")
     return cls(**values)
 
 
-@dataclass(frozen=True)
-class OptimSettings:
-    """Optimisation and batching of one training stage."""
+def upgrade_saved_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage config as a version before the one training stack saved it (``optim`` with ``steps``,
+    ``max_batch_seconds``, ``seed``, ...) in today's layout, for ``from_dict``; today's layout is
+    returned unchanged. The old ``optim`` was AdamW with warmup and cosine decay, which it keeps."""
+    data = copy.deepcopy(dict(data))
+    optim = data.get("optim")
+    if not isinstance(optim, Mapping) or "steps" not in optim:
+        return data
+    optim = dict(optim)
+    batches = {new.split(".")[1]: optim.pop(old) for old, new in RENAMED_OPTIM_FIELDS.items()
+               if new.startswith("data.") and old in optim}
+    if "seed" in optim:
+        data["seed"] = optim.pop("seed")
+    optim["max_steps"] = optim.pop("steps")
+    data["optim"] = {**optim, "schedule": Schedule.WARMUP_COSINE.value, "decoupled_weight_decay": True}
+    data["data"] = batches
+    return data
 
-    steps: int = 1000  # optimizer updates in the stage
-    lr: float = 5e-4  # peak learning rate (AdamW)
-    warmup_steps: int = 100  # linear warmup from 0 to lr
-    min_lr_ratio: float = 0.05  # cosine decay from lr (end of warmup) to min_lr_ratio * lr (last step)
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
-    betas: tuple[float, float] = (0.9, 0.98)  # wav2vec 2.0's Adam betas
-    eps: float = 1e-6
-    grad_accum: int = 1  # micro-batches per optimizer update
-    clip_norm: float | None = 10.0  # max global gradient L2 norm; None: no clipping
-    mixed_precision: str = "no"  # accelerate's "no", "bf16" or "fp16"
-    max_batch_seconds: float = 60.0  # padded audio per micro-batch (utterances x longest), seconds
-    max_utterances: int = 64  # utterances per micro-batch at most
-    num_workers: int = 0  # DataLoader processes reading audio
-    seed: int = 0  # python/numpy/torch seed (masks, negatives, dropout, batch order)
-    time_limit_s: float | None = None  # stop early (with a final checkpoint) after this much training time
 
-    def __post_init__(self) -> None:
-        _positive(self, "steps", "lr", "eps", "grad_accum", "clip_norm", "max_batch_seconds", "max_utterances",
-                  "time_limit_s")
-        if self.warmup_steps < 0:
-            _fail("OptimSettings.warmup_steps", self.warmup_steps, "an integer >= 0")
-        if self.num_workers < 0:
-            _fail("OptimSettings.num_workers", self.num_workers, "an integer >= 0")
-        if self.weight_decay < 0:
-            _fail("OptimSettings.weight_decay", self.weight_decay, "a value >= 0")
-        _fraction(self, "min_lr_ratio")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            _fail("OptimSettings.betas", self.betas, "two values in [0, 1)")
-        if self.mixed_precision not in MIXED_PRECISION:
-            _fail("OptimSettings.mixed_precision", self.mixed_precision, f"one of {list(MIXED_PRECISION)}")
+def legacy_stage_config(config: Any) -> dict[str, Any] | None:
+    """``config.to_dict()`` as a version before the one training stack wrote it, or None where the
+    config has settings that version did not have (another schedule, Adam, a number of epochs).
 
-    def learning_rate(self, step: int) -> float:
-        """Learning rate of optimizer update ``step`` (1 for the first): a pure function of the step."""
-        from kd.training.schedule import warmup_cosine
-
-        return warmup_cosine(step, lr=self.lr, warmup_steps=self.warmup_steps, total_steps=self.steps,
-                             min_lr_ratio=self.min_lr_ratio)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "OptimSettings":
-        return config_from_dict(cls, data)
+    A stage that such a version finished recorded that form in its completion marker: comparing it
+    keeps the finished stage finished (and its model in place) instead of training it again.
+    Checkpoint settings, the fused kernel and TF32 leave what a stage learns as it was and are left out.
+    """
+    o = config.optim
+    if (o.schedule is not Schedule.WARMUP_COSINE or not o.decoupled_weight_decay or o.max_epochs is not None
+            or o.max_steps is None):
+        return None
+    if config.deterministic:
+        return None
+    data = to_plain(config)
+    data.pop("checkpoint")
+    data.pop("deterministic")
+    batches, seed = data.pop("data"), data.pop("seed")
+    optim = data["optim"]
+    for name in ("schedule", "decoupled_weight_decay", "max_epochs", "fused", "tf32"):
+        optim.pop(name)
+    optim["steps"] = optim.pop("max_steps")
+    data["optim"] = {**optim, "max_batch_seconds": batches["max_seconds"], "max_utterances": batches["max_utterances"],
+                     "num_workers": batches["num_workers"], "seed": seed}
+    return data
 
 
 @dataclass(frozen=True)
@@ -211,8 +311,14 @@ class SSLConfig:
     gumbel_min: float = 0.5
     gumbel_decay: float = 0.999
     # --- run
-    checkpoint_steps: tuple[int, ...] = ()  # optimizer steps whose model is kept as ckpt-<step>/
-    optim: OptimSettings = field(default_factory=OptimSettings)
+    # optimizer steps whose checkpoints are kept, each with a Hugging Face folder
+    # (checkpoints/step-N/model/, listed by kd.ssl.common.list_stage_checkpoints) for the learning dynamics
+    checkpoint_steps: tuple[int, ...] = ()
+    optim: OptimConfig = field(default_factory=ssl_optim)
+    data: BatchConfig = field(default_factory=BatchConfig)
+    checkpoint: CheckpointConfig = field(default_factory=ssl_checkpoints)
+    seed: int = 0  # python/numpy/torch seed (initial weights, masks, negatives, dropout, batch order)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on a CPU)
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -250,10 +356,11 @@ class SSLConfig:
         if self.mask_length < 2 and self.min_masks < 2:
             _fail("SSLConfig.min_masks", self.min_masks, "at least 2 when mask_length is 1 (negatives need two "
                                                          "masked frames)")
-        steps = list(self.checkpoint_steps)
-        if steps != sorted(set(steps)) or any(s < 1 or s > self.optim.steps for s in steps):
+        check_training_sections(self)
+        steps, last = list(self.checkpoint_steps), self.optim.max_steps
+        if steps != sorted(set(steps)) or any(s < 1 or (last is not None and s > last) for s in steps):
             _fail("SSLConfig.checkpoint_steps", self.checkpoint_steps,
-                  f"strictly increasing steps in 1..optim.steps ({self.optim.steps})")
+                  f"strictly increasing steps in 1..optim.max_steps ({last})")
 
     @property
     def samples_per_frame(self) -> int:
@@ -290,7 +397,7 @@ class SSLConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SSLConfig":
@@ -314,15 +421,20 @@ class CTCConfig:
     layerdrop: float = 0.05
     dropout: float = 0.1  # dropout before the output layer
     eval_batch_seconds: float = 120.0  # padded audio per decoding batch
-    optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=5e-5, warmup_steps=500))
+    optim: OptimConfig = field(default_factory=lambda: ssl_optim(lr=5e-5, warmup_steps=500))
+    data: BatchConfig = field(default_factory=BatchConfig)
+    checkpoint: CheckpointConfig = field(default_factory=ssl_checkpoints)
+    seed: int = 0  # python/numpy/torch seed (head initialisation, masks, dropout, batch order)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on a CPU)
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         _fraction(self, "mask_prob", "layerdrop", "dropout", upper_open=True)
         _positive(self, "mask_length", "eval_batch_seconds")
+        check_training_sections(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CTCConfig":
@@ -343,7 +455,7 @@ SSL_PRESETS: dict[str, SSLConfig] = {
         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, dropout=0.0, layerdrop=0.0,
         num_codevector_groups=2, num_codevectors_per_group=16, codevector_dim=32, proj_codevector_dim=32,
         num_negatives=10, mask_length=4, gumbel_decay=0.9, checkpoint_steps=(2, 4),
-        optim=OptimSettings(steps=4, lr=1e-3, warmup_steps=1, max_batch_seconds=20.0),
+        optim=ssl_optim(max_steps=4, lr=1e-3, warmup_steps=1), data=BatchConfig(max_seconds=20.0),
     ),
     # about 40 minutes on 2 CPU cores (the cpu corpus: about 1.7 h of training audio). The contrastive
     # loss sits at its chance level for about 300 updates, while the feature encoder's codes change from
@@ -358,7 +470,8 @@ SSL_PRESETS: dict[str, SSLConfig] = {
         layerdrop=0.0, num_codevectors_per_group=64, codevector_dim=128, proj_codevector_dim=128,
         num_negatives=50, normalize_waveforms=True, feature_penalty_weight=0.0, feature_grad_mult=1.0,
         gumbel_decay=0.9986, checkpoint_steps=(100, 250, 500, 1000),
-        optim=OptimSettings(steps=1000, lr=5e-4, warmup_steps=100, max_batch_seconds=30.0),
+        optim=ssl_optim(max_steps=1000, lr=5e-4, warmup_steps=100), data=BatchConfig(max_seconds=30.0),
+        checkpoint=ssl_checkpoints(every_steps=250),
     ),
     # wav2vec 2.0 base (12 x 768, 95M parameters) on one H100, bf16; see the module docstring. With the
     # layer-norm feature encoder and pre-LN Transformer (stable_layer_norm), the loss weights and gradient
@@ -369,8 +482,9 @@ SSL_PRESETS: dict[str, SSLConfig] = {
     "gpu": SSLConfig(
         name="gpu", checkpoint_steps=(100, 250, 500, 1000, 1500, 2000, 2500), gumbel_decay=0.9992,
         feature_penalty_weight=0.0, feature_grad_mult=1.0, normalize_waveforms=True,
-        optim=OptimSettings(steps=2500, lr=5e-4, warmup_steps=250, max_batch_seconds=192.0, max_utterances=96,
-                            mixed_precision="bf16", num_workers=8, time_limit_s=480.0),
+        optim=ssl_optim(max_steps=2500, lr=5e-4, warmup_steps=250, mixed_precision=MixedPrecision.BF16,
+                        time_limit_s=480.0),
+        data=BatchConfig(max_seconds=192.0, max_utterances=96, num_workers=8), checkpoint=ssl_checkpoints(every_steps=500),
     ),
 }
 
@@ -378,17 +492,18 @@ CTC_PRESETS: dict[str, CTCConfig] = {
     # random tiny conv features are poor, so the tiny preset trains them too
     "tiny": CTCConfig(name="tiny", freeze_feature_encoder=False, mask_prob=0.0, layerdrop=0.0, dropout=0.0,
                       eval_batch_seconds=30.0,
-                      optim=OptimSettings(steps=120, lr=5e-3, warmup_steps=5, min_lr_ratio=1.0, weight_decay=0.0,
-                                          max_batch_seconds=30.0)),
+                      optim=ssl_optim(max_steps=120, lr=5e-3, warmup_steps=5, min_lr_ratio=1.0, weight_decay=0.0),
+                      data=BatchConfig(max_seconds=30.0)),
     # a 2-core CPU: leaves the blank-only plateau after 300-400 updates and keeps learning (about 40
     # minutes on one thread for the 4 x 192 cpu model). The conv feature encoder is trained too: with
     # it frozen (a pre-training that collapsed leaves it poor) or with fewer updates the outputs stay
     # blank (recipes/w2v2_compress/README.md)
     "cpu": CTCConfig(name="cpu", freeze_feature_encoder=False, mask_prob=0.0, layerdrop=0.0,
-                     optim=OptimSettings(steps=1500, lr=1e-3, warmup_steps=100, min_lr_ratio=0.5,
-                                         max_batch_seconds=30.0)),
+                     optim=ssl_optim(max_steps=1500, lr=1e-3, warmup_steps=100, min_lr_ratio=0.5),
+                     data=BatchConfig(max_seconds=30.0), checkpoint=ssl_checkpoints(every_steps=250)),
     "gpu": CTCConfig(name="gpu", eval_batch_seconds=400.0,
-                     optim=OptimSettings(steps=4000, lr=3e-4, warmup_steps=400, max_batch_seconds=160.0,
-                                         max_utterances=96, mixed_precision="bf16", num_workers=8,
-                                         time_limit_s=480.0)),
+                     optim=ssl_optim(max_steps=4000, lr=3e-4, warmup_steps=400, mixed_precision=MixedPrecision.BF16,
+                                     time_limit_s=480.0),
+                     data=BatchConfig(max_seconds=160.0, max_utterances=96, num_workers=8),
+                     checkpoint=ssl_checkpoints(every_steps=500)),
 }

@@ -27,13 +27,14 @@ from typing import Any, Sequence
 import torch
 
 from kd.compression.io import load_speech_model
-from kd.core.io import atomic_write_text, clear_done, is_done, mark_done, write_json
-from kd.data.batching import attention_mask, speech_loader
+from kd.core.io import atomic_write_text, mark_done, write_json
+from kd.data.batching import attention_mask
 from kd.evaluation.hf_ctc import CTCTranscriber, greedy_ctc_decode  # noqa: F401 (greedy_ctc_decode: re-exported)
 from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
-from kd.ssl.common import (CsvLog, StageResult, clean_stage_dir, folder_fingerprint, load_pooled, make_accelerator,
-                           make_optimizer, pool_data_dirs, save_pretrained_atomic, train_loop, write_folder_atomic)
-from kd.ssl.config import CTCConfig
+from kd.ssl.common import (StageResult, folder_fingerprint, load_pooled, pool_data_dirs, prepare_stage_dir, run_stage,
+                           save_pretrained_atomic, stage_accelerator, stage_done, stage_lock, write_folder_atomic)
+from kd.ssl.config import CTCConfig, legacy_stage_config
+from kd.training.engine import build_optimizer
 
 __all__ = ["build_ctc_model", "evaluate_ctc", "finetune_ctc", "greedy_ctc_decode", "score", "transcribe"]
 
@@ -136,16 +137,13 @@ def finetune_ctc(pretrained_dir: str | os.PathLike, data_dirs: Sequence[str | os
                  progress: bool = True) -> StageResult:
     """Fine-tune the encoder in ``pretrained_dir`` with a character CTC head on ``data_dirs``.
 
-    ``pretrained_dir``: a Hugging Face folder (e.g. ``pretrain(...).model_dir`` or one of its
-    ``ckpt-<step>`` folders) or a compressed-student folder. After training, every data dir in
-    ``eval_dirs`` is decoded greedily and scored; ``results.json`` holds WER/CER per dir and
-    ``decode/<domain>_<split>.txt`` the hypotheses. A finished stage is skipped on re-run.
+    ``pretrained_dir``: a Hugging Face folder (e.g. ``pretrain(...).model_dir`` or a folder that
+    :func:`kd.ssl.common.list_stage_checkpoints` lists) or a compressed-student folder. After training,
+    every data dir in ``eval_dirs`` is decoded greedily and scored; ``results.json`` holds WER/CER per
+    dir and ``decode/<domain>_<split>.txt`` the hypotheses. A finished stage is skipped on re-run; an
+    unfinished one with the same settings resumes from its newest checkpoint (``checkpoints/``,
+    :mod:`kd.training.checkpoint`).
     """
-    from kd.compression.io import PLAN_FILE, STUDENT_FILE
-    from kd.data import CharTokenizer
-    from kd.data.batching import AudioDataset
-    from kd.plan import CompressionPlan
-
     if not isinstance(config, CTCConfig):
         raise TypeError(f"config: expected a CTCConfig, found {type(config).__name__}")
     pretrained_dir, out_dir = Path(pretrained_dir), Path(out_dir)
@@ -155,40 +153,49 @@ def finetune_ctc(pretrained_dir: str | os.PathLike, data_dirs: Sequence[str | os
            "pretrained_files": folder_fingerprint(pretrained_dir),
            "data_dirs": [str(Path(d).resolve()) for d in data_dirs],
            "eval_dirs": [str(Path(d).resolve()) for d in eval_dirs]}
-    if is_done(out_dir, key):
+    legacy = legacy_stage_config(config)
+    if stage_done(out_dir, key, None if legacy is None else {**key, "config": legacy}):
         results = json.loads((out_dir / RESULTS_FILE).read_text(encoding="utf-8"))
         return StageResult(out_dir, out_dir / MODEL_DIR, results["steps"], 0.0, skipped=True,
                            stopped_early=results["stopped_early"], metrics=results["eval"])
-    accelerator = make_accelerator(config.optim, find_unused_parameters=config.layerdrop > 0)
+    accelerator = stage_accelerator(config, find_unused_parameters=config.layerdrop > 0)
+    with stage_lock(out_dir, accelerator, config):
+        return _finetune(pretrained_dir, data_dirs, out_dir, config, eval_dirs, key, accelerator, progress)
+
+
+def _finetune(pretrained_dir: Path, data_dirs, out_dir: Path, config: CTCConfig, eval_dirs, key: dict, accelerator,
+              progress: bool) -> StageResult:
+    from kd.compression.io import PLAN_FILE, STUDENT_FILE
+    from kd.data import CharTokenizer
+    from kd.data.batching import AudioDataset
+    from kd.plan import CompressionPlan
+
     main = accelerator.is_main_process
+    prepare_stage_dir(out_dir, key, [MODEL_DIR, LOG_FILE, RESULTS_FILE, CONFIG_FILE, "decode"], accelerator)
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        clear_done(out_dir)
-        clean_stage_dir(out_dir, [MODEL_DIR, LOG_FILE, RESULTS_FILE, CONFIG_FILE, "decode"])
         write_json(out_dir / CONFIG_FILE, config.to_dict())
-    accelerator.wait_for_everyone()
 
     train = pool_data_dirs(data_dirs)
     tokenizer = CharTokenizer.from_texts(u.text for u in train.utterances)
     dataset = AudioDataset(train, tokenizer=tokenizer)
-    loader = speech_loader(dataset, dataset.durations(), max_seconds=config.optim.max_batch_seconds,
-                           max_utterances=config.optim.max_utterances, num_workers=config.optim.num_workers,
-                           seed=config.optim.seed)
     is_student = (pretrained_dir / STUDENT_FILE).is_file()
     plan = CompressionPlan.load(pretrained_dir / PLAN_FILE) if is_student else None
     spec = read_input_spec(pretrained_dir)  # the encoder's input convention, kept by the fine-tuned model
     model = build_ctc_model(load_speech_model(pretrained_dir), tokenizer.vocab_size, config)
-    optimizer = make_optimizer(model.parameters(), config.optim)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    d_model = model.config.hidden_size
+    optimizer = build_optimizer(model.parameters(), config.optim, accelerator.device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
 
     def compute(batch):
+        batch = batch.to(device)
         labels = batch.tokens.masked_fill(batch.tokens < 0, -100)  # [B, L]
         out = model(spec.prepare(batch.speech, batch.speech_lengths),
                     attention_mask=attention_mask(batch.speech_lengths, batch.speech.shape[1]), labels=labels)
         return out.loss, {"loss": out.loss.detach(), "utterances": float(len(batch.utts))}
 
-    result = train_loop(accelerator, model, optimizer, loader, config.optim, compute,
-                        log=CsvLog(out_dir / LOG_FILE, enabled=main), desc="ctc finetune", progress=progress)
+    result = run_stage(accelerator, model, optimizer, config, dataset, dataset.durations(), compute, out_dir,
+                       log_file=LOG_FILE, d_model=d_model, desc="ctc finetune", progress=progress)
     accelerator.wait_for_everyone()
     metrics: dict[str, Any] = {}
     if main:
@@ -214,4 +221,4 @@ def finetune_ctc(pretrained_dir: str | os.PathLike, data_dirs: Sequence[str | os
         mark_done(out_dir, key, steps=result.steps, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     accelerator.wait_for_everyone()
     return StageResult(out_dir, out_dir / MODEL_DIR, result.steps, result.seconds,
-                       stopped_early=result.stopped_early, metrics=metrics)
+                       stopped_early=result.stopped_early, metrics=metrics, resumed_from=result.resumed_from)

@@ -25,7 +25,9 @@ without time masking and without layerdrop (its config is restored before saving
                         finetune_ctc accepts it)
     heads.safetensors   prediction heads ("<teacher layer>.weight", "<teacher layer>.bias")
     heads.json          layer map and widths of the heads
-    log.csv             per update: loss, l1_<t>, cos_<t> (mean cosine similarity), lr, grad_norm
+    log.csv             per update (kd.training.engine's columns: step, epoch, lr, loss, grad_norm, ...,
+                        audio_s_per_s, steps_per_s): l1_<t>, cos_<t> (mean cosine similarity)
+    checkpoints/        resumable checkpoints (kd.training.checkpoint) of the student and the heads
     .done.json          completion marker
 """
 
@@ -43,13 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd.core.io import atomic_write_text, clear_done, is_done, mark_done
-from kd.data.batching import attention_mask, speech_loader
+from kd.core.io import atomic_write_text, mark_done
+from kd.data.batching import attention_mask
 from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
 from kd.plan import CompressionPlan
-from kd.ssl.common import (CsvLog, StageResult, clean_stage_dir, load_pooled, make_accelerator, make_optimizer,
-                           train_loop, write_folder_atomic)
-from kd.ssl.config import CONFIG_VERSION, OptimSettings, config_from_dict
+from kd.ssl.common import (StageResult, load_pooled, prepare_stage_dir, run_stage, stage_accelerator, stage_done,
+                           stage_lock, write_folder_atomic)
+from kd.ssl.config import (CONFIG_VERSION, BatchConfig, check_training_sections, config_from_dict, legacy_stage_config,
+                           ssl_checkpoints, ssl_optim, to_plain)
+from kd.training.config import CheckpointConfig, MixedPrecision, OptimConfig
+from kd.training.engine import build_optimizer
 
 __all__ = ["LayerDistillConfig", "LayerDistillLoss", "PredictionHeads", "distill_layers", "distill_plan",
            "layer_distill_loss"]
@@ -68,15 +73,20 @@ class LayerDistillConfig:
     average_layers: bool = False  # False: sum over mapped layers (the paper); True: mean
     identity_init: bool = True  # heads start as the identity when widths match (a copied layer starts exact)
     freeze_feature_encoder: bool = False  # keep the student's conv stack fixed
-    optim: OptimSettings = field(default_factory=lambda: OptimSettings(steps=2000, lr=2e-4, warmup_steps=200))
+    optim: OptimConfig = field(default_factory=lambda: ssl_optim(max_steps=2000, lr=2e-4, warmup_steps=200))
+    data: BatchConfig = field(default_factory=BatchConfig)
+    checkpoint: CheckpointConfig = field(default_factory=ssl_checkpoints)
+    seed: int = 0  # python/numpy/torch seed (head initialisation, dropout, batch order)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on a CPU)
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         if not self.cos_weight >= 0:
             raise ValueError(f"LayerDistillConfig.cos_weight: expected a value >= 0, found {self.cos_weight!r}")
+        check_training_sections(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LayerDistillConfig":
@@ -90,14 +100,14 @@ class LayerDistillConfig:
 
 
 LAYER_DISTILL_PRESETS = {
-    "tiny": LayerDistillConfig(name="tiny", optim=OptimSettings(steps=6, lr=2e-3, warmup_steps=1, weight_decay=0.0,
-                                                                max_batch_seconds=20.0)),
-    "cpu": LayerDistillConfig(name="cpu", optim=OptimSettings(steps=150, lr=5e-4, warmup_steps=15,
-                                                              max_batch_seconds=30.0)),
-    "gpu": LayerDistillConfig(name="gpu", optim=OptimSettings(steps=3000, lr=2e-4, warmup_steps=300,
-                                                              max_batch_seconds=160.0, max_utterances=96,
-                                                              mixed_precision="bf16", num_workers=8,
-                                                              time_limit_s=480.0)),
+    "tiny": LayerDistillConfig(name="tiny", optim=ssl_optim(max_steps=6, lr=2e-3, warmup_steps=1, weight_decay=0.0),
+                               data=BatchConfig(max_seconds=20.0)),
+    "cpu": LayerDistillConfig(name="cpu", optim=ssl_optim(max_steps=150, lr=5e-4, warmup_steps=15),
+                              data=BatchConfig(max_seconds=30.0)),
+    "gpu": LayerDistillConfig(name="gpu", optim=ssl_optim(max_steps=3000, lr=2e-4, warmup_steps=300,
+                                                          mixed_precision=MixedPrecision.BF16, time_limit_s=480.0),
+                              data=BatchConfig(max_seconds=160.0, max_utterances=96, num_workers=8),
+                              checkpoint=ssl_checkpoints(every_steps=500)),
 }
 
 
@@ -196,10 +206,9 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
     ``plan.num_student_layers`` Transformer layers. ``input_spec``: the teacher's input
     convention (:mod:`kd.models.hf_processor`), used for both models and saved with the student. A
     finished stage (same config, plan, data and initial weights) is skipped, leaving ``student`` untouched: load the result from
-    ``StageResult.model_dir`` with :func:`kd.compression.load_student`.
+    ``StageResult.model_dir`` with :func:`kd.compression.load_student`. An unfinished one with the same settings
+    resumes from its newest checkpoint (``checkpoints/``, :mod:`kd.training.checkpoint`).
     """
-    from kd.compression import save_student
-
     if not isinstance(config, LayerDistillConfig):
         raise TypeError(f"config: expected a LayerDistillConfig, found {type(config).__name__}")
     if not isinstance(plan, CompressionPlan):
@@ -213,22 +222,24 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
            "input": dataclasses.asdict(input_spec),
            "data_dirs": [str(Path(d).resolve()) for d in data_dirs], "teacher": _model_digest(teacher),
            "student": _model_digest(student)}
-    if is_done(out_dir, key):
+    legacy = legacy_stage_config(config)
+    if stage_done(out_dir, key, None if legacy is None else {**key, "config": legacy}):
         info = json.loads((out_dir / ".done.json").read_text(encoding="utf-8"))
         return StageResult(out_dir, out_dir / STUDENT_DIR, info["steps"], 0.0, skipped=True,
                            stopped_early=info["stopped_early"])
-    accelerator = make_accelerator(config.optim)
+    accelerator = stage_accelerator(config)
+    with stage_lock(out_dir, accelerator, config):
+        return _distill(teacher, student, plan, data_dirs, out_dir, config, input_spec, key, accelerator, progress)
+
+
+def _distill(teacher: nn.Module, student: nn.Module, plan: CompressionPlan, data_dirs, out_dir: Path,
+             config: LayerDistillConfig, input_spec: InputSpec, key: dict, accelerator, progress: bool) -> StageResult:
+    from kd.compression import save_student
+
     main = accelerator.is_main_process
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        clear_done(out_dir)
-        clean_stage_dir(out_dir, [STUDENT_DIR, HEADS_FILE, "heads.json", LOG_FILE])
-    accelerator.wait_for_everyone()
+    prepare_stage_dir(out_dir, key, [STUDENT_DIR, HEADS_FILE, "heads.json", LOG_FILE], accelerator)
 
     dataset = load_pooled(data_dirs)
-    loader = speech_loader(dataset, dataset.durations(), max_seconds=config.optim.max_batch_seconds,
-                           max_utterances=config.optim.max_utterances, num_workers=config.optim.num_workers,
-                           seed=config.optim.seed)
     t_base, s_base = teacher.base_model, student.base_model
     saved = {k: getattr(s_base.config, k) for k in ("apply_spec_augment", "layerdrop")}
     s_base.config.update({"apply_spec_augment": False, "layerdrop": 0.0})
@@ -240,10 +251,12 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
     heads = PredictionHeads(plan.teacher_to_student(), s_base.config.hidden_size, t_base.config.hidden_size,
                             identity_init=config.identity_init)
     module = _StudentWithHeads(s_base, heads)
-    optimizer = make_optimizer(module.parameters(), config.optim)
-    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    optimizer = build_optimizer(module.parameters(), config.optim, accelerator.device)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    device = accelerator.device
 
     def compute(batch):
+        batch = batch.to(device)
         mask = attention_mask(batch.speech_lengths, batch.speech.shape[1])
         speech = input_spec.prepare(batch.speech, batch.speech_lengths)
         with torch.no_grad(), accelerator.autocast():
@@ -262,8 +275,9 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
         return loss.total, numbers
 
     try:
-        result = train_loop(accelerator, module, optimizer, loader, config.optim, compute,
-                            log=CsvLog(out_dir / LOG_FILE, enabled=main), desc="layer distill", progress=progress)
+        result = run_stage(accelerator, module, optimizer, config, dataset, dataset.durations(), compute, out_dir,
+                           log_file=LOG_FILE, d_model=s_base.config.hidden_size, desc="layer distill",
+                           progress=progress)
     finally:
         s_base.config.update(saved)
         t_base.train(teacher_was_training)
@@ -284,7 +298,8 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
         mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
                   seconds=round(result.seconds, 3), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     accelerator.wait_for_everyone()
-    return StageResult(out_dir, out_dir / STUDENT_DIR, result.steps, result.seconds, stopped_early=result.stopped_early)
+    return StageResult(out_dir, out_dir / STUDENT_DIR, result.steps, result.seconds, stopped_early=result.stopped_early,
+                       resumed_from=result.resumed_from)
 
 
 def distill_plan(teacher_dir: str | os.PathLike, plan: CompressionPlan | str | os.PathLike,

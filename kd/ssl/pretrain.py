@@ -20,14 +20,18 @@ initialisation). Per micro-batch:
 Output folder::
 
     ssl_config.json     the SSLConfig
-    log.csv             per update: loss, contrastive, chance (the contrastive loss of a model that
-                        cannot tell targets apart: :func:`contrastive_chance`), diversity,
+    log.csv             per update (kd.training.engine's columns: step, epoch, lr, loss, grad_norm, ...,
+                        audio_s_per_s, steps_per_s): contrastive, chance (the contrastive loss of a
+                        model that cannot tell targets apart: :func:`contrastive_chance`), diversity,
                         feature_penalty, perplexity, frame_perplexity (:func:`frame_perplexity`: how
                         random each frame's drawn code is), neighbour_codes and neighbour_codes_chance
                         (:func:`neighbour_codes`: whether the codes carry structure in time),
-                        temperature, lr, grad_norm, masked_frames, utterances, seconds
+                        masked_frames, utterances, temperature
     curves.png          the learning curves (:func:`kd.analyze.figures.plot_pretraining_curves`)
-    ckpt-<step>/        Hugging Face folders at config.checkpoint_steps (learning dynamics)
+    checkpoints/        resumable checkpoints (kd.training.checkpoint): the newest, every
+                        checkpoint.every_steps, and those at config.checkpoint_steps, each of these
+                        with a Hugging Face folder step-N/model/ (learning dynamics; listed by
+                        kd.ssl.common.list_stage_checkpoints)
     model/              the final model (Wav2Vec2ForPreTraining.from_pretrained loads it)
                         each model folder with preprocessor_config.json: raw waveforms, or normalised
                         per utterance under ``normalize_waveforms`` (kd.models.hf_processor)
@@ -43,6 +47,7 @@ takes the loss below it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -53,16 +58,17 @@ from typing import Any, Sequence
 import torch
 
 from kd.analyze.figures import plot_pretraining_curves
-from kd.core.io import MARKER_NAME, clear_done, is_done, mark_done, read_csv_log, write_json
-from kd.data.batching import attention_mask, speech_loader
+from kd.core.io import MARKER_NAME, mark_done, read_csv_log, write_json
+from kd.data.batching import attention_mask
 from kd.models.hf_processor import InputSpec, normalize_waveforms, write_input_spec
-from kd.ssl.common import (CsvLog, StageResult, clean_stage_dir, list_stage_checkpoints, load_pooled, make_accelerator,
-                           make_optimizer, save_pretrained_atomic, train_loop)
-from kd.ssl.config import SSLConfig
+from kd.ssl.common import (MODEL_SUBDIR, StageResult, list_stage_checkpoints, load_pooled, prepare_stage_dir,
+                           run_stage, save_pretrained_atomic, stage_accelerator, stage_done, stage_lock)
+from kd.ssl.config import SSLConfig, legacy_stage_config, upgrade_saved_config
+from kd.training.engine import build_optimizer
 
 __all__ = ["FeatureTap", "QuantizerTap", "build_pretraining_model", "contrastive_chance", "conv_output_frames",
            "feature_penalty", "finished_config", "frame_perplexity", "neighbour_codes", "pretrain",
-           "pretraining_outcome", "pretraining_param_groups", "sample_masks"]
+           "pretraining_outcome", "pretraining_param_groups", "same_training", "sample_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -323,11 +329,17 @@ def sample_masks(speech_lengths: torch.Tensor, num_samples: int,
 
 def finished_config(run_dir: str | os.PathLike) -> SSLConfig | None:
     """The :class:`SSLConfig` of a finished pre-training run in ``run_dir`` (its completion marker and
-    ``ssl_config.json`` present), or None; for reusing another recipe's run only when its settings match."""
+    ``ssl_config.json`` present), or None; for reusing another recipe's run only when its settings match
+    (:func:`same_training`). A config saved before the one training stack is read in today's layout
+    (:func:`kd.ssl.config.upgrade_saved_config`)."""
     run_dir = Path(run_dir)
     if not (run_dir / MARKER_NAME).is_file() or not (run_dir / CONFIG_FILE).is_file():
         return None
-    return SSLConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+    saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    try:
+        return SSLConfig.from_dict(upgrade_saved_config(saved))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{run_dir / CONFIG_FILE}: {e}") from None
 
 
 def _stage_key(config: SSLConfig, data_dirs: Sequence[str | os.PathLike]) -> dict:
@@ -335,31 +347,46 @@ def _stage_key(config: SSLConfig, data_dirs: Sequence[str | os.PathLike]) -> dic
             "data_dirs": [str(Path(d).resolve()) for d in data_dirs]}
 
 
+def _legacy_stage_key(config: SSLConfig, data_dirs: Sequence[str | os.PathLike]) -> dict | None:
+    """The key a version before the one training stack recorded for this stage (None: no such key)."""
+    legacy = legacy_stage_config(config)
+    return None if legacy is None else {**_stage_key(config, data_dirs), "config": legacy}
+
+
+def same_training(a: SSLConfig, b: SSLConfig) -> bool:
+    """Whether two configs train the same model: equal up to their checkpoint settings (how often a
+    resumable checkpoint is written changes nothing of what is learnt)."""
+    return dataclasses.replace(a, checkpoint=b.checkpoint) == b
+
+
 def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
              progress: bool = True) -> StageResult:
     """Pre-train a wav2vec 2.0 model on the audio of ``data_dirs`` (transcripts unused).
 
-    A finished stage (same config and data dirs) is skipped. Otherwise what an earlier attempt
-    left in ``out_dir`` (checkpoints, temporary folders, log, model) is removed first, and the
-    run starts from scratch (there is no mid-run resume). Returns a :class:`StageResult` whose
-    ``model_dir`` is ``out_dir/model``.
+    A finished stage (same config and data dirs) is skipped. An unfinished one with the same settings
+    (``optim.max_steps``, ``optim.time_limit_s`` and the checkpoint settings may differ) resumes exactly
+    from its newest checkpoint; otherwise what an earlier attempt left in ``out_dir`` (checkpoints,
+    temporary folders, log, model) is removed first and the run starts from scratch. Returns a
+    :class:`StageResult` whose ``model_dir`` is ``out_dir/model``.
     """
     if not isinstance(config, SSLConfig):
         raise TypeError(f"config: expected an SSLConfig, found {type(config).__name__}")
     out_dir = Path(out_dir)
-    key = _stage_key(config, data_dirs)
-    if is_done(out_dir, key):
+    key, legacy = _stage_key(config, data_dirs), _legacy_stage_key(config, data_dirs)
+    if stage_done(out_dir, key, legacy):
         info = json.loads((out_dir / MARKER_NAME).read_text(encoding="utf-8"))
         return StageResult(out_dir, out_dir / MODEL_DIR, info.get("steps", 0), 0.0, skipped=True,
                            stopped_early=info.get("stopped_early", False), metrics=info.get("outcome", {}))
-    accelerator = make_accelerator(config.optim, find_unused_parameters=config.layerdrop > 0)
+    accelerator = stage_accelerator(config, find_unused_parameters=config.layerdrop > 0)
+    with stage_lock(out_dir, accelerator, config):
+        return _pretrain(config, data_dirs, out_dir, key, accelerator, progress)
+
+
+def _pretrain(config: SSLConfig, data_dirs, out_dir: Path, key: dict, accelerator, progress: bool) -> StageResult:
     main = accelerator.is_main_process
+    prepare_stage_dir(out_dir, key, [MODEL_DIR, LOG_FILE, CONFIG_FILE, CURVES_FILE], accelerator)
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        clear_done(out_dir)
-        clean_stage_dir(out_dir, [MODEL_DIR, LOG_FILE, CONFIG_FILE, CURVES_FILE])
         write_json(out_dir / CONFIG_FILE, config.to_dict())
-    accelerator.wait_for_everyone()
 
     dataset = load_pooled(data_dirs)
     durations = dataset.durations()
@@ -371,18 +398,16 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
     if len(keep) < len(durations) and main:
         logger.warning("pretrain: %d of %d utterances are too short to mask (fewer than %d frames) and are left out",
                        len(durations) - len(keep), len(durations), config.mask_length + 1)
-    loader = speech_loader(torch.utils.data.Subset(dataset, keep), [durations[i] for i in keep],
-                           max_seconds=config.optim.max_batch_seconds, max_utterances=config.optim.max_utterances,
-                           num_workers=config.optim.num_workers, seed=config.optim.seed)
 
     model = build_pretraining_model(config)
-    optimizer = make_optimizer(pretraining_param_groups(model, config), config.optim)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    optimizer = build_optimizer(pretraining_param_groups(model, config), config.optim, accelerator.device)
+    model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
+    device = accelerator.device
 
     def compute(batch):
-        mask, negatives = sample_masks(batch.speech_lengths, batch.speech.shape[1], config)
-        device = batch.speech.device
+        mask, negatives = sample_masks(batch.speech_lengths, batch.speech.shape[1], config)  # on the host
+        batch = batch.to(device)
         speech = (normalize_waveforms(batch.speech, batch.speech_lengths) if config.normalize_waveforms
                   else batch.speech)
         out = model(speech, attention_mask=attention_mask(batch.speech_lengths, batch.speech.shape[1]),
@@ -409,15 +434,17 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
         inner.set_gumbel_temperature(temperature)
         return {"temperature": temperature}
 
-    def after_update(step: int) -> None:
+    def model_folder(checkpoint: Path, step: int) -> None:
+        """At ``checkpoint_steps``: the model as a Hugging Face folder inside the checkpoint, for the
+        learning dynamics (:func:`kd.ssl.common.list_stage_checkpoints`)."""
         if step in config.checkpoint_steps:
-            accelerator.wait_for_everyone()
-            if main:
-                save_pretrained_atomic(inner, out_dir / f"ckpt-{step}", extra=_input_convention(config))
+            inner.save_pretrained(checkpoint / MODEL_SUBDIR)
+            _input_convention(config)(checkpoint / MODEL_SUBDIR)
 
-    result = train_loop(accelerator, model, optimizer, loader, config.optim, compute,
-                        log=CsvLog(out_dir / LOG_FILE, enabled=main), before_update=before_update,
-                        after_update=after_update, desc="ssl pretrain", progress=progress)
+    result = run_stage(accelerator, model, optimizer, config, torch.utils.data.Subset(dataset, keep),
+                       [durations[i] for i in keep], compute, out_dir, log_file=LOG_FILE, d_model=config.hidden_size,
+                       before_update=before_update, save_steps=config.checkpoint_steps,
+                       checkpoint_files=model_folder, desc="ssl pretrain", progress=progress)
     accelerator.wait_for_everyone()
     outcome: dict[str, Any] = {}
     if main:
@@ -431,4 +458,4 @@ def pretrain(config: SSLConfig, data_dirs: Sequence[str | os.PathLike], out_dir:
                   outcome=outcome, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     accelerator.wait_for_everyone()
     return StageResult(out_dir, out_dir / MODEL_DIR, result.steps, result.seconds, stopped_early=result.stopped_early,
-                       metrics=outcome)
+                       metrics=outcome, resumed_from=result.resumed_from)

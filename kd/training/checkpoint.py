@@ -7,6 +7,8 @@ Layout of ``<run>/checkpoints/``::
         optimizer.pt            optimizer (and fp16 grad-scaler) state, plain tensors and numbers
         rng-0.pt, rng-1.pt ...  per-process RNG states (python, numpy, torch, cuda, noise generator)
         checkpoint.json         the marker, written last: step, epoch, position, dev loss
+        [model/]                what the trainer adds (finish_checkpoint's ``files``), e.g. a Hugging Face
+                                folder of the wav2vec 2.0 stages at their analysis steps
     .tmp-step-00000140/         a checkpoint being written (or left by a crash): never read
 
 A checkpoint is written into ``.tmp-step-N``, every file is flushed to disk, the marker is
@@ -25,7 +27,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -157,16 +159,26 @@ def begin_checkpoint(root: str | os.PathLike, step: int) -> Path:
 def finish_checkpoint(tmp_dir: str | os.PathLike, *, model_state: Mapping[str, torch.Tensor],
                       optimizer_state: Mapping[str, Any], step: int, epoch: int, batch: int,
                       dev_loss: float | None, world_size: int, dev_acc: float | None = None,
-                      extra: Mapping[str, Any] | None = None) -> CheckpointInfo:
+                      extra: Mapping[str, Any] | None = None,
+                      files: Callable[[Path], None] | None = None) -> CheckpointInfo:
     """Write weights, optimizer state and marker into ``tmp_dir``, then rename it to ``step-N``.
 
     Call on the main process after every process has written its RNG file into ``tmp_dir``.
+    ``files(tmp_dir)`` may add files or folders first; they are flushed to disk with the rest, so a
+    finished checkpoint holds them whole.
     """
     tmp = Path(tmp_dir)
     save_weights(model_state, tmp / WEIGHTS)
     torch.save(dict(optimizer_state), tmp / OPTIMIZER)
     for name in (WEIGHTS, OPTIMIZER):
         _fsync_file(tmp / name)
+    if files is not None:
+        files(tmp)
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file() and path.name not in (WEIGHTS, OPTIMIZER):
+                _fsync_file(path)
+            elif path.is_dir():
+                _fsync_dir(path)
     marker = {"format": FORMAT_VERSION, "step": step, "epoch": epoch, "batch": batch, "dev_loss": dev_loss,
               "dev_acc": dev_acc, "world_size": world_size, **(extra or {})}
     (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -250,10 +262,13 @@ def best_checkpoints(checkpoints: Sequence[CheckpointInfo], n: int, by: str | Cr
 
 
 def prune_checkpoints(root: str | os.PathLike, *, keep_last: int, keep_best: int,
-                      by: str | Criterion = "loss") -> list[Path]:
-    """Delete every finished checkpoint that is neither among the last ``keep_last`` nor the best ``keep_best``."""
+                      by: str | Criterion = "loss", keep_steps: Collection[int] = ()) -> list[Path]:
+    """Delete every finished checkpoint that is neither among the last ``keep_last``, nor the best
+    ``keep_best``, nor at one of ``keep_steps`` (checkpoints kept for the learning dynamics, e.g. the
+    wav2vec 2.0 pre-training's ``checkpoint_steps``)."""
     found = list_checkpoints(root)
     keep = {c.path for c in found[-keep_last:]} | {c.path for c in best_checkpoints(found, keep_best, by)}
+    keep |= {c.path for c in found if c.step in set(keep_steps)}
     removed = []
     for c in found:
         if c.path not in keep:

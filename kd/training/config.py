@@ -42,6 +42,8 @@ __all__ = [
     "TokenKind",
     "TokenConfig",
     "TrainConfig",
+    "check_checkpoint",
+    "check_optim",
     "with_added_fields",
     "without_added_defaults",
 ]
@@ -54,7 +56,8 @@ CONFIG_VERSION = 1
 ADDED_FIELDS = {("optim", "fused"): True, ("optim", "tf32"): True, ("data", "augment"): None,
                 ("kd", "loss", "reduction"): "mean", ("checkpoint", "best_by"): "loss",
                 ("model", "freeze"): [], ("kd", "loss", "soft_labels"): "mean_logits",
-                ("kd", "loss", "num_samples"): 10}
+                ("kd", "loss", "num_samples"): 10, ("optim", "decoupled_weight_decay"): False,
+                ("optim", "time_limit_s"): None}
 
 
 def with_added_fields(data: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +157,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """Optimiser, schedule and stopping of one training run: the one optimisation section of every trainer
+    (``TrainConfig.optim`` and the ``optim`` of the wav2vec 2.0 stages in :mod:`kd.ssl.config`).
+
+    The optimiser is Adam (Kingma & Ba), or AdamW (Loshchilov & Hutter: the weight decay applied to the
+    weights directly rather than added to the gradient) with ``decoupled_weight_decay``; the learning
+    rate of every step comes from :func:`kd.training.schedule.learning_rate`.
+    """
+
     lr: float = 1e-3  # peak learning rate (the Noam factor for schedule=noam)
     schedule: Schedule = Schedule.WARMUP_INVERSE_SQRT
     warmup_steps: int = 1000
@@ -161,6 +172,9 @@ class OptimConfig:
     betas: tuple[float, ...] = (0.9, 0.98)  # Adam (ESPnet Transformer recipes)
     eps: float = 1e-9
     weight_decay: float = 0.0
+    # AdamW: weight_decay shrinks the weights directly (wav2vec 2.0's optimiser); false: Adam's L2 term,
+    # added to the gradient (ESPnet's). The two are the same when weight_decay is 0
+    decoupled_weight_decay: bool = False
     max_epochs: int | None = None  # stop after this many passes over the training data
     max_steps: int | None = None  # stop after this many optimizer steps (whichever comes first)
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -168,6 +182,9 @@ class OptimConfig:
     mixed_precision: MixedPrecision = MixedPrecision.NO
     fused: bool = True  # the fused (single-kernel) Adam on CUDA; ignored on CPU
     tf32: bool = True  # TF32 tensor-core matmuls for float32 work on CUDA (~1e-3 relative rounding); ignored on CPU
+    # stop after this many seconds of training (every process at the same step), with a final checkpoint;
+    # a resumed run may raise it and continue. None: no limit
+    time_limit_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -292,32 +309,8 @@ def _validate(c: TrainConfig) -> None:
     for prefix in m.freeze:
         if not prefix or prefix.startswith(".") or prefix.endswith("."):
             fail("model.freeze", list(m.freeze), "parameter names or dotted prefixes such as espnet.encoder.embed")
-    o = c.optim
-    if not o.lr > 0:
-        fail("optim.lr", o.lr, "> 0")
-    if o.warmup_steps < 0 or (o.warmup_steps == 0 and o.schedule in (Schedule.NOAM, Schedule.WARMUP_INVERSE_SQRT)):
-        fail("optim.warmup_steps", o.warmup_steps, f">= 1 for schedule={o.schedule.value} (>= 0 otherwise)")
-    if not 0.0 <= o.min_lr_ratio <= 1.0:
-        fail("optim.min_lr_ratio", o.min_lr_ratio, "a value in [0, 1]")
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        fail("optim.betas", list(o.betas), "two values in [0, 1)")
-    if o.max_epochs is None and o.max_steps is None:
-        fail("optim.max_steps", None, "a number of steps, or optim.max_epochs, or both")
-    for name in ("max_epochs", "max_steps"):
-        value = getattr(o, name)
-        if value is not None and value < 1:
-            fail(f"optim.{name}", value, ">= 1 or null")
-    if o.grad_accum < 1:
-        fail("optim.grad_accum", o.grad_accum, ">= 1")
-    if o.clip_norm is not None and not o.clip_norm > 0:
-        fail("optim.clip_norm", o.clip_norm, "> 0 or null")
-    k = c.checkpoint
-    if k.every_steps < 0:
-        fail("checkpoint.every_steps", k.every_steps, ">= 0")
-    if k.keep_last < 1:
-        fail("checkpoint.keep_last", k.keep_last, ">= 1 (the newest checkpoint is what a resume needs)")
-    if k.average_best < 1:
-        fail("checkpoint.average_best", k.average_best, ">= 1")
+    check_optim(c.optim, lambda name, value, expected: fail(f"optim.{name}", value, expected))
+    check_checkpoint(c.checkpoint, lambda name, value, expected: fail(f"checkpoint.{name}", value, expected))
     if c.logging.every_steps < 1:
         fail("logging.every_steps", c.logging.every_steps, ">= 1")
     if c.kd is not None:
@@ -330,6 +323,45 @@ def _validate(c: TrainConfig) -> None:
             value = getattr(c.kd.loss, name)
             if value is not None and len(value) != n:
                 fail(f"kd.loss.{name}", list(value), f"{n} values (one per teacher)")
+
+
+def check_optim(o: OptimConfig, fail) -> None:
+    """Check the values of an optimisation section; ``fail(field, value, expected)`` raises, naming the
+    field as its config names it (``TrainConfig.optim.lr``, ``SSLConfig.optim.lr``)."""
+    if not o.lr > 0:
+        fail("lr", o.lr, "> 0")
+    if o.warmup_steps < 0 or (o.warmup_steps == 0 and o.schedule in (Schedule.NOAM, Schedule.WARMUP_INVERSE_SQRT)):
+        fail("warmup_steps", o.warmup_steps, f">= 1 for schedule={o.schedule.value} (>= 0 otherwise)")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        fail("min_lr_ratio", o.min_lr_ratio, "a value in [0, 1]")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        fail("betas", list(o.betas), "two values in [0, 1)")
+    if not o.eps > 0:
+        fail("eps", o.eps, "> 0")
+    if o.weight_decay < 0:
+        fail("weight_decay", o.weight_decay, ">= 0")
+    if o.max_epochs is None and o.max_steps is None:
+        fail("max_steps", None, "a number of steps, or optim.max_epochs, or both")
+    for name in ("max_epochs", "max_steps"):
+        value = getattr(o, name)
+        if value is not None and value < 1:
+            fail(name, value, ">= 1 or null")
+    if o.grad_accum < 1:
+        fail("grad_accum", o.grad_accum, ">= 1")
+    if o.clip_norm is not None and not o.clip_norm > 0:
+        fail("clip_norm", o.clip_norm, "> 0 or null")
+    if o.time_limit_s is not None and not o.time_limit_s > 0:
+        fail("time_limit_s", o.time_limit_s, "> 0 or null")
+
+
+def check_checkpoint(k: CheckpointConfig, fail) -> None:
+    """Check the values of a checkpoint section (``fail`` as for :func:`check_optim`)."""
+    if k.every_steps < 0:
+        fail("every_steps", k.every_steps, ">= 0")
+    if k.keep_last < 1:
+        fail("keep_last", k.keep_last, ">= 1 (the newest checkpoint is what a resume needs)")
+    if k.average_best < 1:
+        fail("average_best", k.average_best, ">= 1")
 
 
 # ---------------------------------------------------------------- typed mapping -> dataclass

@@ -90,15 +90,16 @@ def epoch_batches(buckets: Sequence[Sequence[int]], *, seed: int, epoch: int, ra
 
 
 def make_loader(dataset: AudioDataset, batches: Sequence[Sequence[int]],
-                num_workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                num_workers: int, pin_memory: bool = False, collate_fn=collate) -> torch.utils.data.DataLoader:
     """A DataLoader over fixed micro-batches (``pin_memory``: in page-locked memory, for
-    ``Batch.to(device, non_blocking=True)`` on CUDA).
+    ``Batch.to(device, non_blocking=True)`` on CUDA); ``collate_fn`` makes a batch of the items
+    (padded :class:`kd.data.batching.Batch` objects by default).
 
     It gets its own generator: creating an iterator otherwise draws a worker seed from the
     global torch RNG, which would shift the dropout and noise draws after a mid-epoch resume.
     """
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=[list(b) for b in batches], collate_fn=collate, num_workers=num_workers,
+        dataset, batch_sampler=[list(b) for b in batches], collate_fn=collate_fn, num_workers=num_workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),
     )

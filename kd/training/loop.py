@@ -1,4 +1,6 @@
-"""Training and distillation of hybrid CTC/attention ASR models, in one loop on `accelerate`.
+"""Training and distillation of hybrid CTC/attention ASR models, on the toolkit's one training loop
+(:class:`kd.training.engine.TrainingLoop`, on `accelerate`; the wav2vec 2.0 stages of :mod:`kd.ssl` run on
+it too).
 
 ``train(config, out_dir)`` trains a model from a :class:`~kd.training.config.TrainConfig`; with
 a ``kd`` section the same loop distils it from frozen teachers with
@@ -54,10 +56,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -65,15 +65,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from kd.core.io import atomic_write_bytes, atomic_write_text, file_lock, is_done, mark_done, write_json
-from kd.training.checkpoint import (CHECKPOINTS_DIR, WEIGHTS, average_checkpoints, begin_checkpoint, best_checkpoints,
-                                    capture_rng, finish_checkpoint, latest_checkpoint, list_checkpoints,
-                                    load_optimizer_state, load_rng, load_weights, prune_checkpoints, restore_rng,
-                                    save_rng)
+from kd.training.checkpoint import CHECKPOINTS_DIR, WEIGHTS, average_checkpoints, best_checkpoints, list_checkpoints
 from kd.training.config import TrainConfig
+from kd.training.engine import TrainingLoop, build_optimizer, numerics
 from kd.training.logs import CsvLog, open_tensorboard
 from kd.training.setup import (RESUMABLE_FIELDS, LenientTokenizer, freeze_parameters, load_data_dir, load_train_data,
                                model_config_for, pool, prepare_run_dir, setup_teachers)
-from kd.training.steps import DevScores, accumulate, evaluate, forward_backward, reduce_window
+from kd.training.steps import DevScores, evaluate, micro_batch_step
 
 __all__ = ["RESUMABLE_FIELDS", "TrainResult", "distill", "distill_from_yaml", "main", "train", "train_from_yaml"]
 
@@ -142,23 +140,13 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Tru
     if accelerator.num_processes != launched:
         raise RuntimeError(f"WORLD_SIZE={launched} processes were launched but accelerate set up "
                            f"{accelerator.num_processes}; set ACCELERATE_USE_CPU=1 for DDP on CPU")
-    if config.deterministic:  # cuBLAS needs a fixed workspace for deterministic matmuls
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(config.deterministic or deterministic)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = config.optim.tf32
     # one writer per run dir: a second process (a re-run started while an earlier one still
     # trains, two recipe workers given the same run) fails at once instead of interleaving
     # checkpoints; the main process holds the lock for its ranks
     lock = (file_lock(out / RUN_LOCK, wait=False, what=f"training run {out}") if accelerator.is_main_process
             else contextlib.nullcontext())
-    try:
-        with lock:
-            return _run(config, out, resume, accelerator)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+    with lock, numerics(deterministic=config.deterministic, tf32=config.optim.tf32):
+        return _run(config, out, resume, accelerator)
 
 
 def distill(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = True) -> TrainResult:
@@ -185,11 +173,10 @@ def distill_from_yaml(path: str | os.PathLike, out_dir: str | os.PathLike, *, re
 
 def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResult:
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     from kd.data.batching import AudioDataset, bucket_batches
     from kd.models.asr import build_asr_model
-    from kd.training.data import build_tokenizer, epoch_batches, load_run_tokenizer, make_loader
+    from kd.training.data import build_tokenizer, epoch_batches, load_run_tokenizer
     from kd.training.schedule import learning_rate
 
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
@@ -222,128 +209,48 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
     frozen = freeze_parameters(model, config.model.freeze)
     if is_main:
         atomic_write_text(out / "model_config.yaml", model_config.to_yaml())
-    o = config.optim
-    trained = [p for p in model.parameters() if p.requires_grad]  # model.freeze leaves the rest out
-    optimizer = torch.optim.Adam(trained, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                 weight_decay=o.weight_decay, fused=o.fused and device.type == "cuda")
+    optimizer = build_optimizer(model.parameters(), config.optim, device)  # model.freeze leaves frozen ones out
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     teachers, cache = setup_teachers(config, tokenizer, train_set, buckets, accelerator, out)
 
-    # ---- position: fresh start or the newest finished checkpoint
-    per_epoch = len(epoch_batches(buckets, seed=config.seed, epoch=0, rank=rank, world_size=world))
-    steps_per_epoch = math.ceil(per_epoch / o.grad_accum)
-    total_steps = min(o.max_steps or sys.maxsize, (o.max_epochs or sys.maxsize // steps_per_epoch) * steps_per_epoch)
-    set_seed(config.seed, device_specific=True)  # dropout differs between processes
+    # ---- the loop (kd.training.engine): from the newest finished checkpoint, or from the start
     noise = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + rank)
-    step, epoch, position, resumed_from = 0, 0, 0, None
-    train_log, dev_log = CsvLog(out / "log.csv", is_main), CsvLog(out / "dev.csv", is_main)
-    checkpoint = latest_checkpoint(ckpt_root) if resume else None
-    if checkpoint is not None:
-        if checkpoint.world_size != world:
-            raise ValueError(f"{checkpoint.path}: written by {checkpoint.world_size} processes, this run has "
-                             f"{world}; the data order differs, so the resume would not be exact")
-        raw_model.load_state_dict(load_weights(checkpoint.path / WEIGHTS))
-        state = load_optimizer_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        if accelerator.scaler is not None and "scaler" in state:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        restore_rng(load_rng(checkpoint, rank), noise)
-        step, epoch, position, resumed_from = checkpoint.step, checkpoint.epoch, checkpoint.batch, checkpoint.step
-        train_log.truncate_after(step)
-        dev_log.truncate_after(step)
+    dev_log = CsvLog(out / "dev.csv", is_main)
     tb = open_tensorboard(out / "tb", config.logging.tensorboard and is_main)
 
-    def save(dev: DevScores | None) -> None:
-        if is_main:
-            begin_checkpoint(ckpt_root, step)
-        accelerator.wait_for_everyone()
-        save_rng(ckpt_root / f".tmp-step-{step:08d}", rank, capture_rng(noise))
-        accelerator.wait_for_everyone()
-        if is_main:
-            state = {"optimizer": optimizer.state_dict()}
-            if accelerator.scaler is not None:
-                state["scaler"] = accelerator.scaler.state_dict()
-            finish_checkpoint(ckpt_root / f".tmp-step-{step:08d}", model_state=raw_model.state_dict(),
-                              optimizer_state=state, step=step, epoch=epoch, batch=position,
-                              dev_loss=None if dev is None else dev.loss, dev_acc=None if dev is None else dev.acc,
-                              world_size=world)
-            prune_checkpoints(ckpt_root, keep_last=config.checkpoint.keep_last,
-                              keep_best=config.checkpoint.average_best, by=config.checkpoint.best_by)
-        accelerator.wait_for_everyone()
+    def audio_seconds(batch) -> float:
+        # checks and lengths on the host, before the move: reading them on the device would wait for it
+        raw_model.check_batch(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
+        return float(batch.speech_lengths.sum()) / model_config.sample_rate
 
-    def evaluate_and_save() -> None:
-        dev = evaluate(raw_model, dev_set, dev_buckets, accelerator) if dev_set is not None else None
-        if dev is not None:
-            dev_log.write({"step": step, "epoch": round(epoch + position / per_epoch, 4), "dev_loss": dev.loss,
-                           "dev_acc": dev.acc})
-            if tb is not None:
-                tb.add_scalar("dev/loss", dev.loss, step)
-                tb.add_scalar("dev/acc", dev.acc, step)
-        save(dev)
+    def compute(batch):
+        return micro_batch_step(model, batch, teachers, cache, config, noise, device, batch.token_lengths.tolist(),
+                                sample_rate=model_config.sample_rate, autocast=accelerator.autocast())
 
-    # ---- train
-    bar = tqdm(total=total_steps, initial=step, desc="train" if config.kd is None else "distill",
-               disable=not (is_main and config.logging.progress), dynamic_ncols=True)
-    model.train()
-    window: dict[str, torch.Tensor] = {}
-    window_audio, window_steps, window_start = 0.0, 0, time.perf_counter()
-    run_start, run_audio, run_steps, final_loss = time.perf_counter(), 0.0, 0, None
-    last_saved = step if checkpoint is not None else -1
-    while step < total_steps:
-        mine = epoch_batches(buckets, seed=config.seed, epoch=epoch, rank=rank, world_size=world)[position:]
-        groups = [len(mine[i: i + o.grad_accum]) for i in range(0, len(mine), o.grad_accum)]
-        batches = iter(make_loader(train_set, mine, config.data.num_workers, pin_memory=device.type == "cuda"))
-        for group in groups:
-            for i in range(group):
-                batch = next(batches)
-                # checks and lengths on the host, before the move: reading them on the device would wait for it
-                raw_model.check_batch(batch.speech, batch.speech_lengths, batch.tokens, batch.token_lengths)
-                window_audio += float(batch.speech_lengths.sum()) / model_config.sample_rate
-                sync = accelerator.no_sync(model) if i < group - 1 else contextlib.nullcontext()
-                with sync:
-                    forward_backward(model, batch, teachers, cache, config, noise, device, batch.token_lengths.tolist(),
-                                     sample_rate=model_config.sample_rate, window=window, group=group,
-                                     backward=accelerator.backward, autocast=accelerator.autocast())
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), o.clip_norm) if o.clip_norm else None
-            lr = learning_rate(o, step + 1, d_model=model_config.d_model, total_steps=total_steps)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, position, window_steps = step + 1, position + group, window_steps + 1
-            if grad_norm is not None:
-                accumulate(window, {"grad_norm": grad_norm}, 1.0, device)
-            bar.update(1)
+    per_epoch = len(epoch_batches(buckets, seed=config.seed, epoch=0, rank=rank, world_size=world))
 
-            if step % config.logging.every_steps == 0 or step == total_steps:
-                row, audio = reduce_window(window, window_steps, window_audio, accelerator)
-                elapsed = time.perf_counter() - window_start
-                row = {"step": step, "epoch": round(epoch + position / per_epoch, 4), "lr": lr, **row,
-                       "audio_s_per_s": audio / elapsed, "steps_per_s": window_steps / elapsed}
-                train_log.write(row)
-                if tb is not None:
-                    for k, v in row.items():
-                        if k not in ("step", "epoch"):
-                            tb.add_scalar(f"train/{k}", v, step)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
-                final_loss, run_audio, run_steps = row["loss"], run_audio + audio, run_steps + window_steps
-                window, window_audio, window_steps, window_start = {}, 0.0, 0, time.perf_counter()
-            if position == per_epoch:
-                epoch, position = epoch + 1, 0
-            if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
-                evaluate_and_save()
-                last_saved = step
-            if step >= total_steps:
-                break
-        else:  # the epoch ran to its end
-            if config.checkpoint.at_epoch_end and last_saved != step:
-                evaluate_and_save()
-                last_saved = step
-    if last_saved != step:
-        evaluate_and_save()
-    bar.close()
-    wall = time.perf_counter() - run_start
+    def dev_scores(position) -> DevScores | None:
+        if dev_set is None:
+            return None
+        dev = evaluate(raw_model, dev_set, dev_buckets, accelerator)
+        dev_log.write({"step": position.step, "epoch": round(position.epoch + position.batch / per_epoch, 4),
+                       "dev_loss": dev.loss, "dev_acc": dev.acc})
+        if tb is not None:
+            tb.add_scalar("dev/loss", dev.loss, position.step)
+            tb.add_scalar("dev/acc", dev.acc, position.step)
+        return dev
+
+    loop = TrainingLoop(
+        accelerator=accelerator, model=model, optimizer=optimizer, optim=config.optim, dataset=train_set,
+        buckets=buckets, seed=config.seed, compute=compute,
+        lr_at=lambda step, total: learning_rate(config.optim, step, d_model=model_config.d_model, total_steps=total),
+        checkpoint_root=ckpt_root, checkpoint=config.checkpoint, log=CsvLog(out / "log.csv", is_main),
+        log_every=config.logging.every_steps, num_workers=config.data.num_workers, noise=noise,
+        audio_seconds=audio_seconds, evaluate=dev_scores, other_logs=(dev_log,), tensorboard=tb,
+        desc="train" if config.kd is None else "distill", progress=config.logging.progress)
+    ran = loop.run(resume=resume)
+    step, wall = ran.steps, ran.seconds
 
     # ---- final weights: the last step and the average of the best checkpoints
     found = list_checkpoints(ckpt_root)
@@ -352,11 +259,12 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
     dev_losses = [c.dev_loss for c in found if c.dev_loss is not None]
     dev_accs = [c.dev_acc for c in found if c.dev_acc is not None]
     result = TrainResult(
-        out_dir=str(out), steps=step, epochs=round(epoch + position / per_epoch, 4), final_loss=final_loss,
+        out_dir=str(out), steps=step, epochs=ran.epochs, final_loss=ran.final_loss,
         best_dev_loss=min(dev_losses) if dev_losses else None,
         best_dev_acc=max(dev_accs) if dev_accs else None, averaged_steps=tuple(c.step for c in best),
-        resumed_from=resumed_from, wall_seconds=wall, steps_per_second=run_steps / wall if wall > 0 else 0.0,
-        audio_seconds_per_second=run_audio / wall if wall > 0 else 0.0, frozen_parameters=frozen,
+        resumed_from=ran.resumed_from, wall_seconds=wall,
+        steps_per_second=ran.logged_steps / wall if wall > 0 else 0.0,
+        audio_seconds_per_second=ran.audio_seconds / wall if wall > 0 else 0.0, frozen_parameters=frozen,
     )
     if is_main:
         from kd.models.weights import weights_bytes

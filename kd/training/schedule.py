@@ -38,7 +38,7 @@ def learning_rate(config: OptimConfig, step: int, *, d_model: int, total_steps: 
 def warmup_cosine(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then a cosine from ``lr`` to ``min_lr_ratio * lr``
     at ``total_steps``, flat afterwards: the schedule of ASR training (``Schedule.WARMUP_COSINE``) and of the
-    wav2vec 2.0 stages (``kd.ssl.config.OptimSettings``)."""
+    wav2vec 2.0 stages (their ``optim``, also an :class:`~kd.training.config.OptimConfig`: :func:`kd.ssl.config.ssl_optim`)."""
     if step < 1:
         raise ValueError(f"step: expected >= 1, found {step}")
     t, w = float(step), float(warmup_steps)

@@ -15,8 +15,8 @@ __all__ = ["RESUMABLE_FIELDS", "LenientTokenizer", "freeze_parameters", "load_tr
            "prepare_run_dir", "setup_teachers"]
 
 # config fields a resumed run may change: when to stop, when to save, what to log
-RESUMABLE_FIELDS = ("optim.max_steps", "optim.max_epochs", "optim.fused", "optim.tf32", "checkpoint.", "logging.",
-                    "data.num_workers")
+RESUMABLE_FIELDS = ("optim.max_steps", "optim.max_epochs", "optim.fused", "optim.tf32", "optim.time_limit_s",
+                    "checkpoint.", "logging.", "data.num_workers")
 # files of an earlier attempt without checkpoints, removed before a fresh start (the teacher cache
 # stays: its marker says which inputs it holds)
 FRESH_START_REMOVES = ("tokens.txt", "bpe.model", "model_config.yaml", "log.csv", "dev.csv", "model.safetensors",
@@ -136,6 +136,11 @@ def setup_teachers(config: TrainConfig, tokenizer, train_set, buckets, accelerat
                                dataset=train_set, buckets=buckets, level=kd.loss.level, dtype=kd.cache_dtype,
                                accelerator=accelerator, progress=config.logging.progress)
     return None, cache
+
+
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config as plain dicts, flattened to dotted field paths (``optim.lr``); ``model.overrides`` stays one value."""
+    return _flatten(data, prefix)
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

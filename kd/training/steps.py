@@ -11,7 +11,7 @@ from kd.data.augment import augment_batch
 from kd.training.config import TrainConfig
 
 __all__ = ["LOG_ORDER", "DevScores", "accumulate", "evaluate", "forward_backward", "micro_batch_loss",
-           "reduce_window"]
+           "micro_batch_step", "reduce_window"]
 
 # first columns of log.csv, when present; per-teacher terms follow
 LOG_ORDER = ("loss", "nll", "kd", "tok_kd", "unc_kd", "spread_kd", "loss_ctc", "loss_att", "loss_aleatoric", "acc",
@@ -53,24 +53,32 @@ def micro_batch_loss(model, batch, teachers, cache, config: TrainConfig, noise: 
     return loss, {"loss": loss.detach(), **parts, **kd_parts}
 
 
-def forward_backward(model, batch, teachers, cache, config: TrainConfig, noise: torch.Generator, device,
-                     token_lengths: list[int], *, sample_rate: int, window: dict[str, torch.Tensor], group: int,
-                     backward: Callable[[torch.Tensor], None], autocast: ContextManager) -> None:
-    """One micro-batch of a training step, as the loop runs it (and ``kd bench train`` measures it).
+def micro_batch_step(model, batch, teachers, cache, config: TrainConfig, noise: torch.Generator, device,
+                     token_lengths: list[int], *, sample_rate: int, autocast: ContextManager):
+    """The loss of one micro-batch and its parts, as the loop computes them (the ``compute`` that the
+    ASR trainer gives :class:`kd.training.engine.TrainingLoop`).
 
     Moves the host-checked ``batch`` to ``device`` (asynchronously from pinned memory), adds
-    noise and reverberation when ``config.data.augment`` asks for them, computes the loss with
-    :func:`micro_batch_loss` under ``autocast``, back-propagates it divided by ``group`` (the
-    micro-batches of the optimizer step) with ``backward`` (``accelerator.backward`` in the loop)
-    and adds its parts, divided alike, to ``window`` on the device. Nothing here reads a device
-    value on the host.
+    noise and reverberation when ``config.data.augment`` asks for them, and computes the loss with
+    :func:`micro_batch_loss` under ``autocast``. Nothing here reads a device value on the host.
     """
     batch = batch.to(device, non_blocking=True)
     if config.data.augment is not None:  # multi-condition training (the global RNG: resumable)
         batch = dataclasses.replace(batch, speech=augment_batch(batch.speech, batch.speech_lengths,
                                                                 config.data.augment, sample_rate))
     with autocast:
-        loss, parts = micro_batch_loss(model, batch, teachers, cache, config, noise, device, token_lengths)
+        return micro_batch_loss(model, batch, teachers, cache, config, noise, device, token_lengths)
+
+
+def forward_backward(model, batch, teachers, cache, config: TrainConfig, noise: torch.Generator, device,
+                     token_lengths: list[int], *, sample_rate: int, window: dict[str, torch.Tensor], group: int,
+                     backward: Callable[[torch.Tensor], None], autocast: ContextManager) -> None:
+    """One micro-batch of a training step as the loop runs it, for ``kd bench train`` to measure:
+    :func:`micro_batch_step`, the loss divided by ``group`` (the micro-batches of the optimizer step)
+    back-propagated with ``backward`` (``accelerator.backward`` in the loop), and its parts, divided
+    alike, added to ``window`` on the device."""
+    loss, parts = micro_batch_step(model, batch, teachers, cache, config, noise, device, token_lengths,
+                                   sample_rate=sample_rate, autocast=autocast)
     backward(loss / group)
     accumulate(window, parts, 1.0 / group, device)
 

@@ -33,7 +33,7 @@ from kd.recipes.layerwise import analyse_run_checkpoints, tracking_markdown
 from kd.recipes.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
 from kd.ssl.common import list_stage_checkpoints
 from kd.ssl.config import SSLConfig
-from kd.ssl.pretrain import finished_config, pretrain
+from kd.ssl.pretrain import finished_config, pretrain, same_training
 from kd.training.config import TrainConfig
 from kd.training.loop import train
 
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     def stage_ssl_pretrain(done):
         existing = cfg.get("ssl_run")
         if existing and (found := finished_config(existing)) is not None:  # a finished pre-training ...
-            if found == ssl_config:  # ... with these settings
+            if same_training(found, ssl_config):  # ... with these settings (checkpointing aside)
                 return {"run": str(Path(existing).resolve()), "reused": True}
             theirs = found.to_dict()
-            differs = sorted(k for k, v in ssl_config.to_dict().items() if theirs.get(k) != v)
+            differs = sorted(k for k, v in ssl_config.to_dict().items() if theirs.get(k) != v and k != "checkpoint")
             print(f"ssl_run {existing}: pre-trained with other settings ({differs} differ); "
                   "pre-training the teacher here", flush=True)
         r = pretrain(ssl_config, [corpus / d / "train" for d in cfg["ssl_domains"]],

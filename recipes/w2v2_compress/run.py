@@ -14,7 +14,7 @@ Stages (each skipped when finished with the same settings; see kd.recipes.stages
   9 table         results.md / results.json (error rates: mean ± std over the seeds), printed
 
 Seeds (``seeds`` in the preset, or ``--seeds``) vary the student runs: the prediction and CTC
-heads' initialisation, batch order and dropout (``optim.seed`` of both trainings); the teacher,
+heads' initialisation, batch order and dropout (``seed`` of both trainings); the teacher,
 its analysis and the plans are one. Seed 0's runs are in ``students/`` and ``students_ctc/`` (the
 layout of a one-seed run), seed s's in ``students-seed<s>/`` and ``students_ctc-seed<s>/``.
 """

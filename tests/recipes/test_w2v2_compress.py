@@ -43,14 +43,14 @@ def test_plans_students_and_table(tmp_path, capsys, load_recipe):
 
     from kd.compression import load_student
 
-    assert json.loads((out / "students_ctc-seed1" / "first-k" / "ctc_config.json").read_text())["optim"]["seed"] == 1
+    assert json.loads((out / "students_ctc-seed1" / "first-k" / "ctc_config.json").read_text())["seed"] == 1
     zero, one = (load_student(out / d / "first-k" / "student").state_dict() for d in ("students", "students-seed1"))
     assert zero.keys() == one.keys() and not all(torch.equal(zero[k], one[k]) for k in zero)
     # student_ctc_overrides: fewer updates for the students, every other setting the teacher's
     teacher = json.loads((out / "teacher_ctc" / "ctc_config.json").read_text())
     student = json.loads((out / "students_ctc" / "first-k" / "ctc_config.json").read_text())
-    assert teacher["optim"]["steps"] == 4 and student["optim"]["steps"] == 3
-    assert {**student["optim"], "steps": 4} == teacher["optim"] and {**student, "optim": None} == {
+    assert teacher["optim"]["max_steps"] == 4 and student["optim"]["max_steps"] == 3
+    assert {**student["optim"], "max_steps": 4} == teacher["optim"] and {**student, "optim": None} == {
         **teacher, "optim": None}
     assert json.loads((out / "students_ctc" / "first-k" / "results.json").read_text())["steps"] == 3
 

@@ -242,11 +242,11 @@ def test_normalising_teacher_convention_survives_distillation_and_finetuning(tes
     write_input_spec(teacher, InputSpec(normalize=True))
     distilled = distill_plan(teacher, CompressionPlan(keep_layers=(1,)), [data], tmp_path / "distill",
                              LayerDistillConfig.from_preset("tiny", optim=dataclasses.replace(
-                                 LayerDistillConfig.from_preset("tiny").optim, steps=2)), progress=False)
+                                 LayerDistillConfig.from_preset("tiny").optim, max_steps=2)), progress=False)
     assert read_input_spec(distilled.model_dir).normalize
     tiny = CTCConfig.from_preset("tiny")
     result = finetune_ctc(distilled.model_dir, [data], tmp_path / "ctc",
-                          dataclasses.replace(tiny, optim=dataclasses.replace(tiny.optim, steps=2)),
+                          dataclasses.replace(tiny, optim=dataclasses.replace(tiny.optim, max_steps=2)),
                           eval_dirs=[data], progress=False)
     assert read_input_spec(result.model_dir).normalize
     (metrics,) = result.metrics.values()

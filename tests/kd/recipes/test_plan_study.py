@@ -12,12 +12,12 @@ def test_per_seed_groups_the_runs_seed_by_seed():
     assert per_seed(cells, [1, 2, 3, 4]) == {"0": {"a": 1, "b": 2}, "3": {"a": 3, "b": 4}}
 
 
-def test_with_seed_changes_only_the_optimiser_seed():
+def test_with_seed_changes_only_the_seed():
     from kd.ssl.config import CTCConfig
 
     config = CTCConfig.from_preset("tiny")
     seeded = with_seed(config, 7)
-    assert seeded.optim.seed == 7 and {**seeded.to_dict(), "optim": None} == {**config.to_dict(), "optim": None}
+    assert seeded.seed == 7 and {**seeded.to_dict(), "seed": None} == {**config.to_dict(), "seed": None}
 
 
 def _inputs(seeds):

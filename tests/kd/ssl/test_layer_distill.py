@@ -117,7 +117,7 @@ def test_distill_layers_lowers_the_loss_and_saves_a_student(tests_corpus, tmp_pa
     student = tiny_teacher(layers=2, seed=1)  # a smaller, randomly initialised student
     config = LayerDistillConfig.from_preset("tiny", identity_init=False)
     result = distill_layers(teacher, student, plan, [data], tmp_path / "distill", config, progress=False)
-    assert result.steps == config.optim.steps
+    assert result.steps == config.optim.max_steps
     rows = read_csv_log(tmp_path / "distill" / "log.csv")
     losses = [r["loss"] for r in rows]
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.85 * losses[0]
@@ -170,7 +170,7 @@ def test_cli_distills_a_student_built_by_the_plan(tests_corpus, tmp_path, capsys
     tiny_teacher().save_pretrained(tmp_path / "teacher")
     CompressionPlan(keep_layers=(1, 3)).save(tmp_path / "plan.json")
     args = ["distill-layers", str(tmp_path / "teacher"), str(tmp_path / "plan.json"), "--data", str(data),
-            "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "steps=3", "lr=0.001"]
+            "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "max_steps=3", "lr=0.001"]
     assert main(args) == 0
     assert len(read_csv_log(tmp_path / "out" / "log.csv")) == 3
     assert load_student(tmp_path / "out" / "student").config.num_hidden_layers == 2
@@ -178,7 +178,9 @@ def test_cli_distills_a_student_built_by_the_plan(tests_corpus, tmp_path, capsys
     assert main(args) == 0 and "skipped" in capsys.readouterr().out
     bad = args[:-2] + ["stepz=3"]
     assert main(bad) == 2
-    assert "--set: unknown OptimSettings field(s) ['stepz']" in capsys.readouterr().err
+    assert "--set: unknown OptimConfig field 'stepz'" in capsys.readouterr().err
+    assert main(args[:-2] + ["steps=3"]) == 2  # the name before the one training stack
+    assert "--set: 'steps' is now max_steps" in capsys.readouterr().err
 
 
 def test_cli_names_a_malformed_optimiser_value(tmp_path, capsys):
@@ -187,5 +189,5 @@ def test_cli_names_a_malformed_optimiser_value(tmp_path, capsys):
     tiny_teacher().save_pretrained(tmp_path / "teacher")
     CompressionPlan(keep_layers=(1, 3)).save(tmp_path / "plan.json")
     assert main(["distill-layers", str(tmp_path / "teacher"), str(tmp_path / "plan.json"), "--data", "unused",
-                 "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "steps=many"]) == 2
-    assert "OptimSettings.steps: expected an integer, found 'many'" in capsys.readouterr().err
+                 "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "max_steps=many"]) == 2
+    assert "LayerDistillConfig.optim.max_steps: expected an integer, found 'many'" in capsys.readouterr().err

@@ -13,12 +13,14 @@ import torch
 
 from kd.core.io import read_csv_log
 from kd.ssl.common import list_stage_checkpoints, write_folder_atomic
-from kd.ssl.config import CTCConfig, OptimSettings, SSLConfig
+from kd.ssl.config import CTCConfig, SSLConfig, legacy_stage_config, ssl_optim, upgrade_saved_config
 from kd.testing import shortest_subset_dir
+from kd.training.schedule import learning_rate
 
 
-TINY = SSLConfig.from_preset("tiny", optim=dataclasses.replace(SSLConfig.from_preset("tiny").optim,
-                                                                max_batch_seconds=8.0))
+# deterministic algorithms: a resumed run ends with exactly the weights of an uninterrupted one
+TINY = SSLConfig.from_preset("tiny", deterministic=True,
+                             data=dataclasses.replace(SSLConfig.from_preset("tiny").data, max_seconds=8.0))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def test_config_round_trip_and_presets():
     ("mask_prob", 1.0, r"mask_prob: expected a value in \[0, 1\)"),
     ("gumbel_min", 3.0, "gumbel_min: expected a value <= gumbel_max"),
     ("checkpoint_steps", (4, 2), "checkpoint_steps: expected strictly increasing steps"),
-    ("checkpoint_steps", (2, 9), r"in 1..optim.steps \(4\)"),
+    ("checkpoint_steps", (2, 9), r"in 1..optim.max_steps \(4\)"),
     ("conv_kernel", (10, 3), "as many entries as conv_dim"),
 ])
 def test_config_errors_name_the_field(field, value, message):
@@ -63,53 +65,54 @@ def test_from_dict_checks_names_and_types():
         SSLConfig.from_dict({**data, "hidden": 3})
     with pytest.raises(ValueError, match="SSLConfig.num_layers: expected an integer, found '4'"):
         SSLConfig.from_dict({**data, "num_layers": "4"})
-    expected = r"SSLConfig.optim: OptimSettings.mixed_precision: expected one of \['no', 'bf16', 'fp16'\], found 'fp8'"
+    expected = r"SSLConfig.optim.mixed_precision: expected one of \['no', 'bf16', 'fp16'\], found 'fp8'"
     with pytest.raises(ValueError, match=expected):
         SSLConfig.from_dict({**data, "optim": {**data["optim"], "mixed_precision": "fp8"}})
     with pytest.raises(ValueError, match="version: this code reads version 1, found 2"):
         CTCConfig.from_dict({**CTCConfig().to_dict(), "version": 2})
+    with pytest.raises(ValueError, match=r"SSLConfig.optim.lr: expected > 0, found -1.0"):
+        SSLConfig.from_dict({**data, "optim": {**data["optim"], "lr": -1.0}})
+    with pytest.raises(ValueError, match=r"CTCConfig.checkpoint.keep_last: expected >= 1"):
+        CTCConfig.from_dict({"checkpoint": {"keep_last": 0}})
+
+
+def test_settings_of_the_earlier_layout_name_their_new_place():
+    """optim.steps, optim.max_batch_seconds, ... of the stages' own optimiser settings before the one
+    training stack: refused with the field to set instead."""
+    for old, new in (("steps", "optim.max_steps"), ("max_batch_seconds", "data.max_seconds"),
+                     ("num_workers", "data.num_workers"), ("seed", "seed")):
+        with pytest.raises(ValueError, match=rf"SSLConfig.optim.{old}: this setting is now {new}"):
+            SSLConfig.from_dict({"optim": {old: 1}})
+    # a section given in part takes its other fields from the stage's default, not from OptimConfig's
+    optim = CTCConfig.from_dict({"optim": {"lr": 1e-4}}).optim
+    assert optim == ssl_optim(lr=1e-4, warmup_steps=500) and optim.decoupled_weight_decay
+
+
+def test_configs_saved_before_the_one_training_stack_still_read_and_stay_finished():
+    """A config in the earlier layout (what finished stages saved, and their completion markers hold)
+    reads as the same run, and legacy_stage_config gives that layout back."""
+    gpu = SSLConfig.from_preset("gpu")
+    old = {k: v for k, v in gpu.to_dict().items() if k not in ("data", "checkpoint", "seed", "deterministic")}
+    old["optim"] = {"steps": 2500, "lr": 5e-4, "warmup_steps": 250, "min_lr_ratio": 0.05, "weight_decay": 0.01,
+                    "betas": [0.9, 0.98], "eps": 1e-6, "grad_accum": 1, "clip_norm": 10.0, "mixed_precision": "bf16",
+                    "max_batch_seconds": 192.0, "max_utterances": 96, "num_workers": 8, "seed": 0,
+                    "time_limit_s": 480.0}
+    assert json.loads(json.dumps(legacy_stage_config(gpu))) == old
+    upgraded = SSLConfig.from_dict(upgrade_saved_config(old))
+    assert dataclasses.replace(upgraded, checkpoint=gpu.checkpoint) == gpu
+    adam = dataclasses.replace(gpu, optim=dataclasses.replace(gpu.optim, decoupled_weight_decay=False))
+    assert legacy_stage_config(adam) is None  # a setting the earlier layout did not have
 
 
 def test_learning_rate_schedule():
-    optim = OptimSettings(steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert optim.learning_rate(5) == pytest.approx(0.5)
-    assert optim.learning_rate(10) == pytest.approx(1.0)
-    assert optim.learning_rate(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
-    assert optim.learning_rate(110) == pytest.approx(0.1)
+    optim = ssl_optim(max_steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    rate = lambda step: learning_rate(optim, step, d_model=64, total_steps=110)  # noqa: E731
+    assert rate(5) == pytest.approx(0.5)
+    assert rate(10) == pytest.approx(1.0)
+    assert rate(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert rate(110) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="step: expected >= 1, found 0"):
-        optim.learning_rate(0)
-
-
-def _toy_loop(tmp_path, optim: OptimSettings):
-    from kd.ssl.common import CsvLog, make_accelerator, make_optimizer, train_loop
-
-    accelerator = make_accelerator(optim)
-    model = torch.nn.Linear(1, 1, bias=False)
-    loader = torch.utils.data.DataLoader(torch.arange(1.0, 7.0)[:, None], batch_size=1)  # 6 micro-batches an epoch
-    optimizer = make_optimizer(model.parameters(), optim)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-
-    def compute(x):
-        return model(x).pow(2).mean(), {"loss": model(x).pow(2).mean().detach(), "x": float(x)}
-
-    result = train_loop(accelerator, model, optimizer, loader, optim, compute, log=CsvLog(tmp_path / "log.csv"),
-                        progress=False)
-    return result, read_csv_log(tmp_path / "log.csv")
-
-
-def test_train_loop_accumulates_logs_and_follows_the_schedule(tmp_path):
-    optim = OptimSettings(steps=4, lr=0.1, warmup_steps=2, grad_accum=2, clip_norm=None)
-    result, rows = _toy_loop(tmp_path, optim)
-    assert result.steps == 4 and not result.stopped_early
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert [r["lr"] for r in rows] == pytest.approx([optim.learning_rate(s) for s in (1, 2, 3, 4)])
-    # two micro-batches per update, epochs wrap around: x = (1, 2), (3, 4), (5, 6), (1, 2)
-    assert [r["x"] for r in rows] == [1.5, 3.5, 5.5, 1.5]
-
-
-def test_train_loop_stops_at_the_time_limit(tmp_path):
-    result, rows = _toy_loop(tmp_path, OptimSettings(steps=50, warmup_steps=0, time_limit_s=1e-9))
-    assert result.stopped_early and result.steps == 1 and len(rows) == 1
+        rate(0)
 
 
 # ---- masking --------------------------------------------------------------------------------
@@ -165,8 +168,8 @@ def test_feature_lr_scale_slows_the_encoder_where_feature_grad_mult_does_not():
     (feature_grad_mult) leaves the encoder's step as it was, a learning-rate scale shrinks it."""
     import numpy as np
 
-    from kd.ssl.common import make_optimizer
     from kd.ssl.pretrain import build_pretraining_model, pretraining_param_groups, sample_masks
+    from kd.training.engine import build_optimizer, set_learning_rate
 
     x = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(1))
     lengths = torch.tensor([16000, 12000])
@@ -177,9 +180,10 @@ def test_feature_lr_scale_slows_the_encoder_where_feature_grad_mult_does_not():
         np.random.seed(0)  # masks and negatives
         model = build_pretraining_model(config).train()
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        optimizer = make_optimizer(pretraining_param_groups(model, config), config.optim)
-        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
-            [config.optim.learning_rate(1), config.optim.learning_rate(1) * config.feature_lr_scale])
+        optimizer = build_optimizer(pretraining_param_groups(model, config), config.optim)
+        first = learning_rate(config.optim, 1, d_model=config.hidden_size, total_steps=config.optim.max_steps)
+        set_learning_rate(optimizer, first)  # as the loop does before each step
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([first, first * config.feature_lr_scale])
         mask, negatives = sample_masks(lengths, 16000, config)
         out = model(x, mask_time_indices=mask, sampled_negative_indices=negatives)
         (out.loss / mask.sum()).backward()
@@ -419,18 +423,19 @@ def test_cli_pretrain_takes_settings_over_the_preset(tests_corpus, tmp_path, cap
     root, _ = tests_corpus
     out = tmp_path / "ssl"
     args = ["ssl", "pretrain", "--data", str(root / "us" / "train"), "--out", str(out), "--preset", "tiny",
-            "--seed", "3", "--set", "diversity_weight=0.3", "checkpoint_steps=[1]", "optim.steps=2",
-            "optim.max_batch_seconds=8", "optim.lr=3e-4"]
+            "--seed", "3", "--set", "diversity_weight=0.3", "checkpoint_steps=[1]", "optim.max_steps=2",
+            "data.max_seconds=8", "optim.lr=3e-4"]
     assert main(args) == 0
     saved = SSLConfig.from_dict(json.loads((out / "ssl_config.json").read_text()))
     tiny = SSLConfig.from_preset("tiny")
     assert saved == dataclasses.replace(tiny, diversity_weight=0.3, checkpoint_steps=(1,), optim=dataclasses.replace(
-        tiny.optim, steps=2, max_batch_seconds=8.0, lr=3e-4, seed=3))
+        tiny.optim, max_steps=2, lr=3e-4), data=dataclasses.replace(tiny.data, max_seconds=8.0), seed=3)
     assert [s for s, _ in list_stage_checkpoints(out)] == [1] and len(read_csv_log(out / "log.csv")) == 2
     capsys.readouterr()
     for setting, message in (("diversity_wieght=0.3", "SSLConfig: unknown field(s) ['diversity_wieght']"),
                              ("optim.lr=fast", "SSLConfig.optim.lr: expected a finite number, found 'fast'"),
-                             ("model.lr=1", "--set: 'model.lr': only optim.FIELD names a nested setting"),
+                             ("model.lr=1", "--set: 'model.lr': only optim.FIELD, data.FIELD, checkpoint.FIELD name"),
+                             ("optim.steps=2", "SSLConfig.optim.steps: this setting is now optim.max_steps"),
                              ("mask_prob=1.5", "SSLConfig.mask_prob")):
         assert main(args[:args.index("--set") + 1] + [setting]) == 2, setting
         assert message in capsys.readouterr().err, setting
@@ -449,7 +454,7 @@ def test_pretraining_records_and_applies_its_input_convention(pretrained, tests_
 
     result, data = pretrained
     assert not read_input_spec(result.model_dir).normalize
-    assert not read_input_spec(result.out_dir / "ckpt-2").normalize
+    assert not read_input_spec(dict(list_stage_checkpoints(result.out_dir))[2]).normalize
     seen = []
     build = P.build_pretraining_model
 
@@ -460,9 +465,10 @@ def test_pretraining_records_and_applies_its_input_convention(pretrained, tests_
 
     monkeypatch.setattr(P, "build_pretraining_model", build_and_watch)
     config = dataclasses.replace(TINY, normalize_waveforms=True, checkpoint_steps=(1,),
-                                 optim=dataclasses.replace(TINY.optim, steps=1))
+                                 optim=dataclasses.replace(TINY.optim, max_steps=1))
     out = P.pretrain(config, data, tmp_path / "normalised", progress=False)
-    assert read_input_spec(out.model_dir).normalize and read_input_spec(out.out_dir / "ckpt-1").normalize
+    assert read_input_spec(out.model_dir).normalize
+    assert read_input_spec(dict(list_stage_checkpoints(out.out_dir))[1]).normalize
     speech = seen[0]  # [B, S] the first batch as the feature encoder got it
     assert speech.shape[0] >= 2
     for row in speech:
@@ -496,18 +502,140 @@ def test_finished_config_reads_a_finished_run_only(pretrained, tmp_path):
 
 
 def test_unfinished_checkpoint_is_never_listed(tmp_path):
+    from kd.training.checkpoint import begin_checkpoint, finish_checkpoint
+
     def crash(folder: Path) -> None:
         (folder / "config.json").write_text("{}")
         raise KeyboardInterrupt  # killed half way through the save
 
+    # a model folder written atomically (the stages' final model/ and student/)
     with pytest.raises(KeyboardInterrupt):
-        write_folder_atomic(tmp_path / "ckpt-7", crash)
-    assert (tmp_path / ".tmp-ckpt-7" / "config.json").is_file()
-    assert not (tmp_path / "ckpt-7").exists()
+        write_folder_atomic(tmp_path / "model", crash)
+    assert (tmp_path / ".tmp-model" / "config.json").is_file()
+    assert not (tmp_path / "model").exists()
+    write_folder_atomic(tmp_path / "model", lambda f: (f / "config.json").write_text("{}"))
+    assert (tmp_path / "model" / "config.json").is_file() and not (tmp_path / ".tmp-model").exists()
+    # a checkpoint with its model folder: listed once its marker is written and the folder renamed
+    root = tmp_path / "checkpoints"
+    tmp = begin_checkpoint(root, 7)
+    (tmp / "model").mkdir()
+    (tmp / "model" / "config.json").write_text("{}")  # killed here: no marker, a .tmp-step-* folder
     assert list_stage_checkpoints(tmp_path) == []
-    write_folder_atomic(tmp_path / "ckpt-7", lambda f: (f / "config.json").write_text("{}"))
-    assert list_stage_checkpoints(tmp_path) == [(7, tmp_path / "ckpt-7")]
-    assert not (tmp_path / ".tmp-ckpt-7").exists()
+    finish_checkpoint(tmp, model_state={"w": torch.zeros(1)}, optimizer_state={}, step=7, epoch=0, batch=7,
+                      dev_loss=None, world_size=1,
+                      files=lambda folder: (folder / "model" / "weights.txt").write_text("w"))
+    assert list_stage_checkpoints(tmp_path) == [(7, root / "step-00000007" / "model")]
+    assert (root / "step-00000007" / "model" / "weights.txt").is_file()
+    # the ckpt-N folders that stages kept before the one training stack are listed too
+    (tmp_path / "ckpt-3").mkdir()
+    (tmp_path / "ckpt-3" / "config.json").write_text("{}")
+    (tmp_path / ".tmp-ckpt-5").mkdir()
+    assert list_stage_checkpoints(tmp_path) == [(3, tmp_path / "ckpt-3"), (7, root / "step-00000007" / "model")]
+
+
+def test_interrupted_pretraining_resumes_to_the_uninterrupted_weights(pretrained, tmp_path, monkeypatch):
+    """Killed after the checkpoint of step 2, run again: it continues from that checkpoint (weights, AdamW
+    state, the numpy RNG of the masks and negatives, the torch RNG of the Gumbel noise, the data position)
+    and ends with exactly the weights and log of the run that was not interrupted."""
+    from kd.ssl.pretrain import pretrain
+    from kd.training.checkpoint import list_checkpoints, load_weights
+
+    result, data = pretrained
+    temperature = SSLConfig.gumbel_temperature
+
+    def killed_at_step_3(self, step):
+        if step == 2:  # before_update of step 3
+            raise KeyboardInterrupt
+        return temperature(self, step)
+
+    monkeypatch.setattr(SSLConfig, "gumbel_temperature", killed_at_step_3)
+    out = tmp_path / "pretrain"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(TINY, data, out, progress=False)
+    assert [c.step for c in list_checkpoints(out / "checkpoints")] == [2]
+    monkeypatch.setattr(SSLConfig, "gumbel_temperature", temperature)
+    resumed = pretrain(TINY, data, out, progress=False)
+    assert resumed.resumed_from == 2 and resumed.steps == 4 and not resumed.skipped
+    a = load_weights(result.model_dir / "model.safetensors")
+    b = load_weights(resumed.model_dir / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    full, parts = read_csv_log(result.out_dir / "log.csv"), read_csv_log(out / "log.csv")
+    assert [r["step"] for r in parts] == [1, 2, 3, 4]  # every step once
+    for column in ("loss", "contrastive", "lr", "temperature", "grad_norm"):
+        assert [r[column] for r in parts] == [r[column] for r in full], column
+    assert [s for s, _ in list_stage_checkpoints(out)] == [2, 4]
+
+
+def test_ssl_and_asr_runs_write_the_same_checkpoints_and_log_columns(pretrained, tests_corpus, tmp_path):
+    """One training stack: a wav2vec 2.0 stage and an ASR run keep checkpoints of one format (files and
+    marker fields) and log the loop's columns alike, the trainer's own parts in between."""
+    from kd.testing import make_config
+    from kd.training.checkpoint import list_checkpoints
+    from kd.training.loop import train
+
+    result, _ = pretrained
+    asr = train(make_config([tests_corpus[0] / "us/train"], steps=1, max_seconds=8.0), tmp_path / "asr")
+    ssl_ckpt = list_checkpoints(result.out_dir / "checkpoints")[-1].path
+    asr_ckpt = list_checkpoints(Path(asr.out_dir) / "checkpoints")[-1].path
+    files = {"checkpoint.json", "model.safetensors", "optimizer.pt", "rng-0.pt"}
+    assert {p.name for p in ssl_ckpt.iterdir()} - {"model"} == {p.name for p in asr_ckpt.iterdir()} == files
+    marker = lambda path: json.loads((path / "checkpoint.json").read_text())  # noqa: E731
+    assert marker(ssl_ckpt).keys() == marker(asr_ckpt).keys()
+    assert marker(ssl_ckpt)["step"] == 4 and marker(ssl_ckpt)["format"] == marker(asr_ckpt)["format"]
+    ssl_columns = list(read_csv_log(result.out_dir / "log.csv")[0])
+    asr_columns = list(read_csv_log(Path(asr.out_dir) / "log.csv")[0])
+    for columns in (ssl_columns, asr_columns):
+        assert columns[:4] == ["step", "epoch", "lr", "loss"] and columns[-2:] == ["audio_s_per_s", "steps_per_s"]
+        assert "grad_norm" in columns
+
+
+def test_a_stage_finished_before_the_one_training_stack_stays_finished(pretrained, tmp_path):
+    """A stage folder as the earlier version left it (its marker for the config in the earlier layout,
+    ckpt-N model folders, no checkpoints/): skipped, its model untouched, its ckpt-N folders listed."""
+    import shutil
+
+    from kd.core.io import mark_done
+    from kd.ssl.pretrain import _legacy_stage_key, pretrain
+
+    result, data = pretrained
+    config = dataclasses.replace(TINY, deterministic=False)  # a field the earlier layout did not have
+    old = tmp_path / "old"
+    shutil.copytree(result.out_dir, old)
+    for step, folder in list_stage_checkpoints(old):
+        shutil.copytree(folder, old / f"ckpt-{step}")
+    shutil.rmtree(old / "checkpoints")
+    mark_done(old, _legacy_stage_key(config, data), steps=4, stopped_early=False, outcome=result.metrics)
+    before = (old / "model" / "model.safetensors").stat().st_mtime_ns
+    again = pretrain(config, data, old, progress=False)
+    assert again.skipped and again.steps == 4 and again.metrics == result.metrics
+    assert (old / "model" / "model.safetensors").stat().st_mtime_ns == before
+    assert list_stage_checkpoints(old) == [(2, old / "ckpt-2"), (4, old / "ckpt-4")]
+
+
+def test_an_unfinished_stage_of_before_starts_afresh_saying_why(tmp_path, caplog):
+    """ckpt-N folders hold no optimiser state or data position: no resume from them, a warning, a clean
+    start; checkpoints of the same stage are kept for the resume, those of another stage are not."""
+    from kd.ssl.common import prepare_stage_dir
+    from kd.training.checkpoint import begin_checkpoint, finish_checkpoint
+
+    class OneProcess:
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+    out, key = tmp_path / "stage", {"stage": "ssl-pretrain", "config": TINY.to_dict()}
+    (out / "ckpt-2").mkdir(parents=True)
+    (out / "log.csv").write_text("step\n1\n")
+    assert prepare_stage_dir(out, key, ["log.csv"], OneProcess()) is None
+    assert not (out / "ckpt-2").exists() and not (out / "log.csv").exists()
+    assert "ckpt-2 were kept by a version without resumable checkpoints" in caplog.text
+    finish_checkpoint(begin_checkpoint(out / "checkpoints", 3), model_state={"w": torch.zeros(1)}, optimizer_state={},
+                      step=3, epoch=0, batch=3, dev_loss=None, world_size=1)
+    longer = {**key, "config": {**key["config"], "optim": {**key["config"]["optim"], "max_steps": 9}}}
+    assert prepare_stage_dir(out, longer, [], OneProcess()) == 3  # max_steps may change on resume
+    other = {**key, "config": {**key["config"], "mask_prob": 0.5}}
+    assert prepare_stage_dir(out, other, [], OneProcess()) is None  # another stage: a fresh start
 
 
 def test_changed_config_is_not_skipped(pretrained, monkeypatch):
@@ -553,7 +681,7 @@ def test_ctc_finetuning_overfits_a_few_utterances(tests_corpus, tmp_path):
     config = CTCConfig.from_preset("tiny")
     result = finetune_ctc(tmp_path / "pretrained", [data], tmp_path / "ctc", config, eval_dirs=[data], progress=False)
     losses = [r["loss"] for r in read_csv_log(tmp_path / "ctc" / "log.csv")]
-    assert len(losses) == config.optim.steps
+    assert len(losses) == config.optim.max_steps
     # blank-only output sits near 2.7 nats per character; memorising the transcripts goes far below
     assert np.mean(losses[-5:]) < 1.0 and np.mean(losses[-5:]) < 0.25 * losses[0]
     model = Wav2Vec2ForCTC.from_pretrained(result.model_dir)
@@ -579,7 +707,7 @@ def test_ctc_finetuning_of_a_student_keeps_its_structure(tests_corpus, tmp_path)
     teacher = build_pretraining_model(SSLConfig.from_preset("tiny", num_layers=4))
     plan = CompressionPlan(keep_layers=(0, 1, 3), share_groups=((0, 1),))
     save_student(compress(teacher, plan), plan, tmp_path / "student")
-    config = CTCConfig.from_preset("tiny", optim=dataclasses.replace(CTCConfig.from_preset("tiny").optim, steps=2))
+    config = CTCConfig.from_preset("tiny", optim=dataclasses.replace(CTCConfig.from_preset("tiny").optim, max_steps=2))
     result = finetune_ctc(tmp_path / "student", [data], tmp_path / "ctc", config, progress=False)
     model = load_student(result.model_dir)
     assert type(model).__name__ == "Wav2Vec2ForCTC" and model.config.num_hidden_layers == 3

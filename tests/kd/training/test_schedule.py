@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from kd.ssl.config import OptimSettings
+from kd.ssl.config import ssl_optim
 from kd.training.config import OptimConfig, Schedule
 from kd.training.schedule import learning_rate, warmup_cosine
 
@@ -24,7 +24,8 @@ def test_warmup_cosine_reference_values():
 
 def test_asr_and_ssl_configs_follow_the_same_schedule_exactly():
     asr = OptimConfig(lr=0.004, schedule=Schedule.WARMUP_COSINE, warmup_steps=30, min_lr_ratio=0.05)
-    ssl = OptimSettings(lr=0.004, warmup_steps=30, min_lr_ratio=0.05, steps=400)
+    ssl = ssl_optim(lr=0.004, warmup_steps=30, min_lr_ratio=0.05, max_steps=400)  # the wav2vec 2.0 stages' defaults
     for step in (1, 7, 30, 31, 100, 215, 399, 400, 401):
         expected = warmup_cosine(step, lr=0.004, warmup_steps=30, total_steps=400, min_lr_ratio=0.05)
-        assert learning_rate(asr, step, d_model=96, total_steps=400) == expected == ssl.learning_rate(step)
+        assert learning_rate(asr, step, d_model=96, total_steps=400) == expected
+        assert learning_rate(ssl, step, d_model=64, total_steps=400) == expected
