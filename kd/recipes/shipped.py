@@ -13,6 +13,15 @@ next to a ``provenance.json``::
 recipe is about to train equals the shipped one, and says so; otherwise the recipe trains the model
 as usual. Nothing is trusted by name alone: a corpus built with another seed or version, a changed
 config or another token inventory has another fingerprint.
+
+A training run longer than one machine session can ship a *resume point* instead of a model
+(:func:`ship_resume_point`): the run's newest checkpoint (weights, optimiser and RNG state, data
+position) and its logs under ``resume/``, with the same provenance plus ``"resume": {"step": N}``.
+:func:`restore_for_run` puts it into the run dir of a run with the same fingerprint, and the training
+loop continues from it exactly (``kd.training.engine``). Only the newest checkpoint travels, so the
+final average of the best checkpoints (``checkpoint.average_best``) is taken over the checkpoints from
+the resume point on: it equals the uninterrupted run's where those best checkpoints come after the
+resume point (with a decaying learning rate, the late ones).
 """
 
 from __future__ import annotations
@@ -27,9 +36,13 @@ from typing import Any, Mapping, Sequence
 from kd.core.io import atomic_write_text, config_digest, write_json
 
 __all__ = ["audio_digest", "cpu_model", "data_digest", "fingerprint", "provenance", "reidentify", "restore", "restore_for_run",
-           "run_fingerprint", "settings_digest", "ship", "ship_run", "ship_runs", "PROVENANCE"]
+           "run_fingerprint", "settings_digest", "restore_resume_point", "ship", "ship_resume_point", "ship_run", "ship_runs", "PROVENANCE",
+           "RESUME_DIR"]
 
 PROVENANCE = "provenance.json"
+RESUME_DIR = "resume"  # a shipped resume point: resume/checkpoints/step-N/, resume/log.csv, resume/dev.csv
+RESUMED_FROM_SHIPPED = "resumed-from-shipped.json"  # in a run dir: the provenance of the resume point it continued
+_RUN_LOGS = ("log.csv", "dev.csv")
 
 
 def audio_digest(data_dir: str | os.PathLike) -> str:
@@ -77,12 +90,16 @@ def run_fingerprint(config: Any, tokens: str | os.PathLike) -> dict[str, Any]:
 # TrainConfig fields added after the shipped teachers' fingerprints were taken: left out of the digest
 # while they hold the value of the runs before them (kd.training.config.ADDED_FIELDS), so that an
 # unchanged preset keeps the fingerprint its shipped teachers carry
-ADDED_SINCE_SHIPPED = (("optim", "decoupled_weight_decay"), ("optim", "time_limit_s"))
+ADDED_SINCE_SHIPPED = (("optim", "decoupled_weight_decay"),)
+# fields that never change a run's outcome (a time-limited run resumed without the limit ends exactly as
+# the uninterrupted run): always left out of the digest
+OUTCOME_NEUTRAL = (("optim", "time_limit_s"),)
 
 
 def settings_digest(config: Mapping[str, Any]) -> str:
-    """Digest of a training config (``TrainConfig.to_dict()``) without its data and token paths (and
-    without the fields of :data:`ADDED_SINCE_SHIPPED` at their earlier value)."""
+    """Digest of a training config (``TrainConfig.to_dict()``) without its data and token paths, without
+    the fields of :data:`OUTCOME_NEUTRAL` and without those of :data:`ADDED_SINCE_SHIPPED` at their
+    earlier value."""
     from kd.training.config import ADDED_FIELDS
 
     settings = json.loads(json.dumps(config))
@@ -93,6 +110,10 @@ def settings_digest(config: Mapping[str, Any]) -> str:
         holder = settings.get(section)
         if isinstance(holder, dict) and holder.get(name) == ADDED_FIELDS[(section, name)]:
             holder.pop(name)
+    for section, name in OUTCOME_NEUTRAL:
+        holder = settings.get(section)
+        if isinstance(holder, dict):
+            holder.pop(name, None)
     return config_digest(settings)
 
 
@@ -113,7 +134,7 @@ def ship_run(run: str | os.PathLike, tokens: str | os.PathLike, target: str | os
     (:func:`run_fingerprint` with the token list ``tokens``) and its wall time added to ``trained``
     (:func:`provenance`); for a run resumed from a checkpoint, that wall time covers the updates after
     ``resumed_from`` only, and ``resumed_from`` says so. A run without ``result.json`` (not trained to the end,
-    or restored from a shipped model) is a ValueError."""
+    or restored from a shipped model) or one stopped by its time limit is a ValueError."""
     from kd.training.config import TrainConfig
 
     run = Path(run)
@@ -121,13 +142,80 @@ def ship_run(run: str | os.PathLike, tokens: str | os.PathLike, target: str | os
         raise ValueError(f"{run} is not a finished training run (restored teachers are not shipped)")
     config = TrainConfig.from_yaml(run / "config.yaml")
     result = json.loads((run / "result.json").read_text())
+    if result.get("stopped_early"):
+        raise ValueError(f"{run} was stopped by its time limit at step {result['steps']}: ship it as a resume "
+                         "point (ship_resume_point) or let it finish")
     timing = {"wall_seconds": result["wall_seconds"]}
     if result.get("resumed_from"):
         timing["resumed_from"] = result["resumed_from"]
+    earlier = run / RESUMED_FROM_SHIPPED  # the run continued a shipped resume point: its updates' time
+    if earlier.is_file():
+        before = json.loads(earlier.read_text(encoding="utf-8"))["trained"]
+        timing["wall_seconds_before_resume"] = before.get("wall_seconds", 0.0) + before.get(
+            "wall_seconds_before_resume", 0.0)
     shipped = ship(run / "model", target, command=command, trained={**trained, **timing},
                    fingerprint=run_fingerprint(config, tokens))
     print(f"shipped {run} to {target}")
     return shipped
+
+
+def ship_resume_point(run: str | os.PathLike, tokens: str | os.PathLike, target: str | os.PathLike, *,
+                      command: str, trained: Mapping[str, Any]) -> Path:
+    """Ship an unfinished training run as a resume point at ``target`` (replacing what is there): its
+    newest checkpoint and logs under ``resume/``, and a provenance with the run's fingerprint, ``"resume":
+    {"step": N}`` and, in ``trained``, the wall seconds the run has spent so far (its log's
+    ``elapsed_s`` column at the checkpoint's step, plus that of earlier resume points it continued). Stop
+    the run first: a checkpoint pruned while it is copied is an error. A finished run (``result.json``)
+    or one without a checkpoint is a ValueError: ship the first with :func:`ship_run`."""
+    from kd.training.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
+    from kd.training.config import TrainConfig
+
+    run, target = Path(run), Path(target)
+    result = run / "result.json"
+    if result.is_file() and not json.loads(result.read_text(encoding="utf-8")).get("stopped_early"):
+        raise ValueError(f"{run} finished training: ship its model (ship_run), not a resume point")
+    newest = latest_checkpoint(run / CHECKPOINTS_DIR)
+    if newest is None:
+        raise ValueError(f"{run} holds no finished checkpoint to resume from")
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    timing = {"wall_seconds": _elapsed_at(run / "log.csv", newest.step)}
+    earlier = run / RESUMED_FROM_SHIPPED
+    if earlier.is_file():
+        before = json.loads(earlier.read_text(encoding="utf-8"))["trained"]
+        timing["wall_seconds_before_resume"] = before.get("wall_seconds", 0.0) + before.get(
+            "wall_seconds_before_resume", 0.0)
+    tmp = target.with_name(target.name + ".shipping")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(newest.path, tmp / RESUME_DIR / CHECKPOINTS_DIR / newest.path.name)
+    for name in _RUN_LOGS:
+        if (run / name).is_file():
+            shutil.copy2(run / name, tmp / RESUME_DIR / name)
+    write_json(tmp / PROVENANCE, {"fingerprint": run_fingerprint(config, tokens), "command": command,
+                                  "trained": {**trained, **timing}, "resume": {"step": newest.step}})
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    print(f"shipped {run} at step {newest.step} to {target} (a resume point)")
+    return target
+
+
+def _elapsed_at(log: Path, step: int) -> float:
+    """Seconds of training up to ``step`` by a run's ``log.csv``: each row's steps since the row before,
+    at its ``steps_per_s`` (0.0 without a log)."""
+    import csv
+
+    elapsed, last = 0.0, 0
+    if log.is_file():
+        with open(log, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                now = int(row["step"])
+                if now > step:
+                    break
+                if float(row.get("steps_per_s") or 0) > 0:
+                    elapsed += (now - last) / float(row["steps_per_s"])
+                last = now
+    return round(elapsed, 1)
 
 
 def ship_runs(runs: Sequence[str | os.PathLike], tokens: str | os.PathLike, target: str | os.PathLike, *,
@@ -196,10 +284,52 @@ def restore_for_run(shipped: str | os.PathLike | None, run: str | os.PathLike, c
 
     if shipped is None or (Path(run) / MARKER_NAME).is_file():  # a run that finished here is kept
         return False
+    if (Path(shipped) / RESUME_DIR).is_dir():
+        step = restore_resume_point(shipped, run, run_fingerprint(config, tokens), label)
+        if step is not None:
+            print(f"{label}: training, from the shipped resume point {shipped} at step {step}", file=sys.stderr)
+        return False
     reason = restore(shipped, Path(run) / "model", run_fingerprint(config, tokens))
     if reason is not None:
         print(f"{label}: training ({reason})", file=sys.stderr)
     return reason is None
+
+
+def restore_resume_point(shipped: str | os.PathLike, run: str | os.PathLike, expected: Mapping[str, Any],
+                         label: str) -> int | None:
+    """Put the resume point shipped at ``shipped`` (:func:`ship_resume_point`) into the run dir ``run``
+    when its fingerprint equals ``expected`` and ``run`` holds no checkpoint as far on; returns its
+    step, or None (with the reason on stderr under ``label``) when the run starts or continues
+    without it."""
+    import sys
+
+    from kd.training.checkpoint import CHECKPOINTS_DIR, latest_checkpoint, list_checkpoints
+
+    shipped, run = Path(shipped), Path(run)
+    record = json.loads((shipped / PROVENANCE).read_text(encoding="utf-8"))
+    found = record.get("fingerprint", {})
+    differs = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    if differs:
+        print(f"{label}: the resume point {shipped} is of a run with other {', '.join(differs)}; training "
+              "from the start", file=sys.stderr)
+        return None
+    [point] = list_checkpoints(shipped / RESUME_DIR / CHECKPOINTS_DIR)
+    here = latest_checkpoint(run / CHECKPOINTS_DIR)
+    if here is not None and here.step >= point.step:
+        print(f"{label}: {run} is at step {here.step}, at or past the resume point {shipped} (step "
+              f"{point.step})", file=sys.stderr)
+        return None
+    (run / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+    tmp = run / CHECKPOINTS_DIR / f".tmp-{point.path.name}"  # never read as a checkpoint until renamed
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(point.path, tmp)
+    for name in _RUN_LOGS:  # the learning curve so far (truncated to the step on resume)
+        if (shipped / RESUME_DIR / name).is_file():
+            shutil.copy2(shipped / RESUME_DIR / name, run / name)
+    write_json(run / RESUMED_FROM_SHIPPED, {**record, "shipped": str(shipped)})
+    os.replace(tmp, run / CHECKPOINTS_DIR / point.path.name)
+    return point.step
 
 
 def provenance(repo: str | os.PathLike, watched: Sequence[str] = ()) -> dict[str, str]:

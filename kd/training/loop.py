@@ -96,6 +96,9 @@ class TrainResult:
     audio_seconds_per_second: float  # seconds of training audio (all processes) per wall second
     skipped: bool = False  # True when the run was already finished and nothing was done
     frozen_parameters: int = 0  # values that model.freeze kept as they were
+    # optim.time_limit_s ended the run before its last step: its weights are written, but the run is not
+    # marked finished, so that running it again continues it
+    stopped_early: bool = False
 
     @property
     def model_path(self) -> Path:
@@ -265,6 +268,7 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
         resumed_from=ran.resumed_from, wall_seconds=wall,
         steps_per_second=ran.logged_steps / wall if wall > 0 else 0.0,
         audio_seconds_per_second=ran.audio_seconds / wall if wall > 0 else 0.0, frozen_parameters=frozen,
+        stopped_early=ran.stopped_early,
     )
     if is_main:
         from kd.models.weights import weights_bytes
@@ -279,7 +283,8 @@ def _run(config: TrainConfig, out: Path, resume: bool, accelerator) -> TrainResu
         final.load_state_dict(averaged)
         save_model_dir(final, tokenizer, out / "model")
         write_json(out / RESULT_FILE, result.to_dict())
-        mark_done(out, config.identity(), steps=step)
+        if not result.stopped_early:
+            mark_done(out, config.identity(), steps=step)
         if tb is not None:
             tb.close()
     accelerator.wait_for_everyone()

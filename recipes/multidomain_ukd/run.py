@@ -18,13 +18,14 @@ Stages (each skipped when finished with the same settings; see kd.recipes.stages
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from kd.recipes.multidomain_stages import (MultidomainSetup, analyse_teachers, build_students, distil_students,
                                            evaluate_students, evaluate_teachers, make_corpus, make_tokens,
                                            publish_results, results_table, train_teachers)
-from kd.recipes.shipped import provenance, ship_runs
+from kd.recipes.shipped import provenance, ship_resume_point, ship_runs
 from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
                                preset_seeds, preset_workers, recipe_parser, run_recipe)
 
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship-teachers", action="store_true",
                         help="after the stages, copy the seed-0 teachers (trained, not restored) into the recipe's "
                              "teachers/ folder with their provenance, for presets that restore them")
+    parser.add_argument("--ship-resume-points", type=Path, default=None, metavar="DIR",
+                        help="instead of running stages: copy the seed-0 teachers' unfinished runs (stop them first) "
+                             "into DIR/<domain> as resume points, which a run with `--set shipped_teachers=DIR` "
+                             "continues exactly (for teachers that take longer than one sitting)")
     add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
     cfg, out = load_preset(parser, args, PRESET_KEYS)
@@ -81,6 +86,17 @@ def main(argv: list[str] | None = None) -> int:
               "students' error rates"),
         Stage(9, "table", table, {"seeds": seeds, "claims": cfg["claims"], "version": 1}, "results and claims"),
     ]
+    if args.ship_resume_points is not None:
+        try:
+            for d in setup.domains:
+                ship_resume_point(setup.teacher_run(0, d), setup.tokens_dir / "tokens.txt", args.ship_resume_points / d,
+                                  trained=provenance(REPO, WATCHED),
+                                  command=f"python recipes/multidomain_ukd/run.py --preset {args.preset} --seeds 0 "
+                                          f"--stop-stage 3 --set {' '.join(args.set)} shipped_teachers="
+                                          f"{os.path.relpath(args.ship_resume_points.resolve(), HERE)}")
+        except ValueError as e:
+            raise SystemExit(f"--ship-resume-points: {e}") from None
+        return 0
     run_recipe(stages, out, args)
     if args.ship_teachers:
         try:

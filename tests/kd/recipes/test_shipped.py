@@ -106,3 +106,51 @@ def test_reidentify_swaps_audio_digests_for_plan_digests_only_for_the_same_audio
     assert found["fingerprint"] == new and found["audio_fingerprint"] == {k: record["fingerprint"][k]
                                                                           for k in ("train", "dev")}
     assert found["command"] == "retrain"
+
+
+def test_a_shipped_resume_point_continues_the_run_exactly_in_another_run_dir(tests_corpus, tmp_path, capsys):
+    """A run stopped by its time limit ships its newest checkpoint; a run of the same fingerprint in another
+    dir continues from it and ends with exactly the uninterrupted run's weights; another config does not
+    take it; the finished run ships with the time spent before the resume."""
+    from kd.testing import all_equal, make_config
+    from kd.training.checkpoint import list_checkpoints
+    from kd.training.loop import train
+    from kd.models.weights import load_weights
+
+    corpus = tests_corpus[0]
+
+    def config(limit=None, lr=2e-3):
+        return make_config([corpus / "us/train"], dev=corpus / "us/dev", steps=6, max_seconds=7.0,
+                           optim={"time_limit_s": limit, "lr": lr}, checkpoint={"every_steps": 2})
+
+    full = train(config(), tmp_path / "full")
+    part = train(config(limit=1e-9), tmp_path / "part")  # stops after its first step, with a checkpoint
+    assert part.stopped_early and part.steps == 1
+    assert not (tmp_path / "part/.done.json").exists()  # not finished: running it again continues it
+    tokens = tmp_path / "part/tokens.txt"
+    with pytest.raises(ValueError, match=r"part was stopped by its time limit at step 1: ship it as a resume point"):
+        shipped.ship_run(tmp_path / "part", tokens, tmp_path / "shipped/us", command="c", trained={})
+    target = shipped.ship_resume_point(tmp_path / "part", tokens, tmp_path / "shipped/us", command="retrain",
+                                       trained={"date": "d"})
+    record = json.loads((target / PROVENANCE).read_text())
+    assert record["resume"] == {"step": 1} and record["command"] == "retrain"
+    assert record["fingerprint"] == shipped.run_fingerprint(config(), tokens)  # the time limit is not part of it
+    assert record["trained"]["date"] == "d" and record["trained"]["wall_seconds"] > 0
+    assert [c.step for c in list_checkpoints(target / "resume/checkpoints")] == [1]
+
+    # another config: trained from the start, nothing copied
+    assert not shipped.restore_for_run(target, tmp_path / "other", config(lr=1e-3), tokens, "teacher us")
+    assert "the resume point" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    # the same config: continued from the resume point
+    assert not shipped.restore_for_run(target, tmp_path / "again", config(), tokens, "teacher us")
+    assert "from the shipped resume point" in capsys.readouterr().err
+    again = train(config(), tmp_path / "again")
+    assert again.resumed_from == 1 and again.steps == full.steps == 6 and not again.stopped_early
+    assert all_equal(load_weights(tmp_path / "full/model.safetensors"), load_weights(tmp_path / "again/model.safetensors"))
+    # a run here that is as far as the resume point is left alone
+    assert not shipped.restore_for_run(target, tmp_path / "again", config(), tokens, "teacher us")
+    final = shipped.ship_run(tmp_path / "again", tokens, tmp_path / "final", command="c", trained={})
+    timing = json.loads((final / PROVENANCE).read_text())["trained"]
+    assert timing["resumed_from"] == 1 and timing["wall_seconds_before_resume"] == record["trained"]["wall_seconds"]
+    with pytest.raises(ValueError, match="finished training: ship its model"):
+        shipped.ship_resume_point(tmp_path / "again", tokens, tmp_path / "x", command="c", trained={})
