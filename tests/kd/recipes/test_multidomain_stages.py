@@ -58,7 +58,7 @@ def test_from_preset_parses_every_section_in_order_and_lays_out_the_output_folde
 @pytest.mark.parametrize("change,expected", [
     ({"tokens": "bpe"}, "[tokens] expected 'words' or 'chars', found 'bpe'"),
     ({"student_sizes": {"S": {"encoder_layers": 2}}}, "[student_sizes] student size 'S': expected a mapping"),
-    ({"claims": [{"claim": "x", "a": "tok-KD ({best})", "b": "nope"}]},
+    ({"claims": [{"claim": "x", "a": "no KD (random init)", "b": "nope"}]},
      "[claims] 'nope' is not a condition of this preset"),
     ({"student_freeze": "espnet"}, "[student_freeze] expected a list of parameter names or prefixes"),
     ({"teacher": {"model": {"preset": "tiny"}, "optim": {"stepz": 1}}}, "[teacher] TrainConfig.optim"),
