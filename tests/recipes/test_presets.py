@@ -69,7 +69,7 @@ def _with_preset(tmp_path, recipe: str, edit) -> Path:
      "student / conditions: TrainConfig.optim: unknown field 'lr_max'"),
     ("multidomain_ukd", lambda p: p.update(decode={"method": "beem"}), "decode: DecodeConfig.method"),
     ("multidomain_ukd", lambda p: p.update(tokens="bpe"), "tokens: expected 'words' or 'chars', found 'bpe'"),
-    ("multidomain_ukd", lambda p: p["claims"].append({"claim": "x", "a": "tok-KD (better teacher)", "b": "tok KD (uk)"}),
+    ("multidomain_ukd", lambda p: p["claims"].append({"claim": "x", "a": "no KD (random init)", "b": "tok KD (uk)"}),
      "claims: 'tok KD (uk)' is not a condition of this preset"),
     ("multidomain_ukd", lambda p: p["claims"].append({"claim": "x", "a": "tok-KD (us)", "b": "tok-KD (uk)",
                                                       "premis": "no KD"}), "claims: claim 'x': unknown field 'premis'"),
