@@ -55,6 +55,17 @@ class InputLayer(enum.Enum):
     CONV2D8 = "conv2d8"  # time / 8
 
 
+class PositionalEncoding(enum.Enum):
+    """How the encoder adds positions to the subsampled features (ESPnet's ``pos_enc_layer_type`` names)."""
+
+    # x * sqrt(d_model) + PE (ESPnet's PositionalEncoding, Vaswani et al.): the residual stream starts
+    # at sqrt(d_model) times the features' scale, so that with pre-LN blocks it stays dominated by the
+    # input and every layer's output looks alike (docs/measurements.md, 2026-12-07)
+    ABS = "abs_pos"
+    # x + alpha * PE with a learnt alpha (ESPnet's ScaledPositionalEncoding, Li et al. 2019): no sqrt(d) gain
+    SCALED_ABS = "scaled_abs_pos"
+
+
 class FeatureNorm(enum.Enum):
     """Per-utterance normalisation of the log-mel features (ESPnet's UtteranceMVN)."""
 
@@ -70,6 +81,7 @@ _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
     "input_layer": InputLayer,
     "feature_norm": FeatureNorm,
     "aleatoric_mode": AleatoricMode,
+    "pos_enc": PositionalEncoding,
 }
 
 # name -> fields that differ from the dataclass defaults (the defaults are the teacher)
@@ -151,6 +163,7 @@ class AsrConfig:
     specaug_time_masks: int = 0
     specaug_time_ratio: float = 0.0
     specaug_time_warp: int = 0
+    pos_enc: PositionalEncoding = PositionalEncoding.ABS
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -249,6 +262,8 @@ class AsrConfig:
         if not self.uses_specaug:  # written only when on, so that the configs (and digests) of
             for name in SPECAUG_FIELDS:  # models trained without it stay as they were
                 del out[name]
+        if self.pos_enc is PositionalEncoding.ABS:  # likewise: written only when not the default
+            del out["pos_enc"]
         return out
 
     @classmethod
@@ -507,6 +522,7 @@ def build_asr_model(config: AsrConfig, token_list: list[str] | None = None) -> A
     from espnet2.asr.espnet_model import ESPnetASRModel
     from espnet2.asr.frontend.default import DefaultFrontend
     from espnet2.layers.utterance_mvn import UtteranceMVN
+    from espnet.nets.pytorch_backend.transformer.embedding import ScaledPositionalEncoding
 
     if token_list is None:
         token_list = default_token_list(config.vocab_size)
@@ -547,6 +563,10 @@ def build_asr_model(config: AsrConfig, token_list: list[str] | None = None) -> A
         input_layer=config.input_layer.value,
         use_flash_attn=False,  # flash attention would also drop the attention dropout
     )
+    if config.pos_enc is PositionalEncoding.SCALED_ABS:
+        # ESPnet's encoder gives its convolutional subsampling the default encoding whatever it is told:
+        # the subsampling's last module is the encoding, replaced here
+        encoder.embed.out[-1] = ScaledPositionalEncoding(config.d_model, config.dropout_rate)
     decoder = TransformerDecoder(
         vocab_size=config.vocab_size,
         encoder_output_size=config.d_model,

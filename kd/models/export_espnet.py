@@ -59,10 +59,13 @@ def espnet_config(config: Any, token_list: list[str], *, token_type: str = "char
         token_type: ``char`` or ``bpe``.
         bpemodel: path of the SentencePiece model for ``bpe``.
     """
-    from kd.models.asr import FeatureNorm
+    from kd.models.asr import FeatureNorm, PositionalEncoding
 
     if len(token_list) != config.vocab_size:
         raise ValueError(f"token_list: expected {config.vocab_size} symbols, found {len(token_list)}")
+    if config.pos_enc is not PositionalEncoding.ABS:  # asr_train's encoder_conf cannot name another class
+        raise ValueError(f"AsrConfig.pos_enc: ESPnet's Transformer encoder config has no option for "
+                         f"{config.pos_enc.value!r}; only 'abs_pos' models can be exported")
     normalize = None if config.feature_norm is FeatureNorm.NONE else "utterance_mvn"
     normalize_conf = {} if normalize is None else {
         "norm_means": True,
