@@ -148,11 +148,7 @@ def ship_run(run: str | os.PathLike, tokens: str | os.PathLike, target: str | os
     timing = {"wall_seconds": result["wall_seconds"]}
     if result.get("resumed_from"):
         timing["resumed_from"] = result["resumed_from"]
-    earlier = run / RESUMED_FROM_SHIPPED  # the run continued a shipped resume point: its updates' time
-    if earlier.is_file():
-        before = json.loads(earlier.read_text(encoding="utf-8"))["trained"]
-        timing["wall_seconds_before_resume"] = before.get("wall_seconds", 0.0) + before.get(
-            "wall_seconds_before_resume", 0.0)
+    timing.update(_time_before_resume(run))
     shipped = ship(run / "model", target, command=command, trained={**trained, **timing},
                    fingerprint=run_fingerprint(config, tokens))
     print(f"shipped {run} to {target}")
@@ -179,11 +175,7 @@ def ship_resume_point(run: str | os.PathLike, tokens: str | os.PathLike, target:
         raise ValueError(f"{run} holds no finished checkpoint to resume from")
     config = TrainConfig.from_yaml(run / "config.yaml")
     timing = {"wall_seconds": _elapsed_at(run / "log.csv", newest.step)}
-    earlier = run / RESUMED_FROM_SHIPPED
-    if earlier.is_file():
-        before = json.loads(earlier.read_text(encoding="utf-8"))["trained"]
-        timing["wall_seconds_before_resume"] = before.get("wall_seconds", 0.0) + before.get(
-            "wall_seconds_before_resume", 0.0)
+    timing.update(_time_before_resume(run))
     tmp = target.with_name(target.name + ".shipping")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -198,6 +190,16 @@ def ship_resume_point(run: str | os.PathLike, tokens: str | os.PathLike, target:
     os.replace(tmp, target)
     print(f"shipped {run} at step {newest.step} to {target} (a resume point)")
     return target
+
+
+def _time_before_resume(run: Path) -> dict[str, float]:
+    """``{"wall_seconds_before_resume": s}`` for a run that continued a shipped resume point (the seconds of
+    the resume point and of those it continued), else ``{}``."""
+    earlier = run / RESUMED_FROM_SHIPPED
+    if not earlier.is_file():
+        return {}
+    before = json.loads(earlier.read_text(encoding="utf-8"))["trained"]
+    return {"wall_seconds_before_resume": before.get("wall_seconds", 0.0) + before.get("wall_seconds_before_resume", 0.0)}
 
 
 def _elapsed_at(log: Path, step: int) -> float:
