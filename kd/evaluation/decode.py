@@ -26,8 +26,6 @@ batch together (same scores and stopping rules, so the same tokens up to float r
 
 from __future__ import annotations
 
-from kd.core.config_fields import fields_from_dict  # noqa: E402
-
 import dataclasses
 import enum
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from kd.core.config import CONFIG, parse_config, with_config
 from kd.data.text import normalize_text
 
 __all__ = [
@@ -55,6 +54,7 @@ class DecodeMethod(enum.Enum):
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class DecodeConfig:
     """How hypotheses are searched. Defaults follow the hybrid model's training weights."""
 
@@ -95,8 +95,7 @@ class DecodeConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DecodeConfig":
-        values = fields_from_dict(cls, data, {"method": DecodeMethod})
-        return cls(**values)
+        return parse_config(cls, data)
 
 
 class TextDecoder(Protocol):

@@ -16,8 +16,6 @@ ESPnet is imported only when a model is built, so importing this module stays ch
 
 from __future__ import annotations
 
-from kd.core.config_fields import fields_from_dict  # noqa: E402
-
 import dataclasses
 import enum
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from kd.core.config import CONFIG, parse_config, with_config
 from kd.core.io import load_yaml
 from kd.models.uncertainty import AleatoricMode, UncertaintyHead, aleatoric_nll
 
@@ -126,6 +125,7 @@ def _share_groups(name: str, groups: Any, depth: int) -> tuple[tuple[int, ...], 
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class AsrConfig:
     """Architecture, features and loss weights of one hybrid CTC/attention model."""
 
@@ -268,8 +268,7 @@ class AsrConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AsrConfig":
-        values = fields_from_dict(cls, data, _ENUM_FIELDS)
-        return cls(**values)
+        return parse_config(cls, data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

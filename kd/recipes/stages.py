@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from kd.core.config_fields import with_overrides
+from kd.core.config import with_overrides
 from kd.core.io import MARKER_NAME, clear_done, is_done, load_yaml, mark_done
 
 __all__ = ["CORPUS_KEYS", "PresetKeys", "Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument",

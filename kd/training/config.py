@@ -12,17 +12,15 @@ accepted as ``false``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import enum
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
+from kd.core.config import CONFIG, parse_config, to_plain, with_config
 from kd.core.io import load_yaml
 from kd.data.augment import AugmentConfig
 from kd.training.losses import KDLossConfig
@@ -117,6 +115,10 @@ class MixedPrecision(enum.Enum):
     NO = "no"
     BF16 = "bf16"
     FP16 = "fp16"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "MixedPrecision | None":
+        return cls.NO if value is False else None  # YAML 1.1 reads an unquoted no as false
 
 
 class TeacherOutputs(enum.Enum):
@@ -222,6 +224,7 @@ class KDConfig:
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class TrainConfig:
     """One training (or, with a `kd` section, distillation) run of a hybrid CTC/attention model."""
 
@@ -242,7 +245,7 @@ class TrainConfig:
     # ------------------------------------------------------------ conversion
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     def identity(self) -> dict[str, Any]:
         """What completion markers and run comparisons use: :meth:`to_dict` without the fields of
@@ -252,7 +255,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        return _parse(cls, data, "TrainConfig")
+        return parse_config(cls, data, "TrainConfig")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -261,7 +264,7 @@ class TrainConfig:
     def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "TrainConfig":
         """Read a YAML file, with ``overrides`` (``KEY.PATH=VALUE``, the command line's ``--set``) set over
         it; errors are prefixed with the file name."""
-        from kd.core.config_fields import with_overrides
+        from kd.core.config import with_overrides
 
         path = Path(path)
         if not path.is_file():
@@ -362,127 +365,6 @@ def check_checkpoint(k: CheckpointConfig, fail) -> None:
         fail("keep_last", k.keep_last, ">= 1 (the newest checkpoint is what a resume needs)")
     if k.average_best < 1:
         fail("average_best", k.average_best, ">= 1")
-
-
-# ---------------------------------------------------------------- typed mapping -> dataclass
-
-
-def _describe(tp: Any) -> str:
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + str([m.value for m in tp])
-    if dataclasses.is_dataclass(tp) or tp is KDLossConfig:
-        return "a mapping"
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"a list (each item {_describe(typing.get_args(tp)[0])})"
-    if origin is dict:
-        return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    def wrong() -> TypeError:
-        return TypeError(f"{where}: expected {_describe(tp)}, found {value!r} ({type(value).__name__})")
-
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise wrong()
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, where)
-            except (TypeError, ValueError):
-                if dataclasses.is_dataclass(option) or option is KDLossConfig:
-                    raise  # the nested error names the inner field
-        raise wrong()
-    if tp is KDLossConfig:
-        if not isinstance(value, Mapping):
-            raise wrong()
-        try:
-            return KDLossConfig.from_dict(value)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{where}: {e}") from None
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise wrong()
-        return _parse(tp, value, where)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        if isinstance(value, tp):
-            return value
-        if tp is MixedPrecision and value is False:
-            return MixedPrecision.NO
-        try:
-            return tp(value)
-        except ValueError:
-            raise ValueError(f"{where}: expected {_describe(tp)}, found {value!r}") from None
-    if origin is tuple:
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
-            raise wrong()
-        item = typing.get_args(tp)[0]
-        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise wrong()
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise wrong()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong()
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong()
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise wrong()
-        return value
-    if tp is Any:
-        return value
-    raise TypeError(f"{where}: unsupported field type {tp!r}")  # a bug in this module, not user input
-
-
-def _parse(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown field {unknown[0]!r}; expected one of {sorted(fields)}")
-    values = {}
-    for name, f in fields.items():
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ValueError(f"{where}.{name}: required field missing (expected {_describe(hints[name])})")
-            continue
-        values[name] = _convert(hints[name], data[name], f"{where}.{name}")
-    try:
-        return cls(**values)
-    except ValueError as e:
-        raise ValueError(str(e)) from None
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, KDLossConfig):
-        return value.to_dict()
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (tuple, list)):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
-    return value
 
 
 def _training_only_fields() -> tuple[str, ...]:

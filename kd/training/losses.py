@@ -52,7 +52,7 @@ Choices this module makes where the paper leaves them open:
 
 from __future__ import annotations
 
-from kd.core.config_fields import fields_from_dict  # noqa: E402
+from kd.core.config import CONFIG, parse_config, with_config
 from kd.core.io import load_yaml  # noqa: E402
 
 import dataclasses
@@ -162,6 +162,7 @@ _ENUM_FIELDS: dict[str, type[enum.Enum]] = {"level": KDLevel, "weighting": Teach
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class KDLossConfig:
     """Weights of L = alpha * NLL + (1 - alpha) * sum_k r_k [beta tok-KD + (1 - beta) unc-KD].
 
@@ -247,11 +248,7 @@ class KDLossConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "KDLossConfig":
-        values = fields_from_dict(cls, data, _ENUM_FIELDS)
-        for name in ("teacher_weights", "dev_wers"):
-            if values.get(name) is not None:
-                values[name] = tuple(float(v) for v in values[name])
-        return cls(**values)
+        return parse_config(cls, data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

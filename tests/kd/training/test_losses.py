@@ -591,7 +591,7 @@ def test_config_validation_and_yaml_round_trip():
         KDLossConfig.from_dict({"weighting": "best"})
     with pytest.raises(TypeError, match="KDLossConfig.level"):
         KDLossConfig(level="token")
-    with pytest.raises(ValueError, match="unknown fields \\['gamma'\\]"):
+    with pytest.raises(ValueError, match="KDLossConfig: unknown field 'gamma'"):
         KDLossConfig.from_dict({"gamma": 1.0})
 
 
@@ -606,7 +606,8 @@ def test_soft_label_config_default_values_and_errors():
     with pytest.raises(TypeError, match="KDLossConfig.soft_labels: expected SoftLabels, found 'sampled'"):
         KDLossConfig(soft_labels="sampled")
     for bad in (0, -2, 2.5, True, "10"):
-        with pytest.raises(ValueError, match=rf"KDLossConfig.num_samples: expected an integer >= 1, found {bad!r}"):
+        # 0 and -2 fail the range check, the others the type check
+        with pytest.raises(ValueError, match=rf"KDLossConfig.num_samples: expected an integer( >= 1)?, found {bad!r}"):
             KDLossConfig.from_dict({"num_samples": bad})
 
 

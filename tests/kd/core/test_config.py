@@ -1,10 +1,10 @@
-"""kd.core.config_fields.with_overrides: the ``--set KEY.PATH=VALUE`` of every command that takes a config."""
+"""kd.core.config: parse_config, to_plain and with_overrides (the ``--set KEY.PATH=VALUE`` of every command that takes a config)."""
 
 from __future__ import annotations
 
 import pytest
 
-from kd.core.config_fields import with_overrides
+from kd.core.config import with_overrides
 
 
 def test_dotted_paths_set_nested_values_read_as_yaml_without_changing_the_input():
