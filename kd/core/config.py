@@ -211,7 +211,7 @@ def _describe(tp: Any) -> str:
         return "a mapping"
     if tp is Any:
         return "a value"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(tp, str(tp))
 
 
 def _found(value: Any) -> str:

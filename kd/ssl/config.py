@@ -33,20 +33,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import enum
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from kd.core.config import CONFIG, parse_config, to_plain, with_config
 from kd.training.config import (CheckpointConfig, MixedPrecision, OptimConfig, Schedule, check_checkpoint,
                                 check_optim)
 
 CONFIG_VERSION = 1
 
-__all__ = ["CONFIG_VERSION", "RENAMED_OPTIM_FIELDS", "BatchConfig", "CTCConfig", "SSLConfig", "config_from_dict",
-           "legacy_stage_config", "ssl_checkpoints", "ssl_optim", "upgrade_saved_config"]
+__all__ = ["CONFIG_VERSION", "RENAMED_OPTIM_FIELDS", "BatchConfig", "CTCConfig", "SSLConfig", "legacy_stage_config",
+           "stage_config", "ssl_checkpoints", "ssl_optim", "upgrade_saved_config"]
 
 # the wav2vec 2.0 stages' optimisation (Baevski et al. 2020): AdamW, warmup then cosine decay to 5 % of the peak
 SSL_OPTIM_DEFAULTS: dict[str, Any] = {
@@ -106,84 +105,18 @@ def _fraction(obj: Any, *names: str, upper_open: bool = False) -> None:
 
 
 def check_training_sections(config: Any) -> None:
-    """Check a stage config's ``optim`` and ``checkpoint`` sections (``OptimConfig`` checks nothing itself),
+    """Check a stage config's version and its ``optim`` and ``checkpoint`` sections (``OptimConfig`` checks nothing itself),
     naming fields as ``SSLConfig.optim.lr``."""
     name = type(config).__name__
+    if config.version != CONFIG_VERSION:
+        raise ValueError(f"{name}.version: this code reads version {CONFIG_VERSION}, found {config.version!r}")
     check_optim(config.optim, lambda f, value, expected: _fail(f"{name}.optim.{f}", value, expected))
     check_checkpoint(config.checkpoint, lambda f, value, expected: _fail(f"{name}.checkpoint.{f}", value, expected))
 
 
-def to_plain(value: Any) -> Any:
-    """A config as JSON-ready values: enums as their values, tuples as lists."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (tuple, list)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_plain(v) for k, v in value.items()}
-    return value
-
-
-def _convert(value: Any, hint: Any, path: str) -> Any:
-    """Check ``value`` against the type ``hint`` (and build nested dataclasses); ``path`` names the field."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [o for o in options if o is not type(None)]
-        return _convert(value, inner, path)
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        try:
-            return config_from_dict(hint, value, prefix=f"{path}.")
-        except ValueError as err:
-            if str(err).startswith(path):
-                raise
-            raise ValueError(f"{path}: {err}") from None
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        if isinstance(value, hint):
-            return value
-        if hint is MixedPrecision and value is False:  # YAML 1.1 reads an unquoted no as false
-            return MixedPrecision.NO
-        try:
-            return hint(value)
-        except ValueError:
-            _fail(path, value, f"one of {[m.value for m in hint]}")
-    if origin is tuple:
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
-            _fail(path, value, "a list")
-        args = typing.get_args(hint)
-        inner = args[0]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            _fail(path, value, f"a list of {len(args)} values")
-        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            _fail(path, value, "a finite number")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(path, value, "an integer")
-        return value
-    if hint is bool or hint is str:
-        if not isinstance(value, hint):
-            _fail(path, value, f"a {hint.__name__}")
-        return value
-    raise TypeError(f"{path}: unsupported field type {hint!r}")  # a programming error, not user input
-
-
-T = typing.TypeVar("T")
-
-
 def _reject_renamed(name: str, data: Mapping[str, Any]) -> None:
     """A clear error for an optim setting of the layout before the one training stack."""
-    optim = data.get("optim")
+    optim = data.get("optim") if isinstance(data, Mapping) else None
     if isinstance(optim, Mapping):
         for old, new in RENAMED_OPTIM_FIELDS.items():
             if old in optim:
@@ -191,33 +124,15 @@ def _reject_renamed(name: str, data: Mapping[str, Any]) -> None:
                                  f"section of kd.training.config.OptimConfig); set {new} instead")
 
 
-def config_from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
-    """Build the frozen dataclass ``cls`` from a mapping, checking names and types field by field.
+T = typing.TypeVar("T")
 
-    A nested section given in part keeps the other fields of the section's default in ``cls``.
-    """
-    name = prefix.rstrip(".") or cls.__name__
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{name}: expected a mapping of {cls.__name__} fields, found {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if "optim" in fields:
-        _reject_renamed(name, data)
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{name}: unknown field(s) {unknown}; expected only {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in data.items():
-        f = fields[key]
-        if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):
-            default = (f.default if f.default is not dataclasses.MISSING
-                       else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            if default is not None:  # the section's other fields as the stage's default has them
-                value = {**{g.name: getattr(default, g.name) for g in dataclasses.fields(default)}, **value}
-        values[key] = _convert(value, hints[key], f"{prefix or cls.__name__ + '.'}{key}")
-    if "version" in fields and data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
-        raise ValueError(f"{name}.version: this code reads version {CONFIG_VERSION}, found {data['version']!r}")
-    return cls(**values)
+
+def stage_config(cls: type[T], data: Mapping[str, Any]) -> T:
+    """A stage config read from a mapping by :func:`kd.core.config.parse_config`: a section given in part
+    (``optim: {lr: 1e-4}``) keeps the other fields of the stage's default; a setting of the layout before
+    the one training stack is refused with the name to use instead."""
+    _reject_renamed(cls.__name__, data)
+    return parse_config(cls, data)
 
 
 def upgrade_saved_config(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,6 +182,7 @@ def legacy_stage_config(config: Any) -> dict[str, Any] | None:
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class SSLConfig:
     """A wav2vec 2.0 model and its self-supervised pre-training (Baevski et al. 2020)."""
 
@@ -401,7 +317,7 @@ class SSLConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SSLConfig":
-        return config_from_dict(cls, data)
+        return stage_config(cls, data)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "SSLConfig":
@@ -411,6 +327,7 @@ class SSLConfig:
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class CTCConfig:
     """Fine-tuning a pre-trained encoder with a character CTC head (greedy decoding for scoring)."""
 
@@ -438,7 +355,7 @@ class CTCConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CTCConfig":
-        return config_from_dict(cls, data)
+        return stage_config(cls, data)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "CTCConfig":

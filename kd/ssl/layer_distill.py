@@ -45,14 +45,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kd.core.config import CONFIG, to_plain, with_config
 from kd.core.io import atomic_write_text, mark_done
 from kd.data.batching import attention_mask
 from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
 from kd.plan import CompressionPlan
 from kd.ssl.common import (StageResult, load_pooled, prepare_stage_dir, run_stage, stage_accelerator, stage_done,
                            stage_lock, write_folder_atomic)
-from kd.ssl.config import (CONFIG_VERSION, BatchConfig, check_training_sections, config_from_dict, legacy_stage_config,
-                           ssl_checkpoints, ssl_optim, to_plain)
+from kd.ssl.config import (CONFIG_VERSION, BatchConfig, check_training_sections, legacy_stage_config, ssl_checkpoints,
+                           ssl_optim, stage_config)
 from kd.training.config import CheckpointConfig, MixedPrecision, OptimConfig
 from kd.training.engine import build_optimizer
 
@@ -65,6 +66,7 @@ LOG_FILE = "log.csv"
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class LayerDistillConfig:
     """Options of :func:`distill_layers`."""
 
@@ -90,7 +92,7 @@ class LayerDistillConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LayerDistillConfig":
-        return config_from_dict(cls, data)
+        return stage_config(cls, data)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "LayerDistillConfig":

@@ -368,7 +368,7 @@ def test_bf16_run_logs_to_tensorboard_what_it_logs_to_csv(corpus, tmp_path):
     ("data: {train: [a]}\noptim: {max_steps: 2, learning_rate: 1}\n",
      r"TrainConfig.optim: unknown field 'learning_rate'"),
     ("data: {train: [a]}\noptim: {max_steps: 2, lr: fast}\n",
-     r"TrainConfig.optim.lr: expected a number, found 'fast' \(str\)"),
+     r"TrainConfig.optim.lr: expected a finite number, found 'fast' \(str\)"),
     ("data: {train: a}\noptim: {max_steps: 2}\n",
      r"TrainConfig.data.train: expected a list \(each item a string\), found 'a'"),
     ("data: {train: [a]}\noptim: {max_steps: 2, schedule: linear}\n",
