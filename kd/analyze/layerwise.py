@@ -27,10 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kd.core.config import CONFIG, with_config
+
 ANALYZE_CONFIG_VERSION = 1
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class AnalyzeConfig:
     max_utterances: int | None = 200  # analyse at most this many utterances (None: all)
     batch_seconds: float = 60.0  # padded audio per forward batch

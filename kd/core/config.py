@@ -31,6 +31,8 @@ import enum
 import functools
 import json
 import math
+import os
+import re
 import types
 import typing
 from typing import Any, Mapping, Sequence, TypeVar
@@ -65,8 +67,8 @@ def parse_config(cls: type[T], data: Any, where: str | None = None) -> T:
     """The frozen dataclass ``cls`` read from ``data`` (a mapping of its fields, as YAML or JSON gives it).
 
     ``where`` names the config in error messages (default: the class's name); the path of the field in
-    error goes after it, joined with ``.`` (``TrainConfig.optim.lr``) where ``where`` is a name and with
-    ``: `` otherwise (``preset 'smoke': corpus.seed``). Raises ValueError.
+    error goes after it, joined with ``.`` (``TrainConfig.optim.lr``) where ``where`` is a name or a dotted
+    path and with ``: `` otherwise (``preset 'smoke': corpus.seed``). Raises ValueError.
     """
     where = where or cls.__name__
     if not isinstance(data, Mapping):
@@ -196,6 +198,8 @@ def _describe(tp: Any) -> str:
         return "a valid value"
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + str([m.value for m in tp])
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + str(list(typing.get_args(tp)))
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return "a mapping"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -218,25 +222,40 @@ def _found(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+_DOTTED = re.compile(r"[\w.\[\]]+")  # a name or a dotted path: the field's path goes on with '.'
+
+
 def _join(where: str, loc: tuple) -> str:
     path = ""
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     if not path:
         return where
-    return f"{where}.{path}" if where.isidentifier() else f"{where}: {path}"
+    return f"{where}.{path}" if _DOTTED.fullmatch(where) else f"{where}: {path}"
 
 
 def _field_names(tp: Any) -> list[str]:
     tp = _without_none(tp)
-    return sorted(f.name for f in dataclasses.fields(tp)) if isinstance(tp, type) and dataclasses.is_dataclass(tp) else []
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return sorted(f.name for f in dataclasses.fields(tp))
+    return []
+
+
+def _closest(key: str, known: list[str]) -> str | None:
+    """The known field most like ``key`` (similarity, then the common prefix), if alike enough."""
+    def likeness(candidate: str) -> tuple[float, int]:
+        return (difflib.SequenceMatcher(None, key, candidate).ratio(),
+                len(os.path.commonprefix([key, candidate])))
+
+    best = max(known, key=likeness, default=None)
+    return best if best is not None and likeness(best)[0] >= 0.6 else None
 
 
 def _unknown(cls: type, where: str, parent: tuple, keys: list[str]) -> str:
     known = _field_names(_type_at(cls, parent))
     if len(keys) == 1:
-        close = difflib.get_close_matches(keys[0], known, n=1, cutoff=0.6)
-        what = f"unknown field {keys[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        close = _closest(keys[0], known)
+        what = f"unknown field {keys[0]!r}" + (f" (did you mean {close!r}?)" if close else "")
     else:
         what = f"unknown fields {sorted(keys)}"
     return f"{_join(where, parent)}: {what}; expected one of {known}"
@@ -262,8 +281,9 @@ def _message(cls: type, error: ValidationError, where: str) -> str:
         return f"{path}: required field missing (expected {_describe(tp)})"
     if kind in ("value_error", "assertion_error"):
         inner = str(first.get("ctx", {}).get("error", first["msg"]))
-        return f"{path}: {inner}" if loc else inner
-    if kind == "enum" or (isinstance(_without_none(tp), type) and issubclass(_without_none(tp), enum.Enum)):
+        return inner if not loc and inner.startswith(where) else f"{path}: {inner}"
+    if kind in ("enum", "literal_error") or typing.get_origin(tp) is typing.Literal or (
+            isinstance(_without_none(tp), type) and issubclass(_without_none(tp), enum.Enum)):
         return f"{path}: expected {_describe(tp)}, found {value!r}"
     if kind == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):
         return f"{path}: expected a finite number, found {value!r}"

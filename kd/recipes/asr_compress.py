@@ -30,11 +30,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
 
 from kd.recipes.experiment import merge_sections, train_run
 from kd.evaluation.evidence import NOT_A_TEST
 from kd.recipes.multidomain import GREEDY, evaluate_model, evaluate_runs
+
+if TYPE_CHECKING:
+    from kd.recipes.presets import AsrCompressPreset, CorpusSection
 
 __all__ = ["AsrCompressSetup", "HEURISTICS", "LAYERS_DIFFER_BELOW", "SHARED", "UNSHARED", "analyse_teacher",
            "build_students", "compare", "evaluate_students", "evaluate_teacher", "make_corpus", "make_tokens",
@@ -64,7 +67,7 @@ class AsrCompressSetup:
     """One preset of the recipe, parsed and checked, and where its files go."""
 
     out: Path
-    corpus: Mapping[str, Any]  # kd.corpus.synth.build_corpus's preset and seed
+    corpus: CorpusSection  # kd.corpus.synth.build_corpus's preset and seed
     domain: str  # the teacher's and the students' domain (train, dev: analysis, test: scores)
     teacher: Mapping[str, Any]  # the teacher's TrainConfig section (data, tokens and seed filled in here)
     student: Mapping[str, Any]  # the students' TrainConfig section (optim, data limits, checkpoint, logging)
@@ -73,45 +76,44 @@ class AsrCompressSetup:
     seeds: tuple[int, ...]  # the students' training seeds (one teacher: the teacher's seed is 0)
     decode: Mapping[str, Any]  # the headline decoding (a DecodeConfig section); GREEDY is the other
     analysis: Any  # kd.analyze.layerwise.AnalyzeConfig of the teacher's analysis
-    speed: Mapping[str, Any]  # kd.bench.speed.bench_speed's batch_sizes, seconds, repeats
+    speed: Mapping[str, Any]  # kd.bench.speed.bench_speed's settings that the preset gives (batch_sizes, ...)
     device: str = "cpu"
     shipped: Path | None = None  # the shipped teacher's folder (kd.recipes.shipped); None: trained here
 
     @classmethod
-    def from_preset(cls, cfg: Mapping[str, Any], out: Path, *, seeds: Sequence[int], recipe_dir: Path,
+    def from_preset(cls, preset: AsrCompressPreset | Mapping[str, Any], out: Path, *, seeds: Sequence[int],
+                    recipe_dir: Path,
                     section: Callable[[str], ContextManager[Any]] = _no_section) -> "AsrCompressSetup":
-        """Parse a preset of ``recipes/asr_compress/config.yaml`` and build every run's settings, so that a
-        bad value stops the recipe before its first stage (``section(key)`` is entered while the section
-        ``key`` is parsed, as in :class:`kd.recipes.multidomain_stages.MultidomainSetup`)."""
+        """Build every run's settings from a preset of ``recipes/asr_compress/config.yaml`` (a
+        :class:`kd.recipes.presets.AsrCompressPreset`, or the mapping it is read from), so that a bad value
+        stops the recipe before its first stage (``section(key)`` is entered while the section ``key`` is
+        parsed, as in :class:`kd.recipes.multidomain_stages.MultidomainSetup`)."""
         from kd.analyze.layerwise import AnalyzeConfig
+        from kd.core.config import parse_config
         from kd.evaluation.decode import DecodeConfig
+        from kd.recipes.presets import AsrCompressPreset
 
-        device = cfg.get("device", "cpu")
+        if not isinstance(preset, AsrCompressPreset):
+            preset = parse_config(AsrCompressPreset, preset, "preset")
+        device, budgets, keep = preset.device, preset.budgets, preset.decoder_keep
         with section("decode"):
-            DecodeConfig.from_dict(cfg["decode"])
+            DecodeConfig.from_dict(preset.decode)
         with section("budgets"):
-            budgets = cfg["budgets"]
-            if not (isinstance(budgets, list) and budgets and all(isinstance(b, int) and b >= 1 for b in budgets)
-                    and len(set(budgets)) == len(budgets)):
-                raise ValueError(f"expected a list of distinct layer counts >= 1, found {budgets!r}")
-            layers = int(cfg["teacher"]["model"].get("overrides", {}).get("encoder_layers", 0) or 0)
+            if not budgets or min(budgets) < 1 or len(set(budgets)) != len(budgets):
+                raise ValueError(f"expected a list of distinct layer counts >= 1, found {list(budgets)}")
+            layers = int(preset.teacher.get("model", {}).get("overrides", {}).get("encoder_layers", 0) or 0)
             if layers and max(budgets) >= layers:
-                raise ValueError(f"a budget must be below the teacher's {layers} encoder layers, found {budgets}")
+                raise ValueError(f"a budget must be below the teacher's {layers} encoder layers, found {list(budgets)}")
         with section("decoder_keep"):
-            keep = cfg["decoder_keep"]
-            if not (isinstance(keep, list) and keep and all(isinstance(i, int) and i >= 0 for i in keep)):
-                raise ValueError(f"expected a list of the teacher's decoder layer indices, found {keep!r}")
+            if not keep or min(keep) < 0:
+                raise ValueError(f"expected a list of the teacher's decoder layer indices, found {list(keep)}")
         with section("analysis"):
-            analysis = AnalyzeConfig(**cfg.get("analysis", {}), device=device)
-        with section("speed"):
-            speed = dict(cfg.get("speed", {}))
-            unknown = sorted(set(speed) - {"batch_sizes", "seconds", "repeats"})
-            if unknown:
-                raise ValueError(f"unknown key {unknown[0]!r}; expected batch_sizes, seconds, repeats")
-        shipped = recipe_dir / cfg["shipped_teacher"] if cfg.get("shipped_teacher") else None
-        setup = cls(out=out, corpus=cfg["corpus"], domain=cfg["domain"], teacher=cfg["teacher"],
-                    student=cfg["student"], budgets=tuple(budgets), decoder_keep=tuple(keep), seeds=tuple(seeds),
-                    decode=cfg["decode"], analysis=analysis, speed=speed, device=device, shipped=shipped)
+            analysis = parse_config(AnalyzeConfig, {**preset.analysis, "device": device})
+        shipped = recipe_dir / preset.shipped_teacher if preset.shipped_teacher else None
+        setup = cls(out=out, corpus=preset.corpus, domain=preset.domain, teacher=preset.teacher,
+                    student=preset.student, budgets=budgets, decoder_keep=keep, seeds=tuple(seeds),
+                    decode=preset.decode, analysis=analysis, speed=preset.speed.given(), device=device,
+                    shipped=shipped)
         with section("teacher"):
             setup.teacher_config()
         with section("student"):
@@ -179,7 +181,7 @@ def make_corpus(setup: AsrCompressSetup) -> dict[str, Any]:
     from kd.corpus.domains import SPLITS
     from kd.corpus.synth import build_corpus
 
-    summary = build_corpus(setup.out / "corpus", setup.corpus["preset"], seed=setup.corpus.get("seed", 0),
+    summary = build_corpus(setup.out / "corpus", setup.corpus.preset, seed=setup.corpus.seed,
                            splits=[f"{setup.domain}/{s}" for s in SPLITS])
     return {"hours": summary["hours"], "not_rendered": summary["not_rendered"]}
 
@@ -193,7 +195,7 @@ def make_tokens(setup: AsrCompressSetup) -> dict[str, Any]:
 
     # the multi-domain recipe's order (kd.recipes.multidomain_stages.make_tokens): the teacher domains, then the target
     train = [setup.out / "corpus" / d.name / "train" for d in DOMAINS]
-    write_word_inventory(train, setup.tokens_dir, task_vocabulary(setup.corpus["preset"]))
+    write_word_inventory(train, setup.tokens_dir, task_vocabulary(setup.corpus.preset))
     return {"tokens": len((setup.tokens_dir / "tokens.txt").read_text(encoding="utf-8").splitlines())}
 
 

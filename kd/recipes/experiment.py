@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from kd.core.config import CONFIG, parse_config, with_config
 from kd.training.config import TrainConfig, with_added_fields
 from kd.training.losses import KDLevel, KDLossConfig, KDReduction, TeacherWeighting
 
@@ -46,6 +47,7 @@ _CONDITION_ENUMS = {"init": Init, "level": KDLevel, "weighting": TeacherWeightin
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class Condition:
     """One row of the benchmark: how the student starts and what it distils. The KD fields (``beta`` to
     ``level``) are those of :class:`kd.training.losses.KDLossConfig`, with its defaults."""
@@ -89,16 +91,11 @@ class Condition:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Condition":
-        if not isinstance(data, Mapping) or "name" not in data:
-            raise ValueError(f"condition: expected a mapping with a name, found {data!r}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"condition {data['name']!r}: unknown field {unknown[0]!r}; expected one of {sorted(known)}")
-        return cls(**data)
+        return parse_config(cls, data)
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class StudentSize:
     name: str  # e.g. "S"
     encoder_layers: int  # kept teacher encoder layers (the plan's budget)
@@ -107,14 +104,14 @@ class StudentSize:
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> "StudentSize":
-        if not isinstance(data, Mapping) or "encoder_layers" not in data or "decoder_keep" not in data:
-            raise ValueError(f"student size {name!r}: expected a mapping with encoder_layers and decoder_keep, "
+        """The size ``name`` (a key of a preset's ``student_sizes``) from its fields."""
+        where = f"student_sizes.{name}"
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected a mapping of encoder_layers, decoder_keep and share_encoder, "
                              f"found {data!r}")
-        unknown = sorted(set(data) - {"encoder_layers", "decoder_keep", "share_encoder"})
-        if unknown:
-            raise ValueError(f"student size {name!r}: unknown field {unknown[0]!r}")
-        return cls(name, int(data["encoder_layers"]), tuple(int(i) for i in data["decoder_keep"]),
-                   bool(data.get("share_encoder", False)))
+        if "name" in data:
+            raise ValueError(f"{where}: unknown field 'name' (the key names the size)")
+        return parse_config(cls, {**data, "name": name}, where)
 
 
 def write_token_list(data_dirs: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from kd.core.config import CONFIG, parse_config, with_config
 from kd.core.io import write_json
 from kd.evaluation.evidence import (DOES_NOT_REPRODUCE, NOT_A_TEST, REPRODUCES, paired_interval, read_utterance_errors,
                                     token_uncertainty, uncertainty_summary, variance_correlation, verdict)
@@ -110,6 +111,7 @@ def teacher_uncertainty(model_dirs: Mapping[str, str | os.PathLike], dev_dirs: M
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class Claim:
     """``a`` makes fewer errors than ``b`` on the target test set (condition names; ``{best}`` stands for
     the better teacher's domain). ``premise``: the condition whose students the better teacher must beat
@@ -122,12 +124,7 @@ class Claim:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Claim":
-        if not isinstance(data, Mapping) or not {"claim", "a", "b"} <= set(data):
-            raise ValueError(f"claim: expected a mapping with claim, a and b, found {data!r}")
-        unknown = sorted(set(data) - {"claim", "a", "b", "premise"})
-        if unknown:
-            raise ValueError(f"claim {data['claim']!r}: unknown field {unknown[0]!r}; expected claim, a, b, premise")
-        return cls(**data)
+        return parse_config(cls, data)
 
     def resolve(self, best: str) -> "Claim":
         fill = lambda s: s.replace(BEST, best) if s else s  # noqa: E731

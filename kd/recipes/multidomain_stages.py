@@ -32,6 +32,7 @@ from kd.recipes.multidomain import (BEST, GREEDY, Claim, check_results, claims_t
 
 if TYPE_CHECKING:
     from kd.analyze.layerwise import AnalyzeConfig
+    from kd.recipes.presets import CorpusSection, MultidomainPreset
     from kd.training.config import TrainConfig
 
 __all__ = ["MultidomainSetup", "analyse_teachers", "build_students", "distil_students", "evaluate_students",
@@ -50,7 +51,7 @@ class MultidomainSetup:
     """One preset of the benchmark, its sections parsed and checked, and where its files go."""
 
     out: Path  # the output folder (layout: the module docstring)
-    corpus: Mapping[str, Any]  # kd.corpus.synth.build_corpus's preset and seed
+    corpus: CorpusSection  # kd.corpus.synth.build_corpus's preset and seed
     tokens: str  # "words" (a word-level SentencePiece model) or "chars" (a character list)
     domains: tuple[str, ...]  # the teachers' domains
     target: str  # the students' domain: little data, shifted recording conditions
@@ -67,13 +68,14 @@ class MultidomainSetup:
     freeze: tuple[str, ...] = ()  # parameters that students built from the teacher's layers keep
 
     @classmethod
-    def from_preset(cls, cfg: Mapping[str, Any], out: Path, *, seeds: Sequence[int], recipe_dir: Path,
+    def from_preset(cls, preset: MultidomainPreset | Mapping[str, Any], out: Path, *, seeds: Sequence[int],
+                    recipe_dir: Path,
                     section: Callable[[str], ContextManager[Any]] = _no_section) -> "MultidomainSetup":
-        """Parse a preset of ``recipes/multidomain_ukd/config.yaml`` and build every run's settings, so
-        that a bad value stops the recipe before its first stage.
+        """Build every run's settings from a preset of ``recipes/multidomain_ukd/config.yaml``, so that a bad
+        value stops the recipe before its first stage.
 
         Args:
-            cfg: the preset (its keys checked by the recipe's ``PRESET_KEYS``).
+            preset: the preset (:class:`kd.recipes.presets.MultidomainPreset`, or the mapping it is read from).
             out: the output folder.
             seeds: the seeds to run (the preset's, or the command line's).
             recipe_dir: the folder that the preset's ``shipped_teachers`` is relative to.
@@ -82,20 +84,17 @@ class MultidomainSetup:
                 error that names the section.
         """
         from kd.analyze.layerwise import AnalyzeConfig
+        from kd.core.config import parse_config
         from kd.evaluation.decode import DecodeConfig
+        from kd.recipes.presets import MultidomainPreset
 
-        domains, target, device = tuple(cfg["teacher_domains"]), cfg["target_domain"], cfg.get("device", "cpu")
-        with section("tokens"):
-            if cfg["tokens"] not in ("words", "chars"):
-                raise ValueError(f"expected 'words' or 'chars', found {cfg['tokens']!r}")
+        if not isinstance(preset, MultidomainPreset):
+            preset = parse_config(MultidomainPreset, preset, "preset")
+        domains, target, device = preset.teacher_domains, preset.target_domain, preset.device
+        sizes, conditions, claims = preset.sizes(), preset.conditions, preset.claims
         with section("decode"):
-            DecodeConfig.from_dict(cfg["decode"])
-        with section("student_sizes"):
-            sizes = tuple(StudentSize.from_dict(name, spec) for name, spec in cfg["student_sizes"].items())
-        with section("conditions"):
-            conditions = tuple(Condition.from_dict(c) for c in cfg["conditions"])
+            DecodeConfig.from_dict(preset.decode)
         with section("claims"):
-            claims = tuple(Claim.from_dict(c) for c in cfg["claims"])
             names = [c.name for c in conditions]
             for claim in claims:  # {best} may stand for either teacher
                 for d in domains:
@@ -103,16 +102,12 @@ class MultidomainSetup:
                     check_pairs([[r.a, r.b]] + ([[r.premise, r.premise]] if r.premise else []), names,
                                 what="a condition of this preset")
         with section("analysis"):
-            analysis = AnalyzeConfig(**cfg.get("analysis", {}), device=device)
-        shipped = recipe_dir / cfg["shipped_teachers"] if cfg.get("shipped_teachers") else None
-        freeze = cfg.get("student_freeze", [])
-        with section("student_freeze"):
-            if not (isinstance(freeze, list) and all(isinstance(n, str) and n for n in freeze)):
-                raise ValueError(f"expected a list of parameter names or prefixes, found {freeze!r}")
-        setup = cls(out=out, corpus=cfg["corpus"], tokens=cfg["tokens"], domains=domains, target=target,
-                    teacher=cfg["teacher"], student=cfg["student"], sizes=sizes, conditions=conditions, claims=claims,
-                    seeds=tuple(seeds), decode=cfg["decode"], analysis=analysis, device=device, shipped=shipped,
-                    freeze=tuple(freeze))
+            analysis = parse_config(AnalyzeConfig, {**preset.analysis, "device": device})
+        shipped = recipe_dir / preset.shipped_teachers if preset.shipped_teachers else None
+        setup = cls(out=out, corpus=preset.corpus, tokens=preset.tokens, domains=domains, target=target,
+                    teacher=preset.teacher, student=preset.student, sizes=sizes, conditions=conditions,
+                    claims=claims, seeds=tuple(seeds), decode=preset.decode, analysis=analysis, device=device,
+                    shipped=shipped, freeze=preset.student_freeze)
         with section("teacher"):
             for d in domains:
                 teacher_config(setup, d, setup.seeds[0])
@@ -193,7 +188,7 @@ def make_corpus(setup: MultidomainSetup) -> dict[str, Any]:
 
     splits = [f"{d}/{s}" for d in (*setup.domains, setup.target) for s in SPLITS
               if setup.shipped is None or not (d in setup.domains and s == "train")]
-    summary = build_corpus(setup.out / "corpus", setup.corpus["preset"], seed=setup.corpus.get("seed", 0),
+    summary = build_corpus(setup.out / "corpus", setup.corpus.preset, seed=setup.corpus.seed,
                            splits=splits)
     return {"hours": summary["hours"], "not_rendered": summary["not_rendered"]}
 
@@ -206,7 +201,7 @@ def make_tokens(setup: MultidomainSetup) -> dict[str, Any]:
 
     train = [setup.data(d, "train") for d in [*setup.domains, setup.target]]
     if setup.tokens == "words":
-        write_word_inventory(train, setup.tokens_dir, task_vocabulary(setup.corpus["preset"]))
+        write_word_inventory(train, setup.tokens_dir, task_vocabulary(setup.corpus.preset))
     else:
         write_token_list(train, setup.tokens_dir / "tokens.txt")
     return {"tokens": len((setup.tokens_dir / "tokens.txt").read_text().splitlines())}
@@ -234,7 +229,7 @@ def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     if render:  # the training audio of the teachers to train (make_corpus may have left it out)
         from kd.corpus.synth import build_corpus
 
-        build_corpus(setup.out / "corpus", setup.corpus["preset"], seed=setup.corpus.get("seed", 0),
+        build_corpus(setup.out / "corpus", setup.corpus.preset, seed=setup.corpus.seed,
                      splits=sorted(render))
     trained = run_jobs(jobs, workers=workers)
     return {"restored": restored, "trained": {j.label: r.wall_seconds for j, r in zip(jobs, trained)}}

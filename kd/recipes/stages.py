@@ -30,16 +30,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from kd.core.config import with_overrides
+from kd.core.config import parse_config, with_overrides
 from kd.core.io import MARKER_NAME, clear_done, is_done, load_yaml, mark_done
 
-__all__ = ["CORPUS_KEYS", "PresetKeys", "Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument",
-           "check_keys", "check_stage_range", "keyword_names", "load_preset", "preset_section", "preset_seeds",
-           "preset_workers", "recipe_parser", "run_recipe", "run_stages", "stage_dir"]
+__all__ = ["Stage", "StageOutcome", "add_stage_arguments", "add_workers_argument", "check_stage_range", "load_preset",
+           "preset_section", "preset_seeds", "preset_workers", "recipe_parser", "run_recipe", "run_stages",
+           "stage_dir"]
 
 STAGES_DIR = "stages"
+T = TypeVar("T")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -166,77 +167,26 @@ def add_workers_argument(parser: argparse.ArgumentParser, what: str) -> None:
                              f"workers, else 1; see kd.recipes.parallel)")
 
 
-def preset_workers(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: Mapping[str, Any]) -> int:
-    """``--workers``, else the preset's ``workers``, else 1; a parser error unless an integer >= 1.
+def preset_workers(parser: argparse.ArgumentParser, args: argparse.Namespace, workers: int) -> int:
+    """``--workers``, else the preset's ``workers``; a parser error unless an integer >= 1.
 
     Not part of any stage's settings: the runs are the same runs, their floating-point sums
     taken over fewer threads.
     """
-    workers = args.workers if args.workers is not None else cfg.get("workers", 1)
+    workers = args.workers if args.workers is not None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         parser.error(f"workers: expected an integer >= 1, found {workers!r}")
     return workers
-
-
-def check_keys(section: Any, where: str, *, required: Sequence[str] = (), optional: Sequence[str] = ()) -> None:
-    """A ValueError naming ``where`` unless ``section`` is a mapping with every ``required`` key
-    and no key outside ``required`` + ``optional`` (a misspelt key gets a suggestion)."""
-    import difflib
-
-    if not isinstance(section, Mapping):
-        raise ValueError(f"{where}: expected a mapping of settings, found {type(section).__name__} {section!r}")
-    known = [*required, *optional]
-    def likeness(candidate: str, key: str) -> tuple[float, int]:  # similarity, then the common prefix
-        return difflib.SequenceMatcher(None, key, candidate).ratio(), len(os.path.commonprefix([key, candidate]))
-
-    for key in section:
-        if key not in known:
-            close = max(known, key=lambda k: likeness(k, str(key)), default=None)
-            hint = f" (did you mean {close!r}?)" if close and likeness(close, str(key))[0] >= 0.6 else ""
-            raise ValueError(f"{where}: unknown key {key!r}{hint}; expected keys: {', '.join(sorted(known))}")
-    missing = [key for key in required if key not in section]
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}")
-
-
-def keyword_names(function: Callable, *, exclude: Sequence[str] = ()) -> list[str]:
-    """The keyword parameters of ``function`` (those with defaults), less ``exclude``: the keys
-    a preset section passed as ``function(..., **section)`` may hold."""
-    import inspect
-
-    return [name for name, p in inspect.signature(function).parameters.items()
-            if p.default is not inspect.Parameter.empty and name not in exclude]
-
-
-@dataclass(frozen=True)
-class PresetKeys:
-    """The top-level keys of a recipe's presets; an unknown or missing key is a command-line error
-    before any stage runs, so a misspelt setting cannot be silently ignored by a long run."""
-
-    required: Sequence[str]
-    optional: Sequence[str] = ()
-    # nested sections checked the same way: key -> (required, optional) keys of its mapping
-    sections: Mapping[str, tuple[Sequence[str], Sequence[str]]] = field(default_factory=dict)
-
-    def check(self, preset: Any, where: str) -> None:
-        check_keys(preset, where, required=self.required, optional=self.optional)
-        for key, (required, optional) in self.sections.items():
-            if key in preset:
-                check_keys(preset[key], f"{where}: {key}", required=required, optional=optional)
-
-
-CORPUS_KEYS = (("preset",), ("seed",))  # every recipe's ``corpus`` section: kd.corpus.synth.build_corpus
 
 
 def _where(args: argparse.Namespace) -> str:  # what a preset error names first: the file and the preset
     return f"{args.config}: preset {args.preset!r}"
 
 
-def preset_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: Mapping[str, Any],
-                 default: Sequence[int] | None = None) -> list[int]:
-    """``--seeds``, else the preset's ``seeds``, else ``default``: a parser error unless a non-empty
-    list of distinct integers >= 0 (``default=None``: the preset must give them)."""
-    seeds = args.seeds or cfg.get("seeds", default)
+def preset_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace, seeds: Sequence[int]) -> list[int]:
+    """``--seeds``, else the preset's ``seeds``: a parser error unless a non-empty list of distinct
+    integers >= 0."""
+    seeds = list(args.seeds or seeds)
     valid = (isinstance(seeds, (list, tuple)) and len(seeds) > 0 and len(set(seeds)) == len(seeds)
              and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds))
     if not valid:
@@ -246,12 +196,16 @@ def preset_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg:
 
 
 def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                keys: PresetKeys | None = None) -> tuple[dict[str, Any], Path]:
-    """The preset section of the recipe's YAML (``x-...`` keys hold shared anchors, not presets) and
-    the output folder.
+                preset_class: type[T]) -> tuple[T, dict[str, Any], Path]:
+    """The preset section of the recipe's YAML (``x-...`` keys hold shared anchors, not presets), with
+    ``--set`` over it, read into ``preset_class`` (one of :mod:`kd.recipes.presets`); the same section as
+    written; and the output folder.
 
-    A file that is not YAML, not a mapping of presets, or (given ``keys``) a preset with an
-    unknown or missing key is a parser error naming the file and the preset.
+    The stages' markers record the sections as written, not the typed preset: a field that a preset
+    class gains, with its default, then leaves the digests of finished stages as they were.
+
+    A file that is not YAML, not a mapping of presets, or a preset with an unknown, missing or misshapen
+    key is a parser error naming the file, the preset and the key's path.
     """
     import yaml
 
@@ -272,15 +226,15 @@ def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace,
             presets[args.preset] = with_overrides(presets[args.preset], args.set)
         except ValueError as e:
             parser.error(f"{_where(args)}: {e}")
-    if keys is not None:
-        try:
-            keys.check(presets[args.preset], _where(args))
-        except ValueError as e:
-            parser.error(str(e))
-    elif not isinstance(presets[args.preset], Mapping):
-        parser.error(f"{_where(args)}: expected a mapping of settings")
+    written = presets[args.preset]
+    if not isinstance(written, Mapping):
+        parser.error(f"{_where(args)}: expected a mapping of settings, found {type(written).__name__}")
+    try:
+        preset = parse_config(preset_class, written, f"preset {args.preset!r}")
+    except ValueError as e:
+        parser.error(f"{args.config}: {e}")
     out = (args.out or Path("exp") / args.recipe / args.preset).resolve()
-    return dict(presets[args.preset]), out
+    return preset, dict(written), out
 
 
 @contextlib.contextmanager

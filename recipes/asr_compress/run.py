@@ -27,16 +27,14 @@ from kd.recipes.asr_compress import (AsrCompressSetup, analyse_teacher, build_st
                                      evaluate_teacher, make_corpus, make_tokens, measure_speed, results_markdown,
                                      results_table, train_students, train_teacher)
 from kd.recipes.multidomain_stages import publish_results
+from kd.recipes.presets import AsrCompressPreset
 from kd.recipes.shipped import provenance, ship_run
-from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
-                               preset_seeds, preset_workers, recipe_parser, run_recipe)
+from kd.recipes.stages import (Stage, add_workers_argument, load_preset, preset_section, preset_seeds, preset_workers,
+                               recipe_parser, run_recipe)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WATCHED = ["kd", "recipes/asr_compress/run.py", "recipes/asr_compress/config.yaml"]  # a change: "+changes"
-PRESET_KEYS = PresetKeys(
-    required=["corpus", "domain", "teacher", "budgets", "decoder_keep", "student", "seeds", "decode"],
-    optional=["analysis", "device", "shipped_teacher", "speed", "workers"], sections={"corpus": CORPUS_KEYS})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                              "folder with its provenance")
     add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
-    cfg, out = load_preset(parser, args, PRESET_KEYS)
-    seeds, workers = preset_seeds(parser, args, cfg), preset_workers(parser, args, cfg)
-    setup = AsrCompressSetup.from_preset(cfg, out, seeds=seeds, recipe_dir=HERE,
+    preset, written, out = load_preset(parser, args, AsrCompressPreset)
+    seeds, workers = preset_seeds(parser, args, preset.seeds), preset_workers(parser, args, preset.workers)
+    setup = AsrCompressSetup.from_preset(preset, out, seeds=seeds, recipe_dir=HERE,
                                         section=lambda key: preset_section(parser, args, key))
 
     def table(done):
@@ -59,21 +57,25 @@ def main(argv: list[str] | None = None) -> int:
         print(publish_results(results, [out, args.results], to_markdown=results_markdown))
         return {"results": str(args.results / f"{args.preset}.md")}
 
+    # the stages' markers record the preset's sections as written (kd.recipes.stages.load_preset)
     stages = [
-        Stage(1, "corpus", lambda done: make_corpus(setup), cfg["corpus"], "synthesise the built-in corpus"),
+        Stage(1, "corpus", lambda done: make_corpus(setup), written["corpus"], "synthesise the built-in corpus"),
         Stage(2, "tokens", lambda done: make_tokens(setup), {"tokens": "words"}, "word inventory"),
         Stage(3, "teacher", lambda done: train_teacher(setup),
-              {"teacher": cfg["teacher"], "shipped": str(setup.shipped)}, f"the teacher on {setup.domain}"),
-        Stage(4, "teacher-eval", lambda done: evaluate_teacher(setup), {"decode": cfg["decode"]}, "teacher's error rates"),
-        Stage(5, "analysis", lambda done: analyse_teacher(setup), {"analysis": cfg.get("analysis", {})},
+              {"teacher": written["teacher"], "shipped": str(setup.shipped)}, f"the teacher on {setup.domain}"),
+        Stage(4, "teacher-eval", lambda done: evaluate_teacher(setup), {"decode": written["decode"]},
+              "teacher's error rates"),
+        Stage(5, "analysis", lambda done: analyse_teacher(setup), {"analysis": written.get("analysis", {})},
               "layer-wise analysis of the teacher"),
         Stage(6, "students", lambda done: build_students(setup, done["analysis"]),
-              {"budgets": cfg["budgets"], "decoder_keep": cfg["decoder_keep"]}, "students from the teacher's layers"),
-        Stage(7, "finetune", lambda done: train_students(setup, workers), {"student": cfg["student"], "seeds": seeds},
+              {"budgets": written["budgets"], "decoder_keep": written["decoder_keep"]},
+              "students from the teacher's layers"),
+        Stage(7, "finetune", lambda done: train_students(setup, workers),
+              {"student": written["student"], "seeds": seeds},
               f"{len(setup.cells())} student runs"),
-        Stage(8, "eval", lambda done: evaluate_students(setup, workers), {"decode": cfg["decode"], "seeds": seeds},
+        Stage(8, "eval", lambda done: evaluate_students(setup, workers), {"decode": written["decode"], "seeds": seeds},
               "students' error rates"),
-        Stage(9, "speed", lambda done: measure_speed(setup), {"speed": cfg.get("speed", {})}, "encoder latency"),
+        Stage(9, "speed", lambda done: measure_speed(setup), {"speed": written.get("speed", {})}, "encoder latency"),
         Stage(10, "table", table, {"seeds": seeds, "version": 1}, "results and comparisons"),
     ]
     run_recipe(stages, out, args)

@@ -25,12 +25,14 @@ from kd.analyze.compare import compare_models, save_comparison
 from kd.analyze.figures import plot_layer_curves, plot_pretraining_curves, report_curves
 from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 from kd.analyze.summary import peak_layers_markdown
+from kd.core.config import parse_config
 from kd.core.io import atomic_write_text
 from kd.corpus.domains import SPLITS
 from kd.corpus.synth import build_corpus
 from kd.recipes.experiment import merge_sections, training_differs
 from kd.recipes.layerwise import analyse_run_checkpoints, tracking_markdown
-from kd.recipes.stages import CORPUS_KEYS, PresetKeys, Stage, load_preset, preset_section, recipe_parser, run_recipe
+from kd.recipes.presets import LayerwiseAnalysisPreset
+from kd.recipes.stages import Stage, load_preset, preset_section, recipe_parser, run_recipe
 from kd.ssl.common import list_stage_checkpoints
 from kd.ssl.config import SSLConfig
 from kd.ssl.pretrain import finished_config, pretrain, same_training
@@ -38,9 +40,6 @@ from kd.training.config import TrainConfig
 from kd.training.loop import train
 
 HERE = Path(__file__).resolve().parent
-PRESET_KEYS = PresetKeys(
-    required=["corpus", "asr_domain", "asr_teacher", "analysis", "ssl_preset", "ssl_domains", "compare_utterances"],
-    optional=["asr_teacher_run", "ssl_run"], sections={"corpus": CORPUS_KEYS})
 CURVES = {  # report key -> y label
     "cca_phone": "CCA with phones (frame level)",
     "cca_word": "CCA with words (frame level)",
@@ -54,27 +53,27 @@ CURVES = {  # report key -> y label
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "layerwise_analysis")
     args = parser.parse_args(argv)
-    cfg, out = load_preset(parser, args, PRESET_KEYS)
-    corpus, domain = out / "corpus", cfg["asr_domain"]
+    preset, written, out = load_preset(parser, args, LayerwiseAnalysisPreset)
+    corpus, domain = out / "corpus", preset.asr_domain
     with preset_section(parser, args, "analysis"):
-        analysis = AnalyzeConfig(**cfg["analysis"])
+        analysis = parse_config(AnalyzeConfig, preset.analysis)
     with preset_section(parser, args, "ssl_preset"):
-        ssl_config = SSLConfig.from_preset(cfg["ssl_preset"])
+        ssl_config = SSLConfig.from_preset(preset.ssl_preset)
     dev = corpus / domain / "dev"
 
     def stage_corpus(done):  # the audio the stages read: the ASR domain's splits, the SSL domains' training sets
-        splits = [f"{domain}/{s}" for s in SPLITS] + [f"{d}/train" for d in cfg["ssl_domains"]]
-        build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0), splits=splits)
+        splits = [f"{domain}/{s}" for s in SPLITS] + [f"{d}/train" for d in preset.ssl_domains]
+        build_corpus(corpus, preset.corpus.preset, seed=preset.corpus.seed, splits=splits)
 
     def stage_asr_teacher(done):
-        existing = cfg.get("asr_teacher_run")
+        existing = preset.asr_teacher_run
         if existing and (Path(existing) / "model/config.yaml").is_file():  # a finished run ...
-            differs = training_differs(Path(existing) / "config.yaml", cfg["asr_teacher"])
+            differs = training_differs(Path(existing) / "config.yaml", preset.asr_teacher)
             if not differs:  # ... with these settings
                 return {"run": str(Path(existing).resolve()), "reused": True}
             print(f"asr_teacher_run {existing}: trained with other settings (sections {differs} differ); "
                   "training the teacher here", flush=True)
-        section = merge_sections(cfg["asr_teacher"], {"data": {"train": [str(corpus / domain / "train")],
+        section = merge_sections(preset.asr_teacher, {"data": {"train": [str(corpus / domain / "train")],
                                                                "dev": str(dev)}})
         r = train(TrainConfig.from_dict(section), out / "asr_teacher")
         return {"run": str(out / "asr_teacher"), "steps": r.steps, "wall_seconds": r.wall_seconds}
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         analyze_model_dir(Path(done["asr-teacher"]["run"]) / "model", dev, out / "analysis/asr_teacher", analysis)
 
     def stage_ssl_pretrain(done):
-        existing = cfg.get("ssl_run")
+        existing = preset.ssl_run
         if existing and (found := finished_config(existing)) is not None:  # a finished pre-training ...
             if same_training(found, ssl_config):  # ... with these settings (checkpointing aside)
                 return {"run": str(Path(existing).resolve()), "reused": True}
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             differs = sorted(k for k, v in ssl_config.to_dict().items() if theirs.get(k) != v and k != "checkpoint")
             print(f"ssl_run {existing}: pre-trained with other settings ({differs} differ); "
                   "pre-training the teacher here", flush=True)
-        r = pretrain(ssl_config, [corpus / d / "train" for d in cfg["ssl_domains"]],
+        r = pretrain(ssl_config, [corpus / d / "train" for d in preset.ssl_domains],
                      out / "ssl", progress=False)
         return {"run": str(out / "ssl"), "steps": r.steps, "outcome": r.metrics.get("message")}
 
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures.append(str(plot_layer_curves(curves, out / f"figures/dynamics_{key}.png", ylabel=ylabel,
                                                      title=f"wav2vec 2.0 pre-training: {ylabel}")))
         models = [p for label, p in checkpoints(done).items() if label != "final"]
-        comparison = compare_models(models, Path(done["ssl-pretrain"]["run"]) / "model", dev, max_utterances=cfg["compare_utterances"],
+        comparison = compare_models(models, Path(done["ssl-pretrain"]["run"]) / "model", dev, max_utterances=preset.compare_utterances,
                                     device=analysis.device)
         figures += [str(p) for p in save_comparison(comparison, out / "figures/dynamics_cka",
                                                     labels=[l for l in checkpoints(done) if l != "final"],
@@ -137,19 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out / "asr_dynamics.md", tracking_markdown(table))
         return {"tracks_probe": table["bound_vs_probe_over_checkpoints_and_layers"]["tracks"]}
 
+    # the stages' markers record the preset's sections as written (kd.recipes.stages.load_preset)
     stages = [
-        Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),
-        Stage(2, "asr-teacher", stage_asr_teacher, {"train": cfg["asr_teacher"], "reuse": cfg.get("asr_teacher_run")},
+        Stage(1, "corpus", stage_corpus, written["corpus"], "synthesise the built-in corpus"),
+        Stage(2, "asr-teacher", stage_asr_teacher,
+              {"train": written["asr_teacher"], "reuse": written.get("asr_teacher_run")},
               "train the ESPnet teacher (or reuse a finished run)"),
-        Stage(3, "asr-analysis", stage_asr_analysis, cfg["analysis"], "analyse the ESPnet teacher"),
-        Stage(4, "ssl-pretrain", stage_ssl_pretrain, {"preset": cfg["ssl_preset"], "domains": cfg["ssl_domains"],
-                                                      "reuse": cfg.get("ssl_run")},
+        Stage(3, "asr-analysis", stage_asr_analysis, written["analysis"], "analyse the ESPnet teacher"),
+        Stage(4, "ssl-pretrain", stage_ssl_pretrain,
+              {"preset": written["ssl_preset"], "domains": written["ssl_domains"], "reuse": written.get("ssl_run")},
               "wav2vec 2.0 pre-training (or reuse a finished one)"),
-        Stage(5, "ssl-analysis", stage_ssl_analysis, cfg["analysis"], "analyse every pre-training checkpoint"),
-        Stage(6, "dynamics", stage_dynamics, {"compare_utterances": cfg["compare_utterances"]},
+        Stage(5, "ssl-analysis", stage_ssl_analysis, written["analysis"], "analyse every pre-training checkpoint"),
+        Stage(6, "dynamics", stage_dynamics, {"compare_utterances": written["compare_utterances"]},
               "learning-dynamics figures"),
         Stage(7, "summary", stage_summary, {}, "summary.md"),
-        Stage(8, "asr-dynamics", stage_asr_dynamics, cfg["analysis"], "the ESPnet teacher along its training"),
+        Stage(8, "asr-dynamics", stage_asr_dynamics, written["analysis"], "the ESPnet teacher along its training"),
     ]
     run_recipe(stages, out, args)
     return 0

@@ -25,18 +25,14 @@ from pathlib import Path
 from kd.recipes.multidomain_stages import (MultidomainSetup, analyse_teachers, build_students, distil_students,
                                            evaluate_students, evaluate_teachers, make_corpus, make_tokens,
                                            publish_results, results_table, train_teachers)
+from kd.recipes.presets import MultidomainPreset
 from kd.recipes.shipped import provenance, ship_resume_point, ship_runs
-from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, load_preset, preset_section,
-                               preset_seeds, preset_workers, recipe_parser, run_recipe)
+from kd.recipes.stages import (Stage, add_workers_argument, load_preset, preset_section, preset_seeds, preset_workers,
+                               recipe_parser, run_recipe)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WATCHED = ["kd", "recipes/multidomain_ukd/run.py", "recipes/multidomain_ukd/config.yaml"]  # a change: "+changes"
-PRESET_KEYS = PresetKeys(
-    required=["corpus", "tokens", "teacher_domains", "target_domain", "teacher", "student", "student_sizes",
-              "conditions", "claims", "seeds", "decode"],
-    optional=["analysis", "device", "shipped_teachers", "student_freeze", "workers"],
-    sections={"corpus": CORPUS_KEYS})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                              "continues exactly (for teachers that take longer than one sitting)")
     add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
-    cfg, out = load_preset(parser, args, PRESET_KEYS)
-    seeds, workers = preset_seeds(parser, args, cfg), preset_workers(parser, args, cfg)
+    preset, written, out = load_preset(parser, args, MultidomainPreset)
+    seeds, workers = preset_seeds(parser, args, preset.seeds), preset_workers(parser, args, preset.workers)
     # every run's settings built now, so that a bad preset value stops the run before stage 1
-    setup = MultidomainSetup.from_preset(cfg, out, seeds=seeds, recipe_dir=HERE,
+    setup = MultidomainSetup.from_preset(preset, out, seeds=seeds, recipe_dir=HERE,
                                          section=lambda key: preset_section(parser, args, key))
     n_runs = len(setup.sizes) * len(setup.conditions) * len(seeds)
 
@@ -66,25 +62,27 @@ def main(argv: list[str] | None = None) -> int:
         print(publish_results(results, [out, args.results]))
         return {"results": str(args.results / f"{args.preset}.md")}
 
+    # the stages' markers record the preset's sections as written (kd.recipes.stages.load_preset)
     stages = [
-        Stage(1, "corpus", lambda done: make_corpus(setup), cfg["corpus"], "synthesise the built-in corpus"),
+        Stage(1, "corpus", lambda done: make_corpus(setup), written["corpus"], "synthesise the built-in corpus"),
         Stage(2, "tokens", lambda done: make_tokens(setup),
-              {"domains": [*cfg["teacher_domains"], cfg["target_domain"]], "tokens": cfg["tokens"]}, "token inventory"),
+              {"domains": [*written["teacher_domains"], written["target_domain"]], "tokens": written["tokens"]},
+              "token inventory"),
         Stage(3, "teachers", lambda done: train_teachers(setup, workers),
-              {"teacher": cfg["teacher"], "seeds": seeds, "shipped": str(setup.shipped)},
-              f"teachers on {cfg['teacher_domains']}"),
+              {"teacher": written["teacher"], "seeds": seeds, "shipped": str(setup.shipped)},
+              f"teachers on {list(setup.domains)}"),
         Stage(4, "teacher-eval", lambda done: evaluate_teachers(setup, workers),
-              {"decode": cfg["decode"], "seeds": seeds}, "teachers' error rates"),
+              {"decode": written["decode"], "seeds": seeds}, "teachers' error rates"),
         Stage(5, "analysis", lambda done: analyse_teachers(setup),
-              {"analysis": cfg.get("analysis", {}), "seeds": seeds}, "layer-wise analysis of each teacher"),
+              {"analysis": written.get("analysis", {}), "seeds": seeds}, "layer-wise analysis of each teacher"),
         Stage(6, "students", lambda done: build_students(setup, done["teacher-eval"]),
-              {"sizes": cfg["student_sizes"], "seeds": seeds}, "students from the better teacher's layers"),
+              {"sizes": written["student_sizes"], "seeds": seeds}, "students from the better teacher's layers"),
         Stage(7, "distill", lambda done: distil_students(setup, done["teacher-eval"], workers),
-              {"student": cfg["student"], "conditions": cfg["conditions"], "seeds": seeds,
-               "freeze": cfg.get("student_freeze", [])}, f"{n_runs} student runs"),
-        Stage(8, "eval", lambda done: evaluate_students(setup, workers), {"decode": cfg["decode"], "seeds": seeds},
+              {"student": written["student"], "conditions": written["conditions"], "seeds": seeds,
+               "freeze": written.get("student_freeze", [])}, f"{n_runs} student runs"),
+        Stage(8, "eval", lambda done: evaluate_students(setup, workers), {"decode": written["decode"], "seeds": seeds},
               "students' error rates"),
-        Stage(9, "table", table, {"seeds": seeds, "claims": cfg["claims"], "version": 1}, "results and claims"),
+        Stage(9, "table", table, {"seeds": seeds, "claims": written["claims"], "version": 1}, "results and claims"),
     ]
     if args.ship_resume_points is not None:
         try:

@@ -27,24 +27,21 @@ from pathlib import Path
 
 from kd.analyze.layerwise import AnalyzeConfig, analyze_model_dir
 from kd.bench.speed import bench_speed
+from kd.core.config import parse_config
 from kd.core.io import atomic_write_text, write_json
 from kd.corpus.synth import build_corpus
 from kd.recipes.experiment import merge_sections
 from kd.recipes.parallel import Job, run_jobs
 from kd.recipes.plan_study import PLAN_NAMES, equal_budget_plans, per_seed, plan_study_table, save_plans, with_seed
-from kd.recipes.stages import (CORPUS_KEYS, PresetKeys, Stage, add_workers_argument, keyword_names, load_preset,
-                               preset_section, preset_seeds, preset_workers, recipe_parser, run_recipe)
+from kd.recipes.presets import W2v2CompressPreset
+from kd.recipes.stages import (Stage, add_workers_argument, load_preset, preset_section, preset_seeds, preset_workers,
+                               recipe_parser, run_recipe)
 from kd.ssl.config import CTCConfig, SSLConfig
 from kd.ssl.finetune import finetune_ctc
 from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
 from kd.ssl.pretrain import pretrain
 
 HERE = Path(__file__).resolve().parent
-PRESET_KEYS = PresetKeys(
-    required=["corpus", "ssl_domains", "asr_domain", "ssl_preset", "ctc_preset", "distill_preset", "analysis",
-              "budget_layers", "reuse_threshold", "speed"],
-    optional=["ssl_overrides", "ctc_overrides", "student_ctc_overrides", "distill_overrides", "seeds", "workers"],
-    sections={"corpus": CORPUS_KEYS, "speed": ((), keyword_names(bench_speed, exclude=("names", "dtype")))})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,34 +49,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     add_workers_argument(parser, "plans distilled and fine-tuned")
     args = parser.parse_args(argv)
-    cfg, out = load_preset(parser, args, PRESET_KEYS)
-    workers = preset_workers(parser, args, cfg)
-    seeds = preset_seeds(parser, args, cfg, default=[0])
-    corpus, domain = out / "corpus", cfg["asr_domain"]
-    ssl_data = [corpus / d / "train" for d in cfg["ssl_domains"]]
+    preset, written, out = load_preset(parser, args, W2v2CompressPreset)
+    workers = preset_workers(parser, args, preset.workers)
+    seeds = preset_seeds(parser, args, preset.seeds)
+    corpus, domain = out / "corpus", preset.asr_domain
+    ssl_data = [corpus / d / "train" for d in preset.ssl_domains]
     # every stage's settings built here, so that a bad value is an error before the first stage;
     # overrides merge into the preset mapping by mapping (an optim override keeps the other optim fields)
     with preset_section(parser, args, "ssl_preset / ssl_overrides"):
-        ssl_config = SSLConfig.from_dict(merge_sections(SSLConfig.from_preset(cfg["ssl_preset"]).to_dict(),
-                                                        cfg.get("ssl_overrides", {})))
+        ssl_config = SSLConfig.from_dict(merge_sections(SSLConfig.from_preset(preset.ssl_preset).to_dict(),
+                                                        preset.ssl_overrides))
     with preset_section(parser, args, "ctc_preset / ctc_overrides"):
-        ctc_config = CTCConfig.from_dict(merge_sections(CTCConfig.from_preset(cfg["ctc_preset"]).to_dict(),
-                                                        cfg.get("ctc_overrides", {})))
+        ctc_config = CTCConfig.from_dict(merge_sections(CTCConfig.from_preset(preset.ctc_preset).to_dict(),
+                                                        preset.ctc_overrides))
     with preset_section(parser, args, "student_ctc_overrides"):
         # the students' fine-tuning: the teacher's, with student_ctc_overrides on top (a shorter run)
-        student_ctc_config = CTCConfig.from_dict(merge_sections(ctc_config.to_dict(),
-                                                                cfg.get("student_ctc_overrides", {})))
+        student_ctc_config = CTCConfig.from_dict(merge_sections(ctc_config.to_dict(), preset.student_ctc_overrides))
     with preset_section(parser, args, "distill_preset / distill_overrides"):
         distill_config = LayerDistillConfig.from_dict(merge_sections(
-            LayerDistillConfig.from_preset(cfg["distill_preset"]).to_dict(), cfg.get("distill_overrides", {})))
+            LayerDistillConfig.from_preset(preset.distill_preset).to_dict(), preset.distill_overrides))
     with preset_section(parser, args, "analysis"):
-        analyze_config = AnalyzeConfig(**cfg["analysis"])
-    teacher_dir, k, test = out / "ssl/model", cfg["budget_layers"], [corpus / domain / "test"]
+        analyze_config = parse_config(AnalyzeConfig, preset.analysis)
+    teacher_dir, k, test = out / "ssl/model", preset.budget_layers, [corpus / domain / "test"]
     runs_dir = lambda kind, seed: out / (kind if seed == 0 else f"{kind}-seed{seed}")  # noqa: E731
     cells = [(seed, name) for seed in seeds for name in PLAN_NAMES]  # seed-major: seed by seed
 
     def stage_corpus(done):
-        build_corpus(corpus, cfg["corpus"]["preset"], seed=cfg["corpus"].get("seed", 0))
+        build_corpus(corpus, preset.corpus.preset, seed=preset.corpus.seed)
 
     def stage_pretrain(done):
         r = pretrain(ssl_config, ssl_data, out / "ssl", progress=False)
@@ -108,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_speed(done):  # one seed's students: the seeds differ in weights, not in architecture
         models = [out / "teacher_ctc/model"] + [runs_dir("students_ctc", seeds[0]) / n / "model" for n in PLAN_NAMES]
-        rows = bench_speed(models, names=["teacher", *PLAN_NAMES], **cfg["speed"])
+        rows = bench_speed(models, names=["teacher", *PLAN_NAMES], **preset.speed.given())
         write_json(out / "speed.json", rows)
         return {"rows": len(rows)}
 
@@ -122,22 +118,23 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out / "results.md", text)
         print(text)
 
+    # the stages' markers record the preset's sections as written (kd.recipes.stages.load_preset)
     stages = [
-        Stage(1, "corpus", stage_corpus, cfg["corpus"], "synthesise the built-in corpus"),
-        Stage(2, "ssl-pretrain", stage_pretrain, {"preset": cfg["ssl_preset"], "domains": cfg["ssl_domains"],
-                                                  "overrides": cfg.get("ssl_overrides", {})},
+        Stage(1, "corpus", stage_corpus, written["corpus"], "synthesise the built-in corpus"),
+        Stage(2, "ssl-pretrain", stage_pretrain, {"preset": written["ssl_preset"], "domains": written["ssl_domains"],
+                                                  "overrides": written.get("ssl_overrides", {})},
               "wav2vec 2.0 pre-training"),
         Stage(3, "teacher-ctc", stage_teacher_ctc, ctc_config.to_dict(), "CTC fine-tuning of the teacher"),
-        Stage(4, "analysis", stage_analysis, cfg["analysis"], "analyse the pre-trained teacher"),
+        Stage(4, "analysis", stage_analysis, written["analysis"], "analyse the pre-trained teacher"),
         Stage(5, "plans", lambda done: save_plans(equal_budget_plans(out / "analysis/report.json", k,
-                                                                     cfg["reuse_threshold"]), out / "plans"),
-              {"budget": k, "reuse": cfg["reuse_threshold"]}, "equal-budget plans"),
+                                                                     preset.reuse_threshold), out / "plans"),
+              {"budget": k, "reuse": written["reuse_threshold"]}, "equal-budget plans"),
         Stage(6, "distill", stage_distill,
-              {"preset": cfg["distill_preset"], "overrides": cfg.get("distill_overrides", {}), "seeds": seeds},
+              {"preset": written["distill_preset"], "overrides": written.get("distill_overrides", {}), "seeds": seeds},
               "layer-to-layer distillation"),
         Stage(7, "student-ctc", stage_student_ctc, {**student_ctc_config.to_dict(), "seeds": seeds},
               "CTC fine-tuning of every student"),
-        Stage(8, "speed", stage_speed, {**cfg["speed"], "seed": seeds[0]}, "latency"),
+        Stage(8, "speed", stage_speed, {**written["speed"], "seed": seeds[0]}, "latency"),
         Stage(9, "table", stage_table, {}, "results table"),
     ]
     run_recipe(stages, out, args)

@@ -73,8 +73,11 @@ def test_condition_validation_and_slug():
         Condition("x", teachers=("us",), beta=1.5)
     with pytest.raises(ValueError, match="Condition 'x': KDLossConfig.temperature: expected > 0, found 0"):
         Condition("x", teachers=("us",), temperature=0)
-    with pytest.raises(ValueError, match="expected a mapping with encoder_layers and decoder_keep"):
+    with pytest.raises(ValueError, match=r"student_sizes.S.decoder_keep: required field missing \(expected a list"):
         StudentSize.from_dict("S", {"encoder_layers": 2})
+    with pytest.raises(ValueError, match=r"student_sizes.S.encoder_layers: expected an integer, found '2' \(str\)"):
+        StudentSize.from_dict("S", {"encoder_layers": "2", "decoder_keep": [0]})
+    assert StudentSize.from_dict("S", {"encoder_layers": 2, "decoder_keep": [0]}) == StudentSize("S", 2, (0,))
 
 
 def test_student_config_for_each_kind_of_condition(tmp_path):

@@ -40,8 +40,8 @@ def test_from_preset_parses_every_section_in_order_and_lays_out_the_output_folde
     section, entered = _sectioned()
     setup = MultidomainSetup.from_preset(SMOKE, tmp_path, seeds=[0, 1], recipe_dir=tmp_path / "recipe",
                                          section=section)
-    assert entered == ["tokens", "decode", "student_sizes", "conditions", "claims", "analysis", "student_freeze",
-                       "teacher", "student / conditions"]
+    # (keys, types and the sizes, conditions and claims themselves: checked as the preset is read)
+    assert entered == ["decode", "claims", "analysis", "teacher", "student / conditions"]
     assert setup.domains == ("us", "uk") and setup.target == "target" and setup.seeds == (0, 1)
     assert setup.sizes == (StudentSize("S", 2, (1,)),) and setup.shipped is None
     assert setup.freeze == ("espnet.encoder.embed",) and setup.analysis.max_utterances == 6
@@ -56,11 +56,13 @@ def test_from_preset_parses_every_section_in_order_and_lays_out_the_output_folde
 
 
 @pytest.mark.parametrize("change,expected", [
-    ({"tokens": "bpe"}, "[tokens] expected 'words' or 'chars', found 'bpe'"),
-    ({"student_sizes": {"S": {"encoder_layers": 2}}}, "[student_sizes] student size 'S': expected a mapping"),
+    ({"tokens": "bpe"}, "preset.tokens: expected one of ['words', 'chars'], found 'bpe'"),
+    ({"student_sizes": {"S": {"encoder_layers": 2}}}, "preset: student_sizes.S.decoder_keep: required field missing"),
     ({"claims": [{"claim": "x", "a": "no KD (random init)", "b": "nope"}]},
      "[claims] 'nope' is not a condition of this preset"),
-    ({"student_freeze": "espnet"}, "[student_freeze] expected a list of parameter names or prefixes"),
+    ({"student_freeze": "espnet"}, "preset.student_freeze: expected a list (each item a string), found 'espnet'"),
+    ({"student_freeze": [""]}, "preset: student_freeze: expected parameter names or prefixes, found ['']"),
+    ({"analysis": {"probe_epoch": 2}}, "[analysis] AnalyzeConfig: unknown field 'probe_epoch'"),
     ({"teacher": {"model": {"preset": "tiny"}, "optim": {"stepz": 1}}}, "[teacher] TrainConfig.optim"),
     ({"student": {"optim": {"lr_max": 1.0}}}, "[student / conditions] TrainConfig.optim: unknown field 'lr_max'"),
 ])
