@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kd.cli.common import key_values
+from kd.core.config import with_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--out", required=True)
     sp.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    sp.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
                     help="SSLConfig fields over the preset (diversity_weight=0.3, mask_length=4, ...) and "
                          "SECTION.FIELD of its optim, data and checkpoint sections (optim.lr=1e-4, "
                          "optim.max_steps=400, data.max_seconds=30, checkpoint.every_steps=100, ...)")
@@ -28,30 +28,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     sf.add_argument("--eval", nargs="*", default=[], help="data dirs scored (WER/CER) after training")
     sf.add_argument("--out", required=True)
     sf.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
-    sf.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    sf.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
                     help="CTCConfig fields over the preset (freeze_feature_encoder=false, ...) and SECTION.FIELD "
                          "of its optim, data and checkpoint sections (optim.max_steps=800, ...)")
     sf.set_defaults(run=_ssl_finetune)
 
 
-SECTIONS = ("optim", "data", "checkpoint")  # the training sections of a stage config (kd.ssl.config)
-
-
 def _preset_with_settings(cls, preset: str, items: list[str], option: str = "--set"):
-    """``cls.from_preset(preset)`` with KEY=VALUE settings over it: fields of ``cls``, or
-    ``SECTION.FIELD`` for its optim (kd.training.config.OptimConfig), data and checkpoint sections;
-    names and types checked by ``cls.from_dict``."""
-    data = cls.from_preset(preset).to_dict()
-    for key, value in key_values(items, option).items():
-        section, dot, field = key.partition(".")
-        if dot and section in SECTIONS:
-            data[section][field] = value
-        elif dot:
-            raise ValueError(f"{option}: {key!r}: only {', '.join(s + '.FIELD' for s in SECTIONS)} name a nested "
-                             "setting")
-        else:
-            data[key] = value
-    return cls.from_dict(data)
+    """``cls.from_preset(preset)`` with ``KEY.PATH=VALUE`` settings over it (:func:`kd.core.config.with_overrides`):
+    fields of ``cls``, or ``SECTION.FIELD`` of its optim (kd.training.config.OptimConfig), data and checkpoint
+    sections; names and types checked by ``cls.from_dict``."""
+    return cls.from_dict(with_overrides(cls.from_preset(preset).to_dict(), items, option))
 
 
 def _ssl_pretrain(args: argparse.Namespace) -> int:

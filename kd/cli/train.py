@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kd.cli.common import key_values
+from kd.core.config import with_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     dl.add_argument("--out", required=True, help="stage folder: student/, heads, log.csv (a finished one is skipped)")
     dl.add_argument("--student", default=None, help="initial student folder (default: kd.compress(teacher, plan))")
     dl.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"])
-    dl.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="settings over the preset: optimiser fields (max_steps, lr, warmup_steps, ...: "
-                         "kd.training.config.OptimConfig), seed, deterministic, and SECTION.FIELD of the config's "
-                         "data and checkpoint sections (data.max_seconds=20, checkpoint.every_steps=50, ...)")
+    dl.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
+                    help="LayerDistillConfig fields over the preset (seed=1, cos_weight=0.5, ...) and SECTION.FIELD of "
+                         "its optim (kd.training.config.OptimConfig), data and checkpoint sections (optim.max_steps=400, "
+                         "optim.lr=1e-4, data.max_seconds=20, checkpoint.every_steps=50, ...)")
     dl.set_defaults(run=_distill_layers)
 
 
@@ -48,26 +48,16 @@ def _distill_layers(args: argparse.Namespace) -> int:
     import dataclasses
 
     from kd.compression import count_parameters, load_student
-    from kd.ssl.config import RENAMED_OPTIM_FIELDS
     from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
     from kd.training.config import OptimConfig
 
-    data = LayerDistillConfig.from_preset(args.preset).to_dict()
-    names = [f.name for f in dataclasses.fields(OptimConfig)]
-    for key, value in key_values(args.set, "--set").items():
-        section, dot, field = key.partition(".")
-        if dot and section in ("data", "checkpoint"):
-            data[section][field] = value
-        elif key in ("seed", "deterministic"):  # the config's own fields
-            data[key] = value
-        elif key in RENAMED_OPTIM_FIELDS:
-            raise ValueError(f"--set: {key!r} is now {RENAMED_OPTIM_FIELDS[key].removeprefix('optim.')}; set that "
-                             "instead (the optimiser settings are those of kd.training.config.OptimConfig)")
-        elif dot or key not in names:
-            raise ValueError(f"--set: unknown OptimConfig field {key!r}; expected one of {names}, seed, "
-                             "deterministic, data.FIELD or checkpoint.FIELD")
-        else:
-            data["optim"][key] = value
+    optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
+    for item in args.set:  # the flat optimiser settings this command took before it read KEY.PATH=VALUE
+        key = item.partition("=")[0]
+        if key in optim_fields:
+            raise ValueError(f"--set: {key!r} is an optimiser setting: set optim.{key} (the section of "
+                             "kd.training.config.OptimConfig)")
+    data = with_overrides(LayerDistillConfig.from_preset(args.preset).to_dict(), args.set)
     config = LayerDistillConfig.from_dict(data)
     result = distill_plan(args.teacher, args.plan, args.data, args.out, config, student_dir=args.student,
                           progress=True)

@@ -136,7 +136,8 @@ def test_set_values_reach_the_stages(tmp_path, capsys, load_recipe):
     assert "stage range 99" in err
     preset, written, _ = recipe.load_preset(
         recipe.recipe_parser(recipe.__doc__, recipe.HERE / "config.yaml", "asr_compress"),
-        _args(recipe, ["--preset", "smoke", "--set", "seeds=[3, 4, 5]", "teacher.optim.max_steps=3"]), AsrCompressPreset)
+        _args(recipe, ["--preset", "smoke", "--set", "seeds=[3, 4, 5]", "teacher.optim.max_steps=3"]),
+        AsrCompressPreset)
     assert preset.seeds == (3, 4, 5) and preset.teacher["optim"]["max_steps"] == 3
     assert preset.teacher["optim"]["lr"] == 0.002  # the rest of the section as the YAML has it
     assert written["seeds"] == [3, 4, 5] and written["teacher"] == preset.teacher

@@ -170,17 +170,19 @@ def test_cli_distills_a_student_built_by_the_plan(tests_corpus, tmp_path, capsys
     tiny_teacher().save_pretrained(tmp_path / "teacher")
     CompressionPlan(keep_layers=(1, 3)).save(tmp_path / "plan.json")
     args = ["distill-layers", str(tmp_path / "teacher"), str(tmp_path / "plan.json"), "--data", str(data),
-            "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "max_steps=3", "lr=0.001"]
+            "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "optim.max_steps=3", "optim.lr=0.001"]
     assert main(args) == 0
     assert len(read_csv_log(tmp_path / "out" / "log.csv")) == 3
     assert load_student(tmp_path / "out" / "student").config.num_hidden_layers == 2
     assert "after 3 updates" in capsys.readouterr().out
     assert main(args) == 0 and "skipped" in capsys.readouterr().out
-    bad = args[:-2] + ["stepz=3"]
+    bad = args[:-2] + ["optim.stepz=3"]
     assert main(bad) == 2
-    assert "--set: unknown OptimConfig field 'stepz'" in capsys.readouterr().err
-    assert main(args[:-2] + ["steps=3"]) == 2  # the name before the one training stack
-    assert "--set: 'steps' is now max_steps" in capsys.readouterr().err
+    assert "LayerDistillConfig.optim: unknown field 'stepz'; expected one of" in capsys.readouterr().err
+    assert main(args[:-2] + ["optim.steps=3"]) == 2  # the name before the one training stack
+    assert "LayerDistillConfig.optim.steps: this setting is now optim.max_steps" in capsys.readouterr().err
+    assert main(args[:-2] + ["max_steps=3"]) == 2  # the flat form this command took before KEY.PATH=VALUE
+    assert "--set: 'max_steps' is an optimiser setting: set optim.max_steps" in capsys.readouterr().err
 
 
 def test_cli_names_a_malformed_optimiser_value(tmp_path, capsys):
@@ -189,5 +191,5 @@ def test_cli_names_a_malformed_optimiser_value(tmp_path, capsys):
     tiny_teacher().save_pretrained(tmp_path / "teacher")
     CompressionPlan(keep_layers=(1, 3)).save(tmp_path / "plan.json")
     assert main(["distill-layers", str(tmp_path / "teacher"), str(tmp_path / "plan.json"), "--data", "unused",
-                 "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "max_steps=many"]) == 2
+                 "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "optim.max_steps=many"]) == 2
     assert "LayerDistillConfig.optim.max_steps: expected an integer or null, found 'many'" in capsys.readouterr().err

@@ -434,7 +434,8 @@ def test_cli_pretrain_takes_settings_over_the_preset(tests_corpus, tmp_path, cap
     capsys.readouterr()
     for setting, message in (("diversity_wieght=0.3", "SSLConfig: unknown field 'diversity_wieght'"),
                              ("optim.lr=fast", "SSLConfig.optim.lr: expected a finite number, found 'fast'"),
-                             ("model.lr=1", "--set: 'model.lr': only optim.FIELD, data.FIELD, checkpoint.FIELD name"),
+                             ("model.lr=1", "SSLConfig: unknown field 'model'"),
+                             ("optim.lr", "--set: expected KEY.PATH=VALUE, found 'optim.lr'"),
                              ("optim.steps=2", "SSLConfig.optim.steps: this setting is now optim.max_steps"),
                              ("mask_prob=1.5", "SSLConfig.mask_prob")):
         assert main(args[:args.index("--set") + 1] + [setting]) == 2, setting
