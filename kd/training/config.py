@@ -1,9 +1,9 @@
 """`TrainConfig`: everything one training or distillation run reads, as a frozen, versioned dataclass.
 
 A run is configured by one YAML file (``TrainConfig.from_yaml``). Every section is a frozen
-dataclass with typed fields; reading a mapping checks, field by field, that nothing is unknown,
-missing or of the wrong type, and errors name the full field path (``optim.lr``), the value
-found and what was expected.
+dataclass with typed fields, read by the toolkit's one config system (:func:`kd.core.config.parse_config`):
+nothing may be unknown, missing or of the wrong type, and errors name the full field path
+(``TrainConfig.optim.lr``), the value found and what was expected.
 
 YAML 1.1 reads an unquoted ``no`` as ``false``; ``optim.mixed_precision: no`` is therefore also
 accepted as ``false``.
