@@ -164,6 +164,10 @@ class AsrConfig:
     specaug_time_ratio: float = 0.0
     specaug_time_warp: int = 0
     pos_enc: PositionalEncoding = PositionalEncoding.ABS
+    # layer norm before each encoder block's attention and feed-forward (pre-LN, ESPnet's default) or
+    # after the residual sum (post-LN, Vaswani et al.): a post-LN block's output is normalised, so it
+    # is not the running sum of the input embedding and every earlier block's update
+    encoder_normalize_before: bool = True
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -264,6 +268,8 @@ class AsrConfig:
                 del out[name]
         if self.pos_enc is PositionalEncoding.ABS:  # likewise: written only when not the default
             del out["pos_enc"]
+        if self.encoder_normalize_before:
+            del out["encoder_normalize_before"]
         return out
 
     @classmethod
@@ -560,6 +566,7 @@ def build_asr_model(config: AsrConfig, token_list: list[str] | None = None) -> A
         positional_dropout_rate=config.dropout_rate,
         attention_dropout_rate=config.attention_dropout_rate,
         input_layer=config.input_layer.value,
+        normalize_before=config.encoder_normalize_before,
         use_flash_attn=False,  # flash attention would also drop the attention dropout
     )
     if config.pos_enc is PositionalEncoding.SCALED_ABS:

@@ -118,6 +118,7 @@ def espnet_config(config: Any, token_list: list[str], *, token_type: str = "char
             "attention_dropout_rate": config.attention_dropout_rate,
             "input_layer": config.input_layer.value,
             "use_flash_attn": False,
+            **({} if config.encoder_normalize_before else {"normalize_before": False}),
         },
         "postencoder": None,
         "postencoder_conf": {},

@@ -57,3 +57,25 @@ def test_an_unknown_kind_and_an_export_to_espnet_are_refused():
     config = tiny(pos_enc="scaled_abs_pos")
     with pytest.raises(ValueError, match="only 'abs_pos' models can be exported"):
         espnet_config(config, [f"t{i}" for i in range(VOCAB)])
+
+
+def test_post_ln_encoder_normalises_each_block_output_and_exports_as_such():
+    """encoder_normalize_before false: ESPnet's post-LN blocks (the output of each block is layer-normed, so
+    its per-frame mean is 0 and variance about 1) and no final layer norm; written and exported only then."""
+    config = tiny(encoder_normalize_before=False)
+    assert config.to_dict()["encoder_normalize_before"] is False and "encoder_normalize_before" not in tiny().to_dict()
+    assert AsrConfig.from_yaml(config.to_yaml()) == config
+    torch.manual_seed(0)
+    enc = build_asr_model(config).eval().espnet.encoder
+    assert all(not layer.normalize_before for layer in enc.encoders) and not enc.normalize_before
+    x = torch.randn(1, 40, config.n_mels) * 3.0
+    with torch.no_grad():
+        h, mask = enc.embed(x, None)
+        for layer in enc.encoders:
+            h, mask = layer(h, mask)
+            assert torch.allclose(h.mean(-1), torch.zeros(1), atol=1e-4)
+    from kd.models.export_espnet import espnet_config
+
+    vocab = [f"t{i}" for i in range(VOCAB)]
+    assert espnet_config(config, vocab)["encoder_conf"]["normalize_before"] is False
+    assert "normalize_before" not in espnet_config(tiny(), vocab)["encoder_conf"]
