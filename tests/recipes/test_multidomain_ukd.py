@@ -44,7 +44,10 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
     assert [(c["claim"], c["metric"]) for c in results["claims"]][:2] == [("KD beats no KD", "wer"),
                                                                           ("tok-KD from the better teacher beats no KD", "wer")]
     best = results["better_teacher"]["0"]
-    assert any(c["b"] == f"tok+unc-KD ({best})" for c in results["claims"])
+    assert any(c["b"] == "tok+unc-KD (better teacher)" for c in results["claims"])
+    # a "{best}" condition distils from that seed's better teacher
+    kd_run = yaml.safe_load((out / "runs/S/tok-kd-better-teacher/seed0/config.yaml").read_text())
+    assert [t["run_dir"] for t in kd_run["kd"]["teachers"]] == [str(out / f"teachers/seed0/{best}/model")]
     for c in results["claims"]:
         if "premise" in c and not c["premise"]["holds"]:
             assert c["verdict"] == "not a test"
@@ -53,7 +56,7 @@ def test_every_stage_runs_and_a_rerun_skips_them_all(tmp_path, capsys, load_reci
     # the word inventory is shared: teachers and students have the same tokens
     tokens = (out / "tokens/tokens.txt").read_text()
     assert (out / "teachers/seed0/us/model/tokens.txt").read_text() == tokens
-    assert (out / "runs/S/tok-kd-us/seed0/tokens.txt").read_text() == tokens
+    assert (out / "runs/S/tok-kd-better-teacher/seed0/tokens.txt").read_text() == tokens
     # students: random init vs the better teacher's layers (plan), teacher outputs cached per seed
     kd_run = yaml.safe_load((out / "runs/S/tok-unc-kd-us-uk/seed0/config.yaml").read_text())
     assert kd_run["kd"]["loss"]["weighting"] == "dev_wer" and "teacher_cache/seed0/us+uk" in kd_run["kd"]["cache_dir"]
@@ -126,8 +129,8 @@ def test_runs_on_two_worker_processes_equal_the_runs_one_after_another(tmp_path,
     recipe = load_recipe("multidomain_ukd")
     config, smoke = smoke_with()
     smoke["conditions"] = [c for c in config["x-conditions"]
-                           if c["name"] in ("no KD (random init)", "tok-KD (us)", "tok+unc-KD (us)")]
-    smoke["claims"] = [{"claim": "unc", "a": "tok+unc-KD (us)", "b": "tok-KD (us)"}]
+                           if c["name"] in ("no KD (random init)", "tok-KD (better teacher)", "tok+unc-KD (better teacher)")]
+    smoke["claims"] = [{"claim": "unc", "a": "tok+unc-KD (better teacher)", "b": "tok-KD (better teacher)"}]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"smoke": smoke}))
     for workers in ("1", "2"):
