@@ -217,7 +217,7 @@ def _elapsed_at(log: Path, step: int) -> float:
                 if float(row.get("steps_per_s") or 0) > 0:
                     elapsed += (now - last) / float(row["steps_per_s"])
                 last = now
-    return round(elapsed, 1)
+    return round(elapsed, 3)
 
 
 def ship_runs(runs: Sequence[str | os.PathLike], tokens: str | os.PathLike, target: str | os.PathLike, *,
