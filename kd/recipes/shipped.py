@@ -14,7 +14,7 @@ recipe is about to train equals the shipped one, and says so; otherwise the reci
 as usual. Nothing is trusted by name alone: a corpus built with another seed or version, a changed
 config or another token inventory has another fingerprint.
 
-A training run longer than one machine session can ship a *resume point* instead of a model
+A training run longer than one sitting on one machine can ship a *resume point* instead of a model
 (:func:`ship_resume_point`): the run's newest checkpoint (weights, optimiser and RNG state, data
 position) and its logs under ``resume/``, with the same provenance plus ``"resume": {"step": N}``.
 :func:`restore_for_run` puts it into the run dir of a run with the same fingerprint, and the training
@@ -159,8 +159,8 @@ def ship_resume_point(run: str | os.PathLike, tokens: str | os.PathLike, target:
                       command: str, trained: Mapping[str, Any]) -> Path:
     """Ship an unfinished training run as a resume point at ``target`` (replacing what is there): its
     newest checkpoint and logs under ``resume/``, and a provenance with the run's fingerprint, ``"resume":
-    {"step": N}`` and, in ``trained``, the wall seconds the run has spent so far (its log's
-    ``elapsed_s`` column at the checkpoint's step, plus that of earlier resume points it continued). Stop
+    {"step": N}`` and, in ``trained``, the seconds of training to that step by the run's ``log.csv`` (its
+    rows' ``steps_per_s``; earlier resume points' seconds as ``wall_seconds_before_resume``). Stop
     the run first: a checkpoint pruned while it is copied is an error. A finished run (``result.json``)
     or one without a checkpoint is a ValueError: ship the first with :func:`ship_run`."""
     from kd.training.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
@@ -249,6 +249,11 @@ def reidentify(shipped: str | os.PathLike, *, train: Sequence[str | os.PathLike]
     return record["fingerprint"]
 
 
+def _differing_parts(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """The parts (train, dev, config, tokens) in which two fingerprints differ, sorted."""
+    return sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+
+
 def restore(shipped: str | os.PathLike, model_dir: str | os.PathLike, expected: Mapping[str, Any]) -> str | None:
     """Copy the shipped model to ``model_dir`` if its fingerprint equals ``expected``.
 
@@ -259,8 +264,7 @@ def restore(shipped: str | os.PathLike, model_dir: str | os.PathLike, expected: 
     if not (shipped / PROVENANCE).is_file():
         return f"no shipped model at {shipped}"
     provenance = json.loads((shipped / PROVENANCE).read_text(encoding="utf-8"))
-    found = provenance.get("fingerprint", {})
-    differs = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    differs = _differing_parts(provenance.get("fingerprint", {}), expected)
     if differs:
         return f"{shipped}: the shipped model was trained with other {', '.join(differs)}"
     model_dir = Path(model_dir)
@@ -309,8 +313,7 @@ def restore_resume_point(shipped: str | os.PathLike, run: str | os.PathLike, exp
 
     shipped, run = Path(shipped), Path(run)
     record = json.loads((shipped / PROVENANCE).read_text(encoding="utf-8"))
-    found = record.get("fingerprint", {})
-    differs = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    differs = _differing_parts(record.get("fingerprint", {}), expected)
     if differs:
         print(f"{label}: the resume point {shipped} is of a run with other {', '.join(differs)}; training "
               "from the start", file=sys.stderr)

@@ -54,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     # every run's settings built now, so that a bad preset value stops the run before stage 1
     setup = MultidomainSetup.from_preset(preset, out, seeds=seeds, recipe_dir=HERE,
                                          section=lambda key: preset_section(parser, args, key))
+    if args.ship_resume_points is not None:
+        try:
+            for d in setup.domains:
+                ship_resume_point(setup.teacher_run(0, d), setup.tokens_dir / "tokens.txt", args.ship_resume_points / d,
+                                  trained=provenance(REPO, WATCHED),
+                                  command=f"python recipes/multidomain_ukd/run.py --preset {args.preset} --seeds 0 "
+                                          f"--stop-stage 3 --set {' '.join(args.set)} shipped_teachers="
+                                          f"{os.path.relpath(args.ship_resume_points.resolve(), HERE)}")
+        except ValueError as e:
+            raise SystemExit(f"--ship-resume-points: {e}") from None
+        return 0
     n_runs = len(setup.sizes) * len(setup.conditions) * len(seeds)
 
     def table(done):
@@ -84,17 +95,6 @@ def main(argv: list[str] | None = None) -> int:
               "students' error rates"),
         Stage(9, "table", table, {"seeds": seeds, "claims": written["claims"], "version": 1}, "results and claims"),
     ]
-    if args.ship_resume_points is not None:
-        try:
-            for d in setup.domains:
-                ship_resume_point(setup.teacher_run(0, d), setup.tokens_dir / "tokens.txt", args.ship_resume_points / d,
-                                  trained=provenance(REPO, WATCHED),
-                                  command=f"python recipes/multidomain_ukd/run.py --preset {args.preset} --seeds 0 "
-                                          f"--stop-stage 3 --set {' '.join(args.set)} shipped_teachers="
-                                          f"{os.path.relpath(args.ship_resume_points.resolve(), HERE)}")
-        except ValueError as e:
-            raise SystemExit(f"--ship-resume-points: {e}") from None
-        return 0
     run_recipe(stages, out, args)
     if args.ship_teachers:
         try:
