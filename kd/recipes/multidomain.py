@@ -249,10 +249,15 @@ def _num(value: float | None) -> str:
 def results_markdown(results: Mapping[str, Any]) -> str:
     """The results file as markdown: teachers (the premise), students, uncertainty, claims."""
     decode = results["decode"]
-    head = (f"`{results['preset']}` preset, seeds {results['seeds']}; headline decoding: joint CTC/attention beam "
+    teacher_seeds = results.get("teacher_seeds", results["seeds"])
+    seeds = (f"seeds {results['seeds']}" if teacher_seeds == results["seeds"] else
+             f"students' seeds {results['seeds']}, every seed's students taught by the teachers of seed "
+             f"{', '.join(map(str, teacher_seeds))} (the intervals hold the students' seeds and the test utterances, "
+             f"not the teachers' training)")
+    head = (f"`{results['preset']}` preset, {seeds}; headline decoding: joint CTC/attention beam "
             f"search (beam {decode['beam_size']}, CTC weight {decode['ctc_weight']}); greedy: CTC greedy. "
             f"Test sets: " + ", ".join(f"{d} {n} utterances" for d, n in results["n_test"].items()) + ". WER/CER in %.")
-    lines = [head, "", "Teachers (means over the seeds)", "",
+    lines = [head, "", "Teachers (means over the teachers' seeds)", "",
              "| teacher | own test WER | own test CER | target test WER | target test CER | target test WER (greedy) "
              "| variance AUROC own dev | target dev | posterior AUROC own dev | target dev |",
              "|---|---|---|---|---|---|---|---|---|---|"]

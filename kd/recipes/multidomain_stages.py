@@ -60,12 +60,13 @@ class MultidomainSetup:
     sizes: tuple[StudentSize, ...]
     conditions: tuple[Condition, ...]
     claims: tuple[Claim, ...]
-    seeds: tuple[int, ...]  # the teachers' and the students' training seeds
+    seeds: tuple[int, ...]  # the students' training seeds, and the teachers' unless teacher_seed_fixed is set
     decode: Mapping[str, Any]  # the headline decoding (a DecodeConfig section); GREEDY is the other
     analysis: AnalyzeConfig  # the teachers' layer-wise analysis
     device: str = "cpu"  # evaluation and analysis
     shipped: Path | None = None  # shipped teachers (kd.recipes.shipped), <shipped>/<domain>; None: trained here
     freeze: tuple[str, ...] = ()  # parameters that students built from the teacher's layers keep
+    teacher_seed_fixed: int | None = None  # every student seed's teachers are this seed's (None: the student's seed)
 
     @classmethod
     def from_preset(cls, preset: MultidomainPreset | Mapping[str, Any], out: Path, *, seeds: Sequence[int],
@@ -107,10 +108,10 @@ class MultidomainSetup:
         setup = cls(out=out, corpus=preset.corpus, tokens=preset.tokens, domains=domains, target=target,
                     teacher=preset.teacher, student=preset.student, sizes=sizes, conditions=conditions,
                     claims=claims, seeds=tuple(seeds), decode=preset.decode, analysis=analysis, device=device,
-                    shipped=shipped, freeze=preset.student_freeze)
+                    shipped=shipped, freeze=preset.student_freeze, teacher_seed_fixed=preset.teacher_seed)
         with section("teacher"):
             for d in domains:
-                teacher_config(setup, d, setup.seeds[0])
+                teacher_config(setup, d, setup.teacher_seeds[0])
         with section("student / conditions"):
             for size in sizes:
                 for c in conditions:
@@ -131,7 +132,17 @@ class MultidomainSetup:
     def data(self, domain: str, split: str) -> Path:
         return self.out / "corpus" / domain / split
 
+    def teacher_seed(self, seed: int) -> int:
+        """The seed of the teachers that the students of ``seed`` learn from."""
+        return seed if self.teacher_seed_fixed is None else self.teacher_seed_fixed
+
+    @property
+    def teacher_seeds(self) -> tuple[int, ...]:
+        """The teachers' training seeds, each once, in the order of the students' seeds."""
+        return tuple(dict.fromkeys(self.teacher_seed(s) for s in self.seeds))
+
     def teacher_run(self, seed: int, domain: str) -> Path:
+        """The training run of the teacher of ``domain`` and the teachers' seed ``seed``."""
         return self.out / "teachers" / f"seed{seed}" / domain
 
     def teacher_eval(self, seed: int, domain: str, name: str) -> Path:
@@ -164,17 +175,18 @@ def student_config(setup: MultidomainSetup, size: StudentSize, condition: Condit
     ``teacher_eval``: the result of :func:`evaluate_teachers`, whose target dev WERs weigh the teachers
     of a ``dev_wer`` condition (None, before it ran: every teacher alike).
     """
-    dev_wers = ({d: teacher_eval[f"seed{seed}/{d}"]["target_dev_beam"]["wer"] / 100.0 for d in setup.domains}
+    ts = setup.teacher_seed(seed)
+    dev_wers = ({d: teacher_eval[f"seed{ts}/{d}"]["target_dev_beam"]["wer"] / 100.0 for d in setup.domains}
                 if teacher_eval else {d: 1.0 for d in setup.domains})
     # a condition's teacher "{best}": this seed's better teacher (before the teachers are evaluated: the first)
     if BEST in condition.teachers:
-        best = teacher_eval[f"seed{seed}/best"] if teacher_eval else setup.domains[0]
+        best = teacher_eval[f"seed{ts}/best"] if teacher_eval else setup.domains[0]
         condition = dataclasses.replace(condition, teachers=tuple(best if t == BEST else t for t in condition.teachers))
     return student_train_config(
         setup.student, condition, train=[setup.data(setup.target, "train")], dev=setup.data(setup.target, "dev"),
         tokens=setup.tokens_section, seed=seed, teacher_model=setup.teacher["model"], size=size,
         plan_student=setup.student_dir(seed, size),
-        teacher_runs={d: setup.teacher_run(seed, d) / "model" for d in setup.domains}, dev_wers=dev_wers,
+        teacher_runs={d: setup.teacher_run(ts, d) / "model" for d in setup.domains}, dev_wers=dev_wers,
         cache_root=setup.out / "teacher_cache" / f"seed{seed}", freeze=setup.freeze,
         teacher_weights="model.safetensors")
 
@@ -217,7 +229,7 @@ def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     from kd.recipes.shipped import restore_for_run
 
     jobs, restored, render = [], {}, set()
-    for seed in setup.seeds:
+    for seed in setup.teacher_seeds:
         for d in setup.domains:
             config, run = teacher_config(setup, d, seed), setup.teacher_run(seed, d)
             shipped = setup.shipped / d if setup.shipped is not None and seed == 0 else None  # seed 0's teachers
@@ -249,7 +261,7 @@ def evaluate_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
 
     target, device = setup.target, setup.device
     jobs = []
-    for seed in setup.seeds:
+    for seed in setup.teacher_seeds:
         for d in setup.domains:
             model = setup.teacher_run(seed, d) / "model"
             for test in (d, target):
@@ -260,7 +272,7 @@ def evaluate_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
                             setup.teacher_eval(seed, d, f"{target}-dev-beam")), {"device": device}))
     reports = iter(run_jobs(jobs, workers=workers if device == "cpu" else 1))
     result: dict[str, Any] = {}
-    for seed in setup.seeds:
+    for seed in setup.teacher_seeds:
         for d in setup.domains:
             r = {f"{test}_test_{name}": next(reports) for test in ("own", "target") for name in ("beam", "greedy")}
             r["target_dev_beam"] = next(reports)
@@ -279,11 +291,11 @@ def analyse_teachers(setup: MultidomainSetup) -> dict[str, Any]:
     """Stage ``analysis``: ``kd analyze`` of each teacher on its own dev set."""
     from kd.analyze.layerwise import analyze_model_dir
 
-    for seed in setup.seeds:
+    for seed in setup.teacher_seeds:
         for d in setup.domains:
             analyze_model_dir(setup.teacher_run(seed, d) / "model", setup.data(d, "dev"),
                               setup.out / "analysis" / f"seed{seed}" / d, setup.analysis)
-    return {"analysed": [f"seed{s}/{d}" for s in setup.seeds for d in setup.domains]}
+    return {"analysed": [f"seed{s}/{d}" for s in setup.teacher_seeds for d in setup.domains]}
 
 
 def build_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any]) -> dict[str, Any]:
@@ -296,10 +308,11 @@ def build_students(setup: MultidomainSetup, teacher_eval: Mapping[str, Any]) -> 
 
     built = {}
     for seed in setup.seeds:
-        best = teacher_eval[f"seed{seed}/best"]
-        teacher, tokenizer = load_model_dir(setup.teacher_run(seed, best) / "model")
+        ts = setup.teacher_seed(seed)
+        best = teacher_eval[f"seed{ts}/best"]
+        teacher, tokenizer = load_model_dir(setup.teacher_run(ts, best) / "model")
         for size in setup.sizes:
-            plan = plan_from_report(setup.out / "analysis" / f"seed{seed}" / best / "report.json",
+            plan = plan_from_report(setup.out / "analysis" / f"seed{ts}" / best / "report.json",
                                     budget_layers=size.encoder_layers, share_blocks=size.share_encoder)
             plan.save(setup.student_dir(seed, size).with_suffix(".plan.json"))
             student = asr_student(teacher, plan, CompressionPlan(keep_layers=list(size.decoder_keep)))
@@ -376,23 +389,25 @@ def results_table(setup: MultidomainSetup, teacher_eval: Mapping[str, Any], stud
     the students, each claim's interval and verdict per size and metric (from the evaluations'
     per-utterance errors), the correlation of the teachers' uncertainties and ``provenance``."""
     te, seeds, target = teacher_eval, list(setup.seeds), setup.target
-    best = {s: te[f"seed{s}/best"] for s in seeds}
+    teacher_seeds = list(setup.teacher_seeds)
+    best = {s: te[f"seed{setup.teacher_seed(s)}/best"] for s in seeds}
     student_dirs = {(size.name, c.name, seed): setup.run_dir(size, c, seed) / "eval-beam"
                     for size, c, seed in setup.cells()}
-    teacher_dirs = {s: setup.teacher_eval(s, best[s], f"{target}-test-beam") for s in seeds}
+    teacher_dirs = {s: setup.teacher_eval(setup.teacher_seed(s), best[s], f"{target}-test-beam") for s in seeds}
     claimed = [row for size in setup.sizes for metric in METRICS
                for row in claims_table(setup.claims, students=student_dirs, teachers=teacher_dirs, best=best,
                                        size=size.name, metric=metric, domain=target)]
-    n_test = {d: te[f"seed{seeds[0]}/{d}"]["own_test_beam"]["utterances"] for d in setup.domains}
-    n_test[target] = te[f"seed{seeds[0]}/{setup.domains[0]}"]["target_test_beam"]["utterances"]
-    correlation = te[f"seed{seeds[0]}/uncertainty"]["target_dev_variance_correlation"]
-    results = {"preset": preset, "seeds": seeds, "decode": dict(setup.decode), "n_test": n_test,
-               "teachers": teacher_means(te, setup.domains, seeds), "better_teacher": best,
+    n_test = {d: te[f"seed{teacher_seeds[0]}/{d}"]["own_test_beam"]["utterances"] for d in setup.domains}
+    n_test[target] = te[f"seed{teacher_seeds[0]}/{setup.domains[0]}"]["target_test_beam"]["utterances"]
+    correlation = te[f"seed{teacher_seeds[0]}/uncertainty"]["target_dev_variance_correlation"]
+    results = {"preset": preset, "seeds": seeds, "teacher_seeds": teacher_seeds, "decode": dict(setup.decode),
+               "n_test": n_test, "teachers": teacher_means(te, setup.domains, teacher_seeds), "better_teacher": best,
                "students": student_rows(student_eval, [s.name for s in setup.sizes],
                                         [c.name for c in setup.conditions], seeds),
                "claims": claimed,
                "uncertainty": {"target_dev_variance_correlation": {
-                   k: round(_mean([te[f"seed{s}/uncertainty"]["target_dev_variance_correlation"][k] for s in seeds]), 4)
+                   k: round(_mean([te[f"seed{s}/uncertainty"]["target_dev_variance_correlation"][k]
+                                   for s in teacher_seeds]), 4)
                    for k in correlation}},
                "provenance": dict(provenance)}
     check_results(results)

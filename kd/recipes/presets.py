@@ -71,6 +71,9 @@ class MultidomainPreset:
     decode: dict[str, Any]  # a kd.evaluation.decode.DecodeConfig section: the headline decoding
     analysis: dict[str, Any] = field(default_factory=dict)  # kd.analyze.layerwise.AnalyzeConfig fields
     device: str = "cpu"  # evaluation and analysis
+    # the teachers of every seed's students are this seed's teachers (the students' seeds then vary only the
+    # students); None: each seed trains (or restores) its own teachers
+    teacher_seed: int | None = None
     shipped_teachers: str | None = None  # folder of shipped teachers, relative to the recipe; None: trained here
     student_freeze: tuple[str, ...] = ()  # parameters that students built from the teacher's layers keep
     workers: int = 1  # training runs side by side (kd.recipes.parallel)

@@ -107,6 +107,24 @@ def test_a_condition_of_the_better_teacher_distils_from_each_seeds_better_teache
     assert [t.run_dir for t in before.kd.teachers] == [str(tmp_path / "teachers/seed0/us/model")]
 
 
+def test_a_fixed_teacher_seed_teaches_every_students_seed(tmp_path):
+    """teacher_seed: 0 with students' seeds 0, 1, 2: one pair of teachers (seed 0's) trained, evaluated and
+    analysed once; every student seed learns from them, each with its own cache and its own student."""
+    setup = MultidomainSetup.from_preset({**SMOKE, "teacher_seed": 0}, tmp_path, seeds=[0, 1, 2], recipe_dir=tmp_path)
+    assert setup.teacher_seeds == (0,) and [setup.teacher_seed(s) for s in (0, 1, 2)] == [0, 0, 0]
+    two = next(c for c in setup.conditions if c.weighting is TeacherWeighting.DEV_WER)
+    evaluated = {"seed0/best": "uk", "seed0/us": {"target_dev_beam": {"wer": 30.0}},
+                 "seed0/uk": {"target_dev_beam": {"wer": 50.0}}}  # no seed 1 or 2 teachers: a KeyError if read
+    config = student_config(setup, setup.sizes[0], two, 2, evaluated)
+    assert config.seed == 2 and config.kd.loss.dev_wers == (0.3, 0.5)
+    assert [t.run_dir for t in config.kd.teachers] == [str(tmp_path / f"teachers/seed0/{d}/model") for d in ("us", "uk")]
+    assert config.kd.cache_dir == str(tmp_path / "teacher_cache/seed2/us+uk")
+    default = MultidomainSetup.from_preset(SMOKE, tmp_path, seeds=[0, 1], recipe_dir=tmp_path)
+    assert default.teacher_seeds == (0, 1) and default.teacher_seed(1) == 1
+    with pytest.raises(ValueError, match="teacher_seed"):
+        MultidomainSetup.from_preset({**SMOKE, "teacher_seed": "zero"}, tmp_path, seeds=[0], recipe_dir=tmp_path)
+
+
 def _report(wer, cer=None, utterances=4, params=1000):
     return {"wer": wer, "cer": wer / 2 if cer is None else cer, "utterances": utterances, "params": params}
 
@@ -189,6 +207,27 @@ def test_results_table_from_the_stages_outputs(tmp_path):
     for folder in folders:
         assert (folder / "smoke.md").read_text() == text and "| KD beats no KD | S | WER | kd | none |" in text
         assert json.loads((folder / "smoke.json").read_text())["better_teacher"] == {"0": "us", "1": "us"}
+
+
+def test_results_table_with_a_fixed_teacher_seed_says_what_its_intervals_hold(tmp_path):
+    claims = [{"claim": "KD beats no KD", "a": "kd", "b": "none", "premise": "none"}]
+    conditions = [{"name": "none", "init": "random"}, {"name": "kd", "init": "random", "teachers": ["us"]}]
+    setup = MultidomainSetup.from_preset({**SMOKE, "conditions": conditions, "claims": claims, "teacher_seed": 0},
+                                         tmp_path, seeds=[0, 1, 2], recipe_dir=tmp_path)
+    _utterances(setup.teacher_eval(0, "us", "target-test-beam"), [0, 0, 0, 0, 0, 0])
+    for s in (0, 1, 2):
+        _utterances(setup.run_dir(setup.sizes[0], setup.conditions[0], s) / "eval-beam", [2, 3, 2, 3, 2, 3])
+        _utterances(setup.run_dir(setup.sizes[0], setup.conditions[1], s) / "eval-beam", [2, 3, 2, 3, 2, 2 + s % 2])
+    ev = {f"S/{c}/seed{s}": {"beam": _report(25.0), "greedy": _report(30.0)} for c in ("none", "kd")
+          for s in (0, 1, 2)}
+    results = results_table(setup, _teacher_eval((0,)), ev, preset="smoke", provenance={})
+    assert results["seeds"] == [0, 1, 2] and results["teacher_seeds"] == [0]
+    assert results["better_teacher"] == {0: "us", 1: "us", 2: "us"}
+    assert results["teachers"]["us"]["own_test"]["wer"] == 10.0  # seed 0's teacher alone
+    wer = results["claims"][0]
+    assert wer["seeds"] == 3 and wer["premise"]["holds"] and wer["verdict"] == "does not reproduce"
+    text = publish_results(results, [tmp_path / "out"])
+    assert "students' seeds [0, 1, 2], every seed's students taught by the teachers of seed 0" in text
 
 
 def test_results_table_refuses_a_claim_on_a_missing_condition(tmp_path):
