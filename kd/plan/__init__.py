@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from numbers import Integral
@@ -214,7 +215,8 @@ class CompressionPlan:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"{source}: not valid JSON ({err})") from None
-        return cls.from_dict(data, source)
+        # a bare file name (plan.json) would read as a dotted config name in errors (plan.json.keep_layers)
+        return cls.from_dict(data, f"./{source}" if re.fullmatch(r"[\w.]+", source) else source)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON atomically (temporary file in the same folder, then rename)."""

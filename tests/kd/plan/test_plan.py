@@ -147,3 +147,12 @@ def test_from_dict_reads_a_saved_plan_and_names_the_field_in_error():
     ]:
         with pytest.raises(ValueError, match=match):
             CompressionPlan.from_dict(data)
+
+
+def test_a_bare_file_name_is_named_as_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.json").write_text(json.dumps({"version": 1, "keep_layers": [0, 1.5]}))
+    with pytest.raises(ValueError, match=r"^\./plan.json: keep_layers\[1\]: expected an integer, found 1.5"):
+        CompressionPlan.load("plan.json")
+    with pytest.raises(ValueError, match=r"^<string>: keep_layers\[1\]: expected an integer"):
+        CompressionPlan.from_json('{"version": 1, "keep_layers": [0, 1.5]}')
