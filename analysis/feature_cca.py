@@ -30,12 +30,13 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from analysis.config import CONFIG, parse_config, to_plain, with_config
 from analysis.similarity import covariance_whitener
 from analysis.streaming import LayerMoments
 
@@ -55,8 +56,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class FeatureCCAConfig:
-    """Options of the held-out CCA."""
+    """Options of the held-out CCA; read from a mapping by ``from_dict`` (:func:`analysis.config.parse_config`)."""
 
     n_folds: int = 5  # utterance-grouped folds; each is held out once
     epsilon: float = 0.0  # ridge added to both training covariances' diagonals (covariance units)
@@ -66,23 +68,22 @@ class FeatureCCAConfig:
 
     def __post_init__(self) -> None:
         if self.n_folds < 2:
-            raise ValueError(f"Expected n_folds >= 2, found {self.n_folds}")
+            raise ValueError(f"FeatureCCAConfig.n_folds: expected at least 2, found {self.n_folds}")
         if not self.epsilon >= 0.0:
-            raise ValueError(f"Expected epsilon >= 0, found {self.epsilon}")
+            raise ValueError(f"FeatureCCAConfig.epsilon: expected at least 0, found {self.epsilon}")
         if self.max_dims is not None and self.max_dims < 1:
-            raise ValueError(f"Expected max_dims >= 1 or None, found {self.max_dims}")
+            raise ValueError(f"FeatureCCAConfig.max_dims: expected at least 1 or null, found {self.max_dims}")
         if self.version != 1:
-            raise ValueError(f"Expected FeatureCCAConfig version 1, found {self.version}")
+            raise ValueError(f"FeatureCCAConfig.version: expected 1, found {self.version}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> FeatureCCAConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"Unknown FeatureCCAConfig fields {unknown}")
-        return cls(**data)
+    def from_dict(cls, data: dict, where: str | None = None) -> FeatureCCAConfig:
+        """The config written by :meth:`to_dict`, read by :func:`analysis.config.parse_config` (``where``
+        names it in errors; default ``FeatureCCAConfig``)."""
+        return parse_config(cls, data, where)
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,20 @@ per chunk (deterministic, unlike scatter-adds on a GPU).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from analysis.config import CONFIG, parse_config, to_plain, with_config
 
 KMEANS_CONFIG_VERSION = 1
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class KMeansConfig:
-    """Options of ``KMeans``."""
+    """Options of ``KMeans``; read from a mapping by ``from_dict`` (:func:`analysis.config.parse_config`)."""
 
     num_clusters: int = 50  # k
     max_iter: int = 100  # Lloyd iterations at most
@@ -31,30 +34,28 @@ class KMeansConfig:
 
     def __post_init__(self) -> None:
         if self.num_clusters < 1:
-            raise ValueError(f"Expected num_clusters >= 1, found {self.num_clusters}")
+            raise ValueError(f"KMeansConfig.num_clusters: expected at least 1, found {self.num_clusters}")
         if self.max_iter < 0:
-            raise ValueError(f"Expected max_iter >= 0, found {self.max_iter}")
+            raise ValueError(f"KMeansConfig.max_iter: expected at least 0, found {self.max_iter}")
         if not self.tol >= 0:
-            raise ValueError(f"Expected tol >= 0, found {self.tol}")
+            raise ValueError(f"KMeansConfig.tol: expected at least 0, found {self.tol}")
         if self.chunk_size < 1:
-            raise ValueError(f"Expected chunk_size >= 1, found {self.chunk_size}")
+            raise ValueError(f"KMeansConfig.chunk_size: expected at least 1, found {self.chunk_size}")
         try:
             torch.device(self.device)
         except RuntimeError as err:
-            raise ValueError(f"Expected device to name a torch device, found {self.device!r}") from err
+            raise ValueError(f"KMeansConfig.device: expected a torch device, found {self.device!r}") from err
         if self.version != KMEANS_CONFIG_VERSION:
-            raise ValueError(f"Expected version {KMEANS_CONFIG_VERSION}, found {self.version}")
+            raise ValueError(f"KMeansConfig.version: expected {KMEANS_CONFIG_VERSION}, found {self.version}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "KMeansConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Expected KMeansConfig fields {sorted(known)}, found unknown {unknown}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> "KMeansConfig":
+        """The config written by :meth:`to_dict`, read by :func:`analysis.config.parse_config` (``where``
+        names it in errors; default ``KMeansConfig``)."""
+        return parse_config(cls, data, where)
 
 
 class KMeans:

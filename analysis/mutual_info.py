@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
+from analysis.config import CONFIG, parse_config, to_plain, with_config
 from analysis.kmeans import KMeans, KMeansConfig
 from analysis.probing import ProbeConfig, _check_labels, _segment_sum, fit_probes, grouped_split, stack_layers
 
@@ -50,8 +51,10 @@ MI_CONFIG_VERSION = 1
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class MIBoundConfig:
-    """Options of ``cluster_mi_bound``."""
+    """Options of ``cluster_mi_bound``; read from a mapping by ``from_dict`` (:func:`analysis.config.parse_config`,
+    its ``kmeans`` and ``probe`` sections given in part take their other fields from the defaults)."""
 
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)  # clusters C_b (num_clusters = k)
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # probe Z_a -> C_b; its heldout_fraction
@@ -62,35 +65,22 @@ class MIBoundConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.fit_fraction < 1:
-            raise ValueError(f"Expected fit_fraction in (0, 1), found {self.fit_fraction}")
+            raise ValueError(f"MIBoundConfig.fit_fraction: expected a number in (0, 1), found {self.fit_fraction}")
         if not isinstance(self.kmeans, KMeansConfig):
-            raise TypeError(f"Expected kmeans to be a KMeansConfig, found {type(self.kmeans).__name__}")
+            raise TypeError(f"MIBoundConfig.kmeans: expected a KMeansConfig, found {type(self.kmeans).__name__}")
         if not isinstance(self.probe, ProbeConfig):
-            raise TypeError(f"Expected probe to be a ProbeConfig, found {type(self.probe).__name__}")
+            raise TypeError(f"MIBoundConfig.probe: expected a ProbeConfig, found {type(self.probe).__name__}")
         if self.version != MI_CONFIG_VERSION:
-            raise ValueError(f"Expected version {MI_CONFIG_VERSION}, found {self.version}")
+            raise ValueError(f"MIBoundConfig.version: expected {MI_CONFIG_VERSION}, found {self.version}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kmeans": self.kmeans.to_dict(),
-            "probe": self.probe.to_dict(),
-            "fit_fraction": self.fit_fraction,
-            "seed": self.seed,
-            "version": self.version,
-        }
+        return to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MIBoundConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Expected MIBoundConfig fields {sorted(known)}, found unknown {unknown}")
-        data = dict(data)
-        if "kmeans" in data:
-            data["kmeans"] = KMeansConfig.from_dict(data["kmeans"])
-        if "probe" in data:
-            data["probe"] = ProbeConfig.from_dict(data["probe"])
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> "MIBoundConfig":
+        """The config written by :meth:`to_dict`, read by :func:`analysis.config.parse_config` (``where``
+        names it in errors; default ``MIBoundConfig``)."""
+        return parse_config(cls, data, where)
 
 
 @dataclass(frozen=True)

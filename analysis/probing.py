@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from analysis.config import CONFIG, parse_config, to_plain, with_config
+
 if TYPE_CHECKING:
     from analysis.stats import CurveIntervals
 
@@ -55,8 +57,10 @@ class ProbeKind(str, Enum):
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class ProbeConfig:
-    """Options shared by every probe in this module."""
+    """Options shared by every probe in this module; read from a mapping by ``from_dict``
+    (:func:`analysis.config.parse_config`)."""
 
     kind: ProbeKind = ProbeKind.LINEAR  # linear, or an MLP with 1 or 2 hidden layers
     hidden_size: int = 256  # width of each hidden layer of an MLP probe
@@ -71,40 +75,37 @@ class ProbeConfig:
     version: int = PROBE_CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if not isinstance(self.kind, ProbeKind):
+        if not isinstance(self.kind, ProbeKind):  # a constructor's string ("mlp1"); from_dict gives the member
             try:
                 object.__setattr__(self, "kind", ProbeKind(self.kind))
             except ValueError as err:
                 options = [k.value for k in ProbeKind]
-                raise ValueError(f"Expected kind in {options}, found {self.kind!r}") from err
+                raise ValueError(f"ProbeConfig.kind: expected one of {options}, found {self.kind!r}") from err
         for name in ("hidden_size", "epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"Expected {name} >= 1, found {getattr(self, name)}")
+                raise ValueError(f"ProbeConfig.{name}: expected at least 1, found {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError(f"Expected lr > 0, found {self.lr}")
+            raise ValueError(f"ProbeConfig.lr: expected a number > 0, found {self.lr}")
         if not self.weight_decay >= 0:
-            raise ValueError(f"Expected weight_decay >= 0, found {self.weight_decay}")
+            raise ValueError(f"ProbeConfig.weight_decay: expected at least 0, found {self.weight_decay}")
         if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"Expected heldout_fraction in (0, 1), found {self.heldout_fraction}")
+            raise ValueError(f"ProbeConfig.heldout_fraction: expected a number in (0, 1), "
+                             f"found {self.heldout_fraction}")
         try:
             torch.device(self.device)
         except RuntimeError as err:
-            raise ValueError(f"Expected device to name a torch device, found {self.device!r}") from err
+            raise ValueError(f"ProbeConfig.device: expected a torch device, found {self.device!r}") from err
         if self.version != PROBE_CONFIG_VERSION:
-            raise ValueError(f"Expected version {PROBE_CONFIG_VERSION}, found {self.version}")
+            raise ValueError(f"ProbeConfig.version: expected {PROBE_CONFIG_VERSION}, found {self.version}")
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind.value
-        return data
+        return to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProbeConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Expected ProbeConfig fields {sorted(known)}, found unknown {unknown}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> "ProbeConfig":
+        """The config written by :meth:`to_dict`, read by :func:`analysis.config.parse_config` (``where``
+        names it in errors; default ``ProbeConfig``)."""
+        return parse_config(cls, data, where)
 
 
 @dataclass(frozen=True)

@@ -70,22 +70,24 @@ def _peak_memory(device: torch.device) -> int | None:
 # ---------------------------------------------------------------- configuration and batches
 
 
-def bench_config(data: str, *, teacher: str | None, preset: str, overrides: dict[str, Any] | None, window: int,
+def bench_config(data: str, *, teacher: str | None, preset: str, settings: Sequence[str] = (), window: int,
                  windows: int, max_seconds: float, max_utterances: int, mixed_precision: str, seed: int):
-    """The TrainConfig every variant shares: a constant learning rate, no dev set, no periodic checkpoints."""
+    """The TrainConfig every variant shares: a constant learning rate, no dev set, no periodic checkpoints;
+    ``settings`` (``KEY.PATH=VALUE``, :func:`kd.core.config.with_overrides`) are set over it."""
+    from kd.core.config import with_overrides
     from kd.training.config import TrainConfig
 
     tokens = {"kind": "list", "path": str(Path(teacher) / "tokens.txt")} if teacher else {"kind": "char"}
-    return TrainConfig.from_dict({
+    return TrainConfig.from_dict(with_overrides({
         "data": {"train": [str(data)], "max_seconds": max_seconds, "max_utterances": max_utterances},
         "tokens": tokens,
-        "model": {"preset": preset, "overrides": dict(overrides or {})},
+        "model": {"preset": preset, "overrides": {}},
         "optim": {"lr": 1e-3, "schedule": "constant", "warmup_steps": 1, "max_steps": window * (windows + 1),
                   "mixed_precision": mixed_precision},
         "checkpoint": {"every_steps": 0, "at_epoch_end": False, "keep_last": 1, "average_best": 1},
         "logging": {"every_steps": window, "tensorboard": False, "progress": False},
         "seed": seed,
-    })
+    }, settings))
 
 
 def _with_kd(config, teacher: str, outputs: str, cache_dir: str | None):
@@ -322,7 +324,7 @@ def _fill_cache(config, data: _TrainingData, cache_dir: Path, device: torch.devi
 
 
 def bench_train(data: str | os.PathLike, out_dir: str | os.PathLike, *, teacher: str | os.PathLike | None = None,
-                preset: str = "small", overrides: dict[str, Any] | None = None, window: int = 10, windows: int = 3,
+                preset: str = "small", settings: Sequence[str] = (), window: int = 10, windows: int = 3,
                 max_seconds: float = 60.0, max_utterances: int = 64, mixed_precision: str | None = None,
                 peak: float | None = None, seed: int = 0, out_md: str | os.PathLike | None = None,
                 command: str | None = None) -> dict:
@@ -330,18 +332,19 @@ def bench_train(data: str | os.PathLike, out_dir: str | os.PathLike, *, teacher:
 
     An untimed run of the loop comes first (the first run in a process pays one-off costs: page
     cache, allocator, kernel selection); in every variant ``window`` steps then warm up and
-    ``windows`` windows of ``window`` steps are timed.
+    ``windows`` windows of ``window`` steps are timed. ``settings`` (``KEY.PATH=VALUE``) are set over the
+    TrainConfig the variants share (``model.overrides.d_model=256``: a field of the student's AsrConfig).
     """
     from kd.bench import machine_info
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if mixed_precision is None:
         mixed_precision = "bf16" if device.type == "cuda" else "no"
-    config = bench_config(str(data), teacher=str(teacher) if teacher else None, preset=preset, overrides=overrides,
+    config = bench_config(str(data), teacher=str(teacher) if teacher else None, preset=preset, settings=settings,
                           window=window, windows=windows, max_seconds=max_seconds, max_utterances=max_utterances,
-                          mixed_precision=mixed_precision, seed=seed)
+                          mixed_precision=mixed_precision, seed=seed)  # first: a bad setting leaves no folder behind
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
     variants: dict[str, dict] = {}
     kd_loop(config, _fresh(runs / "warm_up"), device)  # untimed: the first run in a process pays one-off costs
@@ -377,7 +380,8 @@ def bench_train(data: str | os.PathLike, out_dir: str | os.PathLike, *, teacher:
     from kd.models.asr import build_asr_model
 
     params = sum(p.numel() for p in build_asr_model(data.model_config, data.tokens).parameters())
-    result = {"machine": machine_info(), "device": str(device), "preset": preset, "overrides": dict(overrides or {}),
+    result = {"machine": machine_info(), "device": str(device), "preset": preset, "settings": list(settings),
+              "overrides": dict(config.model.overrides),  # the student's AsrConfig fields over the preset
               "parameters": params, "window": window, "windows": windows, "max_seconds": max_seconds,
               "flops_measured_steps": flops_per_window, "peak_tflops": peak, "teacher": str(teacher) if teacher else None,
               "cache_fill_seconds": cache_seconds, "command": command, "variants": variants}
@@ -405,7 +409,8 @@ def train_table(result: dict) -> str:
         "# Training benchmark",
         "",
         f"`{result['preset']}` student ({result['parameters'] / 1e6:.2f}M parameters"
-        + (f", overrides {result['overrides']}" if result["overrides"] else "")
+        + (f", `--set {' '.join(result['settings'])}`" if result.get("settings")  # older results: no settings
+           else f", overrides {result['overrides']}" if result["overrides"] else "")
         + f"), micro-batches of at most {result['max_seconds']:g} padded seconds, {result['windows']} windows of "
         f"{result['window']} steps timed after a warm-up window, on {where}, torch {m['torch']}, {m['date']}.",
         "",

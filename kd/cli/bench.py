@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kd.cli.common import DEVICE_HELP, device, key_values
+from kd.cli.common import DEVICE_HELP, device, refuse_flat_keys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bt.add_argument("--data", required=True, help="training data dir")
     bt.add_argument("--teacher", default=None, help="a teacher run dir: also measure distillation, online and cached")
     bt.add_argument("--preset", default="small", help="the student's AsrConfig preset")
-    bt.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="AsrConfig fields over the preset")
+    bt.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
+                    help="TrainConfig fields over the benchmark's config: the student's AsrConfig fields over the "
+                         "preset as model.overrides.FIELD (model.overrides.d_model=256, ...), optim.lr=3e-3, ...")
     bt.add_argument("--window", type=int, default=10, help="steps per timed window (and of the warm-up)")
     bt.add_argument("--windows", type=int, default=3, help="timed windows")
     bt.add_argument("--max-seconds", type=float, default=60.0, help="padded audio seconds per micro-batch")
@@ -107,10 +109,18 @@ def _bench_speed(args: argparse.Namespace) -> int:
 
 
 def _bench_train(args: argparse.Namespace) -> int:
-    from kd.bench.train import bench_train, train_table
+    import dataclasses
 
-    result = bench_train(args.data, args.out, teacher=args.teacher, preset=args.preset,
-                         overrides=key_values(args.set, "--set"), window=args.window, windows=args.windows,
+    from kd.bench.train import bench_train, train_table
+    from kd.models.asr import AsrConfig
+    from kd.training.config import TrainConfig
+
+    # the flat AsrConfig fields this command took before it read KEY.PATH=VALUE
+    top = {f.name for f in dataclasses.fields(TrainConfig)}
+    refuse_flat_keys(args.set, (f.name for f in dataclasses.fields(AsrConfig) if f.name not in top), "model.overrides",
+                     "a field of the student's AsrConfig")
+    result = bench_train(args.data, args.out, teacher=args.teacher, preset=args.preset, settings=args.set,
+                         window=args.window, windows=args.windows,
                          max_seconds=args.max_seconds, max_utterances=args.max_utterances,
                          mixed_precision=args.mixed_precision, peak=args.peak_tflops, seed=args.seed,
                          out_md=args.table, command="kd " + " ".join(sys.argv[1:]))

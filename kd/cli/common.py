@@ -1,6 +1,9 @@
-"""What several command groups of ``kd`` share: the device option, ``--set KEY=VALUE`` settings."""
+"""What several command groups of ``kd`` share: the device option, the refusal of the flat ``--set KEY=VALUE``
+settings that commands took before they read ``KEY.PATH=VALUE`` (:func:`kd.core.config.with_overrides`)."""
 
 from __future__ import annotations
+
+from typing import Iterable, Sequence
 
 DEVICE_HELP = "torch device (default: cuda when available, else cpu)"
 
@@ -19,14 +22,13 @@ def device(name: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def key_values(items: list[str], option: str) -> dict:
-    """``["d_model=256", "encoder_layers=12"]`` -> a dict, each value read as YAML (numbers, booleans)."""
-    from kd.core.io import load_yaml
-
-    out = {}
+def refuse_flat_keys(items: Sequence[str], fields: Iterable[str], section: str, what: str,
+                     option: str = "--set") -> None:
+    """A ValueError for the first ``KEY=VALUE`` of ``items`` whose key is one of ``fields``: a setting that a
+    command took flat before it read ``KEY.PATH=VALUE`` and that now lives in ``section``; the message names
+    the dotted key (``--set: 'max_steps' is an optimiser setting: set optim.max_steps``)."""
+    fields = set(fields)
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"{option}: expected KEY=VALUE, found {item!r}")
-        out[key] = load_yaml(value)
-    return out
+        key = item.partition("=")[0]
+        if key in fields:
+            raise ValueError(f"{option}: {key!r} is {what}: set {section}.{key}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from kd.cli.common import refuse_flat_keys
 from kd.core.config import with_overrides
 
 
@@ -51,12 +52,8 @@ def _distill_layers(args: argparse.Namespace) -> int:
     from kd.ssl.layer_distill import LayerDistillConfig, distill_plan
     from kd.training.config import OptimConfig
 
-    optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
-    for item in args.set:  # the flat optimiser settings this command took before it read KEY.PATH=VALUE
-        key = item.partition("=")[0]
-        if key in optim_fields:
-            raise ValueError(f"--set: {key!r} is an optimiser setting: set optim.{key} (the section of "
-                             "kd.training.config.OptimConfig)")
+    # the flat optimiser settings this command took before it read KEY.PATH=VALUE
+    refuse_flat_keys(args.set, (f.name for f in dataclasses.fields(OptimConfig)), "optim", "an optimiser setting")
     data = with_overrides(LayerDistillConfig.from_preset(args.preset).to_dict(), args.set)
     config = LayerDistillConfig.from_dict(data)
     result = distill_plan(args.teacher, args.plan, args.data, args.out, config, student_dir=args.student,

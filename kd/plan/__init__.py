@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from kd.core.config import CONFIG, parse_config, with_config
+
 PLAN_VERSION = 1
-_FIELDS = ("version", "keep_layers", "share_groups", "attention_reuse", "layer_map", "num_teacher_layers")
 
 
 def _as_index(value: Any, field: str) -> int:
@@ -66,10 +68,12 @@ def _as_groups(groups: Any, field: str) -> tuple[tuple[int, ...], ...]:
 
 
 @dataclass(frozen=True)
+@with_config(CONFIG)
 class CompressionPlan:
     """Layers to keep, share and reuse attention from; see the module docstring for indices.
 
-    Lists given to the constructor are stored as tuples; validation runs on construction.
+    Lists given to the constructor are stored as tuples; validation runs on construction. A plan's JSON
+    is read by :meth:`from_dict` (:func:`kd.core.config.parse_config`).
     """
 
     keep_layers: tuple[int, ...]  # teacher layer indices, strictly increasing
@@ -190,28 +194,14 @@ class CompressionPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CompressionPlan":
-        if not isinstance(data, Mapping):
-            raise TypeError(f"expected a JSON object with plan fields {list(_FIELDS)}, found {type(data).__name__}")
-        unknown = sorted(set(data) - set(_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown plan field(s) {unknown}; expected only {list(_FIELDS)}")
-        if "keep_layers" not in data:
-            raise ValueError("missing plan field 'keep_layers'")
-        if "version" not in data:
-            raise ValueError(f"missing plan field 'version' (expected {PLAN_VERSION})")
-        layer_map = data.get("layer_map")
-        if isinstance(layer_map, Mapping):
-            converted = {}
-            for key, value in layer_map.items():
-                try:
-                    converted[int(key)] = value
-                except (TypeError, ValueError):
-                    raise ValueError(f"layer_map: expected integer teacher layer keys, found {key!r}") from None
-            layer_map = converted
-        return cls(keep_layers=data["keep_layers"], share_groups=data.get("share_groups", ()),
-                   attention_reuse=data.get("attention_reuse", ()), layer_map=layer_map,
-                   num_teacher_layers=data.get("num_teacher_layers"), version=data["version"])
+    def from_dict(cls, data: Mapping[str, Any], where: str | None = None) -> "CompressionPlan":
+        """A plan as :meth:`to_dict` writes it, read by :func:`kd.core.config.parse_config`: ``version`` and
+        ``keep_layers`` are required, the keys of ``layer_map`` (text in JSON) are read as teacher layer
+        integers. Errors are ValueErrors that start with ``where`` (default ``CompressionPlan``) and the field."""
+        where = where or cls.__name__
+        if isinstance(data, Mapping) and "version" not in data:  # the dataclass's default is this code's version
+            raise ValueError(f"{where}: missing plan field 'version' (expected {PLAN_VERSION})")
+        return parse_config(cls, data, where)
 
     def to_json(self) -> str:
         """One field per line, each value on one line (plans are read by people)."""
@@ -225,10 +215,8 @@ class CompressionPlan:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"{source}: not valid JSON ({err})") from None
-        try:
-            return cls.from_dict(data)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"{source}: {err}") from None
+        # a bare file name (plan.json) would read as a dotted config name in errors (plan.json.keep_layers)
+        return cls.from_dict(data, f"./{source}" if re.fullmatch(r"[\w.]+", source) else source)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON atomically (temporary file in the same folder, then rename)."""

@@ -149,11 +149,11 @@ def test_class_absent_from_a_training_fold_gives_a_finite_score():
 def test_config_round_trip_and_validation():
     config = FeatureCCAConfig(n_folds=3, epsilon=0.1, max_dims=4, seed=2)
     assert FeatureCCAConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="n_folds >= 2, found 1"):
+    with pytest.raises(ValueError, match="^FeatureCCAConfig.n_folds: expected at least 2, found 1"):
         FeatureCCAConfig(n_folds=1)
-    with pytest.raises(ValueError, match="epsilon >= 0"):
+    with pytest.raises(ValueError, match="^FeatureCCAConfig.epsilon: expected at least 0"):
         FeatureCCAConfig(epsilon=-1.0)
-    with pytest.raises(ValueError, match="Unknown FeatureCCAConfig fields"):
+    with pytest.raises(ValueError, match=r"^FeatureCCAConfig: unknown field 'folds' \(did you mean 'n_folds'\?\)"):
         FeatureCCAConfig.from_dict({"folds": 3})
 
 

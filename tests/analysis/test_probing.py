@@ -118,11 +118,12 @@ def test_config_round_trip_and_validation():
     assert config.kind is ProbeKind.MLP2
     assert ProbeConfig.from_dict(config.to_dict()) == config
     assert config.to_dict()["kind"] == "mlp2"
-    with pytest.raises(ValueError, match=r"kind in \['linear', 'mlp1', 'mlp2'\], found 'mlp3'"):
+    with pytest.raises(ValueError, match=r"^ProbeConfig.kind: expected one of \['linear', 'mlp1', 'mlp2'\], "
+                                         r"found 'mlp3'"):
         ProbeConfig(kind="mlp3")
-    with pytest.raises(ValueError, match="heldout_fraction in"):
+    with pytest.raises(ValueError, match=r"^ProbeConfig.heldout_fraction: expected a number in \(0, 1\)"):
         ProbeConfig(heldout_fraction=1.0)
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match=r"^ProbeConfig: unknown field 'epoch' \(did you mean 'epochs'\?\)"):
         ProbeConfig.from_dict({"epoch": 3})
 
 

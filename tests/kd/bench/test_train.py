@@ -28,7 +28,7 @@ def result(tests_corpus, teacher, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bench_train")
     return out, bench_train(tests_corpus[0] / "us/train", out, teacher=teacher, preset="tiny", window=2, windows=2,
-                            max_seconds=6.0, out_md=out / "train.md")
+                            max_seconds=6.0, out_md=out / "train.md", settings=["model.overrides.dropout_rate=0.0"])
 
 
 def test_variants_measure_the_same_batches(result):
@@ -108,6 +108,8 @@ def test_table(result):
     assert "no peak FLOP/s is known" in table
     assert "Cached teacher outputs:" in table
     assert "| host waits / step |" in table and "Host waits / step: operations in one training step" in table
+    assert "`tiny` student (" in table and ", `--set model.overrides.dropout_rate=0.0`)" in table
+    assert r["overrides"] == {"dropout_rate": 0.0} and r["settings"] == ["model.overrides.dropout_rate=0.0"]
 
 
 def test_peak_and_mfu():
@@ -116,8 +118,29 @@ def test_peak_and_mfu():
     assert peak_tflops(torch.device("cpu")) is None
 
 
-def test_cli_rejects_malformed_overrides(capsys):
+def test_settings_are_dotted_paths_over_the_shared_config():
+    from kd.bench.train import bench_config
+
+    config = bench_config("d", teacher=None, preset="tiny", window=2, windows=2, max_seconds=6.0, max_utterances=4,
+                          mixed_precision="no", seed=0, settings=["model.overrides.d_model=64", "optim.lr=0.003"])
+    assert config.model.preset == "tiny" and config.model.overrides == {"d_model": 64}
+    assert config.optim.lr == 0.003 and config.optim.max_steps == 6 and config.optim.schedule.value == "constant"
+    with pytest.raises(ValueError, match=r"^TrainConfig.optim: unknown field 'lr_max'; expected one of"):
+        bench_config("d", teacher=None, preset="tiny", window=2, windows=2, max_seconds=6.0, max_utterances=4,
+                     mixed_precision="no", seed=0, settings=["optim.lr_max=1"])
+
+
+@pytest.mark.parametrize("item,message", [
+    ("d_model=256", "--set: 'd_model' is a field of the student's AsrConfig: set model.overrides.d_model"),
+    ("optim.lr", "--set: expected KEY.PATH=VALUE, found 'optim.lr'"),
+    ("optim.warmup_step=3", "TrainConfig.optim: unknown field 'warmup_step' (did you mean 'warmup_steps'?)"),
+])
+def test_cli_rejects_flat_and_malformed_settings(tmp_path, capsys, item, message):
+    """``--set`` reads KEY.PATH=VALUE; the flat AsrConfig fields it took before name their new dotted key."""
     from kd.cli import main
 
-    with pytest.raises(SystemExit, match="--set: expected KEY=VALUE, found 'd_model'"):
-        main(["bench", "train", "--data", "x", "--set", "d_model"])
+    out = tmp_path / "bench"
+    assert main(["bench", "train", "--data", "x", "--out", str(out), "--table", str(tmp_path / "t.md"),
+                 "--set", item]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

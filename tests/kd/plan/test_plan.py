@@ -90,7 +90,7 @@ def test_validate_against_a_model_depth():
 def test_loading_names_the_file_and_field(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"version": 1, "keep_layers": [0], "keep_layer": [1]}))
-    with pytest.raises(ValueError, match=rf"{path}: unknown plan field\(s\) \['keep_layer'\]"):
+    with pytest.raises(ValueError, match=rf"{path}: unknown field 'keep_layer' \(did you mean 'keep_layers'\?\)"):
         CompressionPlan.load(path)
     path.write_text(json.dumps({"version": 7, "keep_layers": [0]}))
     with pytest.raises(ValueError, match=rf"{path}: version: .*found 7"):
@@ -102,7 +102,13 @@ def test_loading_names_the_file_and_field(tmp_path):
     with pytest.raises(ValueError, match=rf"{path}: attention_reuse\[0\]"):
         CompressionPlan.load(path)
     path.write_text(json.dumps({"version": 1, "keep_layers": [0], "layer_map": {"x": 0}}))
-    with pytest.raises(ValueError, match=rf"{path}: layer_map: expected integer teacher layer keys, found 'x'"):
+    with pytest.raises(ValueError, match=rf"{path}: layer_map: expected each key to be an integer, found 'x'"):
+        CompressionPlan.load(path)
+    path.write_text(json.dumps({"version": 1}))
+    with pytest.raises(ValueError, match=rf"{path}: keep_layers: required field missing"):
+        CompressionPlan.load(path)
+    path.write_text(json.dumps({"version": 1, "keep_layers": [0, 1.5]}))
+    with pytest.raises(ValueError, match=rf"{path}: keep_layers\[1\]: expected an integer, found 1.5 \(float\)"):
         CompressionPlan.load(path)
     path.write_text("{not json")
     with pytest.raises(ValueError, match=rf"{path}: not valid JSON"):
@@ -115,3 +121,38 @@ def test_plans_are_frozen():
     plan = CompressionPlan([0])
     with pytest.raises(AttributeError):
         plan.keep_layers = (1,)
+
+
+def test_from_dict_reads_a_saved_plan_and_names_the_field_in_error():
+    """The JSON plans written so far load as they are: layer_map's keys are text, read as teacher layers."""
+    saved = ('{"version": 1, "keep_layers": [0, 4, 7], "share_groups": [[1, 2]], "attention_reuse": [[0, 2]], '
+             '"layer_map": {"3": 0, "4": 1, "11": 2}, "num_teacher_layers": 12}')
+    plan = CompressionPlan.from_dict(json.loads(saved))
+    assert plan == CompressionPlan([0, 4, 7], share_groups=[[1, 2]], attention_reuse=[[0, 2]],
+                                   layer_map={3: 0, 4: 1, 11: 2}, num_teacher_layers=12)
+    assert json.dumps(plan.to_dict()) == saved
+    assert CompressionPlan.from_dict({"version": 1, "keep_layers": [2]}) == CompressionPlan([2])
+    for data, match in [
+        ({"version": 1, "keep_layers": [0], "share_group": [[0]]},
+         r"^CompressionPlan: unknown field 'share_group' \(did you mean 'share_groups'\?\); expected one of"),
+        ({"version": 1, "keep_layers": [0], "layer_map": {"0": "a"}},
+         r"^CompressionPlan.layer_map.0: expected an integer, found 'a' \(str\)"),
+        ({"version": 1, "keep_layers": [0], "share_groups": [0]},
+         r"^CompressionPlan.share_groups\[0\]: expected a list \(each item an integer\), found 0 \(int\)"),
+        ({"version": 1, "keep_layers": [0], "num_teacher_layers": True},
+         r"^CompressionPlan.num_teacher_layers: expected an integer or null, found True \(bool\)"),
+        ({"version": 1, "keep_layers": [0, 2, 2]}, r"^CompressionPlan: keep_layers: .*duplicate"),
+        ({"keep_layers": [0]}, r"^CompressionPlan: missing plan field 'version' \(expected 1\)"),
+        ([0, 1], r"^CompressionPlan: expected a mapping of CompressionPlan fields"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            CompressionPlan.from_dict(data)
+
+
+def test_a_bare_file_name_is_named_as_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.json").write_text(json.dumps({"version": 1, "keep_layers": [0, 1.5]}))
+    with pytest.raises(ValueError, match=r"^\./plan.json: keep_layers\[1\]: expected an integer, found 1.5"):
+        CompressionPlan.load("plan.json")
+    with pytest.raises(ValueError, match=r"^<string>: keep_layers\[1\]: expected an integer"):
+        CompressionPlan.from_json('{"version": 1, "keep_layers": [0, 1.5]}')
