@@ -4,6 +4,10 @@
 (``kd analyze``) and scored (CTC greedy WER) on the same dev set; the per-layer curves across training as
 figures; and whether the label-free MI bound tracks the phone probe (over checkpoints and layers) and the
 WER (over checkpoints): :func:`kd.analyze.checkpoints.tracking_table`.
+
+:func:`layerwise_results` and :func:`layerwise_results_markdown`: the recipe's results file, the ESPnet
+teacher's layer-wise report and its tracking table along training, with the model and data named
+independently of the machine that ran them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["analyse_run_checkpoints", "tracking_markdown"]
+__all__ = ["analyse_run_checkpoints", "layerwise_results", "layerwise_results_markdown", "tracking_markdown"]
 
 CURVES = {  # report key -> y label of the figures across checkpoints
     "probe_phone_accuracy": "phone probe accuracy",
@@ -76,3 +80,58 @@ def tracking_markdown(table: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | {r['n']} | {r['rho']:+.3f} | [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | "
                          f"{'yes' if r['tracks'] else 'no (the interval holds 0)'} |")
     return "\n".join(lines) + "\n"
+
+
+def _short(path: str) -> str:
+    """A data dir or model dir as its last two folders (``us/dev``), not this machine's path."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:])
+
+
+def layerwise_results(*, preset: str, teacher_report: str | os.PathLike, tracking: Mapping[str, Any] | None,
+                      provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's results file: the ESPnet teacher's layer-wise report (``report.json`` of
+    ``kd analyze``), how unlike its layers are (the lowest linear CKA between two of its layers, the
+    embedding output left out, and between neighbours), and its tracking table along training
+    (:func:`analyse_run_checkpoints`; None when that stage has not run). Paths are shortened to their
+    last two folders; the tracking table's figure paths are left out."""
+    import dataclasses
+
+    import numpy as np
+
+    from analysis.report import AnalysisReport
+
+    report = AnalysisReport.load(teacher_report)
+    extras = dict(report.extras)
+    if extras.get("model_training_data"):
+        extras["model_training_data"] = [_short(d) for d in extras["model_training_data"]]
+    report = dataclasses.replace(report, model=_short(report.model), data=_short(report.data), extras=extras)
+    cka = np.asarray(report.similarity["linear_cka"], dtype=float)[1:, 1:]
+    i, j = np.unravel_index(np.argmin(cka), cka.shape)
+    return {"preset": preset,
+            "asr_teacher": {"layers": int(cka.shape[0]), "lowest_cka": round(float(cka[i, j]), 4),
+                            "lowest_cka_layers": [int(i) + 1, int(j) + 1],
+                            "adjacent_cka_min": round(float(min(cka[k, k + 1] for k in range(len(cka) - 1))), 4),
+                            "report": report.to_dict()},
+            "asr_dynamics": None if tracking is None else {k: v for k, v in tracking.items() if k != "figures"},
+            "provenance": dict(provenance)}
+
+
+def layerwise_results_markdown(results: Mapping[str, Any]) -> str:
+    """The results file as markdown: the teacher's report (its findings and per-layer table with
+    intervals), then the tracking table along training when there is one."""
+    from analysis.report import AnalysisReport
+
+    t, prov = results["asr_teacher"], results["provenance"]
+    report = AnalysisReport.from_dict(t["report"])
+    body = report.to_markdown().splitlines()
+    if body and body[0].startswith("# "):  # the report's own title: the heading of this section instead
+        body = body[1:]
+    lines = [f"Preset `{results['preset']}`; {prov.get('date')}, commit {prov.get('commit')}, {prov.get('cpu')}.", "",
+             f"**The ESPnet teacher** (`{report.model}`, {t['layers']} encoder layers): lowest linear CKA between two "
+             f"of its layers {t['lowest_cka']:.3f} (layers {t['lowest_cka_layers']}), between neighbours "
+             f"{t['adjacent_cka_min']:.3f}.", *body]
+    if results.get("asr_dynamics"):
+        lines += ["", "**The teacher along its training** (every kept checkpoint, analysed and scored on the same "
+                      "dev set)", "", tracking_markdown(results["asr_dynamics"])]
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -13,6 +13,7 @@ Stages (each skipped when finished with the same settings; see kd.recipes.stages
   7 summary       summary.md: where each property peaks, per model
   8 asr-dynamics  every kept checkpoint of the ESPnet teacher analysed and scored on the dev set; whether
                   the label-free MI bound tracks the phone probe and the WER (rank correlations)
+  9 table         results/<preset>.json and .md: the ESPnet teacher's analysis and its tracking table
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from kd.core.io import atomic_write_text
 from kd.corpus.domains import SPLITS
 from kd.corpus.synth import build_corpus
 from kd.recipes.experiment import merge_sections, training_differs
-from kd.recipes.layerwise import analyse_run_checkpoints, tracking_markdown
+from kd.recipes.layerwise import (analyse_run_checkpoints, layerwise_results, layerwise_results_markdown,
+                                  tracking_markdown)
+from kd.recipes.multidomain_stages import publish_results
 from kd.recipes.presets import LayerwiseAnalysisPreset
+from kd.recipes.shipped import provenance
 from kd.recipes.stages import Stage, load_preset, preset_section, recipe_parser, run_recipe
 from kd.ssl.common import list_stage_checkpoints
 from kd.ssl.config import SSLConfig
@@ -40,6 +44,8 @@ from kd.training.config import TrainConfig
 from kd.training.loop import train
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+WATCHED = ["kd", "analysis", "recipes/layerwise_analysis/run.py", "recipes/layerwise_analysis/config.yaml"]
 CURVES = {  # report key -> y label
     "cca_phone": "CCA with phones (frame level)",
     "cca_word": "CCA with words (frame level)",
@@ -52,6 +58,8 @@ CURVES = {  # report key -> y label
 
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser(__doc__, HERE / "config.yaml", "layerwise_analysis")
+    parser.add_argument("--results", type=Path, default=HERE / "results",
+                        help="where the table stage also writes <preset>.json and .md (default: the recipe's results/)")
     args = parser.parse_args(argv)
     preset, written, out = load_preset(parser, args, LayerwiseAnalysisPreset)
     corpus, domain = out / "corpus", preset.asr_domain
@@ -136,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out / "asr_dynamics.md", tracking_markdown(table))
         return {"tracks_probe": table["bound_vs_probe_over_checkpoints_and_layers"]["tracks"]}
 
+    def stage_table(done):  # the ESPnet teacher's analysis; its tracking table when asr-dynamics has run
+        results = layerwise_results(preset=args.preset, teacher_report=out / "analysis/asr_teacher/report.json",
+                                    tracking=done.get("asr-dynamics") and json.loads(
+                                        (out / "asr_dynamics/tracking.json").read_text(encoding="utf-8")),
+                                    provenance=provenance(REPO, WATCHED))
+        print(publish_results(results, [out, args.results], to_markdown=layerwise_results_markdown))
+        return {"results": str(args.results / f"{args.preset}.md")}
+
     # the stages' markers record the preset's sections as written (kd.recipes.stages.load_preset)
     stages = [
         Stage(1, "corpus", stage_corpus, written["corpus"], "synthesise the built-in corpus"),
@@ -151,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
               "learning-dynamics figures"),
         Stage(7, "summary", stage_summary, {}, "summary.md"),
         Stage(8, "asr-dynamics", stage_asr_dynamics, written["analysis"], "the ESPnet teacher along its training"),
+        Stage(9, "table", stage_table, {"version": 1}, "results/<preset>.json and .md"),
     ]
     run_recipe(stages, out, args)
     return 0

@@ -10,8 +10,8 @@ import pytest
 @pytest.mark.slow  # 30 s (every stage of smoke) on the 2-core machine; pytest -m slow
 def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys, load_recipe):
     recipe = load_recipe("layerwise_analysis")
-    out = tmp_path / "exp"
-    assert recipe.main(["--preset", "smoke", "--out", str(out)]) == 0
+    out, published = tmp_path / "exp", tmp_path / "results"
+    assert recipe.main(["--preset", "smoke", "--out", str(out), "--results", str(published)]) == 0
     for name in ("linear_cka", "pwcca", "attention_jsd", "per_layer_cca", "per_layer_probes", "per_layer_mi"):
         assert (out / f"analysis/asr_teacher/figures/{name}.png").stat().st_size > 1000
     ssl_reports = sorted(p.parent.name for p in (out / "analysis/ssl").glob("*/report.json"))
@@ -32,6 +32,13 @@ def test_every_stage_writes_its_reports_and_figures(tmp_path, capsys, load_recip
     assert all(0.0 <= row["wer"] for row in tracking["per_checkpoint"].values())
     assert any(f.endswith("checkpoints_probe_phone_accuracy.png") for f in tracking["figures"])
     assert "| step 2 |" in (out / "asr_dynamics.md").read_text()
+    # the table stage: the teacher's report and the tracking table, in the results folder and the output folder
+    results = json.loads((published / "smoke.json").read_text())
+    assert results == json.loads((out / "smoke.json").read_text())
+    assert results["asr_teacher"]["layers"] == 3 and results["asr_dynamics"]["checkpoints"] == ["step 1", "step 2"]
+    assert results["asr_teacher"]["report"]["data"] == "us/dev" and str(tmp_path) not in json.dumps(results)
+    text = (published / "smoke.md").read_text()
+    assert text.startswith("Preset `smoke`") and "| step 2 |" in text and "lowest linear CKA" in text
 
 
 def test_a_teacher_from_another_recipe_is_reused_only_with_the_same_settings(tmp_path, load_recipe):
