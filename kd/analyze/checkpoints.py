@@ -63,7 +63,8 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 def rank_correlation(x: Sequence[float], y: Sequence[float], *, resamples: int = 2000, seed: int = 0,
                      level: float = 0.95) -> dict[str, Any]:
     """Spearman's rho of paired values and a percentile bootstrap interval over the pairs (resamples in
-    which either side is constant are left out). ``"tracks"``: the interval excludes 0."""
+    which either side is constant are left out). ``"excludes_zero"``: the interval excludes 0 (on
+    either side)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if x.shape != y.shape or x.ndim != 1 or len(x) < 3:
         raise ValueError(f"rank_correlation: expected two equal-length lists of 3 or more values, found "
@@ -79,13 +80,18 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], *, resamples: int =
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(draws, [tail, 1.0 - tail]) if draws else (float("nan"), float("nan"))
     return {"rho": round(_spearman(x, y), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)], "n": len(x),
-            "tracks": bool(lo > 0 or hi < 0)}
+            "excludes_zero": bool(lo > 0 or hi < 0)}
 
 
 def tracking_table(reports: Mapping[str, str | os.PathLike], wers: Mapping[str, float], *,
                    bound: str = "mi_cluster_normalized", probe: str = "probe_phone_accuracy") -> dict[str, Any]:
     """Whether the MI bound ``bound`` tracks the phone probe ``probe`` over every (checkpoint, layer), and
     the error rate over checkpoints (the bound of the last layer, and its best layer, against the WER).
+
+    A bound at or below 0 is vacuous (it shows no information; :mod:`analysis.mutual_info`): such a point
+    is left out of the correlations and counted (``"vacuous"``). The bound tracks the probe when the
+    interval of rho lies above 0, and the WER when it lies below 0 (a higher bound, a lower error rate);
+    an interval on the other side of 0 reads ``"opposite"``, one that holds 0 ``"no"``.
 
     Args:
         reports: checkpoint label -> ``kd analyze`` report.json, in training order.
@@ -100,30 +106,35 @@ def tracking_table(reports: Mapping[str, str | os.PathLike], wers: Mapping[str, 
     missing = sorted(label for label, p in per.items() if bound not in p or probe not in p)
     if missing:
         raise ValueError(f"tracking_table: the reports of {missing} lack {bound!r} or {probe!r}")
+
     def finite(v: Any) -> bool:
         return v is not None and np.isfinite(v)
 
     # layers 1..L (layer 0, the input, is no learned representation); a value the report left undefined
     # (None: e.g. too few utterances for a bound) is no point
-    xs, ys = [], []
-    for p in per.values():
-        pairs = [(a, b) for a, b in zip(p[bound][1:], p[probe][1:]) if finite(a) and finite(b)]
-        xs += [a for a, _ in pairs]
-        ys += [b for _, b in pairs]
+    pairs = [(a, b) for p in per.values() for a, b in zip(p[bound][1:], p[probe][1:]) if finite(a) and finite(b)]
     labels = list(reports)
     last = {label: per[label][bound][-1] for label in labels}
     best = {label: max((v for v in per[label][bound][1:] if finite(v)), default=None) for label in labels}
 
-    def correlate(x: list, y: list) -> dict[str, Any]:
-        if len(x) < 3:
-            return {"n": len(x), "rho": None, "ci95": None, "tracks": None, "note": "fewer than 3 points"}
-        return rank_correlation(x, y)
+    def correlate(points: list[tuple[float, float]], expected: int) -> dict[str, Any]:
+        informative = [(a, b) for a, b in points if a > 0.0]
+        vacuous = len(points) - len(informative)
+        if len(informative) < 3:
+            note = (f"the bound is vacuous at {vacuous} of {len(points)} points" if vacuous
+                    else "fewer than 3 points")
+            return {"n": len(informative), "vacuous": vacuous, "rho": None, "ci95": None, "tracks": None,
+                    "note": note}
+        r = rank_correlation([a for a, _ in informative], [b for _, b in informative])
+        lo, hi = r["ci95"]
+        side = 1 if lo > 0 else -1 if hi < 0 else 0
+        return {**r, "vacuous": vacuous, "expected": "+" if expected > 0 else "-",
+                "tracks": "yes" if side == expected else "opposite" if side == -expected else "no"}
 
     out = {"bound": bound, "probe": probe, "checkpoints": labels,
-           "bound_vs_probe_over_checkpoints_and_layers": correlate(xs, ys)}
+           "bound_vs_probe_over_checkpoints_and_layers": correlate(pairs, +1)}
     for name, values in (("last_layer_bound_vs_wer", last), ("best_layer_bound_vs_wer", best)):
-        defined = [label for label in labels if finite(values[label])]
-        out[name] = correlate([values[label] for label in defined], [wers[label] for label in defined])
+        out[name] = correlate([(values[label], wers[label]) for label in labels if finite(values[label])], -1)
     out["per_checkpoint"] = {label: {"wer": wers[label],
                                      "bound_last_layer": round(float(last[label]), 4) if finite(last[label]) else None,
                                      "bound_best_layer": round(float(best[label]), 4) if finite(best[label]) else None}

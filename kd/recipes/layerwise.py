@@ -61,24 +61,30 @@ def analyse_run_checkpoints(run_dir: str | os.PathLike, dev: str | os.PathLike, 
 
 
 def tracking_markdown(table: Mapping[str, Any]) -> str:
-    """The tracking table as markdown: per checkpoint, WER and the bound; each rank correlation."""
+    """The tracking table as markdown: per checkpoint (in training order), WER and the bound; each rank
+    correlation, over the points where the bound is not vacuous."""
     lines = ["| checkpoint | dev WER % (CTC greedy) | bound, last layer | bound, best layer |", "|---|---|---|---|"]
-    number = lambda v: "undefined" if v is None else f"{v:.4f}"  # noqa: E731
-    for label, row in table["per_checkpoint"].items():
+    number = lambda v: "undefined" if v is None else f"{v:.4f}" + (" (vacuous)" if v <= 0 else "")  # noqa: E731
+    for label in table["checkpoints"]:  # the table's own order (a JSON round trip may sort the mapping)
+        row = table["per_checkpoint"][label]
         lines.append(f"| {label} | {row['wer']:.1f} | {number(row['bound_last_layer'])} | "
                      f"{number(row['bound_best_layer'])} |")
-    lines += ["", f"Spearman's rho (95% bootstrap interval over the points) of `{table['bound']}`:", "",
-              "| against | points | rho | 95% interval | tracks |", "|---|---|---|---|---|"]
+    lines += ["", f"Spearman's rho (95% bootstrap interval over the points) of `{table['bound']}`, over the points "
+                  "where the bound is above 0 (at or below 0 it is vacuous: it shows no information). The bound "
+                  "tracks the probe when rho's interval lies above 0, the WER when it lies below 0.", "",
+              "| against | points | vacuous points left out | rho | 95% interval | tracks |", "|---|---|---|---|---|---|"]
     names = {"bound_vs_probe_over_checkpoints_and_layers": f"`{table['probe']}`, every checkpoint and layer",
              "last_layer_bound_vs_wer": "WER, the last layer's bound per checkpoint",
              "best_layer_bound_vs_wer": "WER, the best layer's bound per checkpoint"}
+    verdicts = {"yes": "yes", "no": "no (the interval holds 0)", "opposite": "no: the opposite direction"}
     for key, name in names.items():
         r = table[key]
+        vacuous = r.get("vacuous", 0)
         if r["rho"] is None:
-            lines.append(f"| {name} | {r['n']} | | | {r['note']} |")
+            lines.append(f"| {name} | {r['n']} | {vacuous} | | | not a test: {r['note']} |")
         else:
-            lines.append(f"| {name} | {r['n']} | {r['rho']:+.3f} | [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | "
-                         f"{'yes' if r['tracks'] else 'no (the interval holds 0)'} |")
+            lines.append(f"| {name} | {r['n']} | {vacuous} | {r['rho']:+.3f} | [{r['ci95'][0]:+.3f}, "
+                         f"{r['ci95'][1]:+.3f}] | {verdicts[r['tracks']]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         table = analyse_run_checkpoints(done["asr-teacher"]["run"], dev, out / "asr_dynamics", analysis,
                                         title="ESPnet teacher along training")
         atomic_write_text(out / "asr_dynamics.md", tracking_markdown(table))
-        return {"tracks_probe": table["bound_vs_probe_over_checkpoints_and_layers"]["tracks"]}
+        return {"tracks_probe": table["bound_vs_probe_over_checkpoints_and_layers"]["tracks"]}  # yes, no, opposite, None
 
     def stage_table(done):  # the ESPnet teacher's analysis; its tracking table when asr-dynamics has run
         results = layerwise_results(preset=args.preset, teacher_report=out / "analysis/asr_teacher/report.json",
