@@ -37,7 +37,8 @@ def report_curves(reports: Mapping[str, str | os.PathLike], key: str) -> dict[st
 
 def plot_layer_curves(curves: Mapping[str, Sequence[float | None]], out_path: str | os.PathLike, *, ylabel: str,
                       title: str = "", ylim: tuple[float, float] | None = None) -> Path:
-    """One line per label over layer index (None values are gaps); saved as PNG."""
+    """One line per label over layer index (None values are gaps); saved as PNG. Up to 8 curves get a
+    legend; more (a run's checkpoints, in order) are told apart by a colour bar over their labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +57,18 @@ def plot_layer_curves(curves: Mapping[str, Sequence[float | None]], out_path: st
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    if len(curves) <= 8:
+        ax.legend(fontsize=7)
+    else:  # a legend of many entries would cover the curves
+        from matplotlib.colors import BoundaryNorm
+        from matplotlib.cm import ScalarMappable
+
+        labels = list(curves)
+        norm = BoundaryNorm([i - 0.5 for i in range(len(labels) + 1)], cmap.N)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax)
+        shown = sorted({0, len(labels) - 1, *range(0, len(labels), max(1, len(labels) // 6))})
+        bar.set_ticks(shown)
+        bar.set_ticklabels([labels[i] for i in shown], fontsize=7)
     return _save(fig, out_path)
 
 
