@@ -75,13 +75,15 @@ def test_retraining_a_teacher_reproduces_the_shipped_weights(tmp_path):
 
 
 
-def test_shipped_asr_compress_teacher_belongs_to_the_cpu_preset(tmp_path):
-    """The 12-layer teacher of recipes/asr_compress/teacher/: trained with the cpu preset's teacher settings
-    (else the recipe would train it itself, hours beyond its budget), and a complete 12-layer model dir."""
+@pytest.mark.parametrize("preset,post_ln", [("cpu", False), ("cpu_postln", True)])
+def test_shipped_asr_compress_teacher_belongs_to_its_preset(preset, post_ln, tmp_path):
+    """The 12-layer teachers of recipes/asr_compress/ (teacher/: pre-LN, teacher_postln/: post-LN): each trained
+    with its preset's teacher settings (else the recipe would train it itself, for 40 minutes to hours), and a
+    complete 12-layer model dir of the encoder it names."""
     from kd.models.model_dir import load_model_dir
     from kd.recipes.asr_compress import AsrCompressSetup
 
-    cpu = yaml.safe_load((RECIPES / "asr_compress/config.yaml").read_text())["cpu"]
+    cpu = yaml.safe_load((RECIPES / "asr_compress/config.yaml").read_text())[preset]
     setup = AsrCompressSetup.from_preset(cpu, tmp_path, seeds=cpu["seeds"], recipe_dir=RECIPES / "asr_compress")
     shipped = RECIPES / "asr_compress" / cpu["shipped_teacher"]
     assert setup.shipped == shipped
@@ -90,3 +92,4 @@ def test_shipped_asr_compress_teacher_belongs_to_the_cpu_preset(tmp_path):
     assert "--ship-teacher" in provenance["command"]
     model, tokenizer = load_model_dir(shipped)
     assert model.config.encoder_layers == 12 and tokenizer.vocab_size == model.config.vocab_size
+    assert model.config.encoder_normalize_before is (not post_ln)
