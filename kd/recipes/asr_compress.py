@@ -220,18 +220,14 @@ def evaluate_teacher(setup: AsrCompressSetup) -> dict[str, Any]:
 
 def analyse_teacher(setup: AsrCompressSetup) -> dict[str, Any]:
     """Stage ``analysis``: ``kd analyze`` of the teacher on its dev set; the least similar pair of layers."""
-    import numpy as np
-
     from analysis.report import AnalysisReport
     from kd.analyze.layerwise import analyze_model_dir
+    from kd.recipes.layerwise import least_similar_layers
 
     folder = setup.out / "analysis" / "teacher"
     analyze_model_dir(setup.teacher_run / "model", setup.data("dev"), folder, setup.analysis)
-    cka = np.asarray(AnalysisReport.load(folder / "report.json").similarity["linear_cka"])[1:, 1:]  # layers only
-    i, j = np.unravel_index(np.argmin(cka), cka.shape)
-    return {"report": str(folder / "report.json"), "layers": int(cka.shape[0]),
-            "lowest_cka": round(float(cka[i, j]), 4), "lowest_cka_layers": [int(i) + 1, int(j) + 1],
-            "adjacent_cka_min": round(float(min(cka[k, k + 1] for k in range(len(cka) - 1))), 4)}
+    cka = AnalysisReport.load(folder / "report.json").similarity["linear_cka"]
+    return {"report": str(folder / "report.json"), **least_similar_layers(cka)}
 
 
 def _plan(setup: AsrCompressSetup, name: str, report: Path, layers: int) -> Any:

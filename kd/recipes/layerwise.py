@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["analyse_run_checkpoints", "layerwise_results", "layerwise_results_markdown", "tracking_markdown"]
+__all__ = ["analyse_run_checkpoints", "least_similar_layers", "layerwise_results", "layerwise_results_markdown", "tracking_markdown"]
 
 CURVES = {  # report key -> y label of the figures across checkpoints
     "probe_phone_accuracy": "phone probe accuracy",
@@ -94,6 +94,19 @@ def _short(path: str) -> str:
     return "/".join(parts[-2:])
 
 
+def least_similar_layers(linear_cka) -> dict[str, Any]:
+    """How unlike a model's layers are, from a report's linear CKA matrix (row and column 0, the embedding
+    output, left out): the number of layers, the lowest CKA between two layers and that pair (numbered from
+    1), and the lowest CKA between neighbours (4 decimals)."""
+    import numpy as np
+
+    cka = np.asarray(linear_cka, dtype=float)[1:, 1:]
+    i, j = np.unravel_index(np.argmin(cka), cka.shape)
+    return {"layers": int(cka.shape[0]), "lowest_cka": round(float(cka[i, j]), 4),
+            "lowest_cka_layers": [int(i) + 1, int(j) + 1],
+            "adjacent_cka_min": round(float(min(cka[k, k + 1] for k in range(len(cka) - 1))), 4)}
+
+
 def layerwise_results(*, preset: str, teacher_report: str | os.PathLike, tracking: Mapping[str, Any] | None,
                       provenance: Mapping[str, Any]) -> dict[str, Any]:
     """The recipe's results file: the ESPnet teacher's layer-wise report (``report.json`` of
@@ -103,8 +116,6 @@ def layerwise_results(*, preset: str, teacher_report: str | os.PathLike, trackin
     last two folders; the tracking table's figure paths are left out."""
     import dataclasses
 
-    import numpy as np
-
     from analysis.report import AnalysisReport
 
     report = AnalysisReport.load(teacher_report)
@@ -112,13 +123,8 @@ def layerwise_results(*, preset: str, teacher_report: str | os.PathLike, trackin
     if extras.get("model_training_data"):
         extras["model_training_data"] = [_short(d) for d in extras["model_training_data"]]
     report = dataclasses.replace(report, model=_short(report.model), data=_short(report.data), extras=extras)
-    cka = np.asarray(report.similarity["linear_cka"], dtype=float)[1:, 1:]
-    i, j = np.unravel_index(np.argmin(cka), cka.shape)
     return {"preset": preset,
-            "asr_teacher": {"layers": int(cka.shape[0]), "lowest_cka": round(float(cka[i, j]), 4),
-                            "lowest_cka_layers": [int(i) + 1, int(j) + 1],
-                            "adjacent_cka_min": round(float(min(cka[k, k + 1] for k in range(len(cka) - 1))), 4),
-                            "report": report.to_dict()},
+            "asr_teacher": {**least_similar_layers(report.similarity["linear_cka"]), "report": report.to_dict()},
             "asr_dynamics": None if tracking is None else {k: v for k, v in tracking.items() if k != "figures"},
             "provenance": dict(provenance)}
 
