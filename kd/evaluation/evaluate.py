@@ -13,9 +13,11 @@ text conversion excluded) divided by the seconds of audio decoded. Below 1 is fa
 real time.
 
 Files written with ``out_dir`` (each atomically): ``report.json``, ``report.md``, ``hyp.txt``
-(Kaldi text format: ``<utt> <normalised hypothesis>``) and ``utterances.jsonl`` (per
+(Kaldi text format: ``<utt> <normalised hypothesis>``), ``utterances.jsonl`` (per
 utterance: domain, reference, hypothesis, word errors and reference words, character errors and
-reference characters: the counts whose sums give the corpus-level WER and CER).
+reference characters: the counts whose sums give the corpus-level WER and CER) and
+``confusions.json`` (:func:`word_confusions` of every utterance: which words are substituted by which,
+deleted and inserted most often, as sclite's confusion pairs; the report's markdown lists the first ten).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -35,7 +37,7 @@ from kd.data.text import normalize_text
 from kd.evaluation.decode import DecodeConfig, DecodeMethod, decode_ids
 from kd.evaluation.hf_ctc import CTCTranscriber, is_hf_model_folder
 
-__all__ = ["EvalReport", "Score", "UttResult", "evaluate", "score_texts"]
+__all__ = ["EvalReport", "Score", "UttResult", "evaluate", "score_texts", "word_confusions"]
 
 ALL = "all"
 
@@ -85,6 +87,40 @@ def score_texts(references: Sequence[str], hypotheses: Sequence[str]) -> Score:
         insertions=int(words.insertions),
         hits=int(words.hits),
     )
+
+
+def word_confusions(references: Sequence[str], hypotheses: Sequence[str], *, top: int | None = None) -> dict[str, list]:
+    """The word errors of normalised reference/hypothesis pairs, counted over jiwer's alignment (the one
+    that :func:`score_texts` scores): ``{"substitutions": [[ref, hyp, count], ...], "deletions": [[word,
+    count], ...], "insertions": [[word, count], ...]}``, each sorted by count (then by the words), the first
+    ``top`` of each (None: all). The counts of each list sum to the S, D and I of the corpus-level WER."""
+    import collections
+
+    import jiwer
+
+    if len(references) != len(hypotheses):
+        raise ValueError(f"Expected as many hypotheses as references ({len(references)}), found {len(hypotheses)}")
+    if not references:
+        return {"substitutions": [], "deletions": [], "insertions": []}
+    # jiwer's alignment chunks span runs of equal operations (a substitution chunk pairs its words in order);
+    # they are counted here word by word (jiwer.collect_error_counts counts whole chunks)
+    counts: dict[str, collections.Counter] = {k: collections.Counter() for k in ("substitute", "delete", "insert")}
+    words = jiwer.process_words(list(references), list(hypotheses))
+    for ref, hyp, chunks in zip(words.references, words.hypotheses, words.alignments):
+        for c in chunks:
+            r, h = ref[c.ref_start_idx:c.ref_end_idx], hyp[c.hyp_start_idx:c.hyp_end_idx]
+            if c.type == "substitute":
+                counts["substitute"].update(zip(r, h))
+            elif c.type in ("delete", "insert"):
+                counts[c.type].update(r if c.type == "delete" else h)
+    substitutions, deletions, insertions = counts["substitute"], counts["delete"], counts["insert"]
+
+    def ranked(counts: Mapping[Any, int]) -> list:
+        rows = sorted(((*(k if isinstance(k, tuple) else (k,)), int(n)) for k, n in counts.items()),
+                      key=lambda row: (-row[-1], row[:-1]))
+        return [list(row) for row in rows[:top]]
+
+    return {"substitutions": ranked(substitutions), "deletions": ranked(deletions), "insertions": ranked(insertions)}
 
 
 @dataclass(frozen=True)
@@ -156,10 +192,24 @@ class EvalReport:
             label = f"**{name}**" if name == ALL else name
             lines.append(f"| {label} | {s.utterances} | {100 * s.wer:.2f} | {100 * s.cer:.2f} | "
                          f"{s.substitutions} | {s.deletions} | {s.insertions} |")
+        if self.utterances:
+            lines += ["", *_confusions_markdown(word_confusions([u.ref for u in self.utterances],
+                                                                [u.hyp for u in self.utterances], top=10))]
         text = "\n".join(lines) + "\n"
         if path is not None:
             atomic_write_text(path, text)
         return text
+
+
+def _confusions_markdown(confusions: Mapping[str, list]) -> list[str]:
+    """The most frequent errors as one line per kind (``ref -> hyp (count)``, ``word (count)``)."""
+    def listed(rows: list, pair: bool) -> str:
+        return ", ".join(f"{r[0]} -> {r[1]} ({r[2]})" if pair else f"{r[0]} ({r[1]})" for r in rows) or "none"
+
+    return ["Most frequent word errors (all utterances):", "",
+            f"- substituted (reference -> hypothesis): {listed(confusions['substitutions'], True)}",
+            f"- deleted: {listed(confusions['deletions'], False)}",
+            f"- inserted: {listed(confusions['insertions'], False)}"]
 
 
 def _sync(device: torch.device) -> None:
@@ -286,7 +336,7 @@ def evaluate(model_dir: str | os.PathLike, data_dirs: Sequence[str | os.PathLike
 
 
 def write_outputs(report: EvalReport, out_dir: str | os.PathLike) -> None:
-    """``report.json``, ``report.md``, ``hyp.txt`` and ``utterances.jsonl`` in ``out_dir``."""
+    """``report.json``, ``report.md``, ``hyp.txt``, ``utterances.jsonl`` and ``confusions.json`` in ``out_dir``."""
     import jiwer
 
     out_dir = Path(out_dir)
@@ -302,5 +352,7 @@ def write_outputs(report: EvalReport, out_dir: str | os.PathLike) -> None:
                                  "ref_chars": c.hits + c.substitutions + c.deletions,
                                  "char_errors": c.substitutions + c.deletions + c.insertions}, ensure_ascii=False))
     atomic_write_text(out_dir / "utterances.jsonl", "".join(line + "\n" for line in lines))
+    write_json(out_dir / "confusions.json", word_confusions([r.ref for r in report.utterances],
+                                                            [r.hyp for r in report.utterances]))
     report.to_markdown(out_dir / "report.md")
     report.to_json(out_dir / "report.json")  # last: its presence marks a finished evaluation

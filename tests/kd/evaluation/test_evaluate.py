@@ -14,7 +14,7 @@ from kd.data.batching import AudioDataset, collate
 from kd.data.datadir import load_data_dir
 from kd.data.text import CharTokenizer, normalize_text
 from kd.evaluation.decode import DecodeConfig, DecodeMethod, decode
-from kd.evaluation.evaluate import EvalReport, Score, UttResult, evaluate, score_texts
+from kd.evaluation.evaluate import EvalReport, Score, UttResult, evaluate, score_texts, word_confusions
 from kd.models.model_dir import ModelDirError, load_model_dir, save_model_dir
 from kd.testing import ALPHABET, make_model_dir
 
@@ -66,6 +66,26 @@ def test_scoring_normalises_both_sides_and_rejects_bad_input():
         score_texts(["a", "?!"], ["a", "b"])
     with pytest.raises(ValueError, match="Expected as many hypotheses as references"):
         score_texts(["a"], [])
+
+
+def test_word_confusions_hand_computed_example():
+    refs = ["eight eight two", "b d e", "b d e", "the code"]
+    hyps = ["eight two", "b e e", "p d", "the code one"]
+    # alignments: eight eight two / eight _ two (del eight); b d e / b e e (d -> e);
+    # b d e / p d _ (b -> p, del e); the code _ / the code one (ins one)
+    got = word_confusions(refs, hyps)
+    assert got == {"substitutions": [["b", "p", 1], ["d", "e", 1]], "deletions": [["e", 1], ["eight", 1]],
+                   "insertions": [["one", 1]]}
+    assert word_confusions(["a b", "a b", "c"], ["a c", "a c", "d"], top=1)["substitutions"] == [["b", "c", 2]]
+    # a run of substitutions is counted word by word (jiwer's alignment chunk spans both)
+    assert word_confusions(["one two three"], ["won too three"])["substitutions"] == [["one", "won", 1],
+                                                                                      ["two", "too", 1]]
+    score = score_texts(refs, hyps)
+    assert (sum(r[-1] for r in got["substitutions"]), sum(r[-1] for r in got["deletions"]),
+            sum(r[-1] for r in got["insertions"])) == (score.substitutions, score.deletions, score.insertions)
+    assert word_confusions([], []) == {"substitutions": [], "deletions": [], "insertions": []}
+    with pytest.raises(ValueError, match="as many hypotheses as references"):
+        word_confusions(["a"], [])
 
 
 def test_markdown_table_format():
@@ -193,6 +213,10 @@ def test_evaluate_scores_each_domain(tests_corpus, model_dir, tmp_path):
     assert (out / "hyp.txt").read_text().splitlines() == [f"{r.utt} {r.hyp}".rstrip() for r in report.utterances]
     rows = [json.loads(line) for line in (out / "utterances.jsonl").read_text().splitlines()]
     assert [(r["utt"], r["hyp"]) for r in rows] == [(r.utt, r.hyp) for r in report.utterances]
+    confusions = json.loads((out / "confusions.json").read_text())
+    assert sum(r[-1] for r in confusions["deletions"]) == report.overall.deletions
+    assert sum(r[-1] for r in confusions["substitutions"]) == report.overall.substitutions
+    assert "Most frequent word errors" in report.to_markdown()
 
 
 def test_evaluate_without_utt2dom_names_the_group_after_the_data_dir(tests_corpus, model_dir, tmp_path):
