@@ -6,8 +6,7 @@ accelerate) are imported only when the names that need them are first used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kd.core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -45,11 +44,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kd' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY) + ["__version__"]

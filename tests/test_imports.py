@@ -20,3 +20,18 @@ def test_the_analysis_package_never_imports_kd():
             "print(','.join(m for m in sys.modules if m == 'kd' or m.startswith('kd.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_lazy_exports_resolve_to_the_defining_module_and_name_the_package_on_a_miss():
+    import importlib
+
+    import pytest
+
+    for package in ("kd", "kd.models", "kd.training", "kd.ssl"):
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            if name == "__version__":
+                continue
+            assert getattr(module, name) is getattr(importlib.import_module(module._LAZY[name]), name)
+        with pytest.raises(AttributeError, match=rf"module '{package}' has no attribute 'no_such_name'"):
+            getattr(module, "no_such_name")

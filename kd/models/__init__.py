@@ -8,8 +8,7 @@ Names are imported on first use so that importing `kd.models` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kd.core.lazy import lazy_exports
 
 # public name -> module that defines it
 _LAZY = {
@@ -25,11 +24,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kd.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

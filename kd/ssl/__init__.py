@@ -13,8 +13,7 @@ so the package does not re-export it).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kd.core.lazy import lazy_exports
 
 _LAZY = {
     "SSLConfig": "kd.ssl.config",
@@ -30,11 +29,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kd.ssl' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

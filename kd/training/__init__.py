@@ -11,8 +11,7 @@ Names are imported on first use so that importing `kd.training` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kd.core.lazy import lazy_exports
 
 # public name -> module that defines it
 _LAZY = {
@@ -32,11 +31,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kd.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)
