@@ -88,7 +88,7 @@ def _with_preset(tmp_path, recipe: str, edit) -> Path:
     ("asr_compress", lambda p: p["speed"].update(repeat=3), "speed: unknown field 'repeat'"),
     ("asr_compress", lambda p: p["speed"].update(warmup=3), "speed: expected batch_sizes, seconds, repeats"),
     ("asr_compress", lambda p: p["student"].update(model={"preset": "tiny"}),
-     "student: student.model: expected only 'overrides'"),
+     "student.model: expected only 'overrides'"),
     ("multidomain_ukd", lambda p: p.update(student_freeze="espnet.encoder.embed"),
      "student_freeze: expected a list (each item a string), found 'espnet.encoder.embed' (str)"),
 ])
