@@ -89,6 +89,18 @@ def _with_preset(tmp_path, recipe: str, edit) -> Path:
     ("asr_compress", lambda p: p["speed"].update(warmup=3), "speed: expected batch_sizes, seconds, repeats"),
     ("asr_compress", lambda p: p["student"].update(model={"preset": "tiny"}),
      "student.model: expected only 'overrides'"),
+    # the students' layer distillation (stage 7 of 11): each field named by its path in the preset
+    ("asr_compress", lambda p: p["layer_distill"].update(cos_weight=-1.0),
+     "layer_distill.cos_weight: expected a value >= 0, found -1.0"),
+    ("asr_compress", lambda p: p["layer_distill"]["optim"].update(lr="fast"),
+     "layer_distill.optim.lr: expected a finite number, found 'fast' (str)"),
+    ("asr_compress", lambda p: p["layer_distill"]["optim"].update(max_steps=0),
+     "layer_distill.optim.max_steps: expected >= 1 or null, found 0"),
+    ("asr_compress", lambda p: p["layer_distill"].update(cos_wieght=1.0),
+     "layer_distill: unknown field 'cos_wieght' (did you mean 'cos_weight'?)"),
+    ("asr_compress", lambda p: p["layer_distill"].update(seed=3), "layer_distill.seed: expected no value"),
+    ("asr_compress", lambda p: p["layer_distill"]["data"].update(max_utterances=0),
+     "layer_distill.data: BatchConfig.max_utterances: expected a value > 0, found 0"),
     ("multidomain_ukd", lambda p: p.update(student_freeze="espnet.encoder.embed"),
      "student_freeze: expected a list (each item a string), found 'espnet.encoder.embed' (str)"),
 ])
