@@ -93,8 +93,8 @@ def test_first_update_trains_on_the_loss_of_the_paired_layers(kind, data, tmp_pa
     student = asr_student(teacher, plan)
     expected = reference_loss(teacher, student, data, pairs)
     out = tmp_path / "distill"
-    distill_asr_layers(teacher, student, plan, tokenizer, [data], out, tiny_config(optim=with_optim(
-        tiny_config(), max_steps=1).optim), progress=False)
+    distill_asr_layers(teacher, student, plan, tokenizer, [data], out, with_optim(tiny_config(), max_steps=1),
+                       progress=False)
     first = read_csv_log(out / "log.csv")[0]
     assert first["loss"] == pytest.approx(expected, rel=2e-5)
     assert {k for k in first if k.startswith("l1_")} == {f"l1_{t}" for t in pairs}
