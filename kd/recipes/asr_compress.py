@@ -44,9 +44,9 @@ if TYPE_CHECKING:
     from kd.recipes.presets import AsrCompressPreset, CorpusSection
 
 __all__ = ["AsrCompressSetup", "HEURISTICS", "LAYERS_DIFFER_BELOW", "SHARED", "UNSHARED", "analyse_teacher",
-           "build_students", "compare", "distill_students", "evaluate_students", "evaluate_teacher", "make_corpus",
-           "make_tokens", "results_markdown", "results_table", "student_config", "train_students", "train_teacher",
-           "verdict"]
+           "build_students", "compare", "distill_students", "evaluate_students", "evaluate_teacher",
+           "layer_distill_config", "make_corpus", "make_tokens", "results_markdown", "results_table", "student_config",
+           "train_students", "train_teacher", "verdict"]
 
 HEURISTICS = ("first-k", "every-k", "linspace")
 ANALYSIS = "analysis"
