@@ -58,7 +58,9 @@ def parse_config(cls: type[T], data: Any, where: str | None = None) -> T:
 
     ``where`` names the config in error messages (default: the class's name); the path of the field in
     error goes after it, joined with ``.`` (``TrainConfig.optim.lr``) where ``where`` is a name or a dotted
-    path and with ``: `` otherwise (``preset 'smoke': corpus.seed``). Raises ValueError.
+    path and with ``: `` otherwise (``preset 'smoke': corpus.seed``). The checks of ``cls``'s own
+    ``__post_init__``, which name a field after the class (``LayerDistillConfig.cos_weight``), are named
+    after ``where`` too (``layer_distill.cos_weight``). Raises ValueError.
     """
     where = where or cls.__name__
     if not isinstance(data, Mapping):
@@ -249,6 +251,12 @@ def _message(cls: type, error: ValidationError, where: str) -> str:
         return f"{_join(where, loc[:-2])}: expected each key to be {_describe(key_type)}, found {value!r}"
     if kind in ("value_error", "assertion_error"):
         inner = str(first.get("ctx", {}).get("error", first["msg"]))
+        own = f"{cls.__name__}."
+        if not loc and where != cls.__name__ and inner.startswith(own) and ": " in inner:
+            # a check of cls itself names its field after the class (LayerDistillConfig.cos_weight: ...);
+            # a config read under another name (a recipe's section) has it named by its path from there
+            field_path, _, rest = inner[len(own):].partition(": ")
+            return f"{_join(where, (field_path,))}: {rest}"
         return inner if not loc and inner.startswith(where) else f"{path}: {inner}"
     if kind in ("enum", "literal_error") or typing.get_origin(tp) is typing.Literal or (
             isinstance(_without_none(tp), type) and issubclass(_without_none(tp), enum.Enum)):

@@ -3,8 +3,8 @@
 :class:`EspnetEncoderCapture` makes an ESPnet hybrid CTC/attention model (``kd.models.asr``)
 satisfy ``analysis.capture.LayerwiseModel``: layer 0 is the subsampled input embedding
 (conv2d subsampling + positional encoding), layer ``l`` the output of encoder block ``l``
-(before the final layer norm), and attention maps are each block's self-attention
-probabilities.
+(before the final layer norm), both from :meth:`kd.models.asr.AsrModel.encode_layers`; attention
+maps are each block's self-attention probabilities.
 """
 
 from __future__ import annotations
@@ -37,21 +37,6 @@ class EspnetEncoderCapture:
 
     @torch.no_grad()
     def extract(self, speech: torch.Tensor, lengths: torch.Tensor, *, attentions: bool = False) -> LayerOutputs:
-        captured: list[torch.Tensor] = []
-        masks: list[torch.Tensor] = []
-
-        def keep(_module, _inputs, output):
-            xs, mask = output
-            captured.append(xs[0] if isinstance(xs, tuple) else xs)
-            masks.append(mask)
-
-        handles = [self.encoder.embed.register_forward_hook(keep)]
-        handles += [layer.register_forward_hook(keep) for layer in self.encoder.encoders]
-        try:
-            self.model.encode(speech, lengths)
-        finally:
-            for h in handles:
-                h.remove()
-        frames = masks[0].squeeze(1).sum(-1).long()
+        hidden, frames = self.model.encode_layers(speech, lengths)
         att = [layer.self_attn.attn.detach() for layer in self.encoder.encoders] if attentions else None
-        return LayerOutputs(hidden=captured, lengths=frames, attentions=att)
+        return LayerOutputs(hidden=hidden, lengths=frames, attentions=att)

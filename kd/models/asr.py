@@ -367,6 +367,43 @@ class AsrModel(nn.Module):
         """
         return self.espnet.encode(speech, speech_lengths)
 
+    def encode_layers(self, speech: Tensor, speech_lengths: Tensor) -> tuple[list[Tensor], Tensor]:
+        """:meth:`encode`, keeping the encoder's state after each of its stages.
+
+        Args:
+            speech: waveforms `[batch, samples]` at `config.sample_rate`.
+            speech_lengths: valid samples `[batch]`.
+
+        Returns:
+            `hidden`: `encoder_layers + 1` tensors `[batch, frames', d_model]`, as Hugging Face's
+            `hidden_states` count them: `hidden[0]` is the subsampled input embedding (convolutional
+            subsampling and positional encoding), `hidden[l + 1]` the output of encoder layer `l`
+            (before the final layer norm of a pre-LN encoder); and the valid frames `[batch]` of
+            each utterance (frames past them are padding and hold anything).
+
+        Gradients flow as in :meth:`encode` (the caller picks ``torch.no_grad``), and in training mode
+        SpecAugment and dropout apply. ESPnet's subsampling and utterance normalisation see the
+        padding, so an utterance's states depend slightly on the batch it is in.
+        """
+        encoder = self.espnet.encoder
+        hidden: list[Tensor] = []
+        masks: list[Tensor] = []
+
+        def keep(_module, _inputs, output) -> None:
+            xs, mask = output  # the embedding and every layer return (states, mask [batch, 1, frames'])
+            hidden.append(xs[0] if isinstance(xs, tuple) else xs)  # (states, relative positions) for rel_pos
+            masks.append(mask)
+
+        handles = [encoder.embed.register_forward_hook(keep)]
+        handles += [layer.register_forward_hook(keep) for layer in encoder.encoders]
+        try:
+            self.espnet.encode(speech, speech_lengths)
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert len(hidden) == len(encoder.encoders) + 1, "every layer runs once per forward pass"
+        return hidden, masks[0].squeeze(1).sum(-1).long()
+
     def forward(
         self,
         speech: Tensor,

@@ -15,10 +15,14 @@ on its dev set (``kd analyze``: linear CKA between its layers, among the rest). 
 Besides, ``unshared``: every layer kept without sharing, trained like the students (the control of the
 shared students). Each student is built from the teacher's layers (:func:`kd.compression.asr.asr_student`,
 the decoder layers of ``decoder_keep``), then fine-tuned with the hybrid CTC/attention loss on the
-teacher's training data, once per seed. (The wav2vec 2.0 students of ``recipes/w2v2_compress`` are
-distilled layer to layer before their CTC fine-tuning; an ESPnet student starts from the teacher's own
-layers, so it is fine-tuned directly.) Every model is scored on the domain's test set by beam search
-(the headline) and CTC greedy decoding, and its encoder's latency is measured.
+teacher's training data, once per seed. A preset with a ``layer_distill`` section (a
+:class:`kd.ssl.layer_distill.LayerDistillConfig`) first distils each (student, seed) layer to layer from
+the teacher on the same data, as the wav2vec 2.0 students of ``recipes/w2v2_compress`` are
+(:mod:`kd.ssl.asr_layer_distill`: DistilHuBERT's loss, student layer s predicting the teacher layer it
+was copied from, or teacher layer s in a shared student), and fine-tunes the distilled student of the same
+seed; without one, the students are fine-tuned directly from the teacher's layers. Every model is scored
+on the domain's test set by beam search (the headline) and CTC greedy decoding, and its encoder's
+latency is measured.
 
 Each comparison (the analysis plan against each heuristic; shared against pruned of the same parameter
 count and against unshared) is a paired interval over seeds and test utterances (:mod:`kd.evaluation.evidence`)
@@ -40,8 +44,9 @@ if TYPE_CHECKING:
     from kd.recipes.presets import AsrCompressPreset, CorpusSection
 
 __all__ = ["AsrCompressSetup", "HEURISTICS", "LAYERS_DIFFER_BELOW", "SHARED", "UNSHARED", "analyse_teacher",
-           "build_students", "compare", "evaluate_students", "evaluate_teacher", "make_corpus", "make_tokens",
-           "results_markdown", "results_table", "student_config", "train_students", "train_teacher", "verdict"]
+           "build_students", "compare", "distill_students", "evaluate_students", "evaluate_teacher",
+           "layer_distill_config", "make_corpus", "make_tokens", "results_markdown", "results_table", "student_config",
+           "train_students", "train_teacher", "verdict"]
 
 HEURISTICS = ("first-k", "every-k", "linspace")
 ANALYSIS = "analysis"
@@ -79,6 +84,9 @@ class AsrCompressSetup:
     speed: Mapping[str, Any]  # kd.bench.speed.bench_speed's settings that the preset gives (batch_sizes, ...)
     device: str = "cpu"
     shipped: Path | None = None  # the shipped teacher's folder (kd.recipes.shipped); None: trained here
+    # the students' layer-to-layer distillation before fine-tuning (a kd.ssl.layer_distill.LayerDistillConfig,
+    # its seed set per run); None: fine-tuned directly
+    layer_distill: Any = None
 
     @classmethod
     def from_preset(cls, preset: AsrCompressPreset | Mapping[str, Any], out: Path, *, seeds: Sequence[int],
@@ -109,11 +117,15 @@ class AsrCompressSetup:
                 raise ValueError(f"expected a list of the teacher's decoder layer indices, found {list(keep)}")
         with section("analysis"):
             analysis = parse_config(AnalyzeConfig, {**preset.analysis, "device": device})
+        layer_distill = None
+        if preset.layer_distill is not None:
+            with section("layer_distill"):
+                layer_distill = layer_distill_config(preset.layer_distill)
         shipped = recipe_dir / preset.shipped_teacher if preset.shipped_teacher else None
         setup = cls(out=out, corpus=preset.corpus, domain=preset.domain, teacher=preset.teacher,
                     student=preset.student, budgets=budgets, decoder_keep=keep, seeds=tuple(seeds),
                     decode=preset.decode, analysis=analysis, speed=preset.speed.given(), device=device,
-                    shipped=shipped)
+                    shipped=shipped, layer_distill=layer_distill)
         with section("teacher"):
             setup.teacher_config()
         with section("student"):
@@ -151,6 +163,18 @@ class AsrCompressSetup:
     def student_dir(self, name: str) -> Path:  # the student as built from the teacher's layers
         return self.out / "students" / name
 
+    def distill_dir(self, name: str, seed: int) -> Path:  # its layer distillation (kd.ssl.asr_layer_distill)
+        return self.out / "layer_distill" / name / f"seed{seed}"
+
+    def finetune_init(self, name: str, seed: int) -> Path:
+        """The model dir a fine-tuning run starts from: the distilled student of the same seed, or, without
+        layer distillation, the student as built."""
+        if self.layer_distill is None:
+            return self.student_dir(name)
+        from kd.ssl.layer_distill import STUDENT_DIR
+
+        return self.distill_dir(name, seed) / STUDENT_DIR
+
     def run_dir(self, name: str, seed: int) -> Path:
         return self.out / "runs" / name / f"seed{seed}"
 
@@ -158,8 +182,22 @@ class AsrCompressSetup:
         return [(name, seed) for name in self.students() for seed in self.seeds]
 
 
+def layer_distill_config(section: Mapping[str, Any]) -> Any:
+    """The preset's ``layer_distill`` section as a :class:`kd.ssl.layer_distill.LayerDistillConfig` (a section
+    given in part takes the other fields from LayerDistillConfig's defaults); errors name the field as
+    ``layer_distill.<field>``. The seed is each run's (:func:`distill_students`), not the section's."""
+    from kd.ssl.config import stage_config
+    from kd.ssl.layer_distill import LayerDistillConfig
+
+    if isinstance(section, Mapping) and "seed" in section:
+        raise ValueError(f"layer_distill.seed: expected no value (each run takes its student's seed, from seeds or "
+                         f"--seeds), found {section['seed']!r}")
+    return stage_config(LayerDistillConfig, section, "layer_distill")
+
+
 def student_config(setup: AsrCompressSetup, name: str, seed: int) -> Any:
-    """The fine-tuning run of one student (built by :func:`build_students`) and seed."""
+    """The fine-tuning run of one student (built by :func:`build_students`, layer-distilled by
+    :func:`distill_students` when the preset asks for it) and seed."""
     from kd.training.config import TrainConfig
 
     section = dict(setup.student)
@@ -170,7 +208,7 @@ def student_config(setup: AsrCompressSetup, name: str, seed: int) -> Any:
     return TrainConfig.from_dict(merge_sections(section, {
         "data": {"train": [str(setup.data("train"))], "dev": str(setup.data("dev"))},
         "tokens": setup.tokens_section, "seed": seed,
-        "model": {"preset": None, "init_from": str(setup.student_dir(name)),
+        "model": {"preset": None, "init_from": str(setup.finetune_init(name, seed)),
                   "overrides": dict(student_model.get("overrides") or {})}}))
 
 
@@ -263,8 +301,33 @@ def build_students(setup: AsrCompressSetup, analysis: Mapping[str, Any]) -> dict
     return built
 
 
+def distill_students(setup: AsrCompressSetup, workers: int) -> dict[str, Any]:
+    """Stage ``layer-distill``: every (student, seed) distilled layer to layer from the teacher on its training
+    data (:func:`kd.ssl.asr_layer_distill.distill_asr_plan`), side by side on ``workers`` processes; nothing
+    when the preset has no ``layer_distill`` section."""
+    import dataclasses
+
+    from kd.recipes.parallel import Job, run_jobs
+    from kd.ssl.asr_layer_distill import distill_asr_plan
+
+    if setup.layer_distill is None:
+        return {"runs": 0}
+
+    def job(name: str, seed: int) -> Job:
+        plan, out = setup.student_dir(name).with_suffix(".plan.json"), setup.distill_dir(name, seed)
+        config = dataclasses.replace(setup.layer_distill, seed=seed)
+        return Job(str(out), distill_asr_plan, (setup.teacher_run / "model", plan, [setup.data("train")], out, config),
+                   {"student_dir": setup.student_dir(name), "progress": False})
+
+    jobs = [job(name, seed) for name, seed in setup.cells()]
+    results = run_jobs(jobs, workers=workers)
+    return {"runs": len(jobs), "steps": max(r.steps for r in results),
+            "wall_seconds": round(sum(r.seconds for r in results), 1)}
+
+
 def train_students(setup: AsrCompressSetup, workers: int) -> dict[str, Any]:
-    """Stage ``finetune``: every (student, seed) run on the teacher's training data."""
+    """Stage ``finetune``: every (student, seed) run on the teacher's training data, from the student as built
+    or, with layer distillation, from its distilled student of the same seed."""
     from kd.recipes.parallel import Job, run_jobs
 
     jobs = [Job(str(setup.run_dir(name, seed)), train_run, (student_config(setup, name, seed), setup.run_dir(name, seed)))
@@ -328,8 +391,9 @@ def _comparisons(setup: AsrCompressSetup) -> list[tuple[str, str, str]]:
 
 def results_table(setup: AsrCompressSetup, done: Mapping[str, Any], *, preset: str,
                   provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """The results file: the teacher (error rates, layers, how unlike its layers are), every student
-    (plan, parameters, error rates per seed), the encoder latencies, and each comparison per metric."""
+    """The results file: the teacher (error rates, layers, how unlike its layers are), how the students were
+    trained (``layer_distill``: None when fine-tuned directly), every student (plan, parameters, error rates
+    per seed), the encoder latencies, and each comparison per metric."""
     seeds = list(setup.seeds)
     student_eval, built = done["eval"], done["students"]
     students = []
@@ -352,7 +416,11 @@ def results_table(setup: AsrCompressSetup, done: Mapping[str, Any], *, preset: s
             row["verdict"] = verdict(row["better"], a, b, premise)
             comparisons.append({"comparison": asked, "a": a, "b": b, **row})
     teacher = done["teacher-eval"]
+    ld = setup.layer_distill
+    layer_distill = None if ld is None else {"steps": done["layer-distill"]["steps"], "lr": ld.optim.lr,
+                                             "cos_weight": ld.cos_weight}
     return {"preset": preset, "seeds": seeds, "domain": setup.domain, "decode": dict(setup.decode),
+            "layer_distill": layer_distill,
             "n_test": teacher["beam"]["utterances"],
             "teacher": {"layers": done["analysis"]["layers"], "params": teacher["beam"]["params"],
                         **{how: {m: round(teacher[how][m], 2) for m in METRICS} for how in ("beam", "greedy")},
@@ -360,6 +428,15 @@ def results_table(setup: AsrCompressSetup, done: Mapping[str, Any], *, preset: s
                         "layers_differ": alike is None},
             "students": students, "speed": done["speed"]["rows"], "comparisons": comparisons,
             "provenance": dict(provenance)}
+
+
+def _training_line(layer_distill: Mapping[str, Any] | None) -> str:
+    """How the students were trained (results files written before layer distillation have no entry: direct)."""
+    if layer_distill is None:
+        return "Students: the teacher's layers, fine-tuned directly with the hybrid loss (no layer distillation)."
+    return (f"Students: the teacher's layers, distilled layer to layer from the teacher ({layer_distill['steps']} "
+            f"updates, peak learning rate {layer_distill['lr']:g}, cosine weight {layer_distill['cos_weight']:g}), "
+            "then fine-tuned with the hybrid loss.")
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:
@@ -376,7 +453,8 @@ def results_markdown(results: Mapping[str, Any]) -> str:
              f"linear CKA between two of its layers {t['lowest_cka']:.3f} (layers {t['lowest_cka_layers']}), "
              f"between neighbours {t['adjacent_cka_min']:.3f}"
              + ("." if t["layers_differ"] else f": its layers are alike (not below {LAYERS_DIFFER_BELOW}), so the "
-                "comparisons of the analysis plan with the heuristics are not a test."), ""]
+                "comparisons of the analysis plan with the heuristics are not a test."), "",
+             _training_line(results.get("layer_distill")), ""]
     batch = sorted({r["batch_size"] for r in results["speed"]})
     latency = {(r["model"], r["batch_size"]): r["latency_ms"] for r in results["speed"]}
     header = ["student", "teacher layers kept", "shared groups", "params",

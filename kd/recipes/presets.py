@@ -107,6 +107,9 @@ class AsrCompressPreset:
     shipped_teacher: str | None = None  # the shipped teacher's folder, relative to the recipe; None: trained here
     speed: SpeedSection = field(default_factory=SpeedSection)
     workers: int = 1
+    # kd.ssl.layer_distill.LayerDistillConfig fields of the students' layer-to-layer distillation before their
+    # fine-tuning (the recipe sets the seed of each run); None: the students are fine-tuned directly
+    layer_distill: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.speed.warmup is not None or self.speed.device is not None:

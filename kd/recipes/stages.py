@@ -240,13 +240,16 @@ def load_preset(parser: argparse.ArgumentParser, args: argparse.Namespace,
 @contextlib.contextmanager
 def preset_section(parser: argparse.ArgumentParser, args: argparse.Namespace, key: str) -> Iterator[None]:
     """Build a preset section's configuration inside this block: its ValueError / TypeError /
-    KeyError becomes a parser error naming the file, the preset and the section, before any stage runs."""
+    KeyError becomes a parser error naming the file, the preset and the section, before any stage runs.
+    A message that already starts with the section's path (a config read with ``where=key``:
+    ``layer_distill.optim.lr: ...``) is not prefixed with it again."""
     try:
         yield
     except KeyError as e:
         parser.error(f"{_where(args)}: {key}: missing key {e.args[0]!r}")
     except (ValueError, TypeError) as e:
-        parser.error(f"{_where(args)}: {key}: {e}")
+        named = str(e).startswith((f"{key}.", f"{key}:"))
+        parser.error(f"{_where(args)}: {e}" if named else f"{_where(args)}: {key}: {e}")
 
 
 def run_recipe(stages: Sequence[Stage], out: Path, args: argparse.Namespace) -> list[StageOutcome]:

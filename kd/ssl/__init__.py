@@ -2,7 +2,9 @@
 fine-tuning) and the layer-to-layer distillation of its compressed students (``kd distill-layers``,
 :mod:`kd.ssl.layer_distill`), trained on the toolkit's one training stack (:mod:`kd.training.engine`,
 with the checkpoints of :mod:`kd.training.checkpoint` and the ``OptimConfig`` of
-:mod:`kd.training.config`; the stage plumbing is in :mod:`kd.ssl.common`).
+:mod:`kd.training.config`; the stage plumbing is in :mod:`kd.ssl.common`). The same layer-to-layer
+distillation, its loss, heads and config, is a stage for the students of the toolkit's ESPnet hybrid
+CTC/attention models too (:mod:`kd.ssl.asr_layer_distill`).
 
 ``pretrain(config, data_dirs, out_dir)`` and ``finetune_ctc(pretrained_dir, data_dirs, out_dir,
 config)`` are stages that hand over Hugging Face folders and skip themselves when finished.

@@ -33,9 +33,9 @@ import torch
 from kd.core.io import atomic_write_text, clear_done, config_digest, file_lock, is_done
 from kd.training.checkpoint import CHECKPOINTS_DIR, list_checkpoints, remove_partial_checkpoints
 
-__all__ = ["MODEL_SUBDIR", "StageResult", "list_stage_checkpoints", "load_pooled", "pool_data_dirs",
-           "prepare_stage_dir", "run_stage", "save_pretrained_atomic", "stage_accelerator", "stage_done",
-           "write_folder_atomic"]
+__all__ = ["MODEL_SUBDIR", "StageResult", "list_stage_checkpoints", "load_pooled", "model_digest",
+           "pool_data_dirs", "prepare_stage_dir", "run_stage", "save_pretrained_atomic", "stage_accelerator",
+           "stage_done", "write_folder_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,14 @@ def load_pooled(data_dirs: Sequence[str | os.PathLike], *, tokenizer=None, argum
     from kd.data.batching import AudioDataset
 
     return AudioDataset(pool_data_dirs(data_dirs, argument=argument), tokenizer=tokenizer)
+
+
+def model_digest(model: torch.nn.Module) -> list:
+    """Class name, parameter count and parameter sum (6 decimals) of a model: a stage key's record of the
+    weights a stage starts from, so that other initial weights redo the stage."""
+    with torch.no_grad():
+        total = sum(float(p.double().sum()) for p in model.parameters())
+    return [type(model).__name__, sum(p.numel() for p in model.parameters()), round(total, 6)]
 
 
 def folder_fingerprint(path: str | os.PathLike) -> list:

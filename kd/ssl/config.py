@@ -127,12 +127,13 @@ def _reject_renamed(name: str, data: Mapping[str, Any]) -> None:
 T = typing.TypeVar("T")
 
 
-def stage_config(cls: type[T], data: Mapping[str, Any]) -> T:
+def stage_config(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
     """A stage config read from a mapping by :func:`kd.core.config.parse_config`: a section given in part
     (``optim: {lr: 1e-4}``) keeps the other fields of the stage's default; a setting of the layout before
-    the one training stack is refused with the name to use instead."""
-    _reject_renamed(cls.__name__, data)
-    return parse_config(cls, data)
+    the one training stack is refused with the name to use instead. ``where`` names the config in errors
+    (default: the class's name; a recipe's section: ``layer_distill``)."""
+    _reject_renamed(where or cls.__name__, data)
+    return parse_config(cls, data, where)
 
 
 def upgrade_saved_config(data: Mapping[str, Any]) -> dict[str, Any]:

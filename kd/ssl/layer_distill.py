@@ -50,8 +50,8 @@ from kd.core.io import atomic_write_text, mark_done
 from kd.data.batching import attention_mask
 from kd.models.hf_processor import InputSpec, read_input_spec, write_input_spec
 from kd.plan import CompressionPlan
-from kd.ssl.common import (StageResult, load_pooled, prepare_stage_dir, run_stage, stage_accelerator, stage_done,
-                           stage_lock, write_folder_atomic)
+from kd.ssl.common import (StageResult, load_pooled, model_digest, prepare_stage_dir, run_stage, stage_accelerator,
+                           stage_done, stage_lock, write_folder_atomic)
 from kd.ssl.config import (CONFIG_VERSION, BatchConfig, check_training_sections, legacy_stage_config, ssl_checkpoints,
                            ssl_optim, stage_config)
 from kd.training.config import CheckpointConfig, MixedPrecision, OptimConfig
@@ -191,12 +191,6 @@ def _depth(model: nn.Module) -> int:
     return int(model.config.num_hidden_layers)
 
 
-def _model_digest(model: nn.Module) -> list:
-    with torch.no_grad():
-        total = sum(float(p.double().sum()) for p in model.parameters())
-    return [type(model).__name__, sum(p.numel() for p in model.parameters()), round(total, 6)]
-
-
 def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan,
                    data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                    config: LayerDistillConfig, *, input_spec: InputSpec = InputSpec(),
@@ -222,8 +216,8 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
     out_dir = Path(out_dir)
     key = {"stage": "layer-distill", "config": config.to_dict(), "plan": plan.to_dict(),
            "input": dataclasses.asdict(input_spec),
-           "data_dirs": [str(Path(d).resolve()) for d in data_dirs], "teacher": _model_digest(teacher),
-           "student": _model_digest(student)}
+           "data_dirs": [str(Path(d).resolve()) for d in data_dirs], "teacher": model_digest(teacher),
+           "student": model_digest(student)}
     legacy = legacy_stage_config(config)
     if stage_done(out_dir, key, None if legacy is None else {**key, "config": legacy}):
         info = json.loads((out_dir / ".done.json").read_text(encoding="utf-8"))

@@ -12,10 +12,13 @@ kd.recipes.asr_compress):
   5 analysis      kd analyze of the teacher on its dev set (linear CKA between its layers, ...)
   6 students      per budget: the analysis-driven plan, first-k, every-k, linspace and the shared student;
                   and every layer unshared; each built from the teacher's layers
-  7 finetune      every (student, seed) run on the teacher's training data
-  8 eval          students on the test set (beam search and CTC greedy)
-  9 speed         encoder latency of the teacher and each student
- 10 table         results/<preset>.json and .md: students, latencies, each comparison's interval and verdict
+  7 layer-distill with a layer_distill section: every (student, seed) distilled layer to layer from the
+                  teacher on its training data (kd.ssl.asr_layer_distill); without one, nothing
+  8 finetune      every (student, seed) run on the teacher's training data, from the distilled student of
+                  the same seed when there is one
+  9 eval          students on the test set (beam search and CTC greedy)
+ 10 speed         encoder latency of the teacher and each student
+ 11 table         results/<preset>.json and .md: students, latencies, each comparison's interval and verdict
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kd.recipes.asr_compress import (AsrCompressSetup, analyse_teacher, build_students, evaluate_students,
-                                     evaluate_teacher, make_corpus, make_tokens, measure_speed, results_markdown,
-                                     results_table, train_students, train_teacher)
+from kd.recipes.asr_compress import (AsrCompressSetup, analyse_teacher, build_students, distill_students,
+                                     evaluate_students, evaluate_teacher, make_corpus, make_tokens, measure_speed,
+                                     results_markdown, results_table, train_students, train_teacher)
 from kd.recipes.multidomain_stages import publish_results
 from kd.recipes.presets import AsrCompressPreset
 from kd.recipes.shipped import provenance, ship_run
@@ -70,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         Stage(6, "students", lambda done: build_students(setup, done["analysis"]),
               {"budgets": written["budgets"], "decoder_keep": written["decoder_keep"]},
               "students from the teacher's layers"),
-        Stage(7, "finetune", lambda done: train_students(setup, workers),
+        Stage(7, "layer-distill", lambda done: distill_students(setup, workers),
+              {"layer_distill": written.get("layer_distill"), "seeds": seeds},
+              f"{len(setup.cells())} layer distillations" if setup.layer_distill else "no layer distillation"),
+        Stage(8, "finetune", lambda done: train_students(setup, workers),
               {"student": written["student"], "seeds": seeds},
               f"{len(setup.cells())} student runs"),
-        Stage(8, "eval", lambda done: evaluate_students(setup, workers), {"decode": written["decode"], "seeds": seeds},
+        Stage(9, "eval", lambda done: evaluate_students(setup, workers), {"decode": written["decode"], "seeds": seeds},
               "students' error rates"),
-        Stage(9, "speed", lambda done: measure_speed(setup), {"speed": written.get("speed", {})}, "encoder latency"),
-        Stage(10, "table", table, {"seeds": seeds, "version": 1}, "results and comparisons"),
+        Stage(10, "speed", lambda done: measure_speed(setup), {"speed": written.get("speed", {})}, "encoder latency"),
+        Stage(11, "table", table, {"seeds": seeds, "version": 2}, "results and comparisons"),
     ]
     run_recipe(stages, out, args)
     if args.ship_teacher:

@@ -83,6 +83,11 @@ def test_errors_name_the_dotted_path(cls, data, message):
 def test_where_names_the_config_in_errors():
     with pytest.raises(ValueError, match=r"^report.json: mi: probe.lr: expected a finite number, found 'fast'"):
         MIBoundConfig.from_dict({"probe": {"lr": "fast"}}, "report.json: mi")
+    # the class's own checks too: the field by its path from where, not after the class
+    with pytest.raises(ValueError, match=r"^analysis.probe.epochs: expected at least 1, found 0$"):
+        ProbeConfig.from_dict({"epochs": 0}, "analysis.probe")
+    with pytest.raises(ValueError, match=r"^report.json: probe: epochs: expected at least 1, found 0$"):
+        ProbeConfig.from_dict({"epochs": 0}, "report.json: probe")
 
 
 @dataclass(frozen=True)

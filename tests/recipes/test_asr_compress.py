@@ -1,11 +1,15 @@
-"""The ESPnet compression recipe end to end on its `smoke` preset (one seed)."""
+"""The ESPnet compression recipe end to end on its `smoke` preset (one seed), its students distilled layer to
+layer before their fine-tuning."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
+from kd.core.io import read_csv_log
+from kd.models.weights import load_weights
 from kd.recipes.asr_compress import HEURISTICS, LAYERS_DIFFER_BELOW, PLANS, UNSHARED, verdict
 
 
@@ -41,9 +45,24 @@ def test_plans_students_speed_and_comparisons(tmp_path, capsys, load_recipe):
             expected = "not a test (the teacher's layers are alike: lowest linear CKA"
         assert c["verdict"].startswith(expected) and c["seeds"] == 1 and c["utterances"] == results["n_test"]
     assert teacher["layers_differ"] == (teacher["lowest_cka"] < LAYERS_DIFFER_BELOW)
-    # every student run was fine-tuned from its plan's student with its own seed
-    config = (out / "runs" / "2" / "first-k" / "seed0" / "config.yaml").read_text()
-    assert str(out / "students" / "2" / "first-k") in config and "seed: 0" in config
+    # stage 7: every student distilled layer to layer (the smoke preset's two updates), each layer paired with
+    # the teacher layer it was copied from; a shared student keeps the teacher's depth and is paired layer by layer
+    distilled = out / "layer_distill" / "2" / "linspace" / "seed0"
+    assert json.loads((distilled / "heads.json").read_text())["layer_map"] == {"0": 0, "3": 1}
+    shared_map = json.loads((out / "layer_distill" / "2" / "shared" / "seed0" / "heads.json").read_text())["layer_map"]
+    assert shared_map == {str(t): t for t in range(4)}
+    assert [row["step"] for row in read_csv_log(distilled / "log.csv")] == [1, 2]
+    assert results["layer_distill"] == {"steps": 2, "lr": 1e-4, "cos_weight": 1.0}
+    assert "distilled layer to layer from the teacher (2 updates" in (results_dir / "smoke.md").read_text()
+    # stage 8: every student run was fine-tuned from its distilled student with its own seed; the distillation
+    # changed the weights it starts from
+    config = (out / "runs" / "2" / "linspace" / "seed0" / "config.yaml").read_text()
+    assert f"init_from: {distilled / 'student'}\n" in config and "seed: 0" in config
+    built = load_weights(out / "students" / "2" / "linspace" / "model.safetensors")
+    start = load_weights(distilled / "student" / "model.safetensors")
+    encoder = [k for k in built if k.startswith("espnet.encoder.encoders.")]
+    assert encoder and not all(torch.equal(built[k], start[k]) for k in encoder)
+    assert all(torch.equal(built[k], start[k]) for k in built if k.startswith("espnet.decoder."))
 
 
 def test_a_verdict_names_a_side_only_when_the_premise_holds():

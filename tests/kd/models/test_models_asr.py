@@ -63,6 +63,24 @@ def test_forward_shapes_and_alignment(model):
     torch.testing.assert_close(out.logits, model.espnet.decoder.output_layer(out.decoder_hidden))
 
 
+@pytest.mark.parametrize("pre_ln", [True, False])
+def test_encode_layers_are_the_chain_of_layer_outputs(pre_ln):
+    """hidden[0] is the subsampling's output, each next entry the next layer applied to the one before, and
+    the last one, through the final layer norm of a pre-LN encoder, is what encode returns."""
+    torch.manual_seed(0)
+    m = build_asr_model(tiny(encoder_layers=3, encoder_normalize_before=pre_ln)).eval()
+    speech, speech_lengths, _, _ = batch()
+    with torch.no_grad():
+        hidden, frames = m.encode_layers(speech, speech_lengths)
+        encoded, lengths = m.encode(speech, speech_lengths)
+        mask = (torch.arange(hidden[0].shape[1])[None, :] < frames[:, None])[:, None, :]  # [B, 1, T]
+        for layer, before, after in zip(m.espnet.encoder.encoders, hidden, hidden[1:]):
+            torch.testing.assert_close(layer(before, mask)[0], after)
+    assert len(hidden) == 4 and frames.tolist() == lengths.tolist() == [12, 10]
+    last = m.espnet.encoder.after_norm(hidden[-1]) if pre_ln else hidden[-1]
+    torch.testing.assert_close(last, encoded)
+
+
 def test_loss_combines_ctc_attention_and_aleatoric_terms():
     speech, speech_lengths, text, text_lengths = batch()
     for mode in AleatoricMode:

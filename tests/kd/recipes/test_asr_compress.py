@@ -1,10 +1,13 @@
-"""kd.recipes.asr_compress: the verdict of a comparison, from per-utterance errors."""
+"""kd.recipes.asr_compress: the verdict of a comparison, from per-utterance errors; the students' layer
+distillation in the preset, the fine-tuning runs and the table."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from kd.recipes.asr_compress import TIE, compare
 
@@ -32,3 +35,34 @@ def test_compare_names_the_better_side_only_when_the_interval_excludes_zero(tmp_
     assert tie["seeds"] == 2 and tie["utterances"] == 40
     with pytest.raises(ValueError, match="same seeds"):
         compare(few, {0: many[0]}, metric="wer")
+
+
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "asr_compress"
+
+
+def test_students_fine_tune_from_their_distilled_selves_only_when_the_preset_distils(tmp_path):
+    from kd.recipes.asr_compress import AsrCompressSetup, student_config
+
+    smoke = yaml.safe_load((RECIPE / "config.yaml").read_text())["smoke"]
+    distilled = AsrCompressSetup.from_preset(smoke, tmp_path, seeds=[0, 1], recipe_dir=RECIPE)
+    assert distilled.layer_distill.optim.max_steps == 2 and distilled.layer_distill.optim.lr == 1e-4
+    assert distilled.layer_distill.cos_weight == 1.0  # LayerDistillConfig's default: the section gives it in part
+    init = student_config(distilled, "2/first-k", 1).model.init_from
+    assert init == str(tmp_path / "layer_distill" / "2" / "first-k" / "seed1" / "student")
+    direct = AsrCompressSetup.from_preset({**smoke, "layer_distill": None}, tmp_path, seeds=[0, 1], recipe_dir=RECIPE)
+    assert direct.layer_distill is None
+    assert student_config(direct, "2/first-k", 1).model.init_from == str(tmp_path / "students" / "2" / "first-k")
+
+
+def test_the_table_of_a_run_without_layer_distillation_says_so_and_is_otherwise_as_it_was():
+    """The committed results (written before the students could be distilled) render as they were committed,
+    with one line more: how the students were trained."""
+    from kd.recipes.asr_compress import results_markdown
+
+    results = json.loads((RECIPE / "results" / "cpu_postln.json").read_text())
+    line = "Students: the teacher's layers, fine-tuned directly with the hybrid loss (no layer distillation).\n\n"
+    rendered = results_markdown(results)
+    assert line in rendered and rendered.replace(line, "") == (RECIPE / "results" / "cpu_postln.md").read_text()
+    distilled = results_markdown({**results, "layer_distill": {"steps": 250, "lr": 5e-4, "cos_weight": 1.0}})
+    assert ("distilled layer to layer from the teacher (250 updates, peak learning rate 0.0005, cosine weight 1), "
+            "then fine-tuned") in distilled
