@@ -81,7 +81,7 @@ def _with_preset(tmp_path, recipe: str, edit) -> Path:
      "claims: 'tok KD (uk)' is not a condition of this preset"),
     ("multidomain_ukd", lambda p: p["claims"].append({"claim": "x", "a": "tok-KD (us)", "b": "tok-KD (uk)",
                                                       "premis": "no KD"}),
-     "claims[5]: unknown field 'premis' (did you mean 'premise'?)"),
+     "claims[7]: unknown field 'premis' (did you mean 'premise'?)"),
     ("multidomain_ukd", lambda p: p["teacher"].pop("model"), "student / conditions: missing key 'model'"),
     ("asr_compress", lambda p: p.update(budgets=[4]), "budgets: a budget must be below the teacher's 4 encoder layers"),
     ("asr_compress", lambda p: p.update(budgets=[2, 2]), "budgets: expected a list of distinct layer counts >= 1"),

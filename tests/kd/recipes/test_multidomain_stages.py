@@ -15,7 +15,7 @@ from kd.recipes.experiment import Condition, StudentSize
 from kd.recipes.multidomain import Claim, check_results
 from kd.recipes.multidomain_stages import (MultidomainSetup, publish_results, results_table, student_config,
                                            student_rows, teacher_config, teacher_means)
-from kd.training.losses import TeacherWeighting
+from kd.training.losses import KDLevel, TeacherWeighting
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 SMOKE = yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())["smoke"]
@@ -47,7 +47,7 @@ def test_from_preset_parses_every_section_in_order_and_lays_out_the_output_folde
     assert setup.freeze == ("espnet.encoder.embed",) and setup.analysis.max_utterances == 6
     assert setup.tokens_section == {"kind": "sentencepiece", "path": str(tmp_path / "tokens/words.model")}
     size, condition = setup.sizes[0], setup.conditions[-1]
-    assert setup.run_dir(size, condition, 1) == tmp_path / "runs/S/tok-unc-kd-us-uk/seed1"
+    assert setup.run_dir(size, condition, 1) == tmp_path / "runs/S/frame-kd-better-teacher/seed1"
     assert setup.cells()[:2] == [(size, setup.conditions[0], 0), (size, setup.conditions[0], 1)]
     assert len(setup.cells()) == len(setup.conditions) * 2
     shipped = MultidomainSetup.from_preset({**SMOKE, "shipped_teachers": "teachers"}, tmp_path, seeds=[0],
@@ -86,6 +86,11 @@ def test_teacher_and_student_runs_use_the_shared_tokens_and_the_teachers_dev_wer
     assert [t.run_dir for t in before.kd.teachers] == [str(tmp_path / f"teachers/seed3/{d}/model")
                                                        for d in ("us", "uk")]
     assert before.kd.cache_dir == str(tmp_path / "teacher_cache/seed3/us+uk")
+    frame = next(c for c in setup.conditions if c.level is KDLevel.FRAME)  # the presets' frame-KD condition
+    framed = student_config(setup, setup.sizes[0], frame, 3, {**evaluated, "seed3/best": "uk"})
+    assert framed.kd.loss.level is KDLevel.FRAME and framed.kd.loss.beta == 1.0
+    assert [t.run_dir for t in framed.kd.teachers] == [str(tmp_path / "teachers/seed3/uk/model")]
+    assert framed.kd.cache_dir == str(tmp_path / "teacher_cache/seed3/uk-frame")  # not the token-level cache
     planned = student_config(setup, setup.sizes[0], Condition("p", init="plan"), 3, None)
     assert planned.model.init_from == str(tmp_path / "students/seed3/S") and planned.data.dev == str(
         tmp_path / "corpus/target/dev")
