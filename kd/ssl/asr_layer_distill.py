@@ -54,12 +54,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from kd.core.io import atomic_write_text, mark_done
+from kd.core.io import mark_done
 from kd.plan import CompressionPlan
 from kd.ssl.common import (StageResult, load_pooled, model_digest, prepare_stage_dir, run_stage, stage_accelerator,
                            stage_done, stage_lock, write_folder_atomic)
 from kd.ssl.layer_distill import (HEADS_FILE, LOG_FILE, STUDENT_DIR, LayerDistillConfig, PredictionHeads,
-                                  layer_distill_loss)
+                                  layer_distill_loss, save_heads)
 from kd.training.engine import build_optimizer
 
 __all__ = ["AsrLayerPredictor", "distill_asr_layers", "distill_asr_plan", "teacher_layer_outputs"]
@@ -202,17 +202,9 @@ def _distill(teacher: nn.Module, student: nn.Module, plan: CompressionPlan, toke
         teacher.train(teacher_was_training)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        from safetensors.torch import save_file
-
         student.eval()
         write_folder_atomic(out_dir / STUDENT_DIR, lambda folder: save_model_dir(student, tokenizer, folder))
-        tensors = {k.removeprefix("heads."): v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
-        tmp = out_dir / f".tmp-{HEADS_FILE}"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, out_dir / HEADS_FILE)
-        atomic_write_text(out_dir / "heads.json", json.dumps(
-            {"layer_map": {str(t): s for t, s in heads.layer_map.items()}, "student_dim": width_s,
-             "teacher_dim": width_t}, indent=1) + "\n")
+        save_heads(out_dir, heads, width_s, width_t)
         mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
                   seconds=round(result.seconds, 3), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     accelerator.wait_for_everyone()

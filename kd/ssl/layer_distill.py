@@ -58,7 +58,7 @@ from kd.training.config import CheckpointConfig, MixedPrecision, OptimConfig
 from kd.training.engine import build_optimizer
 
 __all__ = ["LayerDistillConfig", "LayerDistillLoss", "PredictionHeads", "distill_layers", "distill_plan",
-           "layer_distill_loss"]
+           "layer_distill_loss", "save_heads"]
 
 STUDENT_DIR = "student"
 HEADS_FILE = "heads.safetensors"
@@ -191,6 +191,20 @@ def _depth(model: nn.Module) -> int:
     return int(model.config.num_hidden_layers)
 
 
+def save_heads(out_dir: Path, heads: PredictionHeads, student_dim: int, teacher_dim: int) -> None:
+    """Write a finished stage's prediction heads: ``heads.safetensors`` (atomically; "<teacher layer>.weight",
+    "<teacher layer>.bias") and ``heads.json`` (the layer map and the widths)."""
+    from safetensors.torch import save_file
+
+    tensors = {k.removeprefix("heads."): v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+    tmp = out_dir / f".tmp-{HEADS_FILE}"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, out_dir / HEADS_FILE)
+    atomic_write_text(out_dir / "heads.json", json.dumps(
+        {"layer_map": {str(t): s for t, s in heads.layer_map.items()}, "student_dim": student_dim,
+         "teacher_dim": teacher_dim}, indent=1) + "\n")
+
+
 def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan,
                    data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                    config: LayerDistillConfig, *, input_spec: InputSpec = InputSpec(),
@@ -279,18 +293,10 @@ def _distill(teacher: nn.Module, student: nn.Module, plan: CompressionPlan, data
         t_base.train(teacher_was_training)
     accelerator.wait_for_everyone()
     if main:
-        from safetensors.torch import save_file
-
         student.eval()
         write_folder_atomic(out_dir / STUDENT_DIR,
                             lambda f: (save_student(student, plan, f), write_input_spec(f, input_spec)))
-        head_tensors = {k.removeprefix("heads."): v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
-        tmp = out_dir / f".tmp-{HEADS_FILE}"
-        save_file(head_tensors, str(tmp))
-        os.replace(tmp, out_dir / HEADS_FILE)
-        atomic_write_text(out_dir / "heads.json", json.dumps(
-            {"layer_map": {str(t): s for t, s in heads.layer_map.items()}, "student_dim": s_base.config.hidden_size,
-             "teacher_dim": t_base.config.hidden_size}, indent=1) + "\n")
+        save_heads(out_dir, heads, s_base.config.hidden_size, t_base.config.hidden_size)
         mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
                   seconds=round(result.seconds, 3), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     accelerator.wait_for_everyone()
