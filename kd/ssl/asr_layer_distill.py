@@ -45,21 +45,18 @@ with the same settings. Outputs::
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from kd.core.io import mark_done
 from kd.plan import CompressionPlan
 from kd.ssl.common import (StageResult, load_pooled, model_digest, prepare_stage_dir, run_stage, stage_accelerator,
-                           stage_done, stage_lock, write_folder_atomic)
+                           stage_done, stage_lock)
 from kd.ssl.layer_distill import (HEADS_FILE, LOG_FILE, STUDENT_DIR, LayerDistillConfig, PredictionHeads,
-                                  layer_distill_loss, save_heads)
+                                  finish_stage, layer_distill_loss, skipped_result)
 from kd.training.engine import build_optimizer
 
 __all__ = ["AsrLayerPredictor", "distill_asr_layers", "distill_asr_plan", "teacher_layer_outputs"]
@@ -145,9 +142,7 @@ def distill_asr_layers(teacher: nn.Module, student: nn.Module, plan: Compression
            "data_dirs": [str(Path(d).resolve()) for d in data_dirs], "teacher": model_digest(teacher),
            "student": model_digest(student)}
     if stage_done(out_dir, key, None):
-        info = json.loads((out_dir / ".done.json").read_text(encoding="utf-8"))
-        return StageResult(out_dir, out_dir / STUDENT_DIR, info["steps"], 0.0, skipped=True,
-                           stopped_early=info["stopped_early"])
+        return skipped_result(out_dir)
     accelerator = stage_accelerator(config)
     with stage_lock(out_dir, accelerator, config):
         return _distill(teacher, student, plan, tokenizer, data_dirs, out_dir, config, key, accelerator, progress)
@@ -187,10 +182,7 @@ def _distill(teacher: nn.Module, student: nn.Module, plan: CompressionPlan, toke
         frame_mask = torch.arange(width, device=device)[None, :] < frames[:, None]  # [B, T], True at valid frames
         loss = layer_distill_loss(predictions, targets, frame_mask, cos_weight=config.cos_weight,
                                   average_layers=config.average_layers)
-        numbers: dict[str, Any] = {"loss": loss.total.detach()}
-        numbers.update({f"l1_{t}": v for t, v in loss.l1.items()})
-        numbers.update({f"cos_{t}": v for t, v in loss.cos.items()})
-        return loss.total, numbers
+        return loss.total, loss.log_numbers()
 
     try:
         result = run_stage(accelerator, module, optimizer, config, dataset, dataset.durations(), compute, out_dir,
@@ -200,16 +192,8 @@ def _distill(teacher: nn.Module, student: nn.Module, plan: CompressionPlan, toke
         for p in frozen:
             p.requires_grad_(True)
         teacher.train(teacher_was_training)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        student.eval()
-        write_folder_atomic(out_dir / STUDENT_DIR, lambda folder: save_model_dir(student, tokenizer, folder))
-        save_heads(out_dir, heads, width_s, width_t)
-        mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
-                  seconds=round(result.seconds, 3), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-    accelerator.wait_for_everyone()
-    return StageResult(out_dir, out_dir / STUDENT_DIR, result.steps, result.seconds, stopped_early=result.stopped_early,
-                       resumed_from=result.resumed_from)
+    return finish_stage(out_dir, key, result, accelerator,
+                        lambda folder: save_model_dir(student.eval(), tokenizer, folder), heads, width_s, width_t)
 
 
 def distill_asr_plan(teacher_dir: str | os.PathLike, plan: CompressionPlan | str | os.PathLike,

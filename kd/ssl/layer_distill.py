@@ -39,7 +39,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ from kd.training.config import CheckpointConfig, MixedPrecision, OptimConfig
 from kd.training.engine import build_optimizer
 
 __all__ = ["LayerDistillConfig", "LayerDistillLoss", "PredictionHeads", "distill_layers", "distill_plan",
-           "layer_distill_loss", "save_heads"]
+           "finish_stage", "layer_distill_loss", "skipped_result"]
 
 STUDENT_DIR = "student"
 HEADS_FILE = "heads.safetensors"
@@ -119,6 +119,11 @@ class LayerDistillLoss:
     per_layer: dict[int, torch.Tensor]  # teacher layer -> L_t
     l1: dict[int, torch.Tensor]  # teacher layer -> mean per-frame (1/D) L1 distance
     cos: dict[int, torch.Tensor]  # teacher layer -> mean cosine similarity
+
+    def log_numbers(self) -> dict[str, Any]:
+        """The numbers a stage's ``log.csv`` row holds: ``loss``, ``l1_<t>`` and ``cos_<t>`` per teacher layer."""
+        return {"loss": self.total.detach(), **{f"l1_{t}": v for t, v in self.l1.items()},
+                **{f"cos_{t}": v for t, v in self.cos.items()}}
 
 
 def layer_distill_loss(predictions: Mapping[int, torch.Tensor], targets: Mapping[int, torch.Tensor],
@@ -191,18 +196,36 @@ def _depth(model: nn.Module) -> int:
     return int(model.config.num_hidden_layers)
 
 
-def save_heads(out_dir: Path, heads: PredictionHeads, student_dim: int, teacher_dim: int) -> None:
-    """Write a finished stage's prediction heads: ``heads.safetensors`` (atomically; "<teacher layer>.weight",
-    "<teacher layer>.bias") and ``heads.json`` (the layer map and the widths)."""
+def skipped_result(out_dir: Path) -> StageResult:
+    """The result of a layer-distillation stage found finished with the same settings (its completion marker)."""
+    info = json.loads((out_dir / ".done.json").read_text(encoding="utf-8"))
+    return StageResult(out_dir, out_dir / STUDENT_DIR, info["steps"], 0.0, skipped=True,
+                       stopped_early=info["stopped_early"])
+
+
+def finish_stage(out_dir: Path, key: dict, result: Any, accelerator, write_student: Callable[[Path], Any],
+                 heads: PredictionHeads, student_dim: int, teacher_dim: int) -> StageResult:
+    """Write a layer-distillation stage's outputs once its updates are done (the main process only): the
+    student (``write_student(folder)`` into ``student/``, atomically), ``heads.safetensors`` (atomically;
+    "<teacher layer>.weight", "<teacher layer>.bias"), ``heads.json`` (the layer map and the widths), and last
+    the completion marker. ``result``: :func:`kd.ssl.common.run_stage`'s."""
     from safetensors.torch import save_file
 
-    tensors = {k.removeprefix("heads."): v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
-    tmp = out_dir / f".tmp-{HEADS_FILE}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out_dir / HEADS_FILE)
-    atomic_write_text(out_dir / "heads.json", json.dumps(
-        {"layer_map": {str(t): s for t, s in heads.layer_map.items()}, "student_dim": student_dim,
-         "teacher_dim": teacher_dim}, indent=1) + "\n")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_folder_atomic(out_dir / STUDENT_DIR, write_student)
+        tensors = {k.removeprefix("heads."): v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+        tmp = out_dir / f".tmp-{HEADS_FILE}"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, out_dir / HEADS_FILE)
+        atomic_write_text(out_dir / "heads.json", json.dumps(
+            {"layer_map": {str(t): s for t, s in heads.layer_map.items()}, "student_dim": student_dim,
+             "teacher_dim": teacher_dim}, indent=1) + "\n")
+        mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
+                  seconds=round(result.seconds, 3), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    accelerator.wait_for_everyone()
+    return StageResult(out_dir, out_dir / STUDENT_DIR, result.steps, result.seconds, stopped_early=result.stopped_early,
+                       resumed_from=result.resumed_from)
 
 
 def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan,
@@ -234,9 +257,7 @@ def distill_layers(teacher: nn.Module, student: nn.Module, plan: CompressionPlan
            "student": model_digest(student)}
     legacy = legacy_stage_config(config)
     if stage_done(out_dir, key, None if legacy is None else {**key, "config": legacy}):
-        info = json.loads((out_dir / ".done.json").read_text(encoding="utf-8"))
-        return StageResult(out_dir, out_dir / STUDENT_DIR, info["steps"], 0.0, skipped=True,
-                           stopped_early=info["stopped_early"])
+        return skipped_result(out_dir)
     accelerator = stage_accelerator(config)
     with stage_lock(out_dir, accelerator, config):
         return _distill(teacher, student, plan, data_dirs, out_dir, config, input_spec, key, accelerator, progress)
@@ -246,7 +267,6 @@ def _distill(teacher: nn.Module, student: nn.Module, plan: CompressionPlan, data
              config: LayerDistillConfig, input_spec: InputSpec, key: dict, accelerator, progress: bool) -> StageResult:
     from kd.compression import save_student
 
-    main = accelerator.is_main_process
     prepare_stage_dir(out_dir, key, [STUDENT_DIR, HEADS_FILE, "heads.json", LOG_FILE], accelerator)
 
     dataset = load_pooled(data_dirs)
@@ -279,10 +299,7 @@ def _distill(teacher: nn.Module, student: nn.Module, plan: CompressionPlan, data
         frame_mask = s_base._get_feature_vector_attention_mask(frames, mask)  # [B, T]
         loss = layer_distill_loss(predictions, {t: hidden[t + 1] for t in predictions}, frame_mask,
                                   cos_weight=config.cos_weight, average_layers=config.average_layers)
-        numbers: dict[str, Any] = {"loss": loss.total.detach()}
-        numbers.update({f"l1_{t}": v for t, v in loss.l1.items()})
-        numbers.update({f"cos_{t}": v for t, v in loss.cos.items()})
-        return loss.total, numbers
+        return loss.total, loss.log_numbers()
 
     try:
         result = run_stage(accelerator, module, optimizer, config, dataset, dataset.durations(), compute, out_dir,
@@ -291,17 +308,9 @@ def _distill(teacher: nn.Module, student: nn.Module, plan: CompressionPlan, data
     finally:
         s_base.config.update(saved)
         t_base.train(teacher_was_training)
-    accelerator.wait_for_everyone()
-    if main:
-        student.eval()
-        write_folder_atomic(out_dir / STUDENT_DIR,
-                            lambda f: (save_student(student, plan, f), write_input_spec(f, input_spec)))
-        save_heads(out_dir, heads, s_base.config.hidden_size, t_base.config.hidden_size)
-        mark_done(out_dir, key, steps=result.steps, stopped_early=result.stopped_early,
-                  seconds=round(result.seconds, 3), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-    accelerator.wait_for_everyone()
-    return StageResult(out_dir, out_dir / STUDENT_DIR, result.steps, result.seconds, stopped_early=result.stopped_early,
-                       resumed_from=result.resumed_from)
+    return finish_stage(out_dir, key, result, accelerator,
+                        lambda f: (save_student(student.eval(), plan, f), write_input_spec(f, input_spec)),
+                        heads, s_base.config.hidden_size, t_base.config.hidden_size)
 
 
 def distill_plan(teacher_dir: str | os.PathLike, plan: CompressionPlan | str | os.PathLike,
