@@ -149,6 +149,7 @@ class EvalReport:
     domains: dict[str, Score]
     utterances: list[UttResult] = field(repr=False, default_factory=list)
     version: int = 1
+    _confusions: dict[str, list] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self, *, with_utterances: bool = False) -> dict[str, Any]:
         out = {
@@ -169,6 +170,13 @@ class EvalReport:
         if with_utterances:
             out["utterances"] = [dataclasses.asdict(u) for u in self.utterances]
         return out
+
+    def confusions(self) -> dict[str, list]:
+        """:func:`word_confusions` of every utterance, computed once (``confusions.json``; the markdown's
+        first ten of each kind)."""
+        if self._confusions is None:
+            self._confusions = word_confusions([u.ref for u in self.utterances], [u.hyp for u in self.utterances])
+        return self._confusions
 
     def to_json(self, path: str | os.PathLike, *, with_utterances: bool = False) -> None:
         """Write the report as JSON (atomically; per-utterance results only if asked)."""
@@ -193,8 +201,7 @@ class EvalReport:
             lines.append(f"| {label} | {s.utterances} | {100 * s.wer:.2f} | {100 * s.cer:.2f} | "
                          f"{s.substitutions} | {s.deletions} | {s.insertions} |")
         if self.utterances:
-            lines += ["", *_confusions_markdown(word_confusions([u.ref for u in self.utterances],
-                                                                [u.hyp for u in self.utterances], top=10))]
+            lines += ["", *_confusions_markdown({k: rows[:10] for k, rows in self.confusions().items()})]
         text = "\n".join(lines) + "\n"
         if path is not None:
             atomic_write_text(path, text)
@@ -352,7 +359,6 @@ def write_outputs(report: EvalReport, out_dir: str | os.PathLike) -> None:
                                  "ref_chars": c.hits + c.substitutions + c.deletions,
                                  "char_errors": c.substitutions + c.deletions + c.insertions}, ensure_ascii=False))
     atomic_write_text(out_dir / "utterances.jsonl", "".join(line + "\n" for line in lines))
-    write_json(out_dir / "confusions.json", word_confusions([r.ref for r in report.utterances],
-                                                            [r.hyp for r in report.utterances]))
+    write_json(out_dir / "confusions.json", report.confusions())
     report.to_markdown(out_dir / "report.md")
     report.to_json(out_dir / "report.json")  # last: its presence marks a finished evaluation
