@@ -44,9 +44,9 @@ if TYPE_CHECKING:
     from kd.recipes.presets import AsrCompressPreset, CorpusSection
 
 __all__ = ["AsrCompressSetup", "HEURISTICS", "LAYERS_DIFFER_BELOW", "SHARED", "UNSHARED", "analyse_teacher",
-           "build_students", "compare", "distill_students", "evaluate_students", "evaluate_teacher",
+           "build_students", "compare", "compare_trainings", "distill_students", "evaluate_students", "evaluate_teacher",
            "layer_distill_config", "make_corpus", "make_tokens", "results_markdown", "results_table", "student_config",
-           "train_students", "train_teacher", "verdict"]
+           "train_students", "train_teacher", "trainings_markdown", "verdict"]
 
 HEURISTICS = ("first-k", "every-k", "linspace")
 ANALYSIS = "analysis"
@@ -475,4 +475,74 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     for c in results["comparisons"]:
         lines.append(f"| {c['comparison']} | {c['a']} | {c['b']} | {c['metric'].upper()} | {c['diff']:+.2f} | "
                      f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] | {c['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- two ways of training the same students -------------------------------------------------------------
+def _same(field: str, a: Any, b: Any, a_name: str, b_name: str) -> None:
+    if a != b:
+        raise ValueError(f"{field} differs: {a!r} in {a_name}, {b!r} in {b_name}; the runs must share the teacher, "
+                         "its test set and the students' plans to be compared student by student")
+
+
+def compare_trainings(a: AsrCompressSetup, b: AsrCompressSetup, a_results: Mapping[str, Any],
+                      b_results: Mapping[str, Any], *, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """Each student of run ``a`` against the same student of run ``b``: the same teacher, plan and seeds,
+    trained another way (for example distilled layer to layer before the fine-tuning in ``a``, fine-tuned
+    directly in ``b``). ``a_results`` and ``b_results`` are the runs' results files (:func:`results_table`);
+    a ValueError names what differs when the runs do not share the teacher (its error rates and layers),
+    the test set, the decoding, the seeds and every student's kept layers and shared groups.
+
+    Returns ``{"name": "<a>-vs-<b>", "a": {"preset", "layer_distill", "commit"}, "b": ..., "domain", "n_test",
+    "seeds", "decode", "teacher": {"beam", "greedy"}, "comparisons": [{"student", "metric", "a", "b", "diff",
+    "ci95", "seeds", "utterances", "better", "verdict"}], "provenance"}``: ``a`` and ``b`` in a comparison are
+    the mean error rates over seeds, ``diff`` and ``ci95`` the paired difference a - b (:func:`compare`)."""
+    an, bn = a_results["preset"], b_results["preset"]
+    for field in ("domain", "n_test", "decode", "seeds"):
+        _same(field, a_results[field], b_results[field], an, bn)
+    for field in ("layers", "params", "beam", "greedy"):
+        _same(f"teacher.{field}", a_results["teacher"][field], b_results["teacher"][field], an, bn)
+    _same("seeds of the runs", list(a.seeds), list(b.seeds), an, bn)
+    b_students = {s["name"]: s for s in b_results["students"]}
+    _same("students", [s["name"] for s in a_results["students"]], list(b_students), an, bn)
+    comparisons = []
+    for student in a_results["students"]:
+        name, other = student["name"], b_students[student["name"]]
+        for field in ("keep_layers", "share_groups"):
+            _same(f"{name}: {field}", student[field], other[field], an, bn)
+        for metric in METRICS:
+            row = compare({s: a.run_dir(name, s) / "eval-beam" for s in a.seeds},
+                          {s: b.run_dir(name, s) / "eval-beam" for s in b.seeds}, metric=metric)
+            comparisons.append({"student": name, "metric": metric, "a": student["beam"][metric],
+                                "b": other["beam"][metric], **row, "verdict": verdict(row["better"], an, bn)})
+    return {"name": f"{an}-vs-{bn}",
+            **{side: {"preset": r["preset"], "layer_distill": r.get("layer_distill"),
+                      "commit": r["provenance"]["commit"]} for side, r in (("a", a_results), ("b", b_results))},
+            **{k: a_results[k] for k in ("domain", "n_test", "seeds", "decode")},
+            "teacher": {how: a_results["teacher"][how] for how in ("beam", "greedy")},
+            "comparisons": comparisons, "provenance": dict(provenance)}
+
+
+def trainings_markdown(results: Mapping[str, Any]) -> str:
+    """:func:`compare_trainings`'s file as markdown: how each side trained, then a row per student and metric,
+    then how many students each side wins per metric."""
+    a, b, prov, t = results["a"], results["b"], results["provenance"], results["teacher"]
+    lines = [f"Each student of `{a['preset']}` (a, results of commit {a['commit']}) against the same student of "
+             f"`{b['preset']}` (b, commit {b['commit']}): the same teacher (WER {t['beam']['wer']:.1f}%, CER "
+             f"{t['beam']['cer']:.1f}%), plans and seeds {results['seeds']}; {results['domain']} test set "
+             f"({results['n_test']} utterances), beam search. Written {prov['date']}, commit {prov['commit']}, "
+             f"{prov['cpu']}.", "",
+             f"- a: {_training_line(a['layer_distill'])}", f"- b: {_training_line(b['layer_distill'])}", "",
+             "Paired differences a - b (points; 95% interval over seeds and test utterances): a verdict names the "
+             "better side only where the interval excludes 0.", "",
+             "| student | metric | a % | b % | a - b | 95% interval | verdict |", "|---|---|---|---|---|---|---|"]
+    for c in results["comparisons"]:
+        lines.append(f"| {c['student']} | {c['metric'].upper()} | {c['a']:.1f} | {c['b']:.1f} | {c['diff']:+.2f} | "
+                     f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] | {c['verdict']} |")
+    lines.append("")
+    for metric in METRICS:
+        rows = [c for c in results["comparisons"] if c["metric"] == metric]
+        count = {side: sum(c["better"] == side for c in rows) for side in ("a", "b", TIE)}
+        lines.append(f"{metric.upper()}: `{a['preset']}` better for {count['a']} of {len(rows)} students, "
+                     f"`{b['preset']}` better for {count['b']}, tie for {count[TIE]}.")
     return "\n".join(lines) + "\n"

@@ -415,13 +415,14 @@ def results_table(setup: MultidomainSetup, teacher_eval: Mapping[str, Any], stud
 
 
 def publish_results(results: Mapping[str, Any], folders: Sequence[Path],
-                    to_markdown: Callable[[Mapping[str, Any]], str] = results_markdown) -> str:
-    """Write ``<preset>.json`` and its markdown ``<preset>.md`` (``to_markdown``: the multi-domain table by
-    default) into each of ``folders``; returns the markdown."""
+                    to_markdown: Callable[[Mapping[str, Any]], str] = results_markdown, *,
+                    name: str | None = None) -> str:
+    """Write ``<name>.json`` and its markdown ``<name>.md`` (``name``: the results' preset by default;
+    ``to_markdown``: the multi-domain table by default) into each of ``folders``; returns the markdown."""
     from kd.core.io import atomic_write_text, write_json
 
-    text = to_markdown(results)
+    text, name = to_markdown(results), name or results["preset"]
     for folder in folders:
-        write_json(folder / f"{results['preset']}.json", results)
-        atomic_write_text(folder / f"{results['preset']}.md", text)
+        write_json(folder / f"{name}.json", results)
+        atomic_write_text(folder / f"{name}.md", text)
     return text

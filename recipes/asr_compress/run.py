@@ -1,6 +1,7 @@
 """Compression plans of a deep ESPnet teacher compared at an equal budget, on the built-in corpus.
 
     python recipes/asr_compress/run.py --preset cpu [--stage N] [--stop-stage M] [--seeds 0 1 2]
+    python recipes/asr_compress/run.py --preset cpu_postln_ld --against cpu_postln [--against-out DIR]
 
 Stages (each skipped when finished with the same settings; see kd.recipes.stages; the stage logic is
 kd.recipes.asr_compress):
@@ -19,16 +20,22 @@ kd.recipes.asr_compress):
   9 eval          students on the test set (beam search and CTC greedy)
  10 speed         encoder latency of the teacher and each student
  11 table         results/<preset>.json and .md: students, latencies, each comparison's interval and verdict
+
+With --against OTHER, no stage runs: each student of this preset's finished run is compared with the same
+student of OTHER's finished run (the same teacher, plans and seeds, trained another way, for example
+without layer distillation), into results/<preset>-vs-<OTHER>.json and .md.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-from kd.recipes.asr_compress import (AsrCompressSetup, analyse_teacher, build_students, distill_students,
-                                     evaluate_students, evaluate_teacher, make_corpus, make_tokens, measure_speed,
-                                     results_markdown, results_table, train_students, train_teacher)
+from kd.recipes.asr_compress import (AsrCompressSetup, analyse_teacher, build_students, compare_trainings,
+                                     distill_students, evaluate_students, evaluate_teacher, make_corpus, make_tokens,
+                                     measure_speed, results_markdown, results_table, train_students, train_teacher,
+                                     trainings_markdown)
 from kd.recipes.multidomain_stages import publish_results
 from kd.recipes.presets import AsrCompressPreset
 from kd.recipes.shipped import provenance, ship_run
@@ -48,12 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship-teacher", action="store_true",
                         help="after the stages, copy the teacher (trained, not restored) into the recipe's teacher/ "
                              "folder with its provenance")
+    parser.add_argument("--against", default=None, metavar="OTHER",
+                        help="instead of running stages: compare each student with the same student of preset OTHER's "
+                             "finished run, into results/<preset>-vs-<OTHER>.json and .md")
+    parser.add_argument("--against-out", type=Path, default=None, metavar="DIR",
+                        help="OTHER's output folder (default: exp/asr_compress/OTHER)")
     add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
     preset, written, out = load_preset(parser, args, AsrCompressPreset)
     seeds, workers = preset_seeds(parser, args, preset.seeds), preset_workers(parser, args, preset.workers)
     setup = AsrCompressSetup.from_preset(preset, out, seeds=seeds, recipe_dir=HERE,
                                         section=lambda key: preset_section(parser, args, key))
+
+    if args.against is not None:
+        return against(parser, args, setup, out)
 
     def table(done):
         results = results_table(setup, done, preset=args.preset, provenance=provenance(REPO, WATCHED))
@@ -94,6 +109,28 @@ def main(argv: list[str] | None = None) -> int:
                      command=f"python recipes/asr_compress/run.py --preset {args.preset} --stop-stage 3 --ship-teacher")
         except ValueError as e:
             raise SystemExit(f"--ship-teacher: {e}") from None
+    return 0
+
+
+def against(parser, args, setup: AsrCompressSetup, out: Path) -> int:
+    """--against: this preset's finished run against OTHER's, student by student."""
+    import json
+
+    other_args = argparse.Namespace(**{**vars(args), "preset": args.against, "out": args.against_out, "set": []})
+    other_preset, _, other_out = load_preset(parser, other_args, AsrCompressPreset)
+    other = AsrCompressSetup.from_preset(other_preset, other_out, seeds=setup.seeds, recipe_dir=HERE,
+                                         section=lambda key: preset_section(parser, other_args, key))
+    found = []
+    for name, folder in ((args.preset, out), (args.against, other_out)):
+        path = folder / f"{name}.json"
+        if not path.is_file():
+            parser.error(f"--against: {path} not found: run the preset {name!r} through its table stage first")
+        found.append(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        results = compare_trainings(setup, other, *found, provenance=provenance(REPO, WATCHED))
+    except ValueError as e:
+        parser.error(f"--against: {e}")
+    print(publish_results(results, [out, args.results], to_markdown=trainings_markdown, name=results["name"]))
     return 0
 
 

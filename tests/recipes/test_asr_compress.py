@@ -63,6 +63,17 @@ def test_plans_students_speed_and_comparisons(tmp_path, capsys, load_recipe):
     encoder = [k for k in built if k.startswith("espnet.encoder.encoders.")]
     assert encoder and not all(torch.equal(built[k], start[k]) for k in encoder)
     assert all(torch.equal(built[k], start[k]) for k in built if k.startswith("espnet.decoder."))
+    # --against: the finished run student by student against another finished run (here itself: every
+    # difference 0); a run that has not reached its table stage is named
+    with pytest.raises(SystemExit):
+        recipe.main(["--preset", "smoke", "--out", str(out), "--seeds", "0", "--against", "smoke",
+                     "--against-out", str(tmp_path / "none"), "--results", str(results_dir)])
+    assert f"{tmp_path / 'none' / 'smoke.json'} not found: run the preset 'smoke'" in capsys.readouterr().err
+    assert recipe.main(["--preset", "smoke", "--out", str(out), "--seeds", "0", "--against", "smoke",
+                        "--against-out", str(out), "--results", str(results_dir)]) == 0
+    both = json.loads((results_dir / "smoke-vs-smoke.json").read_text())
+    assert len(both["comparisons"]) == 2 * len(students)
+    assert all(c["diff"] == 0.0 and c["verdict"] == "tie" for c in both["comparisons"])
 
 
 def test_a_verdict_names_a_side_only_when_the_premise_holds():
