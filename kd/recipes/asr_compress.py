@@ -491,7 +491,8 @@ def compare_trainings(a: AsrCompressSetup, b: AsrCompressSetup, a_results: Mappi
     trained another way (for example distilled layer to layer before the fine-tuning in ``a``, fine-tuned
     directly in ``b``). ``a_results`` and ``b_results`` are the runs' results files (:func:`results_table`);
     a ValueError names what differs when the runs do not share the teacher (its error rates and layers),
-    the test set, the decoding, the seeds and every student's kept layers and shared groups.
+    the test set, the decoding, the seeds and every student's kept layers and shared groups. The runs compared
+    are those of the results files' seeds (``a`` and ``b`` give the run folders).
 
     Returns ``{"name": "<a>-vs-<b>", "a": {"preset", "layer_distill", "commit"}, "b": ..., "domain", "n_test",
     "seeds", "decode", "teacher": {"beam", "greedy"}, "comparisons": [{"student", "metric", "a", "b", "diff",
@@ -502,7 +503,7 @@ def compare_trainings(a: AsrCompressSetup, b: AsrCompressSetup, a_results: Mappi
         _same(field, a_results[field], b_results[field], an, bn)
     for field in ("layers", "params", "beam", "greedy"):
         _same(f"teacher.{field}", a_results["teacher"][field], b_results["teacher"][field], an, bn)
-    _same("seeds of the runs", list(a.seeds), list(b.seeds), an, bn)
+    seeds = a_results["seeds"]  # the seeds whose runs each results file averages (checked the same above)
     b_students = {s["name"]: s for s in b_results["students"]}
     _same("students", [s["name"] for s in a_results["students"]], list(b_students), an, bn)
     comparisons = []
@@ -511,8 +512,8 @@ def compare_trainings(a: AsrCompressSetup, b: AsrCompressSetup, a_results: Mappi
         for field in ("keep_layers", "share_groups"):
             _same(f"{name}: {field}", student[field], other[field], an, bn)
         for metric in METRICS:
-            row = compare({s: a.run_dir(name, s) / "eval-beam" for s in a.seeds},
-                          {s: b.run_dir(name, s) / "eval-beam" for s in b.seeds}, metric=metric)
+            row = compare({s: a.run_dir(name, s) / "eval-beam" for s in seeds},
+                          {s: b.run_dir(name, s) / "eval-beam" for s in seeds}, metric=metric)
             comparisons.append({"student": name, "metric": metric, "a": student["beam"][metric],
                                 "b": other["beam"][metric], **row, "verdict": verdict(row["better"], an, bn)})
     return {"name": f"{an}-vs-{bn}",
