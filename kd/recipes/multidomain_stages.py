@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
     from kd.training.config import TrainConfig
 
 __all__ = ["MultidomainSetup", "analyse_teachers", "build_students", "distil_students", "evaluate_students",
-           "evaluate_teachers", "make_corpus", "make_tokens", "publish_results", "results_table", "student_config",
-           "student_rows", "teacher_config", "teacher_means", "train_teachers"]
+           "evaluate_teachers", "make_corpus", "make_tokens", "publish_results", "results_table", "ship_teachers",
+           "shipped_teacher_dir", "student_config", "student_rows", "teacher_config", "teacher_means", "train_teachers"]
 
 METRICS = ("wer", "cer")
 
@@ -64,7 +65,7 @@ class MultidomainSetup:
     decode: Mapping[str, Any]  # the headline decoding (a DecodeConfig section); GREEDY is the other
     analysis: AnalyzeConfig  # the teachers' layer-wise analysis
     device: str = "cpu"  # evaluation and analysis
-    shipped: Path | None = None  # shipped teachers (kd.recipes.shipped), <shipped>/<domain>; None: trained here
+    shipped: Path | None = None  # shipped teachers (kd.recipes.shipped), see shipped_teacher; None: trained here
     freeze: tuple[str, ...] = ()  # parameters that students built from the teacher's layers keep
     teacher_seed_fixed: int | None = None  # every student seed's teachers are this seed's (None: the student's seed)
 
@@ -145,6 +146,11 @@ class MultidomainSetup:
         """The training run of the teacher of ``domain`` and the teachers' seed ``seed``."""
         return self.out / "teachers" / f"seed{seed}" / domain
 
+    def shipped_teacher(self, seed: int, domain: str) -> Path | None:
+        """The shipped teacher of ``domain`` and the teachers' seed ``seed`` (:func:`shipped_teacher_dir`
+        under the preset's ``shipped_teachers``); None when the preset ships none."""
+        return None if self.shipped is None else shipped_teacher_dir(self.shipped, seed, domain)
+
     def teacher_eval(self, seed: int, domain: str, name: str) -> Path:
         return self.out / "eval" / "teachers" / f"seed{seed}" / domain / name
 
@@ -219,9 +225,18 @@ def make_tokens(setup: MultidomainSetup) -> dict[str, Any]:
     return {"tokens": len((setup.tokens_dir / "tokens.txt").read_text().splitlines())}
 
 
+def shipped_teacher_dir(base: Path, seed: int, domain: str) -> Path:
+    """Where a shipped teacher (or its resume point) of ``domain`` and the teachers' seed ``seed`` lives under
+    ``base``: ``<base>/<domain>`` for seed 0, the main job's, and ``<base>/seed<N>/<domain>`` for another
+    seed. A model there stands in for a training run only when its fingerprint, which holds the seed, is
+    the run's (:func:`kd.recipes.shipped.restore_for_run`)."""
+    return base / domain if seed == 0 else base / f"seed{seed}" / domain
+
+
 def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     """Stage ``teachers``: a teacher per domain and seed, restored from the shipped teachers when they were
-    trained on exactly this data and config (:func:`kd.recipes.shipped.restore`; they are seed 0's), else trained.
+    trained on exactly this data, config and seed (:func:`kd.recipes.shipped.restore`,
+    :meth:`MultidomainSetup.shipped_teacher`), else trained.
 
     Returns the restored teachers' sources and the trained ones' wall seconds, by run dir.
     """
@@ -232,7 +247,7 @@ def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
     for seed in setup.teacher_seeds:
         for d in setup.domains:
             config, run = teacher_config(setup, d, seed), setup.teacher_run(seed, d)
-            shipped = setup.shipped / d if setup.shipped is not None and seed == 0 else None  # seed 0's teachers
+            shipped = setup.shipped_teacher(seed, d)
             if restore_for_run(shipped, run, config, setup.tokens_dir / "tokens.txt", f"teacher {d}, seed {seed}"):
                 restored[f"seed{seed}/{d}"] = str(shipped)
                 continue
@@ -245,6 +260,39 @@ def train_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:
                      splits=sorted(render))
     trained = run_jobs(jobs, workers=workers)
     return {"restored": restored, "trained": {j.label: r.wall_seconds for j, r in zip(jobs, trained)}}
+
+
+def ship_teachers(setup: MultidomainSetup, base: Path, *, command: Callable[[int], str], trained: Mapping[str, Any],
+                  resume_points: bool = False) -> list[Path]:
+    """Ship every teacher that this setup trained (:func:`kd.recipes.shipped.ship_run`) into
+    ``base`` in the layout of :func:`shipped_teacher_dir`, with ``command(seed)`` as the command that
+    retrains it; or, with ``resume_points``, every unfinished one as a resume point
+    (:func:`kd.recipes.shipped.ship_resume_point`), for a training longer than one sitting.
+
+    A teacher restored from the shipped ones is not shipped again, nor a finished one as a resume point;
+    each is named on stdout. Returns the folders written; a run that can be neither (unfinished, or without
+    a checkpoint) is a ValueError naming it.
+    """
+    from kd.recipes.shipped import ship_resume_point, ship_run
+    from kd.training.checkpoint import CHECKPOINTS_DIR
+
+    shipped = []
+    for seed in setup.teacher_seeds:
+        for d in setup.domains:
+            run, target = setup.teacher_run(seed, d), shipped_teacher_dir(base, seed, d)
+            result = run / "result.json"
+            finished = result.is_file() and not json.loads(result.read_text(encoding="utf-8")).get("stopped_early")
+            if not result.is_file() and (run / "model").is_dir() and not (run / CHECKPOINTS_DIR).is_dir():
+                print(f"not shipped: {run} was restored from {setup.shipped_teacher(seed, d)}")
+            elif resume_points and finished:
+                print(f"not shipped as a resume point: {run} finished training (ship it with --ship-teachers)")
+            elif resume_points:
+                shipped.append(ship_resume_point(run, setup.tokens_dir / "tokens.txt", target,
+                                                 command=command(seed), trained=trained))
+            else:
+                shipped.append(ship_run(run, setup.tokens_dir / "tokens.txt", target, command=command(seed),
+                                        trained=trained))
+    return shipped
 
 
 def evaluate_teachers(setup: MultidomainSetup, workers: int) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from kd.recipes.multidomain_stages import (MultidomainSetup, analyse_teachers, build_students, distil_students,
                                            evaluate_students, evaluate_teachers, make_corpus, make_tokens,
-                                           publish_results, results_table, train_teachers)
+                                           publish_results, results_table, ship_teachers, train_teachers)
 from kd.recipes.presets import MultidomainPreset
-from kd.recipes.shipped import provenance, ship_resume_point, ship_runs
+from kd.recipes.shipped import provenance
 from kd.recipes.stages import (Stage, add_workers_argument, load_preset, preset_section, preset_seeds, preset_workers,
                                recipe_parser, run_recipe)
 
@@ -41,12 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results",
                         help="where the table stage also writes <preset>.json and .md (default: the recipe's results/)")
     parser.add_argument("--ship-teachers", action="store_true",
-                        help="after the stages, copy the seed-0 teachers (trained, not restored) into the recipe's "
-                             "teachers/ folder with their provenance, for presets that restore them")
+                        help="after the stages, copy the teachers trained here (not restored) into the recipe's "
+                             "teachers/ folder with their provenance (seed 0's as teachers/<domain>, another seed's "
+                             "as teachers/seed<N>/<domain>), for presets that restore them")
     parser.add_argument("--ship-resume-points", type=Path, default=None, metavar="DIR",
-                        help="instead of running stages: copy the seed-0 teachers' unfinished runs (stop them first) "
-                             "into DIR/<domain> as resume points, which a run with `--set shipped_teachers=DIR` "
-                             "continues exactly (for teachers that take longer than one sitting)")
+                        help="instead of running stages: copy the teachers' unfinished runs (stop them first) into "
+                             "DIR in the layout of teachers/ as resume points, which a run with "
+                             "`--set shipped_teachers=DIR` continues exactly (for teachers that take longer than one "
+                             "sitting)")
     add_workers_argument(parser, "training runs")
     args = parser.parse_args(argv)
     preset, written, out = load_preset(parser, args, MultidomainPreset)
@@ -56,12 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                                          section=lambda key: preset_section(parser, args, key))
     if args.ship_resume_points is not None:
         try:
-            for d in setup.domains:
-                ship_resume_point(setup.teacher_run(0, d), setup.tokens_dir / "tokens.txt", args.ship_resume_points / d,
-                                  trained=provenance(REPO, WATCHED),
-                                  command=f"python recipes/multidomain_ukd/run.py --preset {args.preset} --seeds 0 "
-                                          f"--stop-stage 3 --set {' '.join(args.set)} shipped_teachers="
-                                          f"{os.path.relpath(args.ship_resume_points.resolve(), HERE)}")
+            ship_teachers(setup, args.ship_resume_points, trained=provenance(REPO, WATCHED), resume_points=True,
+                          command=lambda seed: f"python recipes/multidomain_ukd/run.py --preset {args.preset} "
+                                               f"--seeds {seed} --stop-stage 3 --set {' '.join(args.set)} shipped_teachers="
+                                               f"{os.path.relpath(args.ship_resume_points.resolve(), HERE)}")
         except ValueError as e:
             raise SystemExit(f"--ship-resume-points: {e}") from None
         return 0
@@ -98,10 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     run_recipe(stages, out, args)
     if args.ship_teachers:
         try:
-            ship_runs([setup.teacher_run(0, d) for d in setup.domains], setup.tokens_dir / "tokens.txt",
-                      HERE / "teachers", trained=provenance(REPO, WATCHED),
-                      command=f"python recipes/multidomain_ukd/run.py --preset {args.preset} --seeds 0 --stop-stage 3 "
-                              "--ship-teachers")
+            ship_teachers(setup, HERE / "teachers", trained=provenance(REPO, WATCHED),
+                          command=lambda seed: f"python recipes/multidomain_ukd/run.py --preset {args.preset} "
+                                               f"--seeds {seed} --stop-stage 3 --ship-teachers")
         except ValueError as e:
             raise SystemExit(f"--ship-teachers: {e}") from None
     return 0

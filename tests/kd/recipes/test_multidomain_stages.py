@@ -13,8 +13,8 @@ import yaml
 
 from kd.recipes.experiment import Condition, StudentSize
 from kd.recipes.multidomain import Claim, check_results
-from kd.recipes.multidomain_stages import (MultidomainSetup, publish_results, results_table, student_config,
-                                           student_rows, teacher_config, teacher_means)
+from kd.recipes.multidomain_stages import (MultidomainSetup, publish_results, results_table, ship_teachers,
+                                           student_config, student_rows, teacher_config, teacher_means)
 from kd.training.losses import KDLevel, TeacherWeighting
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
@@ -128,6 +128,57 @@ def test_a_fixed_teacher_seed_teaches_every_students_seed(tmp_path):
     assert default.teacher_seeds == (0, 1) and default.teacher_seed(1) == 1
     with pytest.raises(ValueError, match="teacher_seed"):
         MultidomainSetup.from_preset({**SMOKE, "teacher_seed": "zero"}, tmp_path, seeds=[0], recipe_dir=tmp_path)
+
+
+def _teacher_run(folder, *, finished=True, restored=False):
+    """A teacher's run dir as stage 3 leaves it: trained (model, config, result), restored (model only) or
+    unfinished (config only, no checkpoint)."""
+    from kd.training.config import TrainConfig
+
+    folder.mkdir(parents=True)
+    if not restored:
+        config = TrainConfig.from_dict({"data": {"train": ["train"], "dev": "dev"},
+                                        "tokens": {"kind": "list", "path": "t"}, "model": {"preset": "tiny"},
+                                        "optim": {"max_steps": 2}})
+        (folder / "config.yaml").write_text(config.to_yaml())
+    if finished or restored:
+        (folder / "model").mkdir()
+        (folder / "model/model.safetensors").write_bytes(folder.parent.name.encode() + b" weights")
+    if finished and not restored:
+        (folder / "result.json").write_text(json.dumps({"wall_seconds": 10.0}))
+    return folder
+
+
+def test_each_seeds_teachers_are_shipped_and_restored_from_their_own_folder(tmp_path, monkeypatch, capsys):
+    """Seed 0's teachers live in teachers/<domain> (the main job's), another seed's in teachers/seed<N>/<domain>;
+    a restored teacher is not shipped again, and a resume point is shipped for unfinished runs only."""
+    from kd.recipes import shipped
+
+    monkeypatch.setattr(shipped, "run_fingerprint", lambda config, tokens: {"tokens": str(tokens)})
+    setup = MultidomainSetup.from_preset({**SMOKE, "shipped_teachers": "teachers"}, tmp_path / "out", seeds=[0, 1],
+                                         recipe_dir=tmp_path / "recipe")
+    assert [setup.shipped_teacher(s, d) for s, d in ((0, "us"), (1, "uk"))] == [
+        tmp_path / "recipe/teachers/us", tmp_path / "recipe/teachers/seed1/uk"]
+    _teacher_run(setup.teacher_run(0, "us"), restored=True)
+    for seed, d in ((0, "uk"), (1, "us"), (1, "uk")):
+        _teacher_run(setup.teacher_run(seed, d))
+    base = tmp_path / "shipped"
+    written = ship_teachers(setup, base, command=lambda seed: f"retrain --seeds {seed}", trained={"date": "today"})
+    assert written == [base / "uk", base / "seed1/us", base / "seed1/uk"]
+    assert (base / "seed1/us/model.safetensors").read_bytes() == b"seed1 weights"
+    assert json.loads((base / "seed1/uk/provenance.json").read_text())["command"] == "retrain --seeds 1"
+    assert not (base / "us").exists()
+    assert f"not shipped: {setup.teacher_run(0, 'us')} was restored from {tmp_path / 'recipe/teachers/us'}" in (
+        capsys.readouterr().out)
+    # as resume points: the finished runs are named and left alone; an unfinished run without a checkpoint is an error
+    assert ship_teachers(setup, tmp_path / "resume", command=str, trained={}, resume_points=True) == []
+    out = capsys.readouterr().out
+    assert "not shipped as a resume point: " + str(setup.teacher_run(1, "uk")) in out and "restored" in out
+    one = MultidomainSetup.from_preset({**SMOKE, "shipped_teachers": "teachers"}, tmp_path / "out2", seeds=[2],
+                                       recipe_dir=tmp_path / "recipe")
+    _teacher_run(one.teacher_run(2, "us"), finished=False)
+    with pytest.raises(ValueError, match="seed2/us"):
+        ship_teachers(one, tmp_path / "resume", command=str, trained={}, resume_points=True)
 
 
 def _report(wer, cer=None, utterances=4, params=1000):
