@@ -1,5 +1,7 @@
-"""The teachers that the multidomain_ukd recipe ships (recipes/multidomain_ukd/teachers/): they belong to
-the `cpu` preset's teacher config, and retraining one reproduces its weights on this kind of machine."""
+"""The teachers that the multidomain_ukd recipe ships (recipes/multidomain_ukd/teachers/): seed 0's
+(teachers/<domain>) belong to the `cpu` preset's teacher config, another seed's (teachers/seed<N>/<domain>)
+to the `cpu_evidence` preset's with that seed; retraining one reproduces its weights on this kind of
+machine."""
 
 from __future__ import annotations
 
@@ -19,28 +21,36 @@ SHIPPED = RECIPES / "multidomain_ukd" / "teachers"
 DOMAINS = ("us", "uk")
 
 
-def _cpu_preset() -> dict:
-    return yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())["cpu"]
+def _cpu_preset(name: str = "cpu") -> dict:
+    return yaml.safe_load((RECIPES / "multidomain_ukd/config.yaml").read_text())[name]
 
 
-def _preset_teacher(domain: str, root) -> TrainConfig:
-    """The teacher config the recipe builds for the cpu preset, seed 0 (data under ``root``)."""
-    cpu = _cpu_preset()
-    return TrainConfig.from_dict(merge_sections(cpu["teacher"], {
+def _preset_teacher(domain: str, root, seed: int = 0, preset: str = "cpu") -> TrainConfig:
+    """The teacher config the recipe builds for a preset and seed (data under ``root``)."""
+    return TrainConfig.from_dict(merge_sections(_cpu_preset(preset)["teacher"], {
         "data": {"train": [str(root / "corpus" / domain / "train")], "dev": str(root / "corpus" / domain / "dev")},
-        "tokens": {"kind": "sentencepiece", "path": str(root / "tokens" / "words.model")}, "seed": 0}))
+        "tokens": {"kind": "sentencepiece", "path": str(root / "tokens" / "words.model")}, "seed": seed}))
 
 
-@pytest.mark.parametrize("domain", DOMAINS)
-def test_shipped_teacher_belongs_to_the_cpu_preset(domain, tmp_path):
+# every shipped teacher: seed 0's of both domains, and those of the other seeds that are shipped
+SHIPPED_TEACHERS = [(0, d) for d in DOMAINS] + [(int(p.parent.name.removeprefix("seed")), p.name)
+                                                 for p in sorted(SHIPPED.glob("seed*/*")) if p.is_dir()]
+
+
+@pytest.mark.parametrize("seed,domain", SHIPPED_TEACHERS)
+def test_shipped_teacher_belongs_to_its_preset_and_seed(seed, domain, tmp_path):
     """A change of the cpu preset's teacher settings must come with retrained shipped teachers
-    (otherwise the main job would silently train them itself, far beyond its time budget)."""
-    provenance = json.loads((SHIPPED / domain / PROVENANCE).read_text())
-    assert provenance["fingerprint"]["config"] == settings_digest(_preset_teacher(domain, tmp_path).to_dict())
-    assert "--ship-teachers" in provenance["command"]
+    (otherwise the main job would silently train them itself, far beyond its time budget); a seed's
+    teachers are that seed's training (the seed is part of the settings digest)."""
+    folder = SHIPPED / domain if seed == 0 else SHIPPED / f"seed{seed}" / domain
+    provenance = json.loads((folder / PROVENANCE).read_text())
+    preset = "cpu" if seed == 0 else "cpu_evidence"
+    assert provenance["fingerprint"]["config"] == settings_digest(_preset_teacher(domain, tmp_path, seed, preset).to_dict())
+    assert provenance["fingerprint"]["config"] != settings_digest(_preset_teacher(domain, tmp_path, seed + 1).to_dict())
+    assert "--ship-teachers" in provenance["command"] and f"--seeds {seed}" in provenance["command"]
     from kd.models.model_dir import load_model_dir
 
-    model, tokenizer = load_model_dir(SHIPPED / domain)  # a complete, loadable model dir
+    model, tokenizer = load_model_dir(folder)  # a complete, loadable model dir
     assert model.config.encoder_layers == 6 and tokenizer.vocab_size == model.config.vocab_size
 
 
