@@ -248,3 +248,19 @@ def test_kd_eval_cli_writes_report_and_table(tests_corpus, model_dir, tmp_path, 
     assert "| target |" in printed or "target" in printed
     assert (out / "hyp.txt").read_text().count("\n") == 4
     assert report["num_parameters"] > 0
+
+
+def test_kd_eval_cli_batched_search_gives_espnets_hypotheses(tests_corpus, model_dir, tmp_path):
+    """--batched-search decodes the batch together (kd.evaluation.beam): the same hypotheses as ESPnet's
+    one-utterance search, and the report says which search ran."""
+    from kd.cli import main
+
+    root, _ = tests_corpus
+    args = ["eval", str(model_dir), "--data", str(root / "target" / "test"), "--method", "beam", "--beam-size", "3",
+            "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "espnet")]) == 0
+    assert main([*args, "--out", str(tmp_path / "batched"), "--batched-search"]) == 0
+    hyps = {name: (tmp_path / name / "hyp.txt").read_text() for name in ("espnet", "batched")}
+    assert hyps["batched"] == hyps["espnet"] and hyps["espnet"].count("\n") == 4
+    decode = {name: json.loads((tmp_path / name / "report.json").read_text())["decode"] for name in hyps}
+    assert decode["batched"]["batched_search"] is True and decode["espnet"]["batched_search"] is False
