@@ -605,13 +605,20 @@ def compare(run_dir: Path, out: Path, doc: Path, args: argparse.Namespace) -> di
     dev = [{"step": int(r["step"]), "epoch": float(r["epoch"]), "dev_loss": float(r["dev_loss"]),
             "dev_acc": float(r["dev_acc"]) if r.get("dev_acc") else None}
            for r in read_csv(run_dir / "dev.csv")]
+    import yaml
+
+    from kd.recipes.shipped import provenance
+
     toolkit = decode_toolkit_run(run_dir, out / "data" / "eval", out / "toolkit_decode", methods, args.toolkit_weights)
-    data = {"toolkit_run": shown(run_dir), "reference": shown(out), "plan": ref["plan"],
+    model = yaml.safe_load((run_dir / "model" / "config.yaml").read_text(encoding="utf-8"))["asr"]
+    plan = {**ref["plan"], "config": shown(ref["plan"]["config"]), "eval": shown(ref["plan"]["eval"]),
+            "toolkit_uncertainty_head": bool(model.get("uncertainty_head"))}
+    data = {"toolkit_run": shown(run_dir), "reference": shown(out), "plan": plan,
             "toolkit_curve": dev,
             "espnet_curve": [{"epoch": r["epoch"], "updates": r["updates"],
                               "valid_loss": r.get("valid", {}).get("loss"), "valid_acc": r.get("valid", {}).get("acc")}
                              for r in ref["curve"]],
-            "decode": {"toolkit": toolkit, "espnet": ref["decode"]}}
+            "decode": {"toolkit": toolkit, "espnet": ref["decode"]}, "measured": provenance(ROOT, ["kd", "tools"])}
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     doc.with_suffix(".md").write_text(compare_markdown(data), encoding="utf-8")
@@ -629,8 +636,11 @@ def compare_markdown(data: dict[str, Any]) -> str:
              f"feature normalisation {plan['normalize']} (the toolkit's: {plan['toolkit_feature_norm']})"
              + ("; the toolkit's noise/reverberation augmentation has no counterpart in the reference" if
                 plan["augment_dropped"] else "") + ".", "",
-             "Dev curves by updates. Accuracy is the decoder's teacher-forced token accuracy in both; the losses "
-             "differ in definition (the toolkit's adds its uncertainty head's loss).", "",
+             "Dev curves by updates. Accuracy is the decoder's teacher-forced token accuracy in both"
+             + ("; the losses differ in definition (the toolkit's adds its uncertainty head's loss)."
+                if plan.get("toolkit_uncertainty_head", True) else
+                "; the loss is w * CTC + (1 - w) * attention in both (the toolkit run has no uncertainty head)."),
+             "",
              "| updates | toolkit dev acc | ESPnet valid acc | toolkit dev loss | ESPnet valid loss |",
              "|---|---|---|---|---|"]
     toolkit = {r["step"]: r for r in data["toolkit_curve"]}
@@ -648,6 +658,9 @@ def compare_markdown(data: dict[str, Any]) -> str:
             t, e = ev["toolkit"][m], ev["espnet"][m]
             lines.append(f"| {decoding_name(m)} | {100 * t['cer']:.2f} | {100 * e['cer']:.2f} | "
                          f"{100 * t['wer']:.2f} | {100 * e['wer']:.2f} |")
+    if "measured" in data:  # compared (and the toolkit run decoded) on this date, machine and commit
+        m = data["measured"]
+        lines += ["", f"Compared on {m['date']}, {m['machine']} ({m['cpu']}), commit {m['commit']}."]
     return "\n".join(lines) + "\n"
 
 

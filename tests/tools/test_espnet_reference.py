@@ -167,6 +167,21 @@ def test_the_command_line_asks_for_a_config_or_a_comparison(ref, capsys):
     assert "--decode: expected names of" in capsys.readouterr().err
 
 
+def test_the_comparison_says_what_the_runs_differ_in(ref):
+    """The committed comparison's data written again: the sentences on augmentation and on the losses follow
+    the toolkit run (augmented or not, with or without an uncertainty head); every curve row and decoding
+    is in the table."""
+    data = json.loads((ROOT / "docs/bench/espnet_reference_augmented.json").read_text())
+    text = ref.compare_markdown(data)
+    assert "the toolkit's noise/reverberation augmentation has no counterpart" in text
+    assert "the losses differ in definition (the toolkit's adds its uncertainty head's loss)" in text
+    assert "| 4112 | 0.594 | 0.705 |" in text and "| beam 5, CTC weight 0.3 | 14.21 | 9.03 | 19.64 | 13.16 |" in text
+    like = {**data, "plan": {**data["plan"], "augment_dropped": False, "toolkit_uncertainty_head": False}}
+    text = ref.compare_markdown(like)
+    assert "augmentation" not in text and "uncertainty head's loss" not in text
+    assert "the loss is w * CTC + (1 - w) * attention in both (the toolkit run has no uncertainty head)" in text
+
+
 @pytest.mark.slow
 def test_the_whole_script_on_alnum_tests(ref, tmp_path, monkeypatch):
     """ESPnet's collect_stats and 3 updates of asr_train, decoding, then the comparison with a
