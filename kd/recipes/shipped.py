@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 from kd.core.io import atomic_write_text, config_digest, write_json
 
 __all__ = ["audio_digest", "cpu_model", "data_digest", "fingerprint", "provenance", "reidentify", "restore", "restore_for_run",
-           "run_fingerprint", "settings_digest", "restore_resume_point", "ship", "ship_resume_point", "ship_run", "ship_runs", "PROVENANCE",
+           "run_fingerprint", "settings_digest", "restore_resume_point", "ship", "ship_resume_point", "ship_run", "PROVENANCE",
            "RESUME_DIR"]
 
 PROVENANCE = "provenance.json"
@@ -218,13 +218,6 @@ def _elapsed_at(log: Path, step: int) -> float:
                     elapsed += (now - last) / float(row["steps_per_s"])
                 last = now
     return round(elapsed, 3)
-
-
-def ship_runs(runs: Sequence[str | os.PathLike], tokens: str | os.PathLike, target: str | os.PathLike, *,
-              command: str, trained: Mapping[str, Any]) -> list[Path]:
-    """:func:`ship_run` each finished training run to ``target/<run folder name>``; the runs before one
-    that is not finished are shipped."""
-    return [ship_run(run, tokens, Path(target) / Path(run).name, command=command, trained=trained) for run in runs]
 
 
 def reidentify(shipped: str | os.PathLike, *, train: Sequence[str | os.PathLike],

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from kd.recipes.experiment import merge_sections
+from kd.recipes.multidomain_stages import shipped_teacher_dir
 from kd.recipes.shipped import PROVENANCE, settings_digest
 from kd.training.config import TrainConfig
 
@@ -42,7 +43,7 @@ def test_shipped_teacher_belongs_to_its_preset_and_seed(seed, domain, tmp_path):
     """A change of the cpu preset's teacher settings must come with retrained shipped teachers
     (otherwise the main job would silently train them itself, far beyond its time budget); a seed's
     teachers are that seed's training (the seed is part of the settings digest)."""
-    folder = SHIPPED / domain if seed == 0 else SHIPPED / f"seed{seed}" / domain
+    folder = shipped_teacher_dir(SHIPPED, seed, domain)
     provenance = json.loads((folder / PROVENANCE).read_text())
     preset = "cpu" if seed == 0 else "cpu_evidence"
     assert provenance["fingerprint"]["config"] == settings_digest(_preset_teacher(domain, tmp_path, seed, preset).to_dict())

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from kd.recipes import shipped
-from kd.recipes.shipped import PROVENANCE, provenance, restore, ship_runs
+from kd.recipes.shipped import PROVENANCE, provenance, restore, ship_run
 
 
 def _run(folder, *, finished=True, resumed_from=None):
@@ -26,13 +26,14 @@ def _run(folder, *, finished=True, resumed_from=None):
     return folder
 
 
-def test_ship_runs_copies_each_model_with_its_fingerprint_and_wall_time(tmp_path, monkeypatch, capsys):
+def test_ship_run_copies_each_model_with_its_fingerprint_and_wall_time(tmp_path, monkeypatch, capsys):
     # the fingerprint reads the run's data dirs; here it is the run's config only
     monkeypatch.setattr(shipped, "run_fingerprint", lambda config, tokens: {"config": config.optim.max_steps,
                                                                             "tokens": str(tokens)})
     runs = [_run(tmp_path / "runs/us"), _run(tmp_path / "runs/uk")]
     target = tmp_path / "teachers"
-    assert ship_runs(runs, tmp_path / "tokens.txt", target, command="run.py --ship", trained={"date": "today"}) == [
+    assert [ship_run(run, tmp_path / "tokens.txt", target / run.name, command="run.py --ship", trained={"date": "today"})
+            for run in runs] == [
         target / "us", target / "uk"]
     found = json.loads((target / "uk" / PROVENANCE).read_text())
     assert found == {"fingerprint": {"config": 2, "tokens": str(tmp_path / "tokens.txt")}, "command": "run.py --ship",
@@ -54,10 +55,10 @@ def test_a_shipped_resumed_run_says_its_wall_time_covers_the_updates_after_the_r
                                                                                       "resumed_from": 5140}
 
 
-def test_ship_runs_refuses_a_run_that_did_not_finish(tmp_path):
+def test_ship_run_refuses_a_run_that_did_not_finish(tmp_path):
     run = _run(tmp_path / "runs/us", finished=False)
     with pytest.raises(ValueError, match=r"runs/us is not a finished training run \(restored teachers are not"):
-        ship_runs([run], tmp_path / "tokens.txt", tmp_path / "teachers", command="c", trained={})
+        ship_run(run, tmp_path / "tokens.txt", tmp_path / "teachers" / "us", command="c", trained={})
     assert not (tmp_path / "teachers").exists()
 
 
